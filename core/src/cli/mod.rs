@@ -1,0 +1,120 @@
+//! The `weir` command line: argument parsing and one module per command family.
+//!
+//! Exit status: 0 on success, 1 when an operation was refused or failed, 2 on a usage error
+//! (bad arguments, a bad plan, a configuration that does not load).
+
+mod config_cmd;
+mod plan_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A programmable VXLAN hub-and-spoke overlay for container and VM clusters",
+    long_about = "Weir builds a VXLAN hub-and-spoke overlay between one host (the hub) and many \
+                  runners, and hands policy decisions to sandboxed WebAssembly or gRPC plugins."
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WEIR_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Configuration file (default: /etc/weir/weir.toml when it exists).
+    #[arg(long, global = true, env = "WEIR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show an address plan BASE/PREFIX/NODE_BITS/SUBNET_BITS: overlay, host IP and runner blocks.
+    Plan(plan_cmd::PlanArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// A command's failure, mapped to the documented exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments or configuration: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The operation was refused or failed: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for CliError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        CliError::Usage(format!("invalid configuration:\n{e}"))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Plan(args) => plan_cmd::run(args),
+        Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
+    }
+}
+
+/// Render rows as a left-aligned text table with a header.
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

@@ -1,0 +1,776 @@
+//! Configuration: built-in defaults < TOML file < `WEIR_<SECTION>__<KEY>` environment variables.
+//!
+//! Every struct refuses unknown keys, and every value has a type that validates itself while it
+//! is read, so an error always names the key, the source it came from and why it was refused.
+//! The daemon never starts on a configuration it only half understood.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::plan::{self, Plan};
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/weir/weir.toml";
+/// Environment variables of the form `WEIR_<SECTION>__<KEY>` override the file.
+pub const ENV_PREFIX: &str = "WEIR_";
+const DEFAULTS_NAME: &str = "built-in defaults";
+
+/// The whole configuration of a `weir` process (host and runner read the same file format).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub overlay: OverlayConfig,
+    pub host: HostConfig,
+    pub runner: RunnerConfig,
+    pub policy: PolicyConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// The default network: KohakuRiver's address plan, VXLAN settings and interface names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// Build the VXLAN overlay; when false every runner gets an isolated NATed bridge.
+    pub enabled: bool,
+    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+    pub subnet: Plan,
+    /// VNI of runner r is `vxlan_id_base + r`.
+    pub vxlan_id_base: u32,
+    /// UDP destination port of the tunnels.
+    pub vxlan_port: u16,
+    /// MTU of tunnels, bridges and workload interfaces, or "auto" (underlay MTU − 50).
+    pub mtu: Mtu,
+    /// Per-runner subnet of isolated mode (every runner reuses it behind its own NAT).
+    pub isolated_subnet: Ipv4Net,
+    /// Host device that carries the host overlay IP.
+    pub host_device: IfName,
+    /// Host tunnels are named `tunnel_prefix` + runner id in base 36.
+    pub tunnel_prefix: String,
+    /// The runner's tunnel to the host.
+    pub runner_tunnel: IfName,
+    /// The runner's bridge for workloads in overlay mode.
+    pub runner_bridge: IfName,
+    /// The runner's bridge in isolated mode.
+    pub isolated_bridge: IfName,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            subnet: Plan::new(Ipv4Addr::new(10, 128, 0, 0), 12, 6, 14)
+                .expect("the default plan is valid"),
+            vxlan_id_base: 100,
+            vxlan_port: 4789,
+            mtu: Mtu::Fixed(1450),
+            isolated_subnet: Ipv4Net::new(Ipv4Addr::new(172, 30, 0, 0), 16)
+                .expect("the default isolated subnet is valid"),
+            host_device: IfName::new_static("kohaku-host"),
+            tunnel_prefix: "vxkr".into(),
+            runner_tunnel: IfName::new_static("vxlan0"),
+            runner_bridge: IfName::new_static("kohaku-overlay"),
+            isolated_bridge: IfName::new_static("kohakuriver-net"),
+        }
+    }
+}
+
+/// The hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// gRPC listener for runners and schedulers.
+    pub listen: SocketAddr,
+    /// A unix socket serving the same API to local tools (`weir status` on the host machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// The underlay address runners tunnel to. Required when the overlay is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachable_address: Option<Ipv4Addr>,
+    /// Where allocations and workloads persist.
+    pub state_dir: PathBuf,
+    /// A runner without heartbeats for this long is inactive (its tunnel stays).
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            control_socket: Some(PathBuf::from("/run/weir/host.sock")),
+            reachable_address: None,
+            state_dir: PathBuf::from("/var/lib/weir/host"),
+            heartbeat_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A runner agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    /// The runner's name in the cluster (default: the machine's hostname).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// URL of the host's gRPC endpoint, e.g. `http://192.0.2.1:7700`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Underlay address of this runner (default: the source address the kernel picks toward the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical_ip: Option<Ipv4Addr>,
+    /// Interface NATed traffic leaves by (default: the interface of the default route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<IfName>,
+    pub state_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    /// Labels sent at registration (policy plugins may use them).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            host: None,
+            physical_ip: None,
+            uplink: None,
+            state_dir: PathBuf::from("/var/lib/weir/runner"),
+            heartbeat_interval: Duration::from_secs(5),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Policy plugins (filled by the plugin work; an empty section is accepted today).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {}
+
+/// Logs, traces and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {}
+
+/// A duration written like `"500ms"`, `"5s"`, `"2m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Self {
+        Self(std::time::Duration::from_secs(s))
+    }
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("{s:?} is not a duration ({e}); write it like \"500ms\", \"5s\" or \"2m\"")
+        })?;
+        if d.is_zero() {
+            return Err(format!("{s:?} is zero; a positive duration is required"));
+        }
+        Ok(Self(d))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// MTU of the overlay: a number, or `"auto"` for the underlay MTU minus the 50 bytes of VXLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtu {
+    Fixed(u32),
+    Auto,
+}
+
+/// Bytes of VXLAN over IPv4 encapsulation (outer Ethernet 14 + IP 20 + UDP 8 + VXLAN 8).
+pub const VXLAN_OVERHEAD: u32 = 50;
+const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65_535;
+
+impl Mtu {
+    /// The MTU to use given the underlay interface's MTU.
+    pub fn resolve(self, underlay_mtu: u32) -> u32 {
+        match self {
+            Mtu::Fixed(m) => m,
+            Mtu::Auto => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+        }
+    }
+}
+
+impl fmt::Display for Mtu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mtu::Fixed(m) => write!(f, "{m}"),
+            Mtu::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Mtu {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Mtu::Fixed(m) => s.serialize_u32(*m),
+            Mtu::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mtu {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(i64),
+            Text(String),
+        }
+        let check = |n: i64| -> Result<Mtu, D::Error> {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| MTU_RANGE.contains(n))
+                .map(Mtu::Fixed)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "MTU {n} is out of range (allowed: {}..={} or \"auto\")",
+                        MTU_RANGE.start(),
+                        MTU_RANGE.end()
+                    ))
+                })
+        };
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => check(n),
+            Raw::Text(t) if t.trim().eq_ignore_ascii_case("auto") => Ok(Mtu::Auto),
+            // Environment variables arrive as strings.
+            Raw::Text(t) => match t.trim().parse::<i64>() {
+                Ok(n) => check(n),
+                Err(_) => Err(serde::de::Error::custom(format!(
+                    "MTU {t:?} is neither a number nor \"auto\""
+                ))),
+            },
+        }
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', whitespace, ':' or NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfName(String);
+
+impl IfName {
+    fn new_static(s: &'static str) -> Self {
+        Self(s.to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IfName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        check_ifname(s)?;
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Check an interface name (or the part of one) against the kernel's rules.
+pub fn check_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > plan::MAX_IFNAME_LEN {
+        return Err(format!(
+            "interface name {s:?} must be 1 to {} bytes long",
+            plan::MAX_IFNAME_LEN
+        ));
+    }
+    if s == "."
+        || s == ".."
+        || s.chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        return Err(format!(
+            "interface name {s:?} may not contain '/', ':', whitespace or be '.'/'..'"
+        ));
+    }
+    Ok(())
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for IfName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration problem: which key, from which source, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The effective configuration plus where each value came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    figment: Figment,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+impl LoadedConfig {
+    /// Describe where `key` (e.g. `overlay.mtu`) got its value.
+    pub fn source_of(&self, key: &str) -> String {
+        describe_source(self.figment.find_metadata(key), key)
+    }
+
+    /// Whether `key` was set by the file or the environment (not left at its default).
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.figment
+            .find_metadata(key)
+            .is_some_and(|md| md.name != DEFAULTS_NAME)
+    }
+
+    /// A refusal of `key`'s value, naming its source.
+    pub fn invalid(&self, key: &str, why: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid(vec![format!("{key} ({}): {why}", self.source_of(key))])
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.config).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// The built-in defaults, as a figment provider with a recognisable name.
+struct Defaults;
+
+impl Provider for Defaults {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(DEFAULTS_NAME)
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(Config::default()).data()
+    }
+}
+
+/// Load the configuration. `file`: an explicit `--config`; when `None`, [`DEFAULT_CONFIG_PATH`]
+/// is read if it exists.
+pub fn load(file: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    load_from(file, Path::new(DEFAULT_CONFIG_PATH))
+}
+
+fn load_from(file: Option<&Path>, default_path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let path = match file {
+        Some(p) => {
+            if !p.is_file() {
+                return Err(ConfigError::File {
+                    path: p.to_path_buf(),
+                    reason: "does not exist or is not a regular file".into(),
+                });
+            }
+            Some(p.to_path_buf())
+        }
+        None => default_path.is_file().then(|| default_path.to_path_buf()),
+    };
+    let mut figment = Figment::from(Defaults);
+    if let Some(p) = &path {
+        // Read it ourselves so a missing or unreadable file is an error, never silently empty.
+        let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigError::File {
+                path: p.clone(),
+                reason: format!("not valid TOML: {}", e.message()),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(p));
+    }
+    // Only section-qualified variables are configuration; WEIR_LOG, WEIR_HOST, … are not.
+    figment = figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| k.as_str().contains("__"))
+            .split("__"),
+    );
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe_errors(&figment, e)))?;
+    let loaded = LoadedConfig {
+        config,
+        figment,
+        file: path,
+    };
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// Checks that involve more than one key.
+fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let o = &loaded.config.overlay;
+    let mut problems = Vec::new();
+    if let Err(e) = o.subnet.check_vni_base(o.vxlan_id_base) {
+        problems.push(format!(
+            "overlay.vxlan_id_base ({}): {e}",
+            loaded.source_of("overlay.vxlan_id_base")
+        ));
+    }
+    let longest = plan::tunnel_name(&o.tunnel_prefix, o.subnet.max_runners());
+    if o.tunnel_prefix.is_empty() || check_ifname(&longest).is_err() {
+        problems.push(format!(
+            "overlay.tunnel_prefix ({}): {:?} gives tunnel names up to {longest:?}, which must be 1 to {} bytes without '/', ':' or whitespace",
+            loaded.source_of("overlay.tunnel_prefix"),
+            o.tunnel_prefix,
+            plan::MAX_IFNAME_LEN
+        ));
+    }
+    let names = [
+        ("overlay.host_device", &o.host_device),
+        ("overlay.runner_tunnel", &o.runner_tunnel),
+        ("overlay.runner_bridge", &o.runner_bridge),
+        ("overlay.isolated_bridge", &o.isolated_bridge),
+    ];
+    let mut seen = BTreeSet::new();
+    for (key, name) in names {
+        if !seen.insert(name.as_str()) {
+            problems.push(format!(
+                "{key} ({}): {name:?} is already used by another overlay interface name",
+                loaded.source_of(key)
+            ));
+        }
+    }
+    if let Some(name) = &loaded.config.runner.name
+        && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
+    {
+        problems.push(format!(
+            "runner.name ({}): {name:?} must be 1 to 253 printable characters",
+            loaded.source_of("runner.name")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+fn describe_errors(figment: &Figment, err: figment::Error) -> Vec<String> {
+    err.into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            // Prefer the provider that supplied this exact key; fall back to the error's tag.
+            let md = figment.find_metadata(&key).or(e.metadata.as_ref());
+            let why = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => format!(
+                    "unknown key {field:?} (known keys here: {})",
+                    expected.join(", ")
+                ),
+                other => other.to_string(),
+            };
+            if key.is_empty() {
+                format!("configuration ({}): {why}", describe_source(md, &key))
+            } else {
+                format!("{key} ({}): {why}", describe_source(md, &key))
+            }
+        })
+        .collect()
+}
+
+fn describe_source(md: Option<&Metadata>, key: &str) -> String {
+    let Some(md) = md else {
+        return "unknown source".into();
+    };
+    if md.name == DEFAULTS_NAME {
+        return DEFAULTS_NAME.into();
+    }
+    if let Some(path) = md.source.as_ref().and_then(|s| s.file_path()) {
+        return format!("file {}", path.display());
+    }
+    if md.name.contains("environment") {
+        return format!("environment variable {}", env_var_for(key));
+    }
+    md.name.to_string()
+}
+
+/// The environment variable that supplied `key` (or a key below it), in its own spelling.
+fn env_var_for(key: &str) -> String {
+    let as_key = |var: &str| {
+        var.strip_prefix(ENV_PREFIX)
+            .map(|rest| rest.to_ascii_lowercase().replace("__", "."))
+    };
+    std::env::vars()
+        .map(|(var, _)| var)
+        .find(|var| as_key(var).is_some_and(|k| k == key || k.starts_with(&format!("{key}."))))
+        .unwrap_or_else(|| {
+            format!(
+                "{ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in_jail(jail: &Jail, file: Option<&str>) -> Result<LoadedConfig, ConfigError> {
+        let path = file.map(|f| jail.directory().join(f));
+        load_from(path.as_deref(), &jail.directory().join("absent.toml"))
+    }
+
+    #[test]
+    fn defaults_are_kohakuriver_compatible() {
+        Jail::expect_with(|jail| {
+            let c = load_in_jail(jail, None).unwrap();
+            let o = &c.config.overlay;
+            assert!(o.enabled);
+            assert_eq!(o.subnet.to_string(), "10.128.0.0/12/6/14");
+            assert_eq!(
+                (o.vxlan_id_base, o.vxlan_port, o.mtu),
+                (100, 4789, Mtu::Fixed(1450))
+            );
+            assert_eq!(o.host_device.as_str(), "kohaku-host");
+            assert_eq!(o.runner_bridge.as_str(), "kohaku-overlay");
+            assert_eq!(c.config.host.heartbeat_timeout, Duration::from_secs(30));
+            assert_eq!(c.config.runner.heartbeat_interval, Duration::from_secs(5));
+            assert_eq!(c.source_of("overlay.mtu"), "built-in defaults");
+            assert!(!c.is_explicit("overlay.mtu"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn precedence_default_then_file_then_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "weir.toml",
+                "[overlay]\nmtu = 1400\nvxlan_port = 4790\n[runner]\nheartbeat_interval = \"500ms\"\n",
+            )?;
+            jail.set_env("WEIR_OVERLAY__VXLAN_PORT", "4800");
+            // Variables without a section are not configuration and must not be refused.
+            jail.set_env("WEIR_LOG", "debug");
+            let c = load_in_jail(jail, Some("weir.toml")).unwrap();
+            assert_eq!(c.config.overlay.mtu, Mtu::Fixed(1400), "file beats default");
+            assert_eq!(c.config.overlay.vxlan_port, 4800, "env beats file");
+            assert_eq!(c.config.overlay.vxlan_id_base, 100, "default stays");
+            assert_eq!(
+                c.config.runner.heartbeat_interval,
+                Duration::from_millis(500)
+            );
+            assert!(c.source_of("overlay.mtu").starts_with("file "));
+            assert_eq!(
+                c.source_of("overlay.vxlan_port"),
+                "environment variable WEIR_OVERLAY__VXLAN_PORT"
+            );
+            assert!(c.is_explicit("overlay.mtu") && !c.is_explicit("overlay.subnet"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_alone_overrides_defaults() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WEIR_OVERLAY__SUBNET", "10.0.0.0/22/2/8");
+            jail.set_env("WEIR_OVERLAY__MTU", "auto");
+            jail.set_env("WEIR_HOST__HEARTBEAT_TIMEOUT", "2m");
+            let c = load_in_jail(jail, None).unwrap();
+            assert_eq!(c.config.overlay.subnet.max_runners(), 3);
+            assert_eq!(c.config.overlay.mtu, Mtu::Auto);
+            assert_eq!(c.config.host.heartbeat_timeout, Duration::from_secs(120));
+            Ok(())
+        });
+    }
+
+    fn error_of(jail: &Jail, toml: &str) -> String {
+        jail.create_file("bad.toml", toml).unwrap();
+        load_in_jail(jail, Some("bad.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_key_and_source() {
+        Jail::expect_with(|jail| {
+            let e = error_of(jail, "[overlay]\nmtuu = 1400\n");
+            assert!(e.contains("overlay.mtuu"), "{e}");
+            assert!(e.contains("bad.toml"), "{e}");
+            assert!(e.contains("unknown key"), "{e}");
+            let e = error_of(jail, "[overlays]\nmtu = 1400\n");
+            assert!(e.contains("overlays") && e.contains("unknown key"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_env_keys_are_refused_naming_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WEIR_OVERLAY__NOPE", "1");
+            let e = load_in_jail(jail, None).unwrap_err().to_string();
+            assert!(e.contains("overlay.nope"), "{e}");
+            assert!(e.contains("WEIR_OVERLAY__NOPE"), "{e}");
+            jail.clear_env();
+            jail.set_env("WEIR_NOSECTION__KEY", "1");
+            let e = load_in_jail(jail, None).unwrap_err().to_string();
+            assert!(
+                e.starts_with("nosection (environment variable WEIR_NOSECTION__KEY)"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_key_source_and_reason() {
+        Jail::expect_with(|jail| {
+            let e = error_of(jail, "[overlay]\nsubnet = \"10.128.0.0/12/6/15\"\n");
+            assert!(
+                e.contains("overlay.subnet") && e.contains("must be 32") && e.contains("bad.toml"),
+                "{e}"
+            );
+            let e = error_of(jail, "[overlay]\nmtu = 100\n");
+            assert!(
+                e.contains("overlay.mtu") && e.contains("allowed: 576..=65535"),
+                "{e}"
+            );
+            let e = error_of(jail, "[overlay]\nmtu = \"big\"\n");
+            assert!(e.contains("overlay.mtu") && e.contains("\"big\""), "{e}");
+            let e = error_of(jail, "[overlay]\nvxlan_port = 70000\n");
+            assert!(e.contains("overlay.vxlan_port"), "{e}");
+            let e = error_of(jail, "[runner]\nheartbeat_interval = \"soon\"\n");
+            assert!(
+                e.contains("runner.heartbeat_interval") && e.contains("500ms"),
+                "{e}"
+            );
+            let e = error_of(jail, "[host]\nreachable_address = \"192.0.2\"\n");
+            assert!(e.contains("host.reachable_address"), "{e}");
+            let e = error_of(
+                jail,
+                "[overlay]\nrunner_bridge = \"a-very-long-bridge-name\"\n",
+            );
+            assert!(
+                e.contains("overlay.runner_bridge") && e.contains("1 to 15 bytes"),
+                "{e}"
+            );
+            let e = error_of(jail, "[overlay]\nenabled = \"yes please\"\n");
+            assert!(e.contains("overlay.enabled"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WEIR_OVERLAY__MTU", "huge");
+            let e = load_in_jail(jail, None).unwrap_err().to_string();
+            assert!(
+                e.contains("overlay.mtu") && e.contains("WEIR_OVERLAY__MTU"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cross_field_checks() {
+        Jail::expect_with(|jail| {
+            let e = error_of(
+                jail,
+                "[overlay]\nsubnet = \"10.0.0.0/8/16/8\"\nvxlan_id_base = 16777000\n",
+            );
+            assert!(
+                e.contains("overlay.vxlan_id_base") && e.contains("bad.toml"),
+                "{e}"
+            );
+            let e = error_of(jail, "[overlay]\ntunnel_prefix = \"longtunnelpref\"\n");
+            assert!(e.contains("overlay.tunnel_prefix"), "{e}");
+            let e = error_of(jail, "[overlay]\nrunner_bridge = \"vxlan0\"\n");
+            assert!(e.contains("already used"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_or_broken_files_are_errors() {
+        Jail::expect_with(|jail| {
+            let e = load_in_jail(jail, Some("nope.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("nope.toml") && e.contains("does not exist"),
+                "{e}"
+            );
+            let e = error_of(jail, "[overlay\n");
+            assert!(e.contains("not valid TOML"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn show_roundtrips() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "weir.toml",
+                "[overlay]\nmtu = \"auto\"\n[runner]\nlabels = { rack = \"a\" }\n",
+            )?;
+            let c = load_in_jail(jail, Some("weir.toml")).unwrap();
+            let shown = c.to_toml();
+            jail.create_file("shown.toml", &shown)?;
+            let again = load_in_jail(jail, Some("shown.toml")).unwrap();
+            assert_eq!(again.config, c.config, "{shown}");
+            assert!(shown.contains("mtu = \"auto\""), "{shown}");
+            Ok(())
+        });
+    }
+}

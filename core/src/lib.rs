@@ -1,0 +1,10 @@
+//! Weir: a VXLAN hub-and-spoke container overlay whose policy decisions are made by sandboxed
+//! plugins.
+//!
+//! Data flows one way: [`config`] → [`plan`] → store → policy → dataplane → kernel. The binary
+//! (`src/main.rs`) is a thin shell over [`cli`].
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod plan;

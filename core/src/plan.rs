@@ -1,0 +1,618 @@
+//! The address plan: `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+//!
+//! A plan splits an IPv4 overlay CIDR into one block per runner. Block 0 belongs to the host
+//! (it carries the host overlay IP `B+1`); runner `r` (1 ..= 2^NODE_BITS − 1) owns
+//! `B + (r << SUBNET_BITS)` with prefix `32 − SUBNET_BITS`. Inside a runner block `.1` is the
+//! gateway (the runner's bridge), `.254` is the host's address on that subnet, and workloads get
+//! `subnet+2 ..= subnet+2^S−3` minus `.254`.
+//!
+//! Everything here is pure arithmetic: no I/O, no kernel.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// The offset of the host's address inside every runner subnet.
+pub const HOST_ON_SUBNET_OFFSET: u32 = 254;
+/// Interface names are limited to 15 bytes by the kernel (IFNAMSIZ − 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Why a plan specification was refused. Each variant names the part at fault and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("plan {spec:?}: expected 4 parts BASE/PREFIX/NODE_BITS/SUBNET_BITS, found {found}")]
+    PartCount { spec: String, found: usize },
+    #[error("plan {spec:?}: BASE {value:?} is not an IPv4 address")]
+    Base { spec: String, value: String },
+    #[error("plan {spec:?}: {part} {value:?} is not an integer (allowed: {allowed})")]
+    NotInteger {
+        spec: String,
+        part: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("plan {spec:?}: {part} = {value} is out of range (allowed: {allowed})")]
+    OutOfRange {
+        spec: String,
+        part: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
+    #[error(
+        "plan {spec:?}: PREFIX + NODE_BITS + SUBNET_BITS = {prefix} + {node} + {subnet} = {sum}, must be 32"
+    )]
+    Sum {
+        spec: String,
+        prefix: u64,
+        node: u64,
+        subnet: u64,
+        sum: u64,
+    },
+    #[error("runner id {id} is out of range for plan {spec} (allowed: 1..={max})")]
+    RunnerId { spec: String, id: u64, max: u32 },
+    #[error(
+        "vxlan id base {base} is out of range for plan {spec}: runner {max} would get VNI {last}, above the VXLAN limit {MAX_VNI} (allowed: 0..={allowed})"
+    )]
+    VniBase {
+        spec: String,
+        base: u32,
+        max: u32,
+        last: u64,
+        allowed: u32,
+    },
+}
+
+/// A validated address plan. Construct with [`Plan::from_str`] / [`Plan::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Plan {
+    overlay: Ipv4Net,
+    node_bits: u8,
+    subnet_bits: u8,
+}
+
+impl Plan {
+    /// Build a plan from its numeric parts, applying the same rules as the textual form.
+    pub fn new(
+        base: Ipv4Addr,
+        prefix: u8,
+        node_bits: u8,
+        subnet_bits: u8,
+    ) -> Result<Self, PlanError> {
+        format!("{base}/{prefix}/{node_bits}/{subnet_bits}").parse()
+    }
+
+    /// The overlay CIDR `B/PREFIX` (host bits of BASE cleared).
+    pub fn overlay(&self) -> Ipv4Net {
+        self.overlay
+    }
+    pub fn prefix(&self) -> u8 {
+        self.overlay.prefix_len()
+    }
+    pub fn node_bits(&self) -> u8 {
+        self.node_bits
+    }
+    pub fn subnet_bits(&self) -> u8 {
+        self.subnet_bits
+    }
+    /// The host's overlay address `B+1`, with the overlay prefix.
+    pub fn host_ip(&self) -> Ipv4Net {
+        net(offset(self.overlay.network(), 1), self.prefix())
+    }
+    /// The largest runner id (`2^NODE_BITS − 1`); ids run from 1 to this.
+    pub fn max_runners(&self) -> u32 {
+        (1u32 << self.node_bits) - 1
+    }
+    /// The prefix length of every runner subnet (`32 − SUBNET_BITS`).
+    pub fn runner_prefix(&self) -> u8 {
+        32 - self.subnet_bits
+    }
+    /// How many addresses a workload can really get on one runner: `first..=last` without `.254`.
+    pub fn assignable_per_runner(&self) -> u32 {
+        let in_range = (1u32 << self.subnet_bits) - 4;
+        // `.254` lies inside first..=last whenever the block is larger than a /24.
+        if self.subnet_bits > 8 {
+            in_range - 1
+        } else {
+            in_range
+        }
+    }
+
+    /// Check a runner id against the plan.
+    pub fn check_runner(&self, id: u64) -> Result<u32, PlanError> {
+        if id >= 1 && id <= u64::from(self.max_runners()) {
+            Ok(id as u32)
+        } else {
+            Err(PlanError::RunnerId {
+                spec: self.to_string(),
+                id,
+                max: self.max_runners(),
+            })
+        }
+    }
+
+    /// Check that every runner's VNI (`base + id`) fits in 24 bits.
+    pub fn check_vni_base(&self, base: u32) -> Result<(), PlanError> {
+        let last = u64::from(base) + u64::from(self.max_runners());
+        if last <= u64::from(MAX_VNI) {
+            Ok(())
+        } else {
+            Err(PlanError::VniBase {
+                spec: self.to_string(),
+                base,
+                max: self.max_runners(),
+                last,
+                allowed: MAX_VNI - self.max_runners(),
+            })
+        }
+    }
+
+    /// The block of runner `id`. Fails for ids outside `1..=max_runners`.
+    pub fn runner(&self, id: u32) -> Result<RunnerBlock, PlanError> {
+        let id = self.check_runner(u64::from(id))?;
+        let start = u32::from(self.overlay.network()) + (id << self.subnet_bits);
+        let subnet = net(Ipv4Addr::from(start), self.runner_prefix());
+        Ok(RunnerBlock { id, subnet })
+    }
+
+    /// The runner id whose block holds `addr`, if any.
+    pub fn runner_of(&self, addr: Ipv4Addr) -> Option<u32> {
+        if !self.overlay.contains(&addr) {
+            return None;
+        }
+        let rel = u32::from(addr) - u32::from(self.overlay.network());
+        let id = rel >> self.subnet_bits;
+        (id >= 1).then_some(id)
+    }
+}
+
+impl FromStr for Plan {
+    type Err = PlanError;
+
+    fn from_str(spec: &str) -> Result<Self, PlanError> {
+        let parts: Vec<&str> = spec.trim().split('/').collect();
+        if parts.len() != 4 {
+            return Err(PlanError::PartCount {
+                spec: spec.to_string(),
+                found: parts.len(),
+            });
+        }
+        let base: Ipv4Addr = parts[0].parse().map_err(|_| PlanError::Base {
+            spec: spec.to_string(),
+            value: parts[0].to_string(),
+        })?;
+        let number = |idx: usize, part: &'static str, allowed: &'static str| {
+            parts[idx]
+                .parse::<u64>()
+                .map_err(|_| PlanError::NotInteger {
+                    spec: spec.to_string(),
+                    part,
+                    value: parts[idx].to_string(),
+                    allowed,
+                })
+        };
+        const PREFIX_ALLOWED: &str = "1..=23";
+        const NODE_ALLOWED: &str = "1..=16";
+        const SUBNET_ALLOWED: &str = "8..=30";
+        let prefix = number(1, "PREFIX", PREFIX_ALLOWED)?;
+        let node = number(2, "NODE_BITS", NODE_ALLOWED)?;
+        let subnet = number(3, "SUBNET_BITS", SUBNET_ALLOWED)?;
+        let range = |part: &'static str, value: u64, ok: bool, allowed: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(PlanError::OutOfRange {
+                    spec: spec.to_string(),
+                    part,
+                    value,
+                    allowed,
+                })
+            }
+        };
+        range("PREFIX", prefix, (1..=23).contains(&prefix), PREFIX_ALLOWED)?;
+        range("NODE_BITS", node, (1..=16).contains(&node), NODE_ALLOWED)?;
+        range(
+            "SUBNET_BITS",
+            subnet,
+            (8..=30).contains(&subnet),
+            SUBNET_ALLOWED,
+        )?;
+        let sum = prefix + node + subnet;
+        if sum != 32 {
+            return Err(PlanError::Sum {
+                spec: spec.to_string(),
+                prefix,
+                node,
+                subnet,
+                sum,
+            });
+        }
+        Ok(Plan {
+            overlay: net(base, prefix as u8).trunc(),
+            node_bits: node as u8,
+            subnet_bits: subnet as u8,
+        })
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.overlay.network(),
+            self.prefix(),
+            self.node_bits,
+            self.subnet_bits
+        )
+    }
+}
+
+impl Serialize for Plan {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Plan {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One runner's block of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerBlock {
+    pub id: u32,
+    /// The runner subnet, e.g. `10.128.64.0/18`.
+    pub subnet: Ipv4Net,
+}
+
+impl RunnerBlock {
+    /// The runner's bridge address (`subnet + 1`).
+    pub fn gateway(&self) -> Ipv4Addr {
+        offset(self.subnet.network(), 1)
+    }
+    /// The host's address on this runner's subnet (`subnet + 254`).
+    pub fn host_ip_on_subnet(&self) -> Ipv4Addr {
+        offset(self.subnet.network(), HOST_ON_SUBNET_OFFSET)
+    }
+    /// The first address a workload can get.
+    pub fn first(&self) -> Ipv4Addr {
+        offset(self.subnet.network(), 2)
+    }
+    /// The last address a workload can get (`broadcast − 2`).
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.broadcast()) - 2)
+    }
+    /// Whether `addr` may be handed to a workload: inside first..=last and not `.254`.
+    pub fn is_assignable(&self, addr: Ipv4Addr) -> bool {
+        let a = u32::from(addr);
+        a >= u32::from(self.first())
+            && a <= u32::from(self.last())
+            && addr != self.host_ip_on_subnet()
+    }
+    /// The VNI of this runner's tunnel.
+    pub fn vni(&self, vxlan_id_base: u32) -> u32 {
+        vxlan_id_base + self.id
+    }
+}
+
+/// The host-side tunnel name of runner `id`: `prefix` + id in lowercase base 36, no leading zeros.
+pub fn tunnel_name(prefix: &str, id: u32) -> String {
+    format!("{prefix}{}", base36(id))
+}
+
+/// Parse a host-side tunnel name back into a runner id (`None` if it is not `prefix` + base 36).
+pub fn parse_tunnel_name(prefix: &str, name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(prefix)?;
+    if digits.is_empty()
+        || digits.starts_with('0')
+        || !digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 36).ok()
+}
+
+/// Lowercase base 36 without leading zeros (0 is "0").
+pub fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    if n == 0 {
+        return "0".into();
+    }
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn offset(addr: Ipv4Addr, by: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(addr) + by)
+}
+
+fn net(addr: Ipv4Addr, prefix: u8) -> Ipv4Net {
+    // Callers only pass prefixes already checked to be <= 32.
+    Ipv4Net::new(addr, prefix).unwrap_or_else(|_| Ipv4Net::default())
+}
+
+/// The machine-readable description of a plan, as printed by `weir plan --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanReport {
+    pub spec: String,
+    pub overlay_cidr: String,
+    pub host_ip: String,
+    pub max_runners: u32,
+    pub runner_prefix: u8,
+    pub assignable_per_runner: u32,
+    pub runners: Vec<RunnerReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunnerReport {
+    pub id: u32,
+    pub subnet: String,
+    pub gateway: String,
+    pub host_ip_on_subnet: String,
+    pub first: String,
+    pub last: String,
+    pub device: String,
+    pub vni: u32,
+}
+
+impl PlanReport {
+    /// Describe `plan` and the given runners (ids are checked against the plan).
+    pub fn new(
+        plan: &Plan,
+        runner_ids: &[u64],
+        vxlan_id_base: u32,
+        tunnel_prefix: &str,
+    ) -> Result<Self, PlanError> {
+        plan.check_vni_base(vxlan_id_base)?;
+        let runners = runner_ids
+            .iter()
+            .map(|&id| {
+                let block = plan.runner(plan.check_runner(id)?)?;
+                Ok(RunnerReport {
+                    id: block.id,
+                    subnet: block.subnet.to_string(),
+                    gateway: block.gateway().to_string(),
+                    host_ip_on_subnet: block.host_ip_on_subnet().to_string(),
+                    first: block.first().to_string(),
+                    last: block.last().to_string(),
+                    device: tunnel_name(tunnel_prefix, block.id),
+                    vni: block.vni(vxlan_id_base),
+                })
+            })
+            .collect::<Result<Vec<_>, PlanError>>()?;
+        Ok(PlanReport {
+            spec: plan.to_string(),
+            overlay_cidr: plan.overlay().to_string(),
+            host_ip: plan.host_ip().to_string(),
+            max_runners: plan.max_runners(),
+            runner_prefix: plan.runner_prefix(),
+            assignable_per_runner: plan.assignable_per_runner(),
+            runners,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(s: &str) -> Plan {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_plan_matches_design() {
+        let p = plan("10.128.0.0/12/6/14");
+        assert_eq!(p.overlay().to_string(), "10.128.0.0/12");
+        assert_eq!(p.host_ip().to_string(), "10.128.0.1/12");
+        assert_eq!(p.max_runners(), 63);
+        assert_eq!(p.runner_prefix(), 18);
+        assert_eq!(p.assignable_per_runner(), 16379);
+        let r1 = p.runner(1).unwrap();
+        assert_eq!(r1.subnet.to_string(), "10.128.64.0/18");
+        assert_eq!(r1.gateway().to_string(), "10.128.64.1");
+        assert_eq!(r1.host_ip_on_subnet().to_string(), "10.128.64.254");
+        assert_eq!(r1.first().to_string(), "10.128.64.2");
+        assert_eq!(r1.last().to_string(), "10.128.127.253");
+        assert_eq!(r1.vni(100), 101);
+        let r2 = p.runner(2).unwrap();
+        assert_eq!(r2.subnet.to_string(), "10.128.128.0/18");
+        assert_eq!(r2.host_ip_on_subnet().to_string(), "10.128.128.254");
+        let r63 = p.runner(63).unwrap();
+        assert_eq!(r63.subnet.to_string(), "10.143.192.0/18");
+        assert_eq!(r63.last().to_string(), "10.143.255.253");
+    }
+
+    #[test]
+    fn host_bits_in_base_are_cleared() {
+        let p = plan("10.130.7.9/12/6/14");
+        assert_eq!(p.to_string(), "10.128.0.0/12/6/14");
+        assert_eq!(p.host_ip().to_string(), "10.128.0.1/12");
+        assert_eq!(p.runner(1).unwrap().subnet.to_string(), "10.128.64.0/18");
+    }
+
+    #[test]
+    fn largest_node_split() {
+        // NODE_BITS = 16 is the most runners; SUBNET_BITS = 8 the smallest block.
+        let p = plan("10.0.0.0/8/16/8");
+        assert_eq!(p.max_runners(), 65535);
+        assert_eq!(p.runner_prefix(), 24);
+        assert_eq!(p.assignable_per_runner(), 252);
+        let r = p.runner(1).unwrap();
+        assert_eq!(r.subnet.to_string(), "10.0.1.0/24");
+        assert_eq!(r.first().to_string(), "10.0.1.2");
+        assert_eq!(r.last().to_string(), "10.0.1.253");
+        assert_eq!(r.host_ip_on_subnet().to_string(), "10.0.1.254");
+        assert!(!r.is_assignable("10.0.1.254".parse().unwrap()));
+        let last = p.runner(65535).unwrap();
+        assert_eq!(last.subnet.to_string(), "10.255.255.0/24");
+        assert_eq!(tunnel_name("vxkr", 65535), "vxkr1ekf");
+    }
+
+    #[test]
+    fn smallest_node_split() {
+        // NODE_BITS = 1 gives a single runner; PREFIX = 1 with the largest block.
+        let p = plan("128.0.0.0/1/1/30");
+        assert_eq!(p.max_runners(), 1);
+        assert_eq!(p.runner_prefix(), 2);
+        let r = p.runner(1).unwrap();
+        assert_eq!(r.subnet.to_string(), "192.0.0.0/2");
+        assert_eq!(r.gateway().to_string(), "192.0.0.1");
+        assert_eq!(r.last().to_string(), "255.255.255.253");
+        assert_eq!(p.assignable_per_runner(), (1u32 << 30) - 5);
+        assert!(p.runner(2).is_err());
+        assert!(p.runner(0).is_err());
+    }
+
+    #[test]
+    fn small_plan_for_tests() {
+        let p = plan("10.0.0.0/22/2/8");
+        assert_eq!(p.max_runners(), 3);
+        assert_eq!(p.runner(3).unwrap().subnet.to_string(), "10.0.3.0/24");
+        assert_eq!(p.runner_of("10.0.3.7".parse().unwrap()), Some(3));
+        assert_eq!(p.runner_of("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(p.runner_of("10.0.4.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn assignable_excludes_reserved_addresses() {
+        let r = plan("10.128.0.0/12/6/14").runner(1).unwrap();
+        for bad in [
+            "10.128.64.0",
+            "10.128.64.1",
+            "10.128.64.254",
+            "10.128.127.254",
+            "10.128.127.255",
+            "10.128.128.2",
+        ] {
+            assert!(!r.is_assignable(bad.parse().unwrap()), "{bad}");
+        }
+        for good in [
+            "10.128.64.2",
+            "10.128.64.255",
+            "10.128.65.0",
+            "10.128.127.253",
+        ] {
+            assert!(r.is_assignable(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[test]
+    fn base36_names() {
+        for (id, name) in [
+            (1, "vxkr1"),
+            (9, "vxkr9"),
+            (10, "vxkra"),
+            (35, "vxkrz"),
+            (36, "vxkr10"),
+            (63, "vxkr1r"),
+        ] {
+            assert_eq!(tunnel_name("vxkr", id), name);
+            assert_eq!(parse_tunnel_name("vxkr", name), Some(id));
+        }
+        for bad in ["vxkr", "vxkr01", "vxkrA", "vxkr-1", "vxlan0", "vxkr1 "] {
+            assert_eq!(parse_tunnel_name("vxkr", bad), None, "{bad}");
+        }
+        assert_eq!(parse_tunnel_name("vxkr", "vxkrzz"), Some(36 * 35 + 35));
+    }
+
+    #[test]
+    fn refusals_name_the_part() {
+        let cases = [
+            ("10.128.0.0/12/6", "expected 4 parts"),
+            ("10.128.0.0/12/6/14/1", "found 5"),
+            ("10.128.0/12/6/14", "BASE \"10.128.0\""),
+            ("10.128.0.0/x/6/14", "PREFIX \"x\" is not an integer"),
+            ("10.128.0.0/12/six/14", "NODE_BITS \"six\""),
+            ("10.128.0.0/12/6/-14", "SUBNET_BITS \"-14\""),
+            (
+                "10.128.0.0/0/16/16",
+                "PREFIX = 0 is out of range (allowed: 1..=23)",
+            ),
+            (
+                "10.128.0.0/12/0/20",
+                "NODE_BITS = 0 is out of range (allowed: 1..=16)",
+            ),
+            (
+                "10.128.0.0/7/17/8",
+                "NODE_BITS = 17 is out of range (allowed: 1..=16)",
+            ),
+            (
+                "10.128.0.0/18/7/7",
+                "SUBNET_BITS = 7 is out of range (allowed: 8..=30)",
+            ),
+            ("10.128.0.0/12/6/15", "= 33, must be 32"),
+            ("10.128.0.0/12/6/13", "= 31, must be 32"),
+            ("", "expected 4 parts"),
+        ];
+        for (spec, want) in cases {
+            let err = spec.parse::<Plan>().unwrap_err().to_string();
+            assert!(err.contains(want), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn runner_ids_at_both_ends() {
+        let p = plan("10.128.0.0/12/6/14");
+        assert!(p.runner(1).is_ok());
+        assert!(p.runner(63).is_ok());
+        let e = p.runner(64).unwrap_err().to_string();
+        assert!(e.contains("runner id 64") && e.contains("1..=63"), "{e}");
+        let e = p.check_runner(0).unwrap_err().to_string();
+        assert!(e.contains("runner id 0"), "{e}");
+    }
+
+    #[test]
+    fn vni_base_must_fit() {
+        let p = plan("10.0.0.0/8/16/8");
+        assert!(p.check_vni_base(100).is_ok());
+        assert!(p.check_vni_base(MAX_VNI - 65535).is_ok());
+        let e = p.check_vni_base(MAX_VNI - 65534).unwrap_err().to_string();
+        assert!(
+            e.contains("vxlan id base") && e.contains("allowed: 0..="),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn report_matches_documented_json() {
+        let p = plan("10.128.0.0/12/6/14");
+        let r = PlanReport::new(&p, &[1], 100, "vxkr").unwrap();
+        let json = serde_json::to_value(&r).unwrap();
+        let want = serde_json::json!({"spec": "10.128.0.0/12/6/14", "overlay_cidr": "10.128.0.0/12",
+            "host_ip": "10.128.0.1/12", "max_runners": 63, "runner_prefix": 18,
+            "assignable_per_runner": 16379,
+            "runners": [{"id": 1, "subnet": "10.128.64.0/18", "gateway": "10.128.64.1",
+            "host_ip_on_subnet": "10.128.64.254", "first": "10.128.64.2", "last": "10.128.127.253",
+            "device": "vxkr1", "vni": 101}]});
+        assert_eq!(json, want);
+    }
+
+    #[test]
+    fn plans_roundtrip_through_serde() {
+        let p = plan("10.128.0.0/12/6/14");
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(s, "\"10.128.0.0/12/6/14\"");
+        let back: Plan = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, p);
+        let err = serde_json::from_str::<Plan>("\"1.2.3.4/1/2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected 4 parts"), "{err}");
+    }
+}

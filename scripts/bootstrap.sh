@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what building and testing Weir needs on a fresh Debian 12 machine (as root).
+# Idempotent: it only installs what is missing.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have nft || need_pkgs+=(nftables)
+have ip || need_pkgs+=(iproute2)
+have ping || need_pkgs+=(iputils-ping)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${need_pkgs[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi

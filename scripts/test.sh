@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests and the root-only integration tests that build real
+# topologies in network namespaces. Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi
