@@ -6,5 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod dataplane;
+pub mod ipam;
 pub mod logging;
 pub mod plan;
+pub mod store;

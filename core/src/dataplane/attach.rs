@@ -1,0 +1,158 @@
+//! Workload interfaces: a veth whose peer is created directly inside the workload's network
+//! namespace (never created here and moved), enslaved to the runner's bridge.
+//!
+//! The host end is named from a hash of (network, workload id) and carries the workload's
+//! identity in its alias, so attach is idempotent and a hash collision is detected, not
+//! silently shared.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use super::netlink::Netlink;
+use super::{DataplaneError, Result};
+
+/// Aliases of Weir's workload interfaces start with this.
+pub const ALIAS_PREFIX: &str = "weir:";
+
+/// One interface of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIface {
+    pub network: String,
+    pub workload: String,
+    /// `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub netns: PathBuf,
+    /// Name inside the workload (`eth0`).
+    pub ifname: String,
+    pub addr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub bridge: String,
+    /// Install the default route through this interface.
+    pub default_route: bool,
+}
+
+impl WorkloadIface {
+    /// The host end's name: `wk` + 8 hex digits of a hash of network and workload id.
+    pub fn host_ifname(&self) -> String {
+        host_ifname(&self.network, &self.workload)
+    }
+    pub fn alias(&self) -> String {
+        alias(&self.network, &self.workload)
+    }
+}
+
+pub fn host_ifname(network: &str, workload: &str) -> String {
+    // FNV-1a: stable across releases and platforms, which std's hasher is not.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in network.bytes().chain([0u8]).chain(workload.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("wk{h:08x}")
+}
+
+pub fn alias(network: &str, workload: &str) -> String {
+    format!("{ALIAS_PREFIX}{network}/{workload}")
+}
+
+/// Create (or repair) a workload interface. Idempotent.
+pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
+    let ns_file = std::fs::File::open(&w.netns).map_err(|e| {
+        DataplaneError::io(format!("open network namespace {}", w.netns.display()), e)
+    })?;
+    let bridge = nl
+        .link(&w.bridge)
+        .await?
+        .ok_or_else(|| DataplaneError::Invalid(format!("bridge {} does not exist", w.bridge)))?;
+    let name = w.host_ifname();
+    let host = match nl.link(&name).await? {
+        Some(link) => {
+            if link.alias.as_deref() != Some(w.alias().as_str()) {
+                return Err(DataplaneError::Invalid(format!(
+                    "interface {name} belongs to {}, not {}",
+                    link.alias
+                        .clone()
+                        .unwrap_or_else(|| "something else".into()),
+                    w.alias()
+                )));
+            }
+            link
+        }
+        None => {
+            let link = nl
+                .add_veth_into(&name, &w.ifname, &ns_file, w.mtu)
+                .await
+                .map_err(|e| {
+                    DataplaneError::Invalid(format!(
+                        "create {name} with peer {} in {}: {e}",
+                        w.ifname,
+                        w.netns.display()
+                    ))
+                })?;
+            nl.set_alias(link.index, &w.alias()).await?;
+            link
+        }
+    };
+    if host.master != Some(bridge.index) {
+        nl.set_master(host.index, bridge.index).await?;
+    }
+    if host.mtu != w.mtu {
+        nl.set_mtu(host.index, w.mtu).await?;
+    }
+    if !host.up {
+        nl.set_up(host.index).await?;
+    }
+    configure_inside(&w.netns, w).await
+}
+
+async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
+    let inner = Netlink::in_namespace(ns)?;
+    let link = inner.link(&w.ifname).await?.ok_or_else(|| {
+        DataplaneError::Invalid(format!(
+            "{} is missing inside {} (its peer exists on the runner)",
+            w.ifname,
+            ns.display()
+        ))
+    })?;
+    if link.mtu != w.mtu {
+        inner.set_mtu(link.index, w.mtu).await?;
+    }
+    inner.sync_addrs(link.index, &[w.addr]).await?;
+    if !link.up {
+        inner.set_up(link.index).await?;
+    }
+    if let Some(lo) = inner.link("lo").await?
+        && !lo.up
+    {
+        inner.set_up(lo.index).await?;
+    }
+    if w.default_route {
+        inner
+            .replace_route(Ipv4Net::default(), Some(w.gateway), Some(link.index))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Remove a workload interface (its peer inside the namespace goes with it). Missing is fine.
+pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
+    let name = host_ifname(network, workload);
+    if let Some(link) = nl.link(&name).await? {
+        if link.alias.as_deref() == Some(alias(network, workload).as_str()) {
+            nl.del_link(link.index).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Weir's workload interfaces present on this runner: (alias, ifindex).
+pub async fn list(nl: &Netlink) -> Result<Vec<(String, u32)>> {
+    Ok(nl
+        .links()
+        .await?
+        .into_iter()
+        .filter_map(|l| Some((l.alias.filter(|a| a.starts_with(ALIAS_PREFIX))?, l.index)))
+        .collect())
+}

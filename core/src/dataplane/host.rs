@@ -1,0 +1,269 @@
+//! The hub's kernel state: the host-IP device, one VXLAN tunnel per runner and Weir's table.
+//!
+//! Reconcile never flaps a valid tunnel: a link whose kind, VNI and port are right is adopted as
+//! it is and repaired in place (remote, local, MTU, address); only tunnels that cannot be
+//! changed in place (wrong VNI or port, id outside the plan) are deleted and re-created.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::netlink::{Link, Netlink, VxlanSpec};
+use super::nft::{Action, ChainSpec, Cond, RuleSpec, TableSpec};
+use super::{DataplaneError, Result, nft, sysctl};
+use crate::plan::{self, Plan};
+
+/// Weir's nftables table on the host.
+pub const HOST_TABLE: &str = "weir_host";
+
+/// What the host builds for one overlay network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNetwork {
+    pub name: String,
+    pub plan: Plan,
+    pub vxlan_id_base: u32,
+    pub port: u16,
+    pub mtu: u32,
+    pub host_device: String,
+    pub tunnel_prefix: String,
+    /// The underlay address tunnels are sourced from (`host.reachable_address`).
+    pub local: Ipv4Addr,
+}
+
+/// A `vxkr*` link found in the kernel that is a valid tunnel of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundTunnel {
+    pub runner_id: u32,
+    pub ifindex: u32,
+    pub remote: Option<Ipv4Addr>,
+}
+
+/// The result of making a tunnel right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelChange {
+    Unchanged,
+    Repaired,
+    Created,
+}
+
+pub struct HostDataplane {
+    nl: Netlink,
+}
+
+impl HostDataplane {
+    pub fn new(nl: Netlink) -> Self {
+        Self { nl }
+    }
+
+    /// Forwarding, the host-IP device and Weir's forward rules for `networks`.
+    pub async fn setup(&self, networks: &[HostNetwork]) -> Result<()> {
+        sysctl::enable_ip_forward()?;
+        for net in networks {
+            self.ensure_host_device(net).await?;
+        }
+        nft::apply(&host_table(networks)).await
+    }
+
+    async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
+        let link = match self.nl.link(&net.host_device).await? {
+            Some(l) => l,
+            // This kernel may lack the dummy driver; an empty bridge carries an address as well.
+            None => self.nl.add_bridge(&net.host_device, 1500).await?,
+        };
+        if !link.up {
+            self.nl.set_up(link.index).await?;
+        }
+        self.nl
+            .sync_addrs(link.index, &[net.plan.host_ip()])
+            .await?;
+        Ok(())
+    }
+
+    /// Read the tunnels of `net` from the kernel. Links named like tunnels that are VXLAN but
+    /// invalid for the plan (id outside it, wrong VNI, wrong port) are deleted; links of other
+    /// kinds are left alone. Returns the valid tunnels by runner id.
+    pub async fn scan_tunnels(&self, net: &HostNetwork) -> Result<BTreeMap<u32, FoundTunnel>> {
+        let mut found = BTreeMap::new();
+        for link in self.nl.links().await? {
+            if !link.name.starts_with(&net.tunnel_prefix) || link.kind.as_deref() != Some("vxlan") {
+                continue;
+            }
+            match validate_tunnel(net, &link) {
+                Ok(id) => {
+                    found.insert(
+                        id,
+                        FoundTunnel {
+                            runner_id: id,
+                            ifindex: link.index,
+                            remote: link.vxlan.as_ref().and_then(|v| v.remote),
+                        },
+                    );
+                }
+                Err(why) => {
+                    tracing::warn!(link = %link.name, reason = %why, "deleting invalid tunnel");
+                    self.nl.del_link(link.index).await?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Make runner `id`'s tunnel exist with the right parameters, repairing in place what can
+    /// be repaired and re-creating only what cannot.
+    pub async fn ensure_tunnel(
+        &self,
+        net: &HostNetwork,
+        id: u32,
+        remote: Ipv4Addr,
+    ) -> Result<(u32, TunnelChange)> {
+        let block = net
+            .plan
+            .runner(id)
+            .map_err(|e| DataplaneError::Invalid(e.to_string()))?;
+        let name = plan::tunnel_name(&net.tunnel_prefix, id);
+        let want_addr = Ipv4Net::new(block.host_ip_on_subnet(), block.subnet.prefix_len())
+            .map_err(|e| DataplaneError::Invalid(e.to_string()))?;
+        let mut change = TunnelChange::Unchanged;
+        let link = match self.nl.link(&name).await? {
+            Some(link) if validate_tunnel(net, &link).is_ok() => link,
+            Some(link) => {
+                if link.kind.as_deref() != Some("vxlan") {
+                    return Err(DataplaneError::Invalid(format!(
+                        "link {name} exists but is a {} link, not Weir's tunnel; rename or remove it",
+                        link.kind.as_deref().unwrap_or("physical")
+                    )));
+                }
+                self.nl.del_link(link.index).await?;
+                change = TunnelChange::Created;
+                self.create_tunnel(net, &name, block.vni(net.vxlan_id_base), remote)
+                    .await?
+            }
+            None => {
+                change = TunnelChange::Created;
+                self.create_tunnel(net, &name, block.vni(net.vxlan_id_base), remote)
+                    .await?
+            }
+        };
+        let vx = link.vxlan.clone().unwrap_or_default();
+        if vx.remote != Some(remote) || vx.local != Some(net.local) || vx.learning {
+            self.nl
+                .set_vxlan_endpoints(link.index, remote, net.local)
+                .await?;
+            change = change.max_with(TunnelChange::Repaired);
+        }
+        if link.mtu != net.mtu {
+            self.nl.set_mtu(link.index, net.mtu).await?;
+            change = change.max_with(TunnelChange::Repaired);
+        }
+        if self.nl.sync_addrs(link.index, &[want_addr]).await? {
+            change = change.max_with(TunnelChange::Repaired);
+        }
+        if !link.up {
+            self.nl.set_up(link.index).await?;
+            change = change.max_with(TunnelChange::Repaired);
+        }
+        Ok((link.index, change))
+    }
+
+    async fn create_tunnel(
+        &self,
+        net: &HostNetwork,
+        name: &str,
+        vni: u32,
+        remote: Ipv4Addr,
+    ) -> Result<Link> {
+        self.nl
+            .add_vxlan(&VxlanSpec {
+                name: name.to_string(),
+                vni,
+                remote,
+                local: net.local,
+                port: net.port,
+                mtu: net.mtu,
+            })
+            .await
+    }
+
+    /// Remove runner `id`'s tunnel if it exists.
+    pub async fn remove_tunnel(&self, net: &HostNetwork, id: u32) -> Result<()> {
+        let name = plan::tunnel_name(&net.tunnel_prefix, id);
+        if let Some(link) = self.nl.link(&name).await? {
+            self.nl.del_link(link.index).await?;
+        }
+        Ok(())
+    }
+
+    /// The ifindex of each tunnel of `net` (for tests and status).
+    pub async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>> {
+        Ok(self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                l.name.starts_with(&net.tunnel_prefix) && l.kind.as_deref() == Some("vxlan")
+            })
+            .map(|l| (l.name, l.index))
+            .collect())
+    }
+}
+
+impl TunnelChange {
+    fn max_with(self, other: TunnelChange) -> TunnelChange {
+        match (self, other) {
+            (TunnelChange::Created, _) | (_, TunnelChange::Created) => TunnelChange::Created,
+            (TunnelChange::Repaired, _) | (_, TunnelChange::Repaired) => TunnelChange::Repaired,
+            _ => TunnelChange::Unchanged,
+        }
+    }
+}
+
+/// Why a tunnel-named VXLAN link is not a valid tunnel of the plan, or its runner id.
+fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, String> {
+    if link.kind.as_deref() != Some("vxlan") {
+        return Err("not a VXLAN link".into());
+    }
+    let id = plan::parse_tunnel_name(&net.tunnel_prefix, &link.name).ok_or_else(|| {
+        format!(
+            "{:?} is not {} + a base-36 runner id",
+            link.name, net.tunnel_prefix
+        )
+    })?;
+    net.plan
+        .check_runner(u64::from(id))
+        .map_err(|e| e.to_string())?;
+    let vx = link.vxlan.as_ref().ok_or("no VXLAN attributes")?;
+    let want_vni = net.vxlan_id_base + id;
+    if vx.vni != want_vni {
+        return Err(format!("VNI {} instead of {want_vni}", vx.vni));
+    }
+    if vx.port != net.port {
+        return Err(format!("UDP port {} instead of {}", vx.port, net.port));
+    }
+    Ok(id)
+}
+
+/// The host's forward rules: traffic from or to any overlay passes, whatever the default policy
+/// of other tables' chains in this hook says about the rest.
+pub fn host_table(networks: &[HostNetwork]) -> TableSpec {
+    let mut rules = Vec::new();
+    for net in networks {
+        let cidr = net.plan.overlay();
+        let tag = format!("weir network {}", net.name);
+        rules.push(RuleSpec::new(
+            vec![Cond::SaddrIn(cidr)],
+            Action::Accept,
+            &tag,
+        ));
+        rules.push(RuleSpec::new(
+            vec![Cond::DaddrIn(cidr)],
+            Action::Accept,
+            &tag,
+        ));
+    }
+    TableSpec {
+        name: HOST_TABLE.into(),
+        chains: vec![ChainSpec::forward(rules)],
+    }
+}

@@ -1,0 +1,54 @@
+//! The data plane: the only part of Weir that touches the kernel, through netlink and nftables.
+//!
+//! - [`netns`]: enter, create and delete network namespaces
+//! - [`netlink`]: links, addresses and routes (rtnetlink)
+//! - [`nft`]: Weir's own nftables tables, replaced atomically
+//! - [`host`]: the hub's devices, tunnels and rules
+//! - [`runner`]: a runner's tunnel, bridge, route and NAT
+//! - [`attach`]: workload interfaces created inside the workload's namespace
+
+pub mod attach;
+pub mod host;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod runner;
+pub mod sysctl;
+
+/// A kernel operation that failed, with what Weir was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nftables: {0}")]
+    Nft(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataplaneError {
+    pub fn netlink(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+        Self::Netlink {
+            op: op.into(),
+            source,
+        }
+    }
+    pub fn io(op: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;

@@ -1,0 +1,523 @@
+//! rtnetlink, wrapped in the few operations Weir needs: links, addresses and routes of one
+//! network namespace. Every call says what it was doing when it fails.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+use super::{DataplaneError, Result, netns};
+
+/// Routes Weir installs carry this protocol number, so reconcile can find (and remove) its own
+/// stale routes without touching anybody else's. (`ip route` shows it as `proto 87`.)
+pub const ROUTE_PROTOCOL: u8 = 87;
+
+/// A netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// What Weir reads back about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The kind reported by the kernel (`vxlan`, `bridge`, `veth`, …); `None` for physical ones.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub master: Option<u32>,
+    pub alias: Option<String>,
+    pub vxlan: Option<Vxlan>,
+}
+
+/// A VXLAN link's parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub remote: Option<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
+    pub port: u16,
+    pub learning: bool,
+}
+
+/// A VXLAN link to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub remote: Ipv4Addr,
+    pub local: Ipv4Addr,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// An IPv4 route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+    pub table: u32,
+}
+
+impl Netlink {
+    /// A connection in the calling process's own namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DataplaneError::io("open netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// A connection inside the namespace at `ns` (a `/run/netns/NAME` or `/proc/PID/ns/net`
+    /// path). The socket is created on a thread inside that namespace and driven from tokio.
+    pub fn in_namespace(ns: &Path) -> Result<Self> {
+        let fd = netns::run_in(ns, || {
+            rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map(|s| s.into_raw_fd())
+        })
+        .and_then(|r| r)
+        .map_err(|e| DataplaneError::io(format!("open netlink socket in {}", ns.display()), e))?;
+        // SAFETY: `fd` is a freshly created netlink socket that nothing else owns.
+        let socket = unsafe {
+            <rtnetlink::sys::TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd)
+        };
+        let (conn, handle, _) = rtnetlink::from_socket(socket);
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    // ---- links -------------------------------------------------------------------------
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list links", e))?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    /// The link called `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let res: std::result::Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_collect()
+            .await;
+        match res {
+            Ok(msgs) => Ok(msgs.first().map(parse_link)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(DataplaneError::netlink(format!("get link {name}"), e)),
+        }
+    }
+
+    /// The link with index `index`, if it exists.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let res: std::result::Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await;
+        match res {
+            Ok(msgs) => Ok(msgs.first().map(parse_link)),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(DataplaneError::netlink(format!("get link #{index}"), e)),
+        }
+    }
+
+    /// Create a bridge (up, with `mtu`).
+    pub async fn add_bridge(&self, name: &str, mtu: u32) -> Result<Link> {
+        let msg = LinkBridge::new(name).mtu(mtu).build();
+        self.add_link(name, msg).await
+    }
+
+    /// Create a VXLAN link with learning off (up).
+    pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
+        let msg = LinkVxlan::new(&spec.name, spec.vni)
+            .remote(spec.remote)
+            .local(spec.local)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .up()
+            .build();
+        self.add_link(&spec.name, msg).await
+    }
+
+    /// Change a VXLAN link's remote and local address in place (same ifindex, no flap), and
+    /// turn learning off.
+    pub async fn set_vxlan_endpoints(
+        &self,
+        index: u32,
+        remote: Ipv4Addr,
+        local: Ipv4Addr,
+    ) -> Result<()> {
+        let mut msg = LinkMessageBuilder::<LinkVxlan>::new_with_info_kind(InfoKind::Vxlan)
+            .append_info_data(InfoVxlan::Group(remote))
+            .append_info_data(InfoVxlan::Local(local))
+            .append_info_data(InfoVxlan::Learning(false))
+            .build();
+        msg.header.index = index;
+        self.handle.link().change(msg).execute().await.map_err(|e| {
+            DataplaneError::netlink(format!("change vxlan endpoints of link #{index}"), e)
+        })
+    }
+
+    /// Create a veth pair `name` <-> `peer`; the peer is created directly inside the namespace
+    /// open at `peer_ns` (never created here and moved). Both ends get `mtu`; `name` is set up.
+    pub async fn add_veth_into(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &impl AsRawFd,
+        mtu: u32,
+    ) -> Result<Link> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(
+                rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
+            ))
+            .mtu(mtu)
+            .up()
+            .build();
+        self.add_link(name, msg).await
+    }
+
+    /// Create a veth pair with both ends here (the lab moves nothing either: it creates the peer
+    /// in place with [`Netlink::add_veth_into`]; this is for pairs inside one namespace).
+    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link> {
+        let msg = LinkVeth::new(name, peer).mtu(mtu).up().build();
+        self.add_link(name, msg).await
+    }
+
+    async fn add_link(&self, name: &str, msg: LinkMessage) -> Result<Link> {
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("create link {name}"), e))?;
+        self.link(name).await?.ok_or_else(|| {
+            DataplaneError::Invalid(format!("link {name} vanished right after creation"))
+        })
+    }
+
+    /// Set a link up.
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index).up().build(),
+            "set up",
+        )
+        .await
+    }
+
+    /// Set a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index).mtu(mtu).build(),
+            "set mtu of",
+        )
+        .await
+    }
+
+    /// Set a link's alias (`ip link set … alias`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index).alias(alias).build(),
+            "set alias of",
+        )
+        .await
+    }
+
+    /// Enslave a link to a bridge.
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index).controller(master).build(),
+            "set master of",
+        )
+        .await
+    }
+
+    async fn set(&self, index: u32, msg: LinkMessage, what: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("{what} link #{index}"), e))
+    }
+
+    /// Delete a link. A link that is already gone is not an error.
+    pub async fn del_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(format!("delete link #{index}"), e)),
+        }
+    }
+
+    // ---- addresses ---------------------------------------------------------------------
+
+    /// The IPv4 addresses of a link.
+    pub async fn addrs(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("list addresses of link #{index}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index && m.header.family == AddressFamily::Inet)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                        Ipv4Net::new(*ip, m.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Make the link's IPv4 addresses exactly `want`: add what is missing, remove the rest.
+    /// Returns whether anything changed.
+    pub async fn sync_addrs(&self, index: u32, want: &[Ipv4Net]) -> Result<bool> {
+        let have = self.addrs(index).await?;
+        let mut changed = false;
+        for stale in have.iter().filter(|a| !want.contains(a)) {
+            self.del_addr(index, *stale).await?;
+            changed = true;
+        }
+        for missing in want.iter().filter(|a| !have.contains(a)) {
+            self.add_addr(index, *missing).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.addr().into(), addr.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("add address {addr} to link #{index}"),
+                e,
+            )),
+        }
+    }
+
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.index = index;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.attributes
+            .push(AddressAttribute::Local(addr.addr().into()));
+        msg.attributes
+            .push(AddressAttribute::Address(addr.addr().into()));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete address {addr} from link #{index}"),
+                e,
+            )),
+        }
+    }
+
+    // ---- routes ------------------------------------------------------------------------
+
+    /// IPv4 unicast routes of the main table.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(parse_route)
+            .filter(|r| r.table == 254)
+            .collect())
+    }
+
+    /// Add (or replace) a route in the main table, tagged with [`ROUTE_PROTOCOL`].
+    pub async fn replace_route(
+        &self,
+        destination: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: Option<u32>,
+    ) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        if let Some(gw) = gateway {
+            b = b.gateway(gw);
+        } else {
+            b = b.scope(RouteScope::Link);
+        }
+        if let Some(oif) = oif {
+            b = b.output_interface(oif);
+        }
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("add route {destination}"), e))
+    }
+
+    /// Delete a route. A route that is already gone is not an error.
+    pub async fn del_route(&self, route: &Route) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(route.destination.network(), route.destination.prefix_len())
+            .protocol(RouteProtocol::Other(route.protocol));
+        if let Some(gw) = route.gateway {
+            b = b.gateway(gw);
+        }
+        if let Some(oif) = route.oif {
+            b = b.output_interface(oif);
+        }
+        match self.handle.route().del(b.build()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ESRCH) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete route {}", route.destination),
+                e,
+            )),
+        }
+    }
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        master: None,
+        alias: None,
+        vxlan: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+            LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(parse_vxlan(v)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_vxlan(infos: &[InfoVxlan]) -> Vxlan {
+    let mut v = Vxlan {
+        vni: 0,
+        remote: None,
+        local: None,
+        port: 0,
+        learning: true,
+    };
+    for info in infos {
+        match info {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Group(ip) => v.remote = Some(*ip),
+            InfoVxlan::Local(ip) => v.local = Some(*ip),
+            InfoVxlan::Port(p) => v.port = *p,
+            InfoVxlan::Learning(l) => v.learning = *l,
+            _ => {}
+        }
+    }
+    v
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<Route> {
+    if msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let mut destination = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut table = u32::from(msg.header.table);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    Some(Route {
+        destination: Ipv4Net::new(destination, msg.header.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        protocol: u8::from(msg.header.protocol),
+        table,
+    })
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.is_some_and(|c| c.get() == -errno))
+}

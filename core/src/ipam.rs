@@ -1,0 +1,302 @@
+//! The built-in allocation policy: which id a runner gets, which address a workload gets.
+//!
+//! Pure logic over in-memory state; the hub persists the outcome. Policy plugins replace these
+//! decisions; these functions stay the default and the fallback.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// What the allocator knows about an id that is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenId {
+    pub id: u32,
+    /// The runner holding it; `None` for a placeholder recovered from the kernel.
+    pub runner: Option<String>,
+    pub physical_ip: Ipv4Addr,
+    pub last_seen_ms: i64,
+    pub active: bool,
+}
+
+/// The outcome of choosing an id for a registering runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdChoice {
+    /// The runner already holds this id.
+    Keep(u32),
+    /// A placeholder recovered with this runner's physical IP: the runner takes it over.
+    Claim(u32),
+    /// The lowest free id.
+    Fresh(u32),
+    /// Every id is taken; the least recently seen inactive holder loses this one.
+    Reclaim { id: u32, from: Option<String> },
+    /// Every id is taken by an active runner.
+    Exhausted { max: u32 },
+}
+
+/// Choose an id for runner `name` at `physical_ip`, given every taken id and the plan's max.
+pub fn choose_runner_id(
+    name: &str,
+    physical_ip: Ipv4Addr,
+    taken: &[TakenId],
+    max: u32,
+) -> IdChoice {
+    if let Some(t) = taken.iter().find(|t| t.runner.as_deref() == Some(name)) {
+        return IdChoice::Keep(t.id);
+    }
+    if let Some(t) = taken
+        .iter()
+        .find(|t| t.runner.is_none() && t.physical_ip == physical_ip)
+    {
+        return IdChoice::Claim(t.id);
+    }
+    let used: BTreeSet<u32> = taken.iter().map(|t| t.id).collect();
+    if let Some(id) = (1..=max).find(|id| !used.contains(id)) {
+        return IdChoice::Fresh(id);
+    }
+    match taken
+        .iter()
+        .filter(|t| !t.active)
+        .min_by_key(|t| (t.last_seen_ms, t.id))
+    {
+        Some(victim) => IdChoice::Reclaim {
+            id: victim.id,
+            from: victim.runner.clone(),
+        },
+        None => IdChoice::Exhausted { max },
+    }
+}
+
+/// Why an address cannot be given out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{ip} is outside {subnet} (allowed: {first} to {last})")]
+    Outside {
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+    },
+    #[error("{ip} is reserved on {subnet} ({why})")]
+    Reserved {
+        ip: Ipv4Addr,
+        subnet: Ipv4Net,
+        why: &'static str,
+    },
+    #[error("{ip} is already in use")]
+    InUse { ip: Ipv4Addr },
+    #[error("no free address left in {subnet} ({count} in use)")]
+    Full { subnet: Ipv4Net, count: usize },
+}
+
+/// The workload addresses of one runner on one network.
+#[derive(Debug, Clone)]
+pub struct AddressPool {
+    subnet: Ipv4Net,
+    first: u32,
+    last: u32,
+    /// Addresses inside first..=last that are never handed out (the host's `.254`).
+    excluded: Vec<(u32, &'static str)>,
+    taken: BTreeSet<u32>,
+    /// Every address below this is taken or excluded.
+    low_water: u32,
+}
+
+impl AddressPool {
+    /// A pool over `subnet` giving `.2` … broadcast − 2, never `.1` (gateway) or `excluded`.
+    pub fn new(subnet: Ipv4Net, excluded: &[(Ipv4Addr, &'static str)]) -> Self {
+        let net = u32::from(subnet.network());
+        let bcast = u32::from(subnet.broadcast());
+        Self {
+            subnet,
+            first: net + 2,
+            last: bcast.saturating_sub(2),
+            excluded: excluded
+                .iter()
+                .map(|(ip, why)| (u32::from(*ip), *why))
+                .collect(),
+            taken: BTreeSet::new(),
+            low_water: net + 2,
+        }
+    }
+
+    pub fn subnet(&self) -> Ipv4Net {
+        self.subnet
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.taken.len()
+    }
+
+    /// Whether `ip` could be given out at all (ignoring whether it is taken).
+    pub fn check(&self, ip: Ipv4Addr) -> Result<(), AddressError> {
+        let a = u32::from(ip);
+        let net = u32::from(self.subnet.network());
+        if a == net + 1 && self.subnet.contains(&ip) {
+            return Err(AddressError::Reserved {
+                ip,
+                subnet: self.subnet,
+                why: "the gateway",
+            });
+        }
+        if let Some((_, why)) = self.excluded.iter().find(|(x, _)| *x == a) {
+            return Err(AddressError::Reserved {
+                ip,
+                subnet: self.subnet,
+                why,
+            });
+        }
+        if a < self.first || a > self.last {
+            return Err(AddressError::Outside {
+                ip,
+                subnet: self.subnet,
+                first: Ipv4Addr::from(self.first),
+                last: Ipv4Addr::from(self.last),
+            });
+        }
+        Ok(())
+    }
+
+    /// Take a specific address.
+    pub fn take(&mut self, ip: Ipv4Addr) -> Result<(), AddressError> {
+        self.check(ip)?;
+        if !self.taken.insert(u32::from(ip)) {
+            return Err(AddressError::InUse { ip });
+        }
+        Ok(())
+    }
+
+    /// Take the lowest free address.
+    pub fn take_next(&mut self) -> Result<Ipv4Addr, AddressError> {
+        // Everything below `low_water` is taken or excluded, so the search starts there and
+        // is amortised O(1) instead of a scan of the subnet per call.
+        let mut candidate = self.low_water.max(self.first);
+        while candidate <= self.last
+            && (self.taken.contains(&candidate)
+                || self.excluded.iter().any(|(x, _)| *x == candidate))
+        {
+            candidate += 1;
+        }
+        self.low_water = candidate;
+        if candidate > self.last {
+            return Err(AddressError::Full {
+                subnet: self.subnet,
+                count: self.taken.len(),
+            });
+        }
+        self.taken.insert(candidate);
+        self.low_water = candidate + 1;
+        Ok(Ipv4Addr::from(candidate))
+    }
+
+    /// Give an address back. Unknown addresses are ignored.
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        let a = u32::from(ip);
+        if self.taken.remove(&a) {
+            self.low_water = self.low_water.min(a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(id: u32, runner: Option<&str>, last: i64, active: bool) -> TakenId {
+        TakenId {
+            id,
+            runner: runner.map(str::to_string),
+            physical_ip: Ipv4Addr::new(192, 0, 2, id as u8),
+            last_seen_ms: last,
+            active,
+        }
+    }
+
+    #[test]
+    fn runner_ids() {
+        let ip = Ipv4Addr::new(192, 0, 2, 50);
+        assert_eq!(choose_runner_id("a", ip, &[], 3), IdChoice::Fresh(1));
+        let t = [taken(1, Some("a"), 10, true), taken(3, Some("c"), 5, true)];
+        assert_eq!(choose_runner_id("a", ip, &t, 3), IdChoice::Keep(1));
+        assert_eq!(choose_runner_id("b", ip, &t, 3), IdChoice::Fresh(2));
+        // A placeholder is claimed by physical IP, not by a name prefix.
+        let t = [taken(2, None, 10, true)];
+        assert_eq!(
+            choose_runner_id("x", Ipv4Addr::new(192, 0, 2, 2), &t, 3),
+            IdChoice::Claim(2)
+        );
+        assert_eq!(choose_runner_id("x", ip, &t, 3), IdChoice::Fresh(1));
+        // Full: the least recently seen inactive holder loses its id.
+        let t = [
+            taken(1, Some("a"), 30, false),
+            taken(2, Some("b"), 20, false),
+            taken(3, Some("c"), 10, true),
+        ];
+        assert_eq!(
+            choose_runner_id("d", ip, &t, 3),
+            IdChoice::Reclaim {
+                id: 2,
+                from: Some("b".into())
+            }
+        );
+        let t = [
+            taken(1, Some("a"), 30, true),
+            taken(2, Some("b"), 20, true),
+            taken(3, None, 1, true),
+        ];
+        assert_eq!(
+            choose_runner_id("d", ip, &t, 3),
+            IdChoice::Exhausted { max: 3 }
+        );
+    }
+
+    #[test]
+    fn addresses_skip_gateway_host_side_and_taken() {
+        let subnet: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        let host_side = Ipv4Addr::new(10, 0, 1, 254);
+        let mut p = AddressPool::new(subnet, &[(host_side, "the host's address")]);
+        assert_eq!(p.take_next().unwrap(), Ipv4Addr::new(10, 0, 1, 2));
+        assert_eq!(p.take_next().unwrap(), Ipv4Addr::new(10, 0, 1, 3));
+        p.take(Ipv4Addr::new(10, 0, 1, 4)).unwrap();
+        assert_eq!(p.take_next().unwrap(), Ipv4Addr::new(10, 0, 1, 5));
+        p.release(Ipv4Addr::new(10, 0, 1, 3));
+        assert_eq!(p.take_next().unwrap(), Ipv4Addr::new(10, 0, 1, 3));
+        assert!(matches!(
+            p.take(Ipv4Addr::new(10, 0, 1, 1)),
+            Err(AddressError::Reserved { .. })
+        ));
+        assert!(matches!(
+            p.take(host_side),
+            Err(AddressError::Reserved { .. })
+        ));
+        assert!(matches!(
+            p.take(Ipv4Addr::new(10, 0, 1, 255)),
+            Err(AddressError::Outside { .. })
+        ));
+        assert!(matches!(
+            p.take(Ipv4Addr::new(10, 0, 2, 7)),
+            Err(AddressError::Outside { .. })
+        ));
+        assert!(matches!(
+            p.take(Ipv4Addr::new(10, 0, 1, 4)),
+            Err(AddressError::InUse { .. })
+        ));
+        // Fill the pool: .2 ..= .253 is 252 addresses.
+        while p.take_next().is_ok() {}
+        assert_eq!(p.in_use(), 252);
+        assert!(!p.taken.contains(&u32::from(host_side)));
+        assert!(matches!(p.take_next(), Err(AddressError::Full { .. })));
+    }
+
+    #[test]
+    fn large_blocks_skip_the_host_side_inside_the_range() {
+        let subnet: Ipv4Net = "10.128.64.0/18".parse().unwrap();
+        let host_side = Ipv4Addr::new(10, 128, 64, 254);
+        let mut p = AddressPool::new(subnet, &[(host_side, "the host's address")]);
+        for _ in 0..260 {
+            let ip = p.take_next().unwrap();
+            assert_ne!(ip, host_side);
+        }
+        assert!(p.taken.contains(&u32::from(Ipv4Addr::new(10, 128, 65, 5))));
+    }
+}

@@ -1,0 +1,11 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc: the build needs nothing installed on the machine.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    // tonic-prost-build does not ask to be re-run when a .proto changes.
+    println!("cargo:rerun-if-changed=weir");
+    tonic_prost_build::configure()
+        .compile_protos(&["weir/v1/agent.proto", "weir/v1/control.proto"], &["."])?;
+    Ok(())
+}
