@@ -4,10 +4,15 @@
 //! Data flows one way: [`config`] → [`plan`] → store → policy → dataplane → kernel. The binary
 //! (`src/main.rs`) is a thin shell over [`cli`].
 
+pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod hub;
 pub mod ipam;
 pub mod logging;
+pub mod network;
+pub mod notify;
 pub mod plan;
 pub mod store;

@@ -3,7 +3,9 @@
 //! Exit status: 0 on success, 1 when an operation was refused or failed, 2 on a usage error
 //! (bad arguments, a bad plan, a configuration that does not load).
 
+mod client_cmd;
 mod config_cmd;
+mod daemon;
 mod plan_cmd;
 
 use std::path::PathBuf;
@@ -45,6 +47,16 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run the host (hub) daemon.
+    Host,
+    /// Run a runner agent.
+    Runner,
+    /// Show the cluster: plan, host address and runners.
+    Status(client_cmd::StatusArgs),
+    /// Give a workload's network namespace an interface on its runner's network.
+    Attach(client_cmd::AttachArgs),
+    /// Remove a workload's interface and free its address.
+    Detach(client_cmd::DetachArgs),
 }
 
 /// A command's failure, mapped to the documented exit status.
@@ -90,6 +102,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
+        Command::Host => daemon::host(cli.config.as_deref()),
+        Command::Runner => daemon::runner(cli.config.as_deref()),
+        Command::Status(a) => client_cmd::status(a, cli.config.as_deref()),
+        Command::Attach(a) => client_cmd::attach(a, cli.config.as_deref()),
+        Command::Detach(a) => client_cmd::detach(a, cli.config.as_deref()),
     }
 }
 

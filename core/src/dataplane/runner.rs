@@ -9,12 +9,15 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::netlink::{Netlink, ROUTE_PROTOCOL, VxlanSpec};
+use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, VxlanSpec};
 use super::nft::{Action, ChainSpec, Cond, RuleSpec, TableSpec};
 use super::{DataplaneError, Result, nft, sysctl};
 
 /// Weir's nftables table on a runner.
 pub const RUNNER_TABLE: &str = "weir_runner";
+/// Bridges and tunnels Weir builds on a runner carry this alias prefix (+ network name), so
+/// the runner finds its own stale objects after a configuration change.
+pub const NETWORK_ALIAS_PREFIX: &str = "weir-net:";
 
 /// The tunnel of an overlay network, as the host assigned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +71,16 @@ impl RunnerDataplane {
         &self.nl
     }
 
-    /// Build or repair everything for `networks`. `stale_links` are Weir-owned links of other
-    /// configurations (e.g. the overlay bridge and tunnel in isolated mode) to remove.
-    pub async fn apply(&self, networks: &[RunnerNetwork], stale_links: &[String]) -> Result<()> {
+    /// Build or repair everything for `networks`, and remove Weir's bridges and tunnels that
+    /// no network uses any more (e.g. the overlay's in isolated mode).
+    pub async fn apply(&self, networks: &[RunnerNetwork]) -> Result<()> {
         sysctl::enable_ip_forward()?;
-        for name in stale_links {
-            if networks
-                .iter()
-                .any(|n| &n.bridge == name || n.tunnel.as_ref().is_some_and(|t| &t.name == name))
-            {
-                continue;
-            }
-            if let Some(link) = self.nl.link(name).await? {
-                tracing::info!(link = %name, "removing link of another overlay configuration");
+        for link in self.own_links().await? {
+            let wanted = networks.iter().any(|n| {
+                n.bridge == link.name || n.tunnel.as_ref().is_some_and(|t| t.name == link.name)
+            });
+            if !wanted {
+                tracing::info!(link = %link.name, "removing a link no network uses any more");
                 self.nl.del_link(link.index).await?;
             }
         }
@@ -121,6 +121,7 @@ impl RunnerDataplane {
             }
             None => self.nl.add_bridge(&net.bridge, net.mtu).await?,
         };
+        self.mark(&link, net).await?;
         if link.mtu != net.mtu {
             self.nl.set_mtu(link.index, net.mtu).await?;
         }
@@ -178,6 +179,7 @@ impl RunnerDataplane {
                     .await?
             }
         };
+        self.mark(&link, net).await?;
         if link.mtu != net.mtu {
             self.nl.set_mtu(link.index, net.mtu).await?;
         }
@@ -192,12 +194,29 @@ impl RunnerDataplane {
         Ok(())
     }
 
-    /// Remove every object of these networks and Weir's table (the runner lost its allocation).
-    pub async fn teardown(&self, links: &[String]) -> Result<()> {
-        for name in links {
-            if let Some(link) = self.nl.link(name).await? {
-                self.nl.del_link(link.index).await?;
-            }
+    async fn mark(&self, link: &Link, net: &RunnerNetwork) -> Result<()> {
+        let alias = format!("{NETWORK_ALIAS_PREFIX}{}", net.name);
+        if link.alias.as_deref() != Some(alias.as_str()) {
+            self.nl.set_alias(link.index, &alias).await?;
+        }
+        Ok(())
+    }
+
+    /// Bridges and tunnels Weir made on this runner.
+    async fn own_links(&self) -> Result<Vec<Link>> {
+        Ok(self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(NETWORK_ALIAS_PREFIX)))
+            .collect())
+    }
+
+    /// Remove every bridge, tunnel, route and rule Weir made (the runner lost its allocation).
+    pub async fn teardown(&self) -> Result<()> {
+        for link in self.own_links().await? {
+            self.nl.del_link(link.index).await?;
         }
         for route in self.nl.routes().await? {
             if route.protocol == ROUTE_PROTOCOL {

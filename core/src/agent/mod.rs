@@ -1,0 +1,202 @@
+//! The runner agent's logic: turn the host's assignment into a data plane, carry out workload
+//! commands, and repair drift. Transport (registration, the session stream) lives in
+//! [`crate::api::runner`]; this module sees plain messages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use tokio::sync::Mutex;
+use weir_proto::v1 as pb;
+
+use crate::dataplane::attach::{self, WorkloadIface};
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::runner::{RunnerDataplane, RunnerNetwork, RunnerTunnel};
+
+/// A value the runner's own configuration sets explicitly; the host must agree with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// The config key, e.g. `overlay.mtu`.
+    pub key: String,
+    /// The runner's value, in the form the host sends it.
+    pub value: String,
+    /// Where the runner's value came from (file or environment variable).
+    pub source: String,
+}
+
+pub struct Agent {
+    dp: RunnerDataplane,
+    uplink: Option<String>,
+    networks: Mutex<BTreeMap<String, RunnerNetwork>>,
+}
+
+impl Agent {
+    pub fn new(nl: Netlink, uplink: Option<String>) -> Self {
+        Self {
+            dp: RunnerDataplane::new(nl),
+            uplink,
+            networks: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Build (or repair) the data plane for an assignment; `local` is this runner's underlay IP.
+    pub async fn apply(&self, a: &pb::RegisterResponse, local: Ipv4Addr) -> Result<(), String> {
+        let uplink = match &self.uplink {
+            Some(u) => u.clone(),
+            None => default_route_interface(self.dp.netlink()).await?,
+        };
+        let nets = a
+            .networks
+            .iter()
+            .map(|n| runner_network(a, n, &uplink, local))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.dp.apply(&nets).await.map_err(|e| e.to_string())?;
+        let mut current = self.networks.lock().await;
+        *current = nets.into_iter().map(|n| (n.name.clone(), n)).collect();
+        Ok(())
+    }
+
+    /// Remove everything (the allocation was revoked).
+    pub async fn teardown(&self) -> Result<(), String> {
+        self.networks.lock().await.clear();
+        self.dp.teardown().await.map_err(|e| e.to_string())
+    }
+
+    /// Carry out one command; `Err` carries the message sent back to the host.
+    pub async fn handle(&self, op: pb::command::Op) -> Result<(), String> {
+        match op {
+            pb::command::Op::Attach(spec) => self.attach(&spec).await,
+            pb::command::Op::Detach(r) => attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
+                .await
+                .map_err(|e| e.to_string()),
+            pb::command::Op::Sync(set) => self.sync(set).await,
+        }
+    }
+
+    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<(), String> {
+        let iface = {
+            let nets = self.networks.lock().await;
+            let net = nets
+                .get(&spec.network)
+                .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
+            WorkloadIface {
+                network: spec.network.clone(),
+                workload: spec.workload_id.clone(),
+                netns: PathBuf::from(&spec.netns),
+                ifname: spec.ifname.clone(),
+                addr: parse(&spec.address, "address")?,
+                gateway: parse(&spec.gateway, "gateway")?,
+                mtu: spec.mtu,
+                bridge: net.bridge.clone(),
+                default_route: spec.default_route,
+            }
+        };
+        attach::attach(self.dp.netlink(), &iface).await.map_err(|e| e.to_string())
+    }
+
+    /// Make the runner's workload interfaces exactly `set`.
+    async fn sync(&self, set: pb::WorkloadSet) -> Result<(), String> {
+        let wanted: BTreeSet<String> = set
+            .workloads
+            .iter()
+            .map(|w| attach::alias(&w.network, &w.workload_id))
+            .collect();
+        let mut errors = Vec::new();
+        for (alias, _) in attach::list(self.dp.netlink()).await.map_err(|e| e.to_string())? {
+            if !wanted.contains(&alias)
+                && let Some((network, workload)) =
+                    alias.strip_prefix(attach::ALIAS_PREFIX).and_then(|r| r.split_once('/'))
+            {
+                tracing::info!(%network, %workload, "removing a workload interface the host no longer knows");
+                if let Err(e) = attach::detach(self.dp.netlink(), network, workload).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        for spec in &set.workloads {
+            if let Err(e) = self.attach(spec).await {
+                tracing::warn!(workload = %spec.workload_id, error = %e, "cannot restore a workload interface");
+                errors.push(format!("{}: {e}", spec.workload_id));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+}
+
+/// The runner's explicit settings that contradict the host's assignment, as error lines.
+pub fn contradictions(expect: &[Expectation], a: &pb::RegisterResponse) -> Vec<String> {
+    let default = a.networks.iter().find(|n| n.network == crate::network::DEFAULT_NETWORK);
+    expect
+        .iter()
+        .filter_map(|e| {
+            let host = match (e.key.as_str(), default) {
+                ("overlay.enabled", d) => {
+                    d.is_some_and(|d| d.mode == pb::NetworkMode::Overlay as i32).to_string()
+                }
+                ("overlay.subnet", Some(d)) => d.plan.clone(),
+                ("overlay.vxlan_id_base", Some(d)) => d.vxlan_id_base.to_string(),
+                ("overlay.vxlan_port", Some(d)) => d.vxlan_port.to_string(),
+                ("overlay.mtu", Some(d)) => d.mtu.to_string(),
+                _ => return None,
+            };
+            (host != e.value).then(|| {
+                format!(
+                    "{} = {} ({}) contradicts the host, which uses {host}; remove the key from the runner's configuration or make it match",
+                    e.key, e.value, e.source
+                )
+            })
+        })
+        .collect()
+}
+
+fn runner_network(
+    a: &pb::RegisterResponse,
+    n: &pb::NetworkAssignment,
+    uplink: &str,
+    local: Ipv4Addr,
+) -> Result<RunnerNetwork, String> {
+    let subnet: Ipv4Net = parse(&n.subnet, "subnet")?;
+    let tunnel = if n.mode == pb::NetworkMode::Overlay as i32 {
+        Some(RunnerTunnel {
+            name: n.tunnel_name.clone(),
+            vni: n.vni,
+            port: u16::try_from(n.vxlan_port).map_err(|_| format!("vxlan_port {} is out of range", n.vxlan_port))?,
+            remote: parse(&a.host_physical_ip, "host_physical_ip")?,
+            local,
+            overlay: parse(&n.overlay_cidr, "overlay_cidr")?,
+            via: parse(&n.host_ip_on_subnet, "host_ip_on_subnet")?,
+        })
+    } else {
+        None
+    };
+    Ok(RunnerNetwork {
+        name: n.network.clone(),
+        bridge: n.bridge_name.clone(),
+        subnet: subnet.trunc(),
+        gateway: parse(&n.gateway, "gateway")?,
+        mtu: n.mtu,
+        tunnel,
+        masquerade: n.masquerade,
+        uplink: uplink.to_string(),
+    })
+}
+
+fn parse<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("the host sent a malformed {field}: {s:?}"))
+}
+
+/// The interface of the default route (the uplink NATed traffic leaves by).
+async fn default_route_interface(nl: &Netlink) -> Result<String, String> {
+    let routes = nl.routes().await.map_err(|e| e.to_string())?;
+    let oif = routes
+        .iter()
+        .find(|r| r.destination.prefix_len() == 0)
+        .and_then(|r| r.oif)
+        .ok_or("no default route to find the uplink by; set runner.uplink")?;
+    nl.link_by_index(oif)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|l| l.name)
+        .ok_or_else(|| format!("the default route's interface #{oif} vanished"))
+}

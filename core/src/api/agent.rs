@@ -1,0 +1,82 @@
+//! `weir.v1.Agent`: runner registration and sessions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use weir_proto::v1 as pb;
+use weir_proto::v1::agent_server::Agent;
+
+use crate::hub::Hub;
+
+pub struct AgentService {
+    hub: Arc<Hub>,
+}
+
+impl AgentService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+type HostStream = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.hub
+            .register(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(super::status)
+    }
+
+    type SessionStream = HostStream;
+
+    async fn session(&self, req: Request<Streaming<pb::RunnerMessage>>) -> Result<Response<HostStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(pb::RunnerMessage {
+                msg: Some(pb::runner_message::Msg::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first session message must be a hello")),
+        };
+        let start = match self.hub.open_session(hello).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The runner's allocation is not the one it presents: tell it in-band, then end.
+                let revoked = pb::HostMessage {
+                    msg: Some(pb::host_message::Msg::Revoked(pb::AllocationRevoked { reason: e.to_string() })),
+                };
+                let once: HostStream = Box::pin(futures::stream::iter([Ok(revoked)]));
+                return Ok(Response::new(once));
+            }
+        };
+        let handle = start.handle.clone();
+        let hub = self.hub.clone();
+        // Read the runner's messages until its stream ends, then close the session.
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                match msg {
+                    Ok(pb::RunnerMessage { msg: Some(m) }) => match m {
+                        pb::runner_message::Msg::Heartbeat(_) => hub.heartbeat(&handle.runner, handle.id).await,
+                        pb::runner_message::Msg::Result(r) => handle.complete(r),
+                        pb::runner_message::Msg::Hello(_) => {
+                            tracing::warn!(runner = %handle.runner, "ignoring a second hello")
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(runner = %handle.runner, error = %e, "session stream error");
+                        break;
+                    }
+                }
+            }
+            hub.close_session(&handle.runner, handle.id).await;
+        });
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(start.outbound).map(Ok);
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}

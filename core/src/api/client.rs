@@ -1,0 +1,77 @@
+//! Client channels: `http://host:port` (TCP) or `unix:///path` (a local socket).
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// How a client failed to reach the host.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("host URL {url:?}: {reason} (use http://HOST:PORT or unix:///PATH)")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach the host at {url}: {reason}")]
+    Connect { url: String, reason: String },
+}
+
+/// Options of a client channel.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelOptions {
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive: a silent dead connection is detected after about twice this.
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            keepalive: None,
+        }
+    }
+}
+
+/// Validate a host URL and build its endpoint.
+pub fn endpoint(url: &str, opts: ChannelOptions) -> Result<Endpoint, ClientError> {
+    let bad = |reason: &str| ClientError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("unix:")) {
+        return Err(bad("unsupported scheme"));
+    }
+    let mut ep = Endpoint::from_shared(url.to_string()).map_err(|e| bad(&e.to_string()))?;
+    ep = ep.connect_timeout(opts.connect_timeout);
+    if let Some(k) = opts.keepalive {
+        ep = ep
+            .http2_keep_alive_interval(k)
+            .keep_alive_timeout(k)
+            .keep_alive_while_idle(true);
+    }
+    Ok(ep)
+}
+
+/// Connect to the host now.
+pub async fn connect(url: &str, opts: ChannelOptions) -> Result<Channel, ClientError> {
+    endpoint(url, opts)?
+        .connect()
+        .await
+        .map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        })
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = inner.source();
+    }
+    s
+}

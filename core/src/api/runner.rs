@@ -1,0 +1,251 @@
+//! The runner's side of `weir.v1.Agent`: register, build, keep a session — forever.
+//!
+//! Every failure (host down, registration refused, session lost) is logged with its reason
+//! and retried with capped exponential backoff; the runner never gives up (KohakuRiver's
+//! runners stopped heartbeating after five failed registrations). A revoked allocation tears
+//! the runner's overlay down before it registers again, so it never runs with an id the host
+//! no longer gives it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use weir_proto::v1 as pb;
+use weir_proto::v1::agent_client::AgentClient;
+
+use super::client::{ChannelOptions, connect};
+use crate::agent::{Agent, Expectation, contradictions};
+
+/// What the runner loop needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub name: String,
+    pub host_url: String,
+    pub physical_ip: Option<Ipv4Addr>,
+    pub heartbeat_interval: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub expectations: Vec<Expectation>,
+}
+
+/// Why the runner stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("the runner's configuration contradicts the host's:\n{}", .0.join("\n"))]
+    Contradiction(Vec<String>),
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Run until `shutdown` resolves (Ok) or the configuration contradicts the host (Err).
+pub async fn run(
+    settings: RunnerSettings,
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunnerError> {
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_START;
+    let mut notified = false;
+    loop {
+        let attempt = async {
+            match once(&settings, &agent, &mut notified).await {
+                Ok(Ended::Revoked) => Ok(true),
+                Ok(Ended::Lost) => Ok(false),
+                Err(Fail::Fatal(e)) => Err(e),
+                Err(Fail::Retry(msg)) => {
+                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{msg}");
+                    Ok(false)
+                }
+            }
+        };
+        let revoked = tokio::select! {
+            r = attempt => r?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        if revoked {
+            backoff = BACKOFF_START;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if notified {
+            // After a working session, the next failure starts a fresh backoff ladder.
+            backoff = backoff.min(Duration::from_secs(2));
+        }
+    }
+}
+
+enum Ended {
+    /// The host revoked the allocation: register again at once.
+    Revoked,
+    /// The session ended (host restart, network): back off, then register again.
+    Lost,
+}
+
+enum Fail {
+    Retry(String),
+    Fatal(RunnerError),
+}
+
+async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Result<Ended, Fail> {
+    let opts = ChannelOptions {
+        connect_timeout: Duration::from_secs(5),
+        keepalive: Some(s.heartbeat_interval.max(Duration::from_secs(1))),
+    };
+    let channel = connect(&s.host_url, opts)
+        .await
+        .map_err(|e| Fail::Retry(format!("registration failed: {e}")))?;
+    let physical_ip = match s.physical_ip {
+        Some(ip) => ip,
+        None => source_address_toward(&s.host_url)
+            .await
+            .map_err(|e| Fail::Retry(format!("cannot find this runner's physical IP: {e}; set runner.physical_ip")))?,
+    };
+    let mut client = AgentClient::new(channel);
+    let assignment = client
+        .register(pb::RegisterRequest {
+            name: s.name.clone(),
+            physical_ip: physical_ip.to_string(),
+            labels: s.labels.clone().into_iter().collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await
+        .map_err(|st| {
+            Fail::Retry(format!(
+                "registration refused ({:?}): {}",
+                st.code(),
+                st.message()
+            ))
+        })?
+        .into_inner();
+    let problems = contradictions(&s.expectations, &assignment);
+    if !problems.is_empty() {
+        return Err(Fail::Fatal(RunnerError::Contradiction(problems)));
+    }
+    agent
+        .apply(&assignment, physical_ip)
+        .await
+        .map_err(|e| Fail::Retry(format!("building the data plane failed: {e}")))?;
+    tracing::info!(id = assignment.runner_id, %physical_ip, "registered and data plane built");
+
+    // The session: hello, then heartbeats; commands are handled in order on their own task so a
+    // long sync never delays a heartbeat.
+    let (up_tx, up_rx) = mpsc::channel::<pb::RunnerMessage>(256);
+    let hello = pb::RunnerMessage {
+        msg: Some(pb::runner_message::Msg::Hello(pb::SessionHello {
+            name: s.name.clone(),
+            runner_id: assignment.runner_id,
+            generation: assignment.generation,
+        })),
+    };
+    let _ = up_tx.send(hello).await;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+        .await
+        .map_err(|st| Fail::Retry(format!("session refused ({:?}): {}", st.code(), st.message())))?
+        .into_inner();
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<pb::Command>(1024);
+    let worker = {
+        let up = up_tx.clone();
+        let agent_ref = agent.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = cmd_rx.recv().await {
+                let error = match cmd.op {
+                    Some(op) => agent_ref.handle(op).await.err().unwrap_or_default(),
+                    None => "empty command".into(),
+                };
+                if !error.is_empty() {
+                    tracing::warn!(command = cmd.id, %error, "command failed");
+                }
+                let result = pb::RunnerMessage {
+                    msg: Some(pb::runner_message::Msg::Result(pb::CommandResult { id: cmd.id, error })),
+                };
+                if up.send(result).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut ticker = tokio::time::interval(s.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let ended = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                seq += 1;
+                let hb = pb::RunnerMessage { msg: Some(pb::runner_message::Msg::Heartbeat(pb::Heartbeat { seq })) };
+                if up_tx.send(hb).await.is_err() {
+                    break Ended::Lost;
+                }
+            }
+            msg = inbound.next() => match msg {
+                Some(Ok(pb::HostMessage { msg: Some(m) })) => match m {
+                    pb::host_message::Msg::Accepted(_) => {
+                        if !*notified {
+                            crate::notify::ready(&format!("runner {} registered as id {}", s.name, assignment.runner_id));
+                            *notified = true;
+                        }
+                        tracing::info!("session accepted");
+                    }
+                    pb::host_message::Msg::Command(c) => {
+                        if cmd_tx.send(c).await.is_err() {
+                            break Ended::Lost;
+                        }
+                    }
+                    pb::host_message::Msg::Revoked(r) => {
+                        tracing::warn!(reason = %r.reason, "the host revoked this runner's allocation; tearing down and registering again");
+                        if let Err(e) = agent.teardown().await {
+                            tracing::error!(error = %e, "teardown after revocation failed");
+                        }
+                        break Ended::Revoked;
+                    }
+                },
+                Some(Ok(_)) => {}
+                Some(Err(st)) => {
+                    tracing::warn!(code = ?st.code(), message = %st.message(), "session lost");
+                    break Ended::Lost;
+                }
+                None => {
+                    tracing::warn!("session closed by the host");
+                    break Ended::Lost;
+                }
+            }
+        }
+    };
+    worker.abort();
+    let _ = worker.await;
+    Ok(ended)
+}
+
+/// The source address the kernel picks toward the host (no packet is sent).
+async fn source_address_toward(url: &str) -> Result<Ipv4Addr, String> {
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(url)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let with_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let target = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| format!("resolve {authority}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("{authority} has no IPv4 address"))?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    sock.connect(target).map_err(|e| format!("no route to {target}: {e}"))?;
+    match sock.local_addr().map_err(|e| e.to_string())?.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
+        other => Err(format!("unexpected source address {other}")),
+    }
+}

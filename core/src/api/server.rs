@@ -1,0 +1,99 @@
+//! Serve the host's services on TCP and, for local tools, on a unix socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+use weir_proto::v1::agent_server::AgentServer;
+use weir_proto::v1::control_server::ControlServer;
+
+use super::agent::AgentService;
+use super::control::ControlService;
+use crate::hub::Hub;
+
+/// Bound listeners, ready to serve.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// Bind the TCP address and (optionally) the unix socket, replacing a stale socket file.
+    pub async fn bind(tcp: SocketAddr, unix: Option<&Path>) -> std::io::Result<Self> {
+        let tcp_listener = TcpListener::bind(tcp)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {tcp}: {e}")))?;
+        let unix = match unix {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                let l = UnixListener::bind(path)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", path.display())))?;
+                // Only root (and whoever root lets in) may drive the host locally.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Some((l, path.to_path_buf()))
+            }
+            None => None,
+        };
+        Ok(Self { tcp: tcp_listener, unix })
+    }
+}
+
+/// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listeners: Listeners,
+    keepalive: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let router = |hub: Arc<Hub>| {
+        Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .add_service(AgentServer::new(AgentService::new(hub.clone())))
+            .add_service(ControlServer::new(ControlService::new(hub)))
+    };
+    let mut tasks = Vec::new();
+    let mut rx = tx.subscribe();
+    tasks.push(tokio::spawn(router(hub.clone()).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listeners.tcp),
+        async move {
+            let _ = rx.recv().await;
+        },
+    )));
+    let mut unix_path = None;
+    if let Some((l, path)) = listeners.unix {
+        let mut rx = tx.subscribe();
+        unix_path = Some(path);
+        tasks.push(tokio::spawn(router(hub.clone()).serve_with_incoming_shutdown(
+            UnixListenerStream::new(l),
+            async move {
+                let _ = rx.recv().await;
+            },
+        )));
+    }
+    shutdown.await;
+    let _ = tx.send(());
+    let mut result = Ok(());
+    for t in tasks {
+        if let Ok(Err(e)) = t.await {
+            result = Err(e);
+        }
+    }
+    if let Some(p) = unix_path {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}

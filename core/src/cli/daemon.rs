@@ -1,0 +1,183 @@
+//! `weir host` and `weir runner`: load the configuration, check what the role needs, and run
+//! the daemon until SIGTERM or SIGINT.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::CliError;
+use crate::agent::{Agent, Expectation};
+use crate::api::runner::RunnerSettings;
+use crate::config::{LoadedConfig, Mtu};
+use crate::dataplane::host::HostDataplane;
+use crate::dataplane::netlink::Netlink;
+use crate::hub::{Hub, HubSettings};
+use crate::network::NetworkDef;
+use crate::store::Store;
+
+/// Run the hub.
+pub fn host(file: Option<&Path>) -> Result<(), CliError> {
+    let loaded = crate::config::load(file)?;
+    let reachable = check_reachable(&loaded)?;
+    runtime()?.block_on(async move {
+        let nl = Netlink::current().map_err(fail)?;
+        let mtu = resolve_mtu(&loaded, &nl, reachable).await?;
+        let c = &loaded.config;
+        let networks = NetworkDef::from_config(c, mtu);
+        let store = Store::open(&c.host.state_dir).map_err(fail)?;
+        let dataplane = c.overlay.enabled.then(|| HostDataplane::new(nl.clone()));
+        let settings = HubSettings {
+            networks,
+            reachable_address: reachable,
+            heartbeat_timeout: c.host.heartbeat_timeout.get(),
+        };
+        let hub = Hub::start(settings, store, dataplane).await.map_err(fail)?;
+        let listeners = crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
+            .await
+            .map_err(fail)?;
+        let timeout = c.host.heartbeat_timeout.get();
+        let tick = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let liveness = hub.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(tick);
+            loop {
+                t.tick().await;
+                liveness.check_liveness().await;
+            }
+        });
+        tracing::info!(listen = %c.host.listen, overlay = c.overlay.enabled, "host ready");
+        crate::notify::ready("host ready");
+        crate::api::server::serve(hub, listeners, timeout.max(Duration::from_secs(2)), shutdown_signal())
+            .await
+            .map_err(|e| CliError::Failed(format!("gRPC server: {}", crate::api::client::error_chain(&e))))?;
+        tracing::info!("host stopped");
+        Ok(())
+    })
+}
+
+/// Run a runner agent.
+pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
+    let loaded = crate::config::load(file)?;
+    let c = &loaded.config;
+    let host_url = c.runner.host.clone().ok_or_else(|| {
+        CliError::Usage(format!(
+            "runner.host ({}): required: the URL of the host's gRPC endpoint, e.g. \"http://192.0.2.1:7700\"",
+            loaded.source_of("runner.host")
+        ))
+    })?;
+    crate::api::client::endpoint(&host_url, Default::default())
+        .map_err(|e| CliError::Usage(format!("runner.host ({}): {e}", loaded.source_of("runner.host"))))?;
+    let name = match &c.runner.name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| CliError::Usage("runner.name: not set and the hostname is unknown".into()))?,
+    };
+    std::fs::create_dir_all(&c.runner.state_dir)
+        .map_err(|e| CliError::Failed(format!("runner.state_dir {}: {e}", c.runner.state_dir.display())))?;
+    let settings = RunnerSettings {
+        name,
+        host_url,
+        physical_ip: c.runner.physical_ip,
+        heartbeat_interval: c.runner.heartbeat_interval.get(),
+        labels: c.runner.labels.clone(),
+        expectations: expectations(&loaded),
+    };
+    let uplink = c.runner.uplink.as_ref().map(|u| u.to_string());
+    runtime()?.block_on(async move {
+        let nl = Netlink::current().map_err(fail)?;
+        let agent = Arc::new(Agent::new(nl, uplink));
+        tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
+        crate::api::runner::run(settings, agent, shutdown_signal())
+            .await
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        tracing::info!("runner stopped");
+        Ok(())
+    })
+}
+
+/// The overlay settings a runner's configuration sets explicitly (the host must agree).
+fn expectations(loaded: &LoadedConfig) -> Vec<Expectation> {
+    let o = &loaded.config.overlay;
+    let values = [
+        ("overlay.enabled", o.enabled.to_string()),
+        ("overlay.subnet", o.subnet.to_string()),
+        ("overlay.vxlan_id_base", o.vxlan_id_base.to_string()),
+        ("overlay.vxlan_port", o.vxlan_port.to_string()),
+        ("overlay.mtu", o.mtu.to_string()),
+    ];
+    values
+        .into_iter()
+        .filter(|(key, value)| loaded.is_explicit(key) && !(key == &"overlay.mtu" && value == "auto"))
+        .map(|(key, value)| Expectation {
+            key: key.to_string(),
+            value,
+            source: loaded.source_of(key),
+        })
+        .collect()
+}
+
+fn check_reachable(loaded: &LoadedConfig) -> Result<Option<Ipv4Addr>, CliError> {
+    let c = &loaded.config;
+    if !c.overlay.enabled {
+        return Ok(c.host.reachable_address);
+    }
+    let key = "host.reachable_address";
+    match c.host.reachable_address {
+        None => Err(CliError::Usage(format!(
+            "{key} ({}): required when the overlay is enabled: the underlay IPv4 address runners tunnel to",
+            loaded.source_of(key)
+        ))),
+        Some(ip) if ip.is_loopback() || ip.is_unspecified() => Err(CliError::Usage(format!(
+            "{key} ({}): {ip} cannot be reached by runners; give the host's underlay address",
+            loaded.source_of(key)
+        ))),
+        Some(ip) => Ok(Some(ip)),
+    }
+}
+
+async fn resolve_mtu(loaded: &LoadedConfig, nl: &Netlink, reachable: Option<Ipv4Addr>) -> Result<u32, CliError> {
+    match loaded.config.overlay.mtu {
+        Mtu::Fixed(m) => Ok(m),
+        Mtu::Auto => {
+            let ip = reachable.ok_or_else(|| {
+                CliError::Usage("overlay.mtu = \"auto\" needs host.reachable_address to find the underlay".into())
+            })?;
+            for link in nl.links().await.map_err(fail)? {
+                if nl.addrs(link.index).await.map_err(fail)?.iter().any(|a| a.addr() == ip) {
+                    return Ok(Mtu::Auto.resolve(link.mtu));
+                }
+            }
+            Err(CliError::Usage(format!(
+                "overlay.mtu = \"auto\": no interface here holds host.reachable_address {ip}"
+            )))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("start the async runtime: {e}")))
+}
+
+fn fail(e: impl std::fmt::Display) -> CliError {
+    CliError::Failed(e.to_string())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+}

@@ -1,0 +1,35 @@
+//! Why the hub refused or failed an operation. The API layer maps each variant to one gRPC code.
+
+use crate::dataplane::DataplaneError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Malformed input; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The cluster is not in a state that allows the operation (inactive runner, …).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No id or address left.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The runner that must carry out the operation is unreachable or too slow.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The runner tried and failed.
+    #[error("runner failed: {0}")]
+    Runner(String),
+    #[error("kernel: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
