@@ -11,6 +11,7 @@ pub mod config;
 pub mod dataplane;
 pub mod hub;
 pub mod ipam;
+pub mod lab;
 pub mod logging;
 pub mod network;
 pub mod notify;

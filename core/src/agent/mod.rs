@@ -67,9 +67,11 @@ impl Agent {
     pub async fn handle(&self, op: pb::command::Op) -> Result<(), String> {
         match op {
             pb::command::Op::Attach(spec) => self.attach(&spec).await,
-            pb::command::Op::Detach(r) => attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
-                .await
-                .map_err(|e| e.to_string()),
+            pb::command::Op::Detach(r) => {
+                attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             pb::command::Op::Sync(set) => self.sync(set).await,
         }
     }
@@ -92,7 +94,9 @@ impl Agent {
                 default_route: spec.default_route,
             }
         };
-        attach::attach(self.dp.netlink(), &iface).await.map_err(|e| e.to_string())
+        attach::attach(self.dp.netlink(), &iface)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Make the runner's workload interfaces exactly `set`.
@@ -103,10 +107,14 @@ impl Agent {
             .map(|w| attach::alias(&w.network, &w.workload_id))
             .collect();
         let mut errors = Vec::new();
-        for (alias, _) in attach::list(self.dp.netlink()).await.map_err(|e| e.to_string())? {
+        for (alias, _) in attach::list(self.dp.netlink())
+            .await
+            .map_err(|e| e.to_string())?
+        {
             if !wanted.contains(&alias)
-                && let Some((network, workload)) =
-                    alias.strip_prefix(attach::ALIAS_PREFIX).and_then(|r| r.split_once('/'))
+                && let Some((network, workload)) = alias
+                    .strip_prefix(attach::ALIAS_PREFIX)
+                    .and_then(|r| r.split_once('/'))
             {
                 tracing::info!(%network, %workload, "removing a workload interface the host no longer knows");
                 if let Err(e) = attach::detach(self.dp.netlink(), network, workload).await {
@@ -120,13 +128,20 @@ impl Agent {
                 errors.push(format!("{}: {e}", spec.workload_id));
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 }
 
 /// The runner's explicit settings that contradict the host's assignment, as error lines.
 pub fn contradictions(expect: &[Expectation], a: &pb::RegisterResponse) -> Vec<String> {
-    let default = a.networks.iter().find(|n| n.network == crate::network::DEFAULT_NETWORK);
+    let default = a
+        .networks
+        .iter()
+        .find(|n| n.network == crate::network::DEFAULT_NETWORK);
     expect
         .iter()
         .filter_map(|e| {
@@ -161,7 +176,8 @@ fn runner_network(
         Some(RunnerTunnel {
             name: n.tunnel_name.clone(),
             vni: n.vni,
-            port: u16::try_from(n.vxlan_port).map_err(|_| format!("vxlan_port {} is out of range", n.vxlan_port))?,
+            port: u16::try_from(n.vxlan_port)
+                .map_err(|_| format!("vxlan_port {} is out of range", n.vxlan_port))?,
             remote: parse(&a.host_physical_ip, "host_physical_ip")?,
             local,
             overlay: parse(&n.overlay_cidr, "overlay_cidr")?,
@@ -183,7 +199,8 @@ fn runner_network(
 }
 
 fn parse<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
-    s.parse().map_err(|_| format!("the host sent a malformed {field}: {s:?}"))
+    s.parse()
+        .map_err(|_| format!("the host sent a malformed {field}: {s:?}"))
 }
 
 /// The interface of the default route (the uplink NATed traffic leaves by).

@@ -24,7 +24,10 @@ type HostStream = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + S
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.hub
             .register(req.into_inner())
             .await
@@ -34,21 +37,30 @@ impl Agent for AgentService {
 
     type SessionStream = HostStream;
 
-    async fn session(&self, req: Request<Streaming<pb::RunnerMessage>>) -> Result<Response<HostStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::RunnerMessage>>,
+    ) -> Result<Response<HostStream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(pb::RunnerMessage {
                 msg: Some(pb::runner_message::Msg::Hello(h)),
             })) => h,
             Some(Err(e)) => return Err(e),
-            _ => return Err(Status::invalid_argument("the first session message must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first session message must be a hello",
+                ));
+            }
         };
         let start = match self.hub.open_session(hello).await {
             Ok(s) => s,
             Err(e) => {
                 // The runner's allocation is not the one it presents: tell it in-band, then end.
                 let revoked = pb::HostMessage {
-                    msg: Some(pb::host_message::Msg::Revoked(pb::AllocationRevoked { reason: e.to_string() })),
+                    msg: Some(pb::host_message::Msg::Revoked(pb::AllocationRevoked {
+                        reason: e.to_string(),
+                    })),
                 };
                 let once: HostStream = Box::pin(futures::stream::iter([Ok(revoked)]));
                 return Ok(Response::new(once));
@@ -61,7 +73,9 @@ impl Agent for AgentService {
             while let Some(msg) = inbound.next().await {
                 match msg {
                     Ok(pb::RunnerMessage { msg: Some(m) }) => match m {
-                        pb::runner_message::Msg::Heartbeat(_) => hub.heartbeat(&handle.runner, handle.id).await,
+                        pb::runner_message::Msg::Heartbeat(_) => {
+                            hub.heartbeat(&handle.runner, handle.id).await
+                        }
                         pb::runner_message::Msg::Result(r) => handle.complete(r),
                         pb::runner_message::Msg::Hello(_) => {
                             tracing::warn!(runner = %handle.runner, "ignoring a second hello")

@@ -20,7 +20,10 @@ impl ControlService {
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         Ok(Response::new(self.hub.status().await))
     }
 

@@ -103,9 +103,11 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
         .map_err(|e| Fail::Retry(format!("registration failed: {e}")))?;
     let physical_ip = match s.physical_ip {
         Some(ip) => ip,
-        None => source_address_toward(&s.host_url)
-            .await
-            .map_err(|e| Fail::Retry(format!("cannot find this runner's physical IP: {e}; set runner.physical_ip")))?,
+        None => source_address_toward(&s.host_url).await.map_err(|e| {
+            Fail::Retry(format!(
+                "cannot find this runner's physical IP: {e}; set runner.physical_ip"
+            ))
+        })?,
     };
     let mut client = AgentClient::new(channel);
     let assignment = client
@@ -148,7 +150,13 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
         .await
-        .map_err(|st| Fail::Retry(format!("session refused ({:?}): {}", st.code(), st.message())))?
+        .map_err(|st| {
+            Fail::Retry(format!(
+                "session refused ({:?}): {}",
+                st.code(),
+                st.message()
+            ))
+        })?
         .into_inner();
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<pb::Command>(1024);
     let worker = {
@@ -164,7 +172,10 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                     tracing::warn!(command = cmd.id, %error, "command failed");
                 }
                 let result = pb::RunnerMessage {
-                    msg: Some(pb::runner_message::Msg::Result(pb::CommandResult { id: cmd.id, error })),
+                    msg: Some(pb::runner_message::Msg::Result(pb::CommandResult {
+                        id: cmd.id,
+                        error,
+                    })),
                 };
                 if up.send(result).await.is_err() {
                     break;
@@ -243,7 +254,8 @@ async fn source_address_toward(url: &str) -> Result<Ipv4Addr, String> {
         .find(|a| a.is_ipv4())
         .ok_or_else(|| format!("{authority} has no IPv4 address"))?;
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    sock.connect(target).map_err(|e| format!("no route to {target}: {e}"))?;
+    sock.connect(target)
+        .map_err(|e| format!("no route to {target}: {e}"))?;
     match sock.local_addr().map_err(|e| e.to_string())?.ip() {
         IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
         other => Err(format!("unexpected source address {other}")),

@@ -37,8 +37,9 @@ impl Listeners {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
-                let l = UnixListener::bind(path)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", path.display())))?;
+                let l = UnixListener::bind(path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("listen on {}: {e}", path.display()))
+                })?;
                 // Only root (and whoever root lets in) may drive the host locally.
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -46,7 +47,10 @@ impl Listeners {
             }
             None => None,
         };
-        Ok(Self { tcp: tcp_listener, unix })
+        Ok(Self {
+            tcp: tcp_listener,
+            unix,
+        })
     }
 }
 
@@ -67,22 +71,26 @@ pub async fn serve(
     };
     let mut tasks = Vec::new();
     let mut rx = tx.subscribe();
-    tasks.push(tokio::spawn(router(hub.clone()).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listeners.tcp),
-        async move {
-            let _ = rx.recv().await;
-        },
-    )));
+    tasks.push(tokio::spawn(
+        router(hub.clone()).serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.tcp),
+            async move {
+                let _ = rx.recv().await;
+            },
+        ),
+    ));
     let mut unix_path = None;
     if let Some((l, path)) = listeners.unix {
         let mut rx = tx.subscribe();
         unix_path = Some(path);
-        tasks.push(tokio::spawn(router(hub.clone()).serve_with_incoming_shutdown(
-            UnixListenerStream::new(l),
-            async move {
-                let _ = rx.recv().await;
-            },
-        )));
+        tasks.push(tokio::spawn(
+            router(hub.clone()).serve_with_incoming_shutdown(
+                UnixListenerStream::new(l),
+                async move {
+                    let _ = rx.recv().await;
+                },
+            ),
+        ));
     }
     shutdown.await;
     let _ = tx.send(());

@@ -39,7 +39,12 @@ pub struct AttachArgs {
     #[arg(long = "id", value_name = "WORKLOAD")]
     pub id: String,
     /// The workload's network namespace on the runner (/run/netns/NAME or /proc/PID/ns/net).
-    #[arg(long, value_name = "PATH", conflicts_with = "pid", required_unless_present = "pid")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "pid",
+        required_unless_present = "pid"
+    )]
     pub netns: Option<String>,
     /// A process in the workload's network namespace, instead of --netns.
     #[arg(long)]
@@ -64,7 +69,10 @@ pub struct DetachArgs {
     pub network: Option<String>,
 }
 
-async fn client(args: &HostArgs, config: Option<&Path>) -> Result<ControlClient<Channel>, CliError> {
+async fn client(
+    args: &HostArgs,
+    config: Option<&Path>,
+) -> Result<ControlClient<Channel>, CliError> {
     let url = match &args.host {
         Some(u) => u.clone(),
         None => {
@@ -175,8 +183,16 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
                 (_, false, _) => "inactive",
             };
             [
-                if r.name.is_empty() { "-".into() } else { r.name.clone() },
-                if r.id == 0 { "-".into() } else { r.id.to_string() },
+                if r.name.is_empty() {
+                    "-".into()
+                } else {
+                    r.name.clone()
+                },
+                if r.id == 0 {
+                    "-".into()
+                } else {
+                    r.id.to_string()
+                },
                 r.subnet.clone(),
                 r.gateway.clone(),
                 r.physical_ip.clone(),
@@ -186,7 +202,15 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
         })
         .collect();
     out.push_str(&super::table(
-        &["RUNNER", "ID", "SUBNET", "GATEWAY", "PHYSICAL IP", "STATUS", "LAST SEEN"],
+        &[
+            "RUNNER",
+            "ID",
+            "SUBNET",
+            "GATEWAY",
+            "PHYSICAL IP",
+            "STATUS",
+            "LAST SEEN",
+        ],
         &rows,
     ));
     out

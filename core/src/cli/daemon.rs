@@ -33,9 +33,10 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
             heartbeat_timeout: c.host.heartbeat_timeout.get(),
         };
         let hub = Hub::start(settings, store, dataplane).await.map_err(fail)?;
-        let listeners = crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
-            .await
-            .map_err(fail)?;
+        let listeners =
+            crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
+                .await
+                .map_err(fail)?;
         let timeout = c.host.heartbeat_timeout.get();
         let tick = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let liveness = hub.clone();
@@ -48,9 +49,19 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
         });
         tracing::info!(listen = %c.host.listen, overlay = c.overlay.enabled, "host ready");
         crate::notify::ready("host ready");
-        crate::api::server::serve(hub, listeners, timeout.max(Duration::from_secs(2)), shutdown_signal())
-            .await
-            .map_err(|e| CliError::Failed(format!("gRPC server: {}", crate::api::client::error_chain(&e))))?;
+        crate::api::server::serve(
+            hub,
+            listeners,
+            timeout.max(Duration::from_secs(2)),
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "gRPC server: {}",
+                crate::api::client::error_chain(&e)
+            ))
+        })?;
         tracing::info!("host stopped");
         Ok(())
     })
@@ -66,18 +77,28 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
             loaded.source_of("runner.host")
         ))
     })?;
-    crate::api::client::endpoint(&host_url, Default::default())
-        .map_err(|e| CliError::Usage(format!("runner.host ({}): {e}", loaded.source_of("runner.host"))))?;
+    crate::api::client::endpoint(&host_url, Default::default()).map_err(|e| {
+        CliError::Usage(format!(
+            "runner.host ({}): {e}",
+            loaded.source_of("runner.host")
+        ))
+    })?;
     let name = match &c.runner.name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| CliError::Usage("runner.name: not set and the hostname is unknown".into()))?,
+            .ok_or_else(|| {
+                CliError::Usage("runner.name: not set and the hostname is unknown".into())
+            })?,
     };
-    std::fs::create_dir_all(&c.runner.state_dir)
-        .map_err(|e| CliError::Failed(format!("runner.state_dir {}: {e}", c.runner.state_dir.display())))?;
+    std::fs::create_dir_all(&c.runner.state_dir).map_err(|e| {
+        CliError::Failed(format!(
+            "runner.state_dir {}: {e}",
+            c.runner.state_dir.display()
+        ))
+    })?;
     let settings = RunnerSettings {
         name,
         host_url,
@@ -111,7 +132,9 @@ fn expectations(loaded: &LoadedConfig) -> Vec<Expectation> {
     ];
     values
         .into_iter()
-        .filter(|(key, value)| loaded.is_explicit(key) && !(key == &"overlay.mtu" && value == "auto"))
+        .filter(|(key, value)| {
+            loaded.is_explicit(key) && !(key == &"overlay.mtu" && value == "auto")
+        })
         .map(|(key, value)| Expectation {
             key: key.to_string(),
             value,
@@ -139,15 +162,28 @@ fn check_reachable(loaded: &LoadedConfig) -> Result<Option<Ipv4Addr>, CliError> 
     }
 }
 
-async fn resolve_mtu(loaded: &LoadedConfig, nl: &Netlink, reachable: Option<Ipv4Addr>) -> Result<u32, CliError> {
+async fn resolve_mtu(
+    loaded: &LoadedConfig,
+    nl: &Netlink,
+    reachable: Option<Ipv4Addr>,
+) -> Result<u32, CliError> {
     match loaded.config.overlay.mtu {
         Mtu::Fixed(m) => Ok(m),
         Mtu::Auto => {
             let ip = reachable.ok_or_else(|| {
-                CliError::Usage("overlay.mtu = \"auto\" needs host.reachable_address to find the underlay".into())
+                CliError::Usage(
+                    "overlay.mtu = \"auto\" needs host.reachable_address to find the underlay"
+                        .into(),
+                )
             })?;
             for link in nl.links().await.map_err(fail)? {
-                if nl.addrs(link.index).await.map_err(fail)?.iter().any(|a| a.addr() == ip) {
+                if nl
+                    .addrs(link.index)
+                    .await
+                    .map_err(fail)?
+                    .iter()
+                    .any(|a| a.addr() == ip)
+                {
                     return Ok(Mtu::Auto.resolve(link.mtu));
                 }
             }
@@ -172,7 +208,10 @@ fn fail(e: impl std::fmt::Display) -> CliError {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -6,6 +6,7 @@
 mod client_cmd;
 mod config_cmd;
 mod daemon;
+mod lab_cmd;
 mod plan_cmd;
 
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ pub enum Command {
     Attach(client_cmd::AttachArgs),
     /// Remove a workload's interface and free its address.
     Detach(client_cmd::DetachArgs),
+    /// A whole cluster in network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCommand),
 }
 
 /// A command's failure, mapped to the documented exit status.
@@ -107,6 +111,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(a) => client_cmd::status(a, cli.config.as_deref()),
         Command::Attach(a) => client_cmd::attach(a, cli.config.as_deref()),
         Command::Detach(a) => client_cmd::detach(a, cli.config.as_deref()),
+        Command::Lab(cmd) => lab_cmd::run(cmd),
     }
 }
 

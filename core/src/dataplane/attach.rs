@@ -140,9 +140,10 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
 pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
     let name = host_ifname(network, workload);
     if let Some(link) = nl.link(&name).await?
-        && link.alias.as_deref() == Some(alias(network, workload).as_str()) {
-            nl.del_link(link.index).await?;
-        }
+        && link.alias.as_deref() == Some(alias(network, workload).as_str())
+    {
+        nl.del_link(link.index).await?;
+    }
     Ok(())
 }
 

@@ -397,9 +397,22 @@ impl Netlink {
         gateway: Option<Ipv4Addr>,
         oif: Option<u32>,
     ) -> Result<()> {
+        self.replace_route_as(destination, gateway, oif, ROUTE_PROTOCOL)
+            .await
+    }
+
+    /// Add (or replace) a route tagged with another protocol number (`4` = static): routes
+    /// Weir does not own and never removes as stale.
+    pub async fn replace_route_as(
+        &self,
+        destination: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: Option<u32>,
+        protocol: u8,
+    ) -> Result<()> {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+            .protocol(RouteProtocol::from(protocol));
         if let Some(gw) = gateway {
             b = b.gateway(gw);
         } else {

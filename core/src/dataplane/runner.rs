@@ -209,7 +209,11 @@ impl RunnerDataplane {
             .links()
             .await?
             .into_iter()
-            .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(NETWORK_ALIAS_PREFIX)))
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(NETWORK_ALIAS_PREFIX))
+            })
             .collect())
     }
 

@@ -69,7 +69,11 @@ struct RunnerState {
 
 impl Hub {
     /// Open the hub: load the store, reconcile the kernel with it, and get ready to serve.
-    pub async fn start(settings: HubSettings, store: Store, dataplane: Option<HostDataplane>) -> Result<Arc<Self>, HubError> {
+    pub async fn start(
+        settings: HubSettings,
+        store: Store,
+        dataplane: Option<HostDataplane>,
+    ) -> Result<Arc<Self>, HubError> {
         let snap = store.load()?;
         let hub = Hub {
             settings,
@@ -105,13 +109,26 @@ impl Hub {
     }
 
     fn network(&self, name: &str) -> Result<&NetworkDef, HubError> {
-        let name = if name.is_empty() { DEFAULT_NETWORK } else { name };
-        self.settings.networks.iter().find(|n| n.name == name).ok_or_else(|| {
-            HubError::NotFound(format!(
-                "network {name:?} is not configured (known: {})",
-                self.settings.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })
+        let name = if name.is_empty() {
+            DEFAULT_NETWORK
+        } else {
+            name
+        };
+        self.settings
+            .networks
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                HubError::NotFound(format!(
+                    "network {name:?} is not configured (known: {})",
+                    self.settings
+                        .networks
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
     }
 
     fn overlay_enabled(&self) -> bool {
@@ -129,7 +146,11 @@ impl Hub {
             .get("next_generation")
             .and_then(|g| g.parse().ok())
             .unwrap_or(1);
-        let overlay_plan = self.settings.networks.iter().find_map(|n| n.overlay().map(|o| o.plan));
+        let overlay_plan = self
+            .settings
+            .networks
+            .iter()
+            .find_map(|n| n.overlay().map(|o| o.plan));
         for (name, mut rec) in snap.runners {
             let id_ok = match (overlay_plan, rec.id) {
                 (Some(plan), Some(id)) => plan.check_runner(u64::from(id)).is_ok(),
@@ -172,7 +193,8 @@ impl Hub {
             for net in &nets {
                 let found = dp.scan_tunnels(net).await?;
                 for (id, tunnel) in &found {
-                    let held = st.runners.values().any(|r| r.rec.id == Some(*id)) || st.placeholders.contains_key(id);
+                    let held = st.runners.values().any(|r| r.rec.id == Some(*id))
+                        || st.placeholders.contains_key(id);
                     if !held && let Some(remote) = tunnel.remote {
                         tracing::info!(id, %remote, "adopting an unclaimed tunnel as a placeholder");
                         let ph = PlaceholderRecord {
@@ -201,7 +223,8 @@ impl Hub {
                 }
                 // Tunnels of ids nobody holds any more (their runner was dropped above).
                 for id in found.keys() {
-                    let held = st.runners.values().any(|r| r.rec.id == Some(*id)) || st.placeholders.contains_key(id);
+                    let held = st.runners.values().any(|r| r.rec.id == Some(*id))
+                        || st.placeholders.contains_key(id);
                     if !held {
                         dp.remove_tunnel(net, *id).await?;
                     }
@@ -220,7 +243,9 @@ impl Hub {
                 .network(&w.network)
                 .ok()
                 .and_then(|n| n.runner_subnet(id))
-                .is_some_and(|s| s.subnet == w.ip.trunc() && w.ip.prefix_len() == s.subnet.prefix_len());
+                .is_some_and(|s| {
+                    s.subnet == w.ip.trunc() && w.ip.prefix_len() == s.subnet.prefix_len()
+                });
             if !fits {
                 tracing::info!(workload = %w.id, ip = %w.ip, "dropping workload whose address the current plan does not allow");
                 changes.push(Change::DeleteWorkload(key));
@@ -243,7 +268,10 @@ impl Hub {
     // ---- runners -----------------------------------------------------------------------
 
     /// A runner joins. Returns everything it needs to build its side.
-    pub async fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse, HubError> {
+    pub async fn register(
+        &self,
+        req: pb::RegisterRequest,
+    ) -> Result<pb::RegisterResponse, HubError> {
         let name = check_runner_name(&req.name)?;
         let physical_ip: Ipv4Addr = req.physical_ip.trim().parse().map_err(|_| {
             HubError::InvalidArgument(format!(
@@ -254,10 +282,19 @@ impl Hub {
         let mut st = self.state.lock().await;
         let now = now_ms();
         let mut changes = Vec::new();
-        let overlay = self.settings.networks.iter().find_map(|n| n.overlay().map(|o| (n, o)));
+        let overlay = self
+            .settings
+            .networks
+            .iter()
+            .find_map(|n| n.overlay().map(|o| (n, o)));
         let prior = st.runners.get(&name).map(|r| r.rec.clone());
         let (id, generation) = match overlay {
-            None => (None, prior.as_ref().map_or_else(|| st.take_generation(), |p| p.generation)),
+            None => (
+                None,
+                prior
+                    .as_ref()
+                    .map_or_else(|| st.take_generation(), |p| p.generation),
+            ),
             Some((_, o)) => {
                 let taken = taken_ids(&st, now, self.settings.heartbeat_timeout);
                 match ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners()) {
@@ -273,7 +310,12 @@ impl Hub {
                         match &from {
                             Some(victim) => {
                                 tracing::warn!(runner = %name, id, from = %victim, "reclaiming the least recently seen inactive allocation");
-                                self.forget_runner(&mut st, victim, &mut changes, "its id was reclaimed for another runner");
+                                self.forget_runner(
+                                    &mut st,
+                                    victim,
+                                    &mut changes,
+                                    "its id was reclaimed for another runner",
+                                );
                             }
                             None => {
                                 st.placeholders.remove(&id);
@@ -307,9 +349,15 @@ impl Hub {
             generation,
         };
         changes.push(Change::PutRunner(rec.clone()));
-        changes.push(Change::PutMeta("next_generation".into(), st.next_generation.to_string()));
+        changes.push(Change::PutMeta(
+            "next_generation".into(),
+            st.next_generation.to_string(),
+        ));
         self.store.commit(&changes)?;
-        if prior.as_ref().is_some_and(|p| p.generation != generation || p.id != id) {
+        if prior
+            .as_ref()
+            .is_some_and(|p| p.generation != generation || p.id != id)
+        {
             // The runner's old session (if any) belongs to an allocation that no longer exists.
             if let Some(s) = st.runners.get_mut(&name).and_then(|r| r.session.take()) {
                 s.revoke("the allocation changed");
@@ -318,12 +366,15 @@ impl Hub {
         if prior.as_ref().is_some_and(|p| p.physical_ip != physical_ip) {
             tracing::info!(runner = %name, %physical_ip, "runner moved; tunnel updated in place");
         }
-        let entry = st.runners.entry(name.clone()).or_insert_with(|| RunnerState {
-            rec: rec.clone(),
-            last_seen_ms: now,
-            session: None,
-            was_active: true,
-        });
+        let entry = st
+            .runners
+            .entry(name.clone())
+            .or_insert_with(|| RunnerState {
+                rec: rec.clone(),
+                last_seen_ms: now,
+                session: None,
+                was_active: true,
+            });
         entry.rec = rec;
         entry.last_seen_ms = now;
         entry.was_active = true;
@@ -375,7 +426,8 @@ impl Hub {
                         a.plan = o.plan.to_string();
                         a.overlay_cidr = o.plan.overlay().to_string();
                         a.host_ip = o.plan.host_ip().to_string();
-                        a.host_ip_on_subnet = sub.host_side.map(|h| h.to_string()).unwrap_or_default();
+                        a.host_ip_on_subnet =
+                            sub.host_side.map(|h| h.to_string()).unwrap_or_default();
                         a.vni = o.vxlan_id_base + id;
                         a.vxlan_id_base = o.vxlan_id_base;
                         a.vxlan_port = u32::from(o.port);
@@ -425,7 +477,10 @@ impl Hub {
     // ---- workloads ---------------------------------------------------------------------
 
     /// Give a workload an interface on its runner's network.
-    pub async fn attach(&self, req: pb::AttachWorkloadRequest) -> Result<pb::AttachWorkloadResponse, HubError> {
+    pub async fn attach(
+        &self,
+        req: pb::AttachWorkloadRequest,
+    ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let workload_id = check_workload_id(&req.workload_id)?;
         let netns = match (req.netns.trim(), req.pid) {
             ("", 0) => {
@@ -453,19 +508,25 @@ impl Hub {
         let key = workload_key(&net.name, &workload_id);
         let (spec, session, fresh) = {
             let mut st = self.state.lock().await;
-            let runner = st
-                .runners
-                .get(&req.runner)
-                .ok_or_else(|| HubError::NotFound(format!("runner {:?} is not registered", req.runner)))?;
+            let runner = st.runners.get(&req.runner).ok_or_else(|| {
+                HubError::NotFound(format!("runner {:?} is not registered", req.runner))
+            })?;
             let session = runner.session.clone().ok_or_else(|| {
                 HubError::FailedPrecondition(format!("runner {:?} is not connected", req.runner))
             })?;
-            if now_ms() - runner.last_seen_ms >= self.settings.heartbeat_timeout.as_millis() as i64 {
-                return Err(HubError::FailedPrecondition(format!("runner {:?} is inactive", req.runner)));
+            if now_ms() - runner.last_seen_ms >= self.settings.heartbeat_timeout.as_millis() as i64
+            {
+                return Err(HubError::FailedPrecondition(format!(
+                    "runner {:?} is inactive",
+                    req.runner
+                )));
             }
             let id = runner.rec.id;
             let sub = net.runner_subnet(id).ok_or_else(|| {
-                HubError::FailedPrecondition(format!("runner {:?} has no subnet on network {}", req.runner, net.name))
+                HubError::FailedPrecondition(format!(
+                    "runner {:?} has no subnet on network {}",
+                    req.runner, net.name
+                ))
             })?;
             if let Some(existing) = st.workloads.get(&key) {
                 if existing.runner != req.runner || existing.netns != netns {
@@ -478,12 +539,15 @@ impl Hub {
                 (workload_spec(existing, &net, sub.gateway), session, false)
             } else {
                 let pool = pool_for(&mut st.pools, self, &net.name, &req.runner, id)?;
-                let ip = pool.take_next().map_err(|e| HubError::ResourceExhausted(e.to_string()))?;
+                let ip = pool
+                    .take_next()
+                    .map_err(|e| HubError::ResourceExhausted(e.to_string()))?;
                 let rec = WorkloadRecord {
                     network: net.name.clone(),
                     id: workload_id.clone(),
                     runner: req.runner.clone(),
-                    ip: Ipv4Net::new(ip, sub.subnet.prefix_len()).map_err(|e| HubError::Internal(e.to_string()))?,
+                    ip: Ipv4Net::new(ip, sub.subnet.prefix_len())
+                        .map_err(|e| HubError::Internal(e.to_string()))?,
                     netns: netns.clone(),
                     ifname: "eth0".into(),
                     labels: BTreeMap::new(),
@@ -515,7 +579,10 @@ impl Hub {
             ip: spec.address,
             gateway: spec.gateway,
             mtu: spec.mtu,
-            host_ip: net.overlay().map(|o| o.plan.host_ip().addr().to_string()).unwrap_or_default(),
+            host_ip: net
+                .overlay()
+                .map(|o| o.plan.host_ip().addr().to_string())
+                .unwrap_or_default(),
             ifname: spec.ifname,
         })
     }
@@ -527,7 +594,10 @@ impl Hub {
             if let Some(pool) = st.pools.get_mut(&(w.network.clone(), w.runner.clone())) {
                 pool.release(w.ip.addr());
             }
-            if let Err(e) = self.store.commit(&[Change::DeleteWorkload(key.to_string())]) {
+            if let Err(e) = self
+                .store
+                .commit(&[Change::DeleteWorkload(key.to_string())])
+            {
                 tracing::error!(error = %e, "rolling back a workload record failed");
             }
         }
@@ -541,7 +611,10 @@ impl Hub {
         let session = {
             let st = self.state.lock().await;
             let w = st.workloads.get(&key).ok_or_else(|| {
-                HubError::NotFound(format!("workload {workload_id:?} is not attached on network {}", net.name))
+                HubError::NotFound(format!(
+                    "workload {workload_id:?} is not attached on network {}",
+                    net.name
+                ))
             })?;
             if !req.runner.is_empty() && w.runner != req.runner {
                 return Err(HubError::NotFound(format!(
@@ -613,7 +686,9 @@ impl Hub {
         let overlay = default.and_then(|n| n.overlay());
         pb::GetStatusResponse {
             plan: overlay.map(|o| o.plan.to_string()).unwrap_or_default(),
-            host_ip: overlay.map(|o| o.plan.host_ip().to_string()).unwrap_or_default(),
+            host_ip: overlay
+                .map(|o| o.plan.host_ip().to_string())
+                .unwrap_or_default(),
             overlay_enabled: self.overlay_enabled(),
             max_runners: overlay.map(|o| o.plan.max_runners()).unwrap_or(0),
             active_runners: runners.iter().filter(|r| r.active).count() as u32,
@@ -679,10 +754,15 @@ fn pool_for<'a>(
     if !pools.contains_key(&key) {
         let net = hub.network(network)?;
         let sub = net.runner_subnet(id).ok_or_else(|| {
-            HubError::FailedPrecondition(format!("runner {runner:?} has no subnet on network {network}"))
+            HubError::FailedPrecondition(format!(
+                "runner {runner:?} has no subnet on network {network}"
+            ))
         })?;
-        let excluded: Vec<(Ipv4Addr, &'static str)> =
-            sub.host_side.map(|h| (h, "the host's address on the subnet")).into_iter().collect();
+        let excluded: Vec<(Ipv4Addr, &'static str)> = sub
+            .host_side
+            .map(|h| (h, "the host's address on the subnet"))
+            .into_iter()
+            .collect();
         pools.insert(key.clone(), AddressPool::new(sub.subnet, &excluded));
     }
     pools
@@ -717,7 +797,9 @@ fn check_runner_name(name: &str) -> Result<String, HubError> {
 pub fn check_workload_id(id: &str) -> Result<String, HubError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
     if ok {
         Ok(id.to_string())
     } else {

@@ -56,11 +56,17 @@ impl SessionHandle {
         let (tx, rx) = oneshot::channel();
         self.pending_map().insert(id, tx);
         let msg = pb::HostMessage {
-            msg: Some(pb::host_message::Msg::Command(pb::Command { id, op: Some(op) })),
+            msg: Some(pb::host_message::Msg::Command(pb::Command {
+                id,
+                op: Some(op),
+            })),
         };
         if self.tx.send(msg).await.is_err() {
             self.pending_map().remove(&id);
-            return Err(HubError::Unavailable(format!("runner {:?} disconnected", self.runner)));
+            return Err(HubError::Unavailable(format!(
+                "runner {:?} disconnected",
+                self.runner
+            )));
         }
         let answer = tokio::time::timeout(timeout, rx).await;
         self.pending_map().remove(&id);
@@ -104,14 +110,22 @@ impl SessionHandle {
 impl Hub {
     /// A registered runner opens its session. Fails with `FailedPrecondition` (and the API layer
     /// answers `AllocationRevoked`) when the runner's allocation is not the one it presents.
-    pub async fn open_session(self: &Arc<Self>, hello: pb::SessionHello) -> Result<SessionStart, HubError> {
+    pub async fn open_session(
+        self: &Arc<Self>,
+        hello: pb::SessionHello,
+    ) -> Result<SessionStart, HubError> {
         let mut st = self.state.lock().await;
         st.next_session += 1;
         let sid = st.next_session;
         let runner = st.runners.get_mut(&hello.name).ok_or_else(|| {
-            HubError::FailedPrecondition(format!("runner {:?} holds no allocation; register again", hello.name))
+            HubError::FailedPrecondition(format!(
+                "runner {:?} holds no allocation; register again",
+                hello.name
+            ))
         })?;
-        if runner.rec.id.unwrap_or(0) != hello.runner_id || runner.rec.generation != hello.generation {
+        if runner.rec.id.unwrap_or(0) != hello.runner_id
+            || runner.rec.generation != hello.generation
+        {
             return Err(HubError::FailedPrecondition(format!(
                 "runner {:?} presents id {} generation {}, but holds id {} generation {}; register again",
                 hello.name,
@@ -146,11 +160,18 @@ impl Hub {
         tokio::spawn(async move {
             let n = workloads.len();
             match sync
-                .command(pb::command::Op::Sync(pb::WorkloadSet { workloads }), super::COMMAND_TIMEOUT * 3)
+                .command(
+                    pb::command::Op::Sync(pb::WorkloadSet { workloads }),
+                    super::COMMAND_TIMEOUT * 3,
+                )
                 .await
             {
-                Ok(()) => tracing::debug!(runner = %sync.runner, workloads = n, "runner synchronised"),
-                Err(e) => tracing::warn!(runner = %sync.runner, error = %e, "runner synchronisation failed"),
+                Ok(()) => {
+                    tracing::debug!(runner = %sync.runner, workloads = n, "runner synchronised")
+                }
+                Err(e) => {
+                    tracing::warn!(runner = %sync.runner, error = %e, "runner synchronisation failed")
+                }
             }
         });
         tracing::info!(runner = %hello.name, session = sid, "session opened");

@@ -1,0 +1,549 @@
+//! The lab: a whole cluster on one machine, in network namespaces, running the real daemons.
+//!
+//! ```text
+//!   weir-L-wan  eth0 203.0.113.10/24 (the "internet")
+//!        |
+//!   weir-L-lan  router: br0 192.0.2.254/24 (the underlay switch) + wan0 203.0.113.1/24
+//!        |---- weir-L-host  eth0 192.0.2.1    `weir host`
+//!        |---- weir-L-r1    eth0 192.0.2.11   `weir runner`   workloads weir-L-r1-w1, -w2 …
+//!        `---- weir-L-r2    eth0 192.0.2.12   `weir runner`
+//! ```
+//!
+//! Every object lives inside the lab's own namespaces (names start with `weir-<lab>-`), so labs
+//! never collide with each other or touch the machine's own interfaces. `down` finds the lab's
+//! processes by the namespaces they run in, so it cleans up even after a crash.
+
+mod process;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+pub use process::{Daemon, run_in_namespace};
+
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::netns;
+
+/// Where labs keep configs, logs, sockets and state.
+pub const LAB_RUN_DIR: &str = "/run/weir-lab";
+/// The underlay and the wan.
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const WAN_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const WAN_ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// `RTPROT_STATIC`.
+const STATIC_ROUTE: u8 = 4;
+/// The host's gRPC port inside the lab.
+pub const HOST_PORT: u16 = 7700;
+/// How long the lab waits for a daemon to say it is ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The underlay address of runner `i` (1-based).
+pub fn runner_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + i as u8)
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Short name; namespaces are `weir-<name>-…`.
+    pub name: String,
+    pub runners: u32,
+    /// Workloads created and attached per runner.
+    pub workloads_per_runner: u32,
+    /// The `weir` binary to run as host and runners.
+    pub weir_bin: PathBuf,
+    /// Extra TOML appended to the host's configuration (e.g. a plan).
+    pub host_toml: String,
+    /// Extra TOML appended to every runner's configuration.
+    pub runner_toml: String,
+    /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
+    /// with it.
+    pub detached: bool,
+}
+
+impl LabSpec {
+    pub fn new(name: &str, weir_bin: PathBuf) -> Self {
+        Self {
+            name: name.to_string(),
+            runners: 2,
+            workloads_per_runner: 2,
+            weir_bin,
+            host_toml: String::new(),
+            runner_toml: String::new(),
+            detached: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab {lab}: {what}: {reason}")]
+    Step {
+        lab: String,
+        what: String,
+        reason: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, LabError>;
+
+/// A running lab. Dropping it tears everything down unless it was [`Lab::keep`]-ed.
+pub struct Lab {
+    pub spec: LabSpec,
+    pub dir: PathBuf,
+    pub host: Option<Daemon>,
+    pub runners: BTreeMap<u32, Daemon>,
+    /// Workload namespaces by (runner, index).
+    pub workloads: BTreeMap<(u32, u32), String>,
+    keep: bool,
+}
+
+impl Lab {
+    fn step<T, E: std::fmt::Display>(&self, what: &str, r: std::result::Result<T, E>) -> Result<T> {
+        r.map_err(|e| LabError::Step {
+            lab: self.spec.name.clone(),
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The namespace name of a lab member (`host`, `lan`, `wan`, `r1`, `r1-w2`).
+    pub fn ns_name(&self, member: &str) -> String {
+        ns_name(&self.spec.name, member)
+    }
+
+    /// The path of a lab member's namespace.
+    pub fn ns(&self, member: &str) -> PathBuf {
+        netns::named_path(&self.ns_name(member))
+    }
+
+    /// The host's control API, reachable from the machine's own namespace (a unix socket).
+    pub fn control_url(&self) -> String {
+        format!("unix://{}", self.dir.join("host.sock").display())
+    }
+
+    /// Build the topology and start the host and the runners; wait until each is ready.
+    pub async fn up(spec: LabSpec) -> Result<Lab> {
+        let dir = Path::new(LAB_RUN_DIR).join(&spec.name);
+        let mut lab = Lab {
+            spec,
+            dir,
+            host: None,
+            runners: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            keep: false,
+        };
+        // A half-built lab is torn down by Drop when any step fails.
+        if !netns::list(&format!("weir-{}-", lab.spec.name))
+            .unwrap_or_default()
+            .is_empty()
+        {
+            return Err(LabError::Step {
+                lab: lab.spec.name.clone(),
+                what: "create".into(),
+                reason: format!(
+                    "it already exists; run `weir lab down --name {}` first",
+                    lab.spec.name
+                ),
+            });
+        }
+        let r = std::fs::create_dir_all(&lab.dir);
+        lab.step("create lab directory", r)?;
+        lab.build_underlay().await?;
+        lab.start_host().await?;
+        for i in 1..=lab.spec.runners {
+            lab.add_runner(i).await?;
+        }
+        for i in 1..=lab.spec.runners {
+            for w in 1..=lab.spec.workloads_per_runner {
+                lab.add_workload(i, w).await?;
+            }
+        }
+        Ok(lab)
+    }
+
+    async fn build_underlay(&mut self) -> Result<()> {
+        for member in ["lan", "wan", "host"] {
+            let r = netns::create(&self.ns_name(member));
+            self.step(&format!("create namespace {member}"), r)?;
+        }
+        let lan = self.step("open lan", Netlink::in_namespace(&self.ns("lan")))?;
+        let r = lan.add_bridge("br0", 1500).await;
+        let br = self.step("create the underlay switch", r)?;
+        let r = lan
+            .add_addr(br.index, Ipv4Net::new(ROUTER_IP, 24).expect("valid"))
+            .await;
+        self.step("address the underlay switch", r)?;
+        let r = netns::run_in(&self.ns("lan"), crate::dataplane::sysctl::enable_ip_forward);
+        self.step(
+            "enable forwarding on the router",
+            r.map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        )?;
+        // The wan: a routed link from the router, with a default route back through it.
+        self.plug(
+            &lan,
+            "wan",
+            "p-wan",
+            None,
+            Ipv4Net::new(WAN_IP, 24).expect("valid"),
+            WAN_ROUTER_IP,
+        )
+        .await?;
+        let wan0 = self.step("find p-wan", lan.link("p-wan").await)?;
+        if let Some(l) = wan0 {
+            let r = lan
+                .add_addr(l.index, Ipv4Net::new(WAN_ROUTER_IP, 24).expect("valid"))
+                .await;
+            self.step("address the wan side of the router", r)?;
+        }
+        self.plug(
+            &lan,
+            "host",
+            "p-host",
+            Some(br.index),
+            Ipv4Net::new(HOST_IP, 24).expect("valid"),
+            ROUTER_IP,
+        )
+        .await
+    }
+
+    /// Connect member `member` to the lan namespace with a veth (`port` on the lan side,
+    /// `eth0` inside the member), address it and route by `gateway`.
+    async fn plug(
+        &self,
+        lan: &Netlink,
+        member: &str,
+        port: &str,
+        bridge: Option<u32>,
+        addr: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<()> {
+        let ns_file = self.step(
+            &format!("open {member}"),
+            std::fs::File::open(self.ns(member)),
+        )?;
+        let r = lan.add_veth_into(port, "eth0", &ns_file, 1500).await;
+        let link = self.step(&format!("connect {member}"), r)?;
+        if let Some(b) = bridge {
+            let r = lan.set_master(link.index, b).await;
+            self.step(&format!("plug {member} into the switch"), r)?;
+        }
+        let inner = self.step(
+            &format!("open {member}"),
+            Netlink::in_namespace(&self.ns(member)),
+        )?;
+        let eth0 = self.step("find eth0", inner.link("eth0").await)?;
+        let Some(eth0) = eth0 else {
+            return Err(LabError::Step {
+                lab: self.spec.name.clone(),
+                what: format!("connect {member}"),
+                reason: "eth0 missing".into(),
+            });
+        };
+        let r = inner.add_addr(eth0.index, addr).await;
+        self.step(&format!("address {member}"), r)?;
+        let r = inner.set_up(eth0.index).await;
+        self.step(&format!("bring up {member}"), r)?;
+        // A static route: the runner's reconcile removes only routes tagged as Weir's.
+        let r = inner
+            .replace_route_as(
+                Ipv4Net::default(),
+                Some(gateway),
+                Some(eth0.index),
+                STATIC_ROUTE,
+            )
+            .await;
+        self.step(&format!("route {member}"), r)?;
+        Ok(())
+    }
+
+    fn host_config(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            "[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n",
+            self.spec.host_toml
+        )
+    }
+
+    fn runner_config(&self, i: u32) -> String {
+        let d = self.dir.display();
+        format!(
+            "[runner]\nname = \"r{i}\"\nhost = \"http://{HOST_IP}:{HOST_PORT}\"\nstate_dir = \"{d}/r{i}-state\"\n{}\n",
+            self.spec.runner_toml
+        )
+    }
+
+    /// Start (or restart) the host daemon and wait until it is ready.
+    pub async fn start_host(&mut self) -> Result<()> {
+        let cfg = self.dir.join("host.toml");
+        let r = std::fs::write(&cfg, self.host_config());
+        self.step("write host config", r)?;
+        let r = Daemon::start(self, "host", &["host"], &cfg).await;
+        let d = self.step("start the host", r)?;
+        self.host = Some(d);
+        Ok(())
+    }
+
+    /// Add runner `i` (namespace, underlay port, daemon) and wait until it is registered.
+    pub async fn add_runner(&mut self, i: u32) -> Result<()> {
+        let member = format!("r{i}");
+        let r = netns::create(&self.ns_name(&member));
+        self.step(&format!("create namespace {member}"), r)?;
+        let lan = self.step("open lan", Netlink::in_namespace(&self.ns("lan")))?;
+        let br = self
+            .step("find the switch", lan.link("br0").await)?
+            .map(|l| l.index);
+        self.plug(
+            &lan,
+            &member,
+            &format!("p-{member}"),
+            br,
+            Ipv4Net::new(runner_ip(i), 24).expect("valid"),
+            ROUTER_IP,
+        )
+        .await?;
+        self.start_runner(i).await
+    }
+
+    /// Start (or restart) runner `i`'s daemon and wait until it is registered.
+    pub async fn start_runner(&mut self, i: u32) -> Result<()> {
+        let cfg = self.dir.join(format!("r{i}.toml"));
+        let r = std::fs::write(&cfg, self.runner_config(i));
+        self.step("write runner config", r)?;
+        let r = Daemon::start(self, &format!("r{i}"), &["runner"], &cfg).await;
+        let d = self.step(&format!("start runner {i}"), r)?;
+        self.runners.insert(i, d);
+        Ok(())
+    }
+
+    /// Create workload `w`'s namespace on runner `i` and attach it through the host.
+    pub async fn add_workload(&mut self, i: u32, w: u32) -> Result<String> {
+        let member = format!("r{i}-w{w}");
+        let r = netns::create(&self.ns_name(&member));
+        self.step(&format!("create namespace {member}"), r)?;
+        self.workloads.insert((i, w), self.ns_name(&member));
+        let ns = self.ns(&member);
+        let out = self.weir(&[
+            "attach",
+            "--runner",
+            &format!("r{i}"),
+            "--id",
+            &member,
+            "--netns",
+            &ns.display().to_string(),
+            "--json",
+        ]);
+        let out = self.step(&format!("attach {member}"), out)?;
+        if !out.status.success() {
+            return Err(LabError::Step {
+                lab: self.spec.name.clone(),
+                what: format!("attach {member}"),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let v: serde_json::Value =
+            self.step("read attach output", serde_json::from_slice(&out.stdout))?;
+        Ok(v["ip"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Run `weir ARGS…` against this lab's host (from the machine's namespace, over the socket).
+    pub fn weir(&self, args: &[&str]) -> std::io::Result<Output> {
+        Command::new(&self.spec.weir_bin)
+            .args(args)
+            .env("WEIR_HOST", self.control_url())
+            .env_remove("WEIR_CONFIG")
+            .output()
+    }
+
+    /// Run a program inside a lab namespace.
+    pub fn exec(&self, member: &str, program: &str, args: &[&str]) -> std::io::Result<Output> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        run_in_namespace(&mut cmd, &self.ns(member))?.output()
+    }
+
+    /// One ping from a member to an address: did it get an answer?
+    pub fn ping(&self, member: &str, to: Ipv4Addr) -> bool {
+        self.exec(
+            member,
+            "ping",
+            &["-c", "1", "-W", "2", "-q", &to.to_string()],
+        )
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    }
+
+    /// The first IPv4 address of `eth0` in a member's namespace.
+    pub async fn address_of(&self, member: &str) -> Option<Ipv4Net> {
+        let nl = Netlink::in_namespace(&self.ns(member)).ok()?;
+        let l = nl.link("eth0").await.ok()??;
+        nl.addrs(l.index).await.ok()?.into_iter().next()
+    }
+
+    /// Open a TCP listener on the wan peer that records the source address of each connection.
+    pub fn wan_listener(&self) -> Result<WanProbe> {
+        let r = netns::run_in(&self.ns("wan"), || TcpListener::bind((WAN_IP, 0)));
+        let listener = self.step("listen on the wan", r.and_then(|r| r))?;
+        Ok(WanProbe { listener })
+    }
+
+    /// Connect from a member to the wan probe; returns the source address the wan saw.
+    pub fn wan_sees(&self, member: &str, probe: &WanProbe) -> Option<Ipv4Addr> {
+        let target = probe.listener.local_addr().ok()?;
+        let connect = netns::run_in(&self.ns(member), move || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        });
+        let _stream = connect.ok()?.ok()?;
+        probe.listener.set_nonblocking(false).ok()?;
+        let (_, peer) = probe.listener.accept().ok()?;
+        match peer {
+            SocketAddr::V4(v4) => Some(*v4.ip()),
+            SocketAddr::V6(_) => None,
+        }
+    }
+
+    /// Keep the lab running after this value is dropped (`weir lab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+        for d in self.runners.values_mut().chain(self.host.iter_mut()) {
+            d.forget();
+        }
+    }
+
+    /// A connectivity report: the runners' status, who reaches whom, what the wan sees.
+    pub async fn report(&self) -> String {
+        let mut out = String::new();
+        if let Ok(o) = self.weir(&["status"]) {
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+            out.push_str(&String::from_utf8_lossy(&o.stderr));
+        }
+        let mut members: Vec<(String, Option<Ipv4Addr>)> = Vec::new();
+        for ns in self.workloads.keys().map(|(r, w)| format!("r{r}-w{w}")) {
+            let addr = self.address_of(&ns).await.map(|a| a.addr());
+            members.push((ns, addr));
+        }
+        let _ = writeln!(out, "\nconnectivity (ping from row to column):");
+        let mut header = vec!["FROM \\ TO".to_string()];
+        header.extend(members.iter().map(|(n, _)| n.clone()));
+        header.push("host 10.128.0.1".into());
+        header.push(format!("wan {WAN_IP}"));
+        header.push("wan sees".into());
+        let mut rows = Vec::new();
+        let probe = self.wan_listener().ok();
+        let host_overlay_ip = self.host_overlay_ip();
+        for (from, _) in &members {
+            let mut row = vec![from.clone()];
+            for (to, addr) in &members {
+                row.push(match addr {
+                    _ if to == from => "-".into(),
+                    Some(a) if self.ping(from, *a) => "ok".into(),
+                    _ => "FAIL".into(),
+                });
+            }
+            row.push(match host_overlay_ip {
+                Some(h) if self.ping(from, h) => "ok".into(),
+                Some(_) => "FAIL".into(),
+                None => "n/a".into(),
+            });
+            row.push(if self.ping(from, WAN_IP) {
+                "ok".into()
+            } else {
+                "FAIL".into()
+            });
+            row.push(
+                probe
+                    .as_ref()
+                    .and_then(|p| self.wan_sees(from, p))
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            rows.push(row);
+        }
+        out.push_str(&render_rows(&header, &rows));
+        out
+    }
+
+    fn host_overlay_ip(&self) -> Option<Ipv4Addr> {
+        let out = self.weir(&["status", "--json"]).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ip = v["host_ip"].as_str()?;
+        ip.split('/').next()?.parse().ok()
+    }
+}
+
+/// A listener on the wan peer.
+pub struct WanProbe {
+    listener: TcpListener,
+}
+
+fn render_rows(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", s.join("  ").trim_end())
+    };
+    let mut out = line(header);
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            down(&self.spec.name);
+        }
+    }
+}
+
+/// The namespace name of a lab member.
+pub fn ns_name(lab: &str, member: &str) -> String {
+    format!("weir-{lab}-{member}")
+}
+
+/// Tear a lab down: kill every process running in its namespaces, delete the namespaces and
+/// the lab directory. Works after a crash; a lab that does not exist is not an error.
+/// Returns what was removed.
+pub fn down(lab: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    let names = netns::list(&format!("weir-{lab}-")).unwrap_or_default();
+    let inodes: Vec<u64> = names
+        .iter()
+        .filter_map(|n| netns::inode(&netns::named_path(n)).ok())
+        .collect();
+    for pid in process::pids_in_namespaces(&inodes) {
+        process::kill_and_reap(pid);
+        removed.push(format!("process {pid}"));
+    }
+    // Workload namespaces first, so veths disappear with their peers before the runners go.
+    let mut ordered = names.clone();
+    ordered.sort_by_key(|n| std::cmp::Reverse(n.matches('-').count()));
+    for n in ordered {
+        match netns::delete(&n) {
+            Ok(()) => removed.push(format!("namespace {n}")),
+            Err(e) => tracing::warn!(namespace = %n, error = %e, "cannot delete namespace"),
+        }
+    }
+    let dir = Path::new(LAB_RUN_DIR).join(lab);
+    if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+        removed.push(format!("directory {}", dir.display()));
+    }
+    removed
+}
