@@ -57,9 +57,21 @@ impl Agent {
         Ok(())
     }
 
-    /// Remove everything (the allocation was revoked).
+    /// Remove everything: workload interfaces, bridges, tunnels, routes and rules (the
+    /// allocation was revoked, or the host refuses this runner).
     pub async fn teardown(&self) -> Result<(), String> {
         self.networks.lock().await.clear();
+        for (alias, index) in attach::list(self.dp.netlink())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!(workload = %alias, "removing a workload interface");
+            self.dp
+                .netlink()
+                .del_link(index)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         self.dp.teardown().await.map_err(|e| e.to_string())
     }
 

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+use tonic::Code;
 use weir_proto::v1 as pb;
 use weir_proto::v1::agent_client::AgentClient;
 
-use super::client::{ChannelOptions, connect};
+use super::client::{ChannelOptions, code_name, connect};
 use crate::agent::{Agent, Expectation, contradictions};
 
 /// What the runner loop needs from the configuration.
@@ -110,7 +111,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
         })?,
     };
     let mut client = AgentClient::new(channel);
-    let assignment = client
+    let assignment = match client
         .register(pb::RegisterRequest {
             name: s.name.clone(),
             physical_ip: physical_ip.to_string(),
@@ -118,14 +119,24 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
             version: env!("CARGO_PKG_VERSION").into(),
         })
         .await
-        .map_err(|st| {
-            Fail::Retry(format!(
-                "registration refused ({:?}): {}",
-                st.code(),
+    {
+        Ok(a) => a.into_inner(),
+        Err(st) => {
+            let msg = format!(
+                "registration refused ({}): {}",
+                code_name(st.code()),
                 st.message()
-            ))
-        })?
-        .into_inner();
+            );
+            if matches!(st.code(), Code::ResourceExhausted | Code::PermissionDenied) {
+                // The host is there and says no: whatever overlay this runner built before
+                // (under an id it no longer holds) must not stay up.
+                if let Err(e) = agent.teardown().await {
+                    tracing::error!(error = %e, "teardown after a refused registration failed");
+                }
+            }
+            return Err(Fail::Retry(msg));
+        }
+    };
     let problems = contradictions(&s.expectations, &assignment);
     if !problems.is_empty() {
         return Err(Fail::Fatal(RunnerError::Contradiction(problems)));
@@ -219,7 +230,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                 },
                 Some(Ok(_)) => {}
                 Some(Err(st)) => {
-                    tracing::warn!(code = ?st.code(), message = %st.message(), "session lost");
+                    tracing::warn!(code = code_name(st.code()), message = %st.message(), "session lost");
                     break Ended::Lost;
                 }
                 None => {

@@ -15,6 +15,9 @@ use super::agent::AgentService;
 use super::control::ControlService;
 use crate::hub::Hub;
 
+/// How long a stopping host waits for in-flight calls.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Bound listeners, ready to serve.
 pub struct Listeners {
     pub tcp: TcpListener,
@@ -94,10 +97,19 @@ pub async fn serve(
     }
     shutdown.await;
     let _ = tx.send(());
+    // Runner sessions are endless streams: give in-flight calls a moment, then stop anyway.
     let mut result = Ok(());
-    for t in tasks {
-        if let Ok(Err(e)) = t.await {
-            result = Err(e);
+    let drain = async {
+        for t in &mut tasks {
+            if let Ok(Err(e)) = t.await {
+                result = Err(e);
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::info!("closing the remaining sessions");
+        for t in &tasks {
+            t.abort();
         }
     }
     if let Some(p) = unix_path {

@@ -9,7 +9,7 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::control_client::ControlClient;
 
 use super::CliError;
-use crate::api::client::{ChannelOptions, connect};
+use crate::api::client::{ChannelOptions, code_name, connect};
 
 /// Where to find the host.
 #[derive(Debug, Args)]
@@ -91,30 +91,6 @@ async fn client(
 
 fn refused(st: tonic::Status) -> CliError {
     CliError::Failed(format!("{}: {}", code_name(st.code()), st.message()))
-}
-
-/// The canonical upper-case name of a gRPC code (as grpcurl and the gRPC docs spell it).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 fn rt() -> Result<tokio::runtime::Runtime, CliError> {

@@ -96,10 +96,7 @@ fn spec(args: &LabArgs, detached: bool) -> Result<LabSpec, CliError> {
     spec.runners = args.runners;
     spec.workloads_per_runner = args.workloads;
     spec.detached = detached;
-    spec.host_toml = format!(
-        "[overlay]\nenabled = {}\nsubnet = \"{plan}\"\n",
-        !args.isolated
-    );
+    spec.overlay = format!("enabled = {}\nsubnet = \"{plan}\"\n", !args.isolated);
     Ok(spec)
 }
 

@@ -58,10 +58,12 @@ pub struct LabSpec {
     pub workloads_per_runner: u32,
     /// The `weir` binary to run as host and runners.
     pub weir_bin: PathBuf,
-    /// Extra TOML appended to the host's configuration (e.g. a plan).
-    pub host_toml: String,
-    /// Extra TOML appended to every runner's configuration.
-    pub runner_toml: String,
+    /// Lines of the host's `[overlay]` section (e.g. `subnet = "10.0.0.0/22/2/8"`).
+    pub overlay: String,
+    /// Extra lines of the host's `[host]` section (e.g. `heartbeat_timeout = "3s"`).
+    pub host_keys: String,
+    /// Extra lines of every runner's `[runner]` section.
+    pub runner_keys: String,
     /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
     /// with it.
     pub detached: bool,
@@ -74,8 +76,9 @@ impl LabSpec {
             runners: 2,
             workloads_per_runner: 2,
             weir_bin,
-            host_toml: String::new(),
-            runner_toml: String::new(),
+            overlay: String::new(),
+            host_keys: String::new(),
+            runner_keys: String::new(),
             detached: false,
         }
     }
@@ -130,6 +133,21 @@ impl Lab {
 
     /// Build the topology and start the host and the runners; wait until each is ready.
     pub async fn up(spec: LabSpec) -> Result<Lab> {
+        let mut lab = Lab::underlay(spec).await?;
+        lab.start_host().await?;
+        for i in 1..=lab.spec.runners {
+            lab.add_runner(i).await?;
+        }
+        for i in 1..=lab.spec.runners {
+            for w in 1..=lab.spec.workloads_per_runner {
+                lab.add_workload(i, w).await?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Build only the underlay (lan, wan and the host's namespace), start nothing.
+    pub async fn underlay(spec: LabSpec) -> Result<Lab> {
         let dir = Path::new(LAB_RUN_DIR).join(&spec.name);
         let mut lab = Lab {
             spec,
@@ -156,15 +174,6 @@ impl Lab {
         let r = std::fs::create_dir_all(&lab.dir);
         lab.step("create lab directory", r)?;
         lab.build_underlay().await?;
-        lab.start_host().await?;
-        for i in 1..=lab.spec.runners {
-            lab.add_runner(i).await?;
-        }
-        for i in 1..=lab.spec.runners {
-            for w in 1..=lab.spec.workloads_per_runner {
-                lab.add_workload(i, w).await?;
-            }
-        }
         Ok(lab)
     }
 
@@ -267,8 +276,8 @@ impl Lab {
     fn host_config(&self) -> String {
         let d = self.dir.display();
         format!(
-            "[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n",
-            self.spec.host_toml
+            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n",
+            self.spec.overlay, self.spec.host_keys
         )
     }
 
@@ -276,7 +285,7 @@ impl Lab {
         let d = self.dir.display();
         format!(
             "[runner]\nname = \"r{i}\"\nhost = \"http://{HOST_IP}:{HOST_PORT}\"\nstate_dir = \"{d}/r{i}-state\"\n{}\n",
-            self.spec.runner_toml
+            self.spec.runner_keys
         )
     }
 
@@ -351,6 +360,12 @@ impl Lab {
         let v: serde_json::Value =
             self.step("read attach output", serde_json::from_slice(&out.stdout))?;
         Ok(v["ip"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// `weir status --json` of this lab's host.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.weir(&["status", "--json"]).ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// Run `weir ARGS…` against this lab's host (from the machine's namespace, over the socket).

@@ -1,0 +1,173 @@
+//! Shared harness of the namespace integration tests: unique lab names, stale-lab cleanup,
+//! waiting on observable conditions, packets.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use weir::dataplane::netlink::Netlink;
+use weir::lab::{self, Lab, LabSpec, run_in_namespace};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A lab spec with a name unique to this process and call, after cleaning up labs left by
+/// test processes that died.
+pub fn spec(tag: &str) -> LabSpec {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the namespace integration tests need root (they build network namespaces)"
+    );
+    clean_stale_labs();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("t{}x{n}{tag}", std::process::id());
+    let mut s = LabSpec::new(&name, PathBuf::from(env!("CARGO_BIN_EXE_weir")));
+    // Short timers keep the tests quick; the logic is the same at production values.
+    s.host_keys = "heartbeat_timeout = \"3s\"\n".into();
+    s.runner_keys = "heartbeat_interval = \"300ms\"\n".into();
+    s
+}
+
+/// Labs whose test process is gone (a crash or SIGKILL skipped their Drop).
+fn clean_stale_labs() {
+    let Ok(names) = weir::dataplane::netns::list("weir-t") else {
+        return;
+    };
+    for ns in names {
+        let Some(lab_name) = ns.strip_prefix("weir-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let pid: Option<i32> = lab_name
+            .strip_prefix('t')
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id() as i32
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            lab::down(lab_name);
+        }
+    }
+}
+
+/// Poll `cond` every 100 ms until it holds; panic with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A runner's entry in `weir status --json`.
+pub fn runner_status(lab: &Lab, name: &str) -> Option<serde_json::Value> {
+    let s = lab.status()?;
+    s["runners"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+        .cloned()
+}
+
+pub fn is_active(lab: &Lab, name: &str) -> bool {
+    runner_status(lab, name).is_some_and(|r| r["active"] == true && r["connected"] == true)
+}
+
+pub fn is_inactive(lab: &Lab, name: &str) -> bool {
+    runner_status(lab, name).is_some_and(|r| r["active"] == false)
+}
+
+/// The IPv4 address of a workload's eth0.
+pub async fn workload_ip(lab: &Lab, runner: u32, w: u32) -> Ipv4Addr {
+    lab.address_of(&format!("r{runner}-w{w}"))
+        .await
+        .unwrap_or_else(|| panic!("r{runner}-w{w} has no address"))
+        .addr()
+}
+
+/// A continuous 10/s ping from a lab member.
+pub struct Pinger(Child);
+
+impl Pinger {
+    pub fn start(lab: &Lab, member: &str, to: Ipv4Addr) -> Pinger {
+        let mut cmd = Command::new("ping");
+        cmd.args(["-i", "0.1", "-W", "1", &to.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        run_in_namespace(&mut cmd, &lab.ns(member)).unwrap();
+        Pinger(cmd.spawn().expect("start ping"))
+    }
+
+    /// Stop it and return (transmitted, received).
+    pub fn stop(self) -> (u32, u32) {
+        let child = self.0;
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        let nums: Vec<u32> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .take(2)
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (nums[0], nums[1])
+    }
+}
+
+/// Links of a lab member's namespace: name -> (ifindex, kind).
+pub async fn links(lab: &Lab, member: &str) -> Vec<weir::dataplane::netlink::Link> {
+    Netlink::in_namespace(&lab.ns(member))
+        .unwrap()
+        .links()
+        .await
+        .unwrap()
+}
+
+/// Every IPv4 address in a member's namespace, as text.
+pub async fn all_addresses(lab: &Lab, member: &str) -> Vec<String> {
+    let nl = Netlink::in_namespace(&lab.ns(member)).unwrap();
+    let mut out = Vec::new();
+    for l in nl.links().await.unwrap() {
+        for a in nl.addrs(l.index).await.unwrap() {
+            out.push(format!("{} {a}", l.name));
+        }
+    }
+    out
+}
+
+/// `nft list ruleset` inside a member's namespace.
+pub fn ruleset(lab: &Lab, member: &str) -> String {
+    let out = lab.exec(member, "nft", &["list", "ruleset"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip route` inside a member's namespace (for assertions on text).
+pub async fn routes(lab: &Lab, member: &str) -> Vec<String> {
+    let nl = Netlink::in_namespace(&lab.ns(member)).unwrap();
+    nl.routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{} via {:?} proto {}", r.destination, r.gateway, r.protocol))
+        .collect()
+}
+
+pub fn must(lab_result: Result<Lab, lab::LabError>) -> Lab {
+    lab_result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn dur(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
