@@ -528,7 +528,7 @@ fn describe_errors(figment: &Figment, err: figment::Error) -> Vec<String> {
 
 fn describe_source(md: Option<&Metadata>, key: &str) -> String {
     let Some(md) = md else {
-        return "unknown source".into();
+        return "not set".into();
     };
     if md.name == DEFAULTS_NAME {
         return DEFAULTS_NAME.into();

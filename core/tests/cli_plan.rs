@@ -119,3 +119,26 @@ fn config_show_prints_effective_toml_and_refuses_bad_files() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn host_refuses_a_loopback_or_missing_reachable_address() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("host").env_remove("WEIR_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[("WEIR_HOST__REACHABLE_ADDRESS", "127.0.0.1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host.reachable_address (environment variable WEIR_HOST__REACHABLE_ADDRESS): 127.0.0.1 cannot be reached"), "{err}");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host.reachable_address (not set): required"),
+        "{err}"
+    );
+}

@@ -450,3 +450,198 @@ async fn isolated_mode_nats_workloads_and_builds_no_overlay() {
             .any(|l| l.name == "kohakuriver-net")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_is_idempotent_conflicts_are_refused_and_detach_frees_the_address() {
+    let mut s = spec("att");
+    s.runners = 1;
+    s.workloads_per_runner = 0;
+    let mut lab = must(Lab::up(s).await);
+    let first = lab.add_workload(1, 1).await.unwrap();
+    assert_eq!(first, "10.128.64.2/18");
+    let ns = lab.ns("r1-w1").display().to_string();
+    let again = lab
+        .weir(&[
+            "attach", "--runner", "r1", "--id", "r1-w1", "--netns", &ns, "--json",
+        ])
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["ip"], "10.128.64.2/18", "same netns: same answer");
+    assert_eq!(v["gateway"], "10.128.64.1");
+    assert_eq!(v["mtu"], 1450);
+    assert_eq!(v["host_ip"], "10.128.0.1");
+    // The same id with another namespace is refused, and changes nothing.
+    weir::dataplane::netns::create(&lab.ns_name("other")).unwrap();
+    let other = lab.ns("other").display().to_string();
+    let clash = lab
+        .weir(&[
+            "attach", "--runner", "r1", "--id", "r1-w1", "--netns", &other,
+        ])
+        .unwrap();
+    assert_eq!(clash.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        err.contains("ALREADY_EXISTS") && err.contains("r1-w1"),
+        "{err}"
+    );
+    assert!(
+        links(&lab, "other").await.iter().all(|l| l.name == "lo"),
+        "nothing was created in the other namespace"
+    );
+    // Unknown runner, bad id, missing namespace: refused with the field named.
+    let out = lab
+        .weir(&["attach", "--runner", "nope", "--id", "x", "--netns", &other])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{out:?}"
+    );
+    let out = lab
+        .weir(&[
+            "attach", "--runner", "r1", "--id", "bad id", "--netns", &other,
+        ])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("INVALID_ARGUMENT: workload_id"),
+        "{out:?}"
+    );
+    let out = lab
+        .weir(&[
+            "attach",
+            "--runner",
+            "r1",
+            "--id",
+            "ghost",
+            "--netns",
+            "/run/netns/does-not-exist",
+        ])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        lab.status().unwrap()["workloads"],
+        1,
+        "failed attaches hold no address"
+    );
+
+    // Detach removes the interface and frees the address for the next workload.
+    let out = lab
+        .weir(&["detach", "--runner", "r1", "--id", "r1-w1"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        links(&lab, "r1-w1").await.iter().all(|l| l.name == "lo"),
+        "eth0 is gone"
+    );
+    let next = lab.add_workload(1, 2).await.unwrap();
+    assert_eq!(
+        next, "10.128.64.2/18",
+        "the freed address is handed out again"
+    );
+    let out = lab
+        .weir(&["detach", "--runner", "r1", "--id", "r1-w1"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_moves_keeps_its_id_and_both_tunnel_ends_follow_in_place() {
+    let mut s = spec("move");
+    s.workloads_per_runner = 1;
+    let lab = must(Lab::up(s).await);
+    let host_tunnel = |links: &[weir::dataplane::netlink::Link]| {
+        links.iter().find(|l| l.name == "vxkr1").cloned().unwrap()
+    };
+    let before_host = host_tunnel(&links(&lab, "host").await);
+    let before_runner = links(&lab, "r1")
+        .await
+        .into_iter()
+        .find(|l| l.name == "vxlan0")
+        .unwrap();
+
+    // Renumber r1's underlay address.
+    let nl = weir::dataplane::netlink::Netlink::in_namespace(&lab.ns("r1")).unwrap();
+    let eth0 = nl.link("eth0").await.unwrap().unwrap();
+    let new_ip = Ipv4Addr::new(192, 0, 2, 111);
+    nl.del_addr(
+        eth0.index,
+        ipnet::Ipv4Net::new(lab::runner_ip(1), 24).unwrap(),
+    )
+    .await
+    .unwrap();
+    nl.add_addr(eth0.index, ipnet::Ipv4Net::new(new_ip, 24).unwrap())
+        .await
+        .unwrap();
+    nl.replace_route_as(
+        ipnet::Ipv4Net::default(),
+        Some(lab::ROUTER_IP),
+        Some(eth0.index),
+        4,
+    )
+    .await
+    .unwrap();
+    wait_until("the host sees r1 at its new address", dur(30), || {
+        runner_status(&lab, "r1")
+            .is_some_and(|r| r["physical_ip"] == new_ip.to_string() && r["active"] == true)
+    })
+    .await;
+    assert_eq!(runner_status(&lab, "r1").unwrap()["id"], 1);
+    let after_host = host_tunnel(&links(&lab, "host").await);
+    assert_eq!(
+        after_host.index, before_host.index,
+        "host tunnel changed in place"
+    );
+    assert_eq!(after_host.vxlan.unwrap().remote, Some(new_ip));
+    let mut moved = false;
+    for _ in 0..100 {
+        let l = links(&lab, "r1")
+            .await
+            .into_iter()
+            .find(|l| l.name == "vxlan0")
+            .unwrap();
+        if l.vxlan.as_ref().unwrap().local == Some(new_ip) {
+            assert_eq!(
+                l.index, before_runner.index,
+                "runner tunnel changed in place"
+            );
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the runner's tunnel follows its new local address");
+    assert!(
+        lab.ping("r2-w1", workload_ip(&lab, 1, 1).await),
+        "traffic flows over the moved tunnel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_config_contradicts_the_host_refuses_to_start() {
+    let mut s = spec("contra");
+    s.runners = 0;
+    s.workloads_per_runner = 0;
+    s.runner_keys = "[overlay]\nmtu = 1400\nvxlan_port = 4789\n".into();
+    let mut lab = must(Lab::up(s).await);
+    let err = lab
+        .add_runner(1)
+        .await
+        .expect_err("the runner must refuse to start")
+        .to_string();
+    assert!(
+        err.contains("overlay.mtu = 1400") && err.contains("contradicts the host, which uses 1450"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("vxlan_port"),
+        "a matching explicit value is fine: {err}"
+    );
+    assert!(err.contains("exit status: 2"), "{err}");
+}
