@@ -447,12 +447,12 @@ impl Lab {
         let _ = writeln!(out, "\nconnectivity (ping from row to column):");
         let mut header = vec!["FROM \\ TO".to_string()];
         header.extend(members.iter().map(|(n, _)| n.clone()));
-        header.push("host 10.128.0.1".into());
+        let host_overlay_ip = self.host_overlay_ip();
+        header.push(host_overlay_ip.map_or("host".into(), |h| format!("host {h}")));
         header.push(format!("wan {WAN_IP}"));
         header.push("wan sees".into());
         let mut rows = Vec::new();
         let probe = self.wan_listener().ok();
-        let host_overlay_ip = self.host_overlay_ip();
         for (from, _) in &members {
             let mut row = vec![from.clone()];
             for (to, addr) in &members {
