@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::firewalld::Firewalld;
 use super::netlink::{Link, Netlink, VxlanSpec};
 use super::nft::{Action, ChainSpec, Cond, RuleSpec, TableSpec};
 use super::{DataplaneError, Result, nft, sysctl};
@@ -49,11 +50,22 @@ pub enum TunnelChange {
 
 pub struct HostDataplane {
     nl: Netlink,
+    firewalld: tokio::sync::OnceCell<Option<Firewalld>>,
 }
 
 impl HostDataplane {
     pub fn new(nl: Netlink) -> Self {
-        Self { nl }
+        Self {
+            nl,
+            firewalld: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Tell firewalld (if it manages this namespace) to trust one of Weir's interfaces.
+    async fn trust(&self, ifname: &str) {
+        if let Some(fw) = self.firewalld.get_or_init(Firewalld::detect).await {
+            fw.trust(ifname).await;
+        }
     }
 
     /// Forwarding, the host-IP device and Weir's forward rules for `networks`.
@@ -77,6 +89,7 @@ impl HostDataplane {
         self.nl
             .sync_addrs(link.index, &[net.plan.host_ip()])
             .await?;
+        self.trust(&net.host_device).await;
         Ok(())
     }
 
@@ -163,6 +176,8 @@ impl HostDataplane {
             self.nl.set_up(link.index).await?;
             change = change.max_with(TunnelChange::Repaired);
         }
+        // firewalld forgets runtime zone members when it restarts: re-assert every time.
+        self.trust(&name).await;
         Ok((link.index, change))
     }
 
