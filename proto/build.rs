@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     // tonic-prost-build does not ask to be re-run when a .proto changes.
     println!("cargo:rerun-if-changed=weir");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // For gRPC server reflection (grpcurl and friends).
+        .file_descriptor_set_path(out.join("weir_descriptor.bin"))
         .compile_protos(&["weir/v1/agent.proto", "weir/v1/control.proto"], &["."])?;
     Ok(())
 }

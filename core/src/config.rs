@@ -31,8 +31,44 @@ pub struct Config {
     pub overlay: OverlayConfig,
     pub host: HostConfig,
     pub runner: RunnerConfig,
+    pub auth: AuthConfig,
+    pub reservations: ReservationConfig,
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Who may call the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Files holding one control token each (e.g. one per scheduler); `Control` calls need one.
+    pub control_token_files: Vec<PathBuf>,
+    /// The file holding the token runners join with (`Agent` calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<PathBuf>,
+    /// Serve without any token. The host refuses to start without token files otherwise.
+    pub insecure: bool,
+}
+
+/// Address reservations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReservationConfig {
+    /// The TTL of a reservation when the request gives none.
+    pub default_ttl: Duration,
+    /// The shortest and longest TTL a request may ask for.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for ReservationConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(1800),
+        }
+    }
 }
 
 /// The default network: KohakuRiver's address plan, VXLAN settings and interface names.
@@ -61,6 +97,8 @@ pub struct OverlayConfig {
     pub runner_bridge: IfName,
     /// The runner's bridge in isolated mode.
     pub isolated_bridge: IfName,
+    /// DNS servers handed to VMs (cloud-init) at attach.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl Default for OverlayConfig {
@@ -79,6 +117,7 @@ impl Default for OverlayConfig {
             runner_tunnel: IfName::new_static("vxlan0"),
             runner_bridge: IfName::new_static("kohaku-overlay"),
             isolated_bridge: IfName::new_static("kohakuriver-net"),
+            dns: Vec::new(),
         }
     }
 }
@@ -133,6 +172,11 @@ pub struct RunnerConfig {
     pub heartbeat_interval: Duration,
     /// Labels sent at registration (policy plugins may use them).
     pub labels: BTreeMap<String, String>,
+    /// The file holding the host's join token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<PathBuf>,
+    /// The runner's local API socket (mode 0600), for local tools such as a CNI plugin.
+    pub socket: PathBuf,
 }
 
 impl Default for RunnerConfig {
@@ -145,6 +189,8 @@ impl Default for RunnerConfig {
             state_dir: PathBuf::from("/var/lib/weir/runner"),
             heartbeat_interval: Duration::from_secs(5),
             labels: BTreeMap::new(),
+            join_token_file: None,
+            socket: PathBuf::from("/run/weir/runner.sock"),
         }
     }
 }
@@ -482,6 +528,16 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 loaded.source_of(key)
             ));
         }
+    }
+    let r = &loaded.config.reservations;
+    if !(r.min_ttl <= r.default_ttl && r.default_ttl <= r.max_ttl) {
+        problems.push(format!(
+            "reservations.default_ttl ({}): {} must lie between min_ttl {} and max_ttl {}",
+            loaded.source_of("reservations.default_ttl"),
+            r.default_ttl,
+            r.min_ttl,
+            r.max_ttl
+        ));
     }
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))

@@ -16,6 +16,9 @@ const RUNNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("runners");
 const PLACEHOLDERS: TableDefinition<u32, &[u8]> = TableDefinition::new("placeholders");
 const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+/// Events as encoded `weir.v1.Event` messages, by sequence number.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// A runner the host knows by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,28 @@ pub struct WorkloadRecord {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub created_ms: i64,
+    /// A VM (a tap device on the runner) rather than a container namespace.
+    #[serde(default)]
+    pub vm: bool,
+    /// The MAC of a VM's NIC (`52:54:00:…`), for its cloud-init.
+    #[serde(default)]
+    pub mac: String,
+    /// The reservation whose address this workload holds.
+    #[serde(default)]
+    pub reservation: Option<String>,
+}
+
+/// An address held for a workload that does not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    pub id: String,
+    pub network: String,
+    pub runner: String,
+    pub ip: Ipv4Addr,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// The workload that used the token; `None` while unused.
+    pub used_by: Option<String>,
 }
 
 impl WorkloadRecord {
@@ -74,6 +99,9 @@ pub struct Snapshot {
     pub runners: BTreeMap<String, RunnerRecord>,
     pub placeholders: BTreeMap<u32, PlaceholderRecord>,
     pub workloads: BTreeMap<String, WorkloadRecord>,
+    pub reservations: BTreeMap<String, ReservationRecord>,
+    /// Retained events (encoded `weir.v1.Event`), oldest first.
+    pub events: Vec<(u64, Vec<u8>)>,
     pub meta: BTreeMap<String, String>,
 }
 
@@ -100,6 +128,10 @@ pub enum Change {
     DeletePlaceholder(u32),
     PutWorkload(WorkloadRecord),
     DeleteWorkload(String),
+    PutReservation(ReservationRecord),
+    DeleteReservation(String),
+    /// Append an event; events at or below `trim_below` are dropped in the same transaction.
+    PutEvent { seq: u64, bytes: Vec<u8>, trim_below: u64 },
     PutMeta(String, String),
 }
 
@@ -125,6 +157,8 @@ impl Store {
         txn.open_table(PLACEHOLDERS).map_err(db_err)?;
         txn.open_table(WORKLOADS).map_err(db_err)?;
         txn.open_table(META).map_err(db_err)?;
+        txn.open_table(RESERVATIONS).map_err(db_err)?;
+        txn.open_table(EVENTS).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
     }
@@ -164,6 +198,20 @@ impl Store {
             snap.workloads.insert(k.value().to_string(), rec);
         }
         for row in txn
+            .open_table(RESERVATIONS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: ReservationRecord = decode(k.value(), v.value())?;
+            snap.reservations.insert(k.value().to_string(), rec);
+        }
+        for row in txn.open_table(EVENTS).map_err(db_err)?.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            snap.events.push((k.value(), v.value().to_vec()));
+        }
+        for row in txn
             .open_table(META)
             .map_err(db_err)?
             .iter()
@@ -189,6 +237,8 @@ impl Store {
             let mut placeholders = txn.open_table(PLACEHOLDERS).map_err(db_err)?;
             let mut workloads = txn.open_table(WORKLOADS).map_err(db_err)?;
             let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut reservations = txn.open_table(RESERVATIONS).map_err(db_err)?;
+            let mut events = txn.open_table(EVENTS).map_err(db_err)?;
             for change in changes {
                 match change {
                     Change::PutRunner(r) => {
@@ -214,6 +264,26 @@ impl Store {
                     }
                     Change::DeleteWorkload(key) => {
                         workloads.remove(key.as_str()).map_err(db_err)?;
+                    }
+                    Change::PutReservation(r) => {
+                        reservations
+                            .insert(r.id.as_str(), encode(r).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Change::DeleteReservation(id) => {
+                        reservations.remove(id.as_str()).map_err(db_err)?;
+                    }
+                    Change::PutEvent {
+                        seq,
+                        bytes,
+                        trim_below,
+                    } => {
+                        events.insert(*seq, bytes.as_slice()).map_err(db_err)?;
+                        if *trim_below > 0 {
+                            events
+                                .retain_in(..=*trim_below, |_, _| false)
+                                .map_err(db_err)?;
+                        }
                     }
                     Change::PutMeta(k, v) => {
                         meta.insert(k.as_str(), v.as_bytes()).map_err(db_err)?;
@@ -285,6 +355,9 @@ mod tests {
                         ifname: "eth0".into(),
                         labels: BTreeMap::new(),
                         created_ms: 7,
+                        vm: false,
+                        mac: String::new(),
+                        reservation: None,
                     }),
                     Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
                 ])

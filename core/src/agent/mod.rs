@@ -89,6 +89,13 @@ impl Agent {
     }
 
     async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<(), String> {
+        if spec.vm {
+            let bridge = self.bridge_of(&spec.network).await?;
+            let owner = attach::alias(&spec.network, &spec.workload_id);
+            return attach::attach_tap(self.dp.netlink(), &spec.ifname, &owner, &bridge, spec.mtu)
+                .await
+                .map_err(|e| e.to_string());
+        }
         let iface = {
             let nets = self.networks.lock().await;
             let net = nets
@@ -109,6 +116,13 @@ impl Agent {
         attach::attach(self.dp.netlink(), &iface)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn bridge_of(&self, network: &str) -> Result<String, String> {
+        let nets = self.networks.lock().await;
+        nets.get(network)
+            .map(|n| n.bridge.clone())
+            .ok_or_else(|| format!("network {network:?} is not built on this runner"))
     }
 
     /// Make the runner's workload interfaces exactly `set`.

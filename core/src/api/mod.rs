@@ -3,6 +3,7 @@
 //! tonic; the hub and the agent see plain messages.
 
 pub mod agent;
+pub mod auth;
 pub mod client;
 pub mod control;
 pub mod runner;

@@ -17,6 +17,7 @@ use tonic::Code;
 use weir_proto::v1 as pb;
 use weir_proto::v1::agent_client::AgentClient;
 
+use super::auth::Bearer;
 use super::client::{ChannelOptions, code_name, connect};
 use crate::agent::{Agent, Expectation, contradictions};
 
@@ -29,6 +30,8 @@ pub struct RunnerSettings {
     pub heartbeat_interval: Duration,
     pub labels: BTreeMap<String, String>,
     pub expectations: Vec<Expectation>,
+    /// The host's join token (`None` only against an `auth.insecure` host).
+    pub join_token: Option<String>,
 }
 
 /// Why the runner stopped for good.
@@ -110,7 +113,8 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
             ))
         })?,
     };
-    let mut client = AgentClient::new(channel);
+    let bearer = Bearer::new(s.join_token.as_deref()).map_err(|e| Fail::Retry(format!("join token: {e}")))?;
+    let mut client = AgentClient::with_interceptor(channel, bearer);
     let assignment = match client
         .register(pb::RegisterRequest {
             name: s.name.clone(),
@@ -127,7 +131,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                 code_name(st.code()),
                 st.message()
             );
-            if matches!(st.code(), Code::ResourceExhausted | Code::PermissionDenied) {
+            if matches!(st.code(), Code::ResourceExhausted | Code::PermissionDenied | Code::Unauthenticated) {
                 // The host is there and says no: whatever overlay this runner built before
                 // (under an id it no longer holds) must not stay up.
                 if let Err(e) = agent.teardown().await {

@@ -12,6 +12,7 @@ use weir_proto::v1::agent_server::AgentServer;
 use weir_proto::v1::control_server::ControlServer;
 
 use super::agent::AgentService;
+use super::auth::{Gate, Role};
 use super::control::ControlService;
 use crate::hub::Hub;
 
@@ -31,23 +32,8 @@ impl Listeners {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {tcp}: {e}")))?;
         let unix = match unix {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                let l = UnixListener::bind(path).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("listen on {}: {e}", path.display()))
-                })?;
-                // Only root (and whoever root lets in) may drive the host locally.
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Some((l, path.to_path_buf()))
-            }
+            // Only root (and whoever root lets in) may drive the host locally.
+            Some(path) => Some(bind_unix(path).await?),
             None => None,
         };
         Ok(Self {
@@ -57,20 +43,78 @@ impl Listeners {
     }
 }
 
+/// Bind a unix socket for local tools (mode 0600: root only), replacing a stale socket file.
+pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, PathBuf)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((l, path.to_path_buf()))
+}
+
+/// The runner's local socket: `grpc.health.v1` today (a CNI plugin's entry point later).
+pub async fn serve_local((listener, path): (UnixListener, PathBuf)) {
+    let (health, service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    if let Err(e) = Server::builder()
+        .add_service(service)
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await
+    {
+        tracing::error!(socket = %path.display(), error = %e, "local socket stopped");
+    }
+}
+
 /// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
+/// Besides `weir.v1.Agent` and `weir.v1.Control` (behind `gate`), every listener serves
+/// `grpc.health.v1.Health` and server reflection.
 pub async fn serve(
     hub: Arc<Hub>,
+    gate: Gate,
     listeners: Listeners,
     keepalive: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["weir.v1.Agent", "weir.v1.Control", ""] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weir_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection = match reflection {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "server reflection unavailable");
+            None
+        }
+    };
     let router = |hub: Arc<Hub>| {
         Server::builder()
             .http2_keepalive_interval(Some(keepalive))
             .http2_keepalive_timeout(Some(keepalive))
-            .add_service(AgentServer::new(AgentService::new(hub.clone())))
-            .add_service(ControlServer::new(ControlService::new(hub)))
+            .add_service(AgentServer::with_interceptor(
+                AgentService::new(hub.clone()),
+                gate.guard(Role::Join),
+            ))
+            .add_service(ControlServer::with_interceptor(
+                ControlService::new(hub),
+                gate.guard(Role::Control),
+            ))
+            .add_service(health_service.clone())
+            .add_optional_service(reflection.clone())
     };
     let mut tasks = Vec::new();
     let mut rx = tx.subscribe();

@@ -1,37 +1,68 @@
-//! Commands that talk to a running host: `weir status`, `weir attach`, `weir detach`.
+//! Commands that drive a running host over `weir.v1.Control`: status, runners, attach, detach,
+//! workloads, reserve, reservations, release, cleanup, watch.
+//!
+//! Every command takes `--host URL` (env `WEIR_HOST`; default: the configured control socket),
+//! `--token-file FILE` (or env `WEIR_TOKEN`) and `--json`. Tables are for people; the JSON is
+//! stable for scripts.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
-use serde_json::json;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::control_client::ControlClient;
 
 use super::CliError;
+use crate::api::auth::Bearer;
 use crate::api::client::{ChannelOptions, code_name, connect};
 
-/// Where to find the host.
-#[derive(Debug, Args)]
-pub struct HostArgs {
+/// Where the host is and how to prove who we are.
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
     /// URL of the host: http://HOST:PORT or unix:///PATH (default: the configured control socket).
-    #[arg(long, env = "WEIR_HOST", value_name = "URL")]
+    #[arg(long, env = "WEIR_HOST", value_name = "URL", global = true)]
     pub host: Option<String>,
+    /// File holding a control token (default: the WEIR_TOKEN environment variable).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub host: HostArgs,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show the cluster: plan, host address, counts and runners.
+    Status,
+    /// List runners (and placeholders).
+    Runners,
+    /// Give a workload's network namespace (or a VM) an interface on its runner's network.
+    Attach(AttachArgs),
+    /// Remove a workload's interface and free its address.
+    Detach(DetachArgs),
+    /// List workloads.
+    Workloads(WorkloadsArgs),
+    /// Reserve an address on a runner before the workload exists; prints a single-use token.
+    Reserve(ReserveArgs),
+    /// List reservations.
+    Reservations {
+        /// Only this runner's.
+        #[arg(long)]
+        runner: Option<String>,
+    },
+    /// Release a reservation (--token) or a runner's allocation (--runner).
+    Release(ReleaseArgs),
+    /// Release every inactive runner's allocation.
+    Cleanup,
+    /// Follow the cluster's events (resume with --after SEQ).
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    #[command(flatten)]
-    pub host: HostArgs,
     /// The runner the workload lives on.
     #[arg(long)]
     pub runner: String,
@@ -39,117 +70,191 @@ pub struct AttachArgs {
     #[arg(long = "id", value_name = "WORKLOAD")]
     pub id: String,
     /// The workload's network namespace on the runner (/run/netns/NAME or /proc/PID/ns/net).
-    #[arg(
-        long,
-        value_name = "PATH",
-        conflicts_with = "pid",
-        required_unless_present = "pid"
-    )]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "vm"])]
     pub netns: Option<String>,
     /// A process in the workload's network namespace, instead of --netns.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vm")]
     pub pid: Option<u32>,
+    /// A VM: create a tap device on the runner's bridge and print what its cloud-init needs.
+    #[arg(long)]
+    pub vm: bool,
     /// The network to join (default: "default").
     #[arg(long)]
     pub network: Option<String>,
-    /// Print JSON instead of text.
+    /// A label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// A specific free address of the runner's subnet.
+    #[arg(long, conflicts_with = "token")]
+    pub ip: Option<String>,
+    /// A reservation token from `weir reserve`: the workload gets the reserved address.
     #[arg(long)]
-    pub json: bool,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct DetachArgs {
-    #[command(flatten)]
-    pub host: HostArgs,
     #[arg(long)]
-    pub runner: String,
+    pub runner: Option<String>,
     #[arg(long = "id", value_name = "WORKLOAD")]
     pub id: String,
     #[arg(long)]
     pub network: Option<String>,
 }
 
-async fn client(
-    args: &HostArgs,
-    config: Option<&Path>,
-) -> Result<ControlClient<Channel>, CliError> {
-    let url = match &args.host {
+#[derive(Debug, Args)]
+pub struct WorkloadsArgs {
+    /// Only this runner's workloads.
+    #[arg(long)]
+    pub runner: Option<String>,
+    /// Only workloads with this label KEY=VALUE (repeatable: all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[arg(long)]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReserveArgs {
+    #[arg(long)]
+    pub runner: String,
+    /// A specific address (default: the next free one).
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Seconds the token stays valid unused (default: the host's, 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u32>,
+    #[arg(long)]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReleaseArgs {
+    /// Release this reservation token (its address returns to the pool).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Release this runner's allocation, tunnel and workloads (a placeholder: #ID).
+    #[arg(long)]
+    pub runner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Resume after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// Only new events (no replay).
+    #[arg(long)]
+    pub only_new: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+type Client = ControlClient<InterceptedService<Channel, Bearer>>;
+
+async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> {
+    let url = match &conn.host {
         Some(u) => u.clone(),
         None => {
             let loaded = crate::config::load(config)?;
-            let sock = loaded.config.host.control_socket.ok_or_else(|| {
-                CliError::Usage("no --host given and host.control_socket is not set".into())
-            })?;
+            let sock = loaded
+                .config
+                .host
+                .control_socket
+                .ok_or_else(|| CliError::Usage("no --host given and host.control_socket is not set".into()))?;
             format!("unix://{}", sock.display())
         }
     };
+    let token = match &conn.token_file {
+        Some(f) => Some(crate::auth::read_token(f).map_err(|e| CliError::Usage(format!("--token-file: {e}")))?),
+        None => std::env::var("WEIR_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+    };
+    let bearer = Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
     let channel = connect(&url, ChannelOptions::default())
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    Ok(ControlClient::new(channel))
+    Ok(ControlClient::with_interceptor(channel, bearer))
 }
 
 fn refused(st: tonic::Status) -> CliError {
     CliError::Failed(format!("{}: {}", code_name(st.code()), st.message()))
 }
 
-fn rt() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Failed(format!("start the async runtime: {e}")))
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-pub fn status(args: StatusArgs, config: Option<&Path>) -> Result<(), CliError> {
-    let s = rt()?.block_on(async {
-        let mut c = client(&args.host, config).await?;
-        c.get_status(pb::GetStatusRequest {}).await.map_err(refused)
-    })?;
-    let s = s.into_inner();
-    if args.json {
-        let runners: Vec<_> = s
-            .runners
-            .iter()
-            .map(|r| {
-                json!({"name": r.name, "id": r.id, "subnet": r.subnet, "gateway": r.gateway,
-                       "physical_ip": r.physical_ip, "active": r.active, "connected": r.connected,
-                       "placeholder": r.placeholder, "last_seen_unix_ms": r.last_seen_unix_ms,
-                       "labels": r.labels})
-            })
-            .collect();
-        let v = json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
-                       "max_runners": s.max_runners, "active_runners": s.active_runners,
-                       "workloads": s.workloads, "runners": runners});
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
+pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let mut c = client(&conn, config).await?;
+        match cmd {
+            ClientCommand::Status => status(&mut c, conn.json).await,
+            ClientCommand::Runners => runners(&mut c, conn.json).await,
+            ClientCommand::Attach(a) => attach(&mut c, a, conn.json).await,
+            ClientCommand::Detach(a) => detach(&mut c, a, conn.json).await,
+            ClientCommand::Workloads(a) => workloads(&mut c, a, conn.json).await,
+            ClientCommand::Reserve(a) => reserve(&mut c, a, conn.json).await,
+            ClientCommand::Reservations { runner } => reservations(&mut c, runner, conn.json).await,
+            ClientCommand::Release(a) => release(&mut c, a, conn.json).await,
+            ClientCommand::Cleanup => cleanup(&mut c, conn.json).await,
+            ClientCommand::Watch(a) => watch(&mut c, a, conn.json).await,
+        }
+    })
+}
+
+fn runner_json(r: &pb::RunnerStatus) -> Value {
+    json!({"name": r.name, "id": r.id, "subnet": r.subnet, "gateway": r.gateway,
+           "physical_ip": r.physical_ip, "active": r.active, "connected": r.connected,
+           "placeholder": r.placeholder, "last_seen_unix_ms": r.last_seen_unix_ms,
+           "labels": r.labels, "workloads": r.workloads})
+}
+
+async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
+    let s = c.get_status(pb::GetStatusRequest {}).await.map_err(refused)?.into_inner();
+    if json {
+        print_json(&json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
+            "max_runners": s.max_runners, "active_runners": s.active_runners,
+            "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
+            "workloads": s.workloads, "reservations": s.reservations,
+            "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()}));
+    } else {
+        print!("{}", render_status(&s));
     }
-    print!("{}", render_status(&s));
     Ok(())
 }
 
-/// The status table, like KohakuRiver's `node overlay` panel.
+/// The status panel, like KohakuRiver's `node overlay`.
 pub fn render_status(s: &pb::GetStatusResponse) -> String {
     let mut out = if s.overlay_enabled {
         format!(
-            "overlay   {}\nhost ip   {}\nrunners   {} active of {} registered (max {})\nworkloads {}\n\n",
-            s.plan,
-            s.host_ip,
-            s.active_runners,
-            s.runners.iter().filter(|r| !r.placeholder).count(),
-            s.max_runners,
-            s.workloads
+            "overlay       {}\nhost ip       {}\nrunners       {} active, {} inactive, {} placeholders (max {})\nworkloads     {}\nreservations  {}\n\n",
+            s.plan, s.host_ip, s.active_runners, s.inactive_runners, s.placeholders, s.max_runners, s.workloads, s.reservations
         )
     } else {
         format!(
-            "overlay   disabled (isolated mode)\nrunners   {} active of {}\nworkloads {}\n\n",
-            s.active_runners,
-            s.runners.len(),
-            s.workloads
+            "overlay       disabled (isolated mode)\nrunners       {} active, {} inactive\nworkloads     {}\nreservations  {}\n\n",
+            s.active_runners, s.inactive_runners, s.workloads, s.reservations
         )
     };
+    out.push_str(&runner_table(&s.runners));
+    out
+}
+
+fn runner_table(runners: &[pb::RunnerStatus]) -> String {
     let now = crate::store::now_ms();
-    let rows: Vec<[String; 7]> = s
-        .runners
+    let rows: Vec<[String; 8]> = runners
         .iter()
         .map(|r| {
             let state = match (r.placeholder, r.active, r.connected) {
@@ -159,77 +264,293 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
                 (_, false, _) => "inactive",
             };
             [
-                if r.name.is_empty() {
-                    "-".into()
-                } else {
-                    r.name.clone()
-                },
-                if r.id == 0 {
-                    "-".into()
-                } else {
-                    r.id.to_string()
-                },
+                if r.name.is_empty() { "-".into() } else { r.name.clone() },
+                if r.id == 0 { "-".into() } else { r.id.to_string() },
                 r.subnet.clone(),
                 r.gateway.clone(),
                 r.physical_ip.clone(),
                 state.to_string(),
                 format!("{}s ago", ((now - r.last_seen_unix_ms).max(0)) / 1000),
+                r.workloads.to_string(),
             ]
         })
         .collect();
-    out.push_str(&super::table(
-        &[
-            "RUNNER",
-            "ID",
-            "SUBNET",
-            "GATEWAY",
-            "PHYSICAL IP",
-            "STATUS",
-            "LAST SEEN",
-        ],
+    super::table(
+        &["RUNNER", "ID", "SUBNET", "GATEWAY", "PHYSICAL IP", "STATUS", "LAST SEEN", "WORKLOADS"],
         &rows,
-    ));
-    out
+    )
 }
 
-pub fn attach(args: AttachArgs, config: Option<&Path>) -> Result<(), CliError> {
-    let r = rt()?.block_on(async {
-        let mut c = client(&args.host, config).await?;
-        c.attach_workload(pb::AttachWorkloadRequest {
-            runner: args.runner.clone(),
-            workload_id: args.id.clone(),
-            netns: args.netns.clone().unwrap_or_default(),
-            pid: args.pid.unwrap_or(0),
-            network: args.network.clone().unwrap_or_default(),
+async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {
+    let r = c.list_runners(pb::ListRunnersRequest {}).await.map_err(refused)?.into_inner();
+    if json {
+        print_json(&json!({"runners": r.runners.iter().map(runner_json).collect::<Vec<_>>()}));
+    } else {
+        print!("{}", runner_table(&r.runners));
+    }
+    Ok(())
+}
+
+fn kind_name(k: i32) -> &'static str {
+    if k == pb::WorkloadKind::Vm as i32 { "vm" } else { "container" }
+}
+
+async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliError> {
+    if !a.vm && a.netns.is_none() && a.pid.is_none() {
+        return Err(CliError::Usage("attach: give --netns PATH, --pid PID or --vm".into()));
+    }
+    let r = c
+        .attach_workload(pb::AttachWorkloadRequest {
+            runner: a.runner,
+            workload_id: a.id,
+            netns: a.netns.unwrap_or_default(),
+            pid: a.pid.unwrap_or(0),
+            network: a.network.unwrap_or_default(),
+            labels: a.labels.into_iter().collect(),
+            requested_ip: a.ip.unwrap_or_default(),
+            reservation_token: a.token.unwrap_or_default(),
+            kind: if a.vm { pb::WorkloadKind::Vm } else { pb::WorkloadKind::Container } as i32,
         })
         .await
-        .map_err(refused)
-    })?;
-    let r = r.into_inner();
-    if args.json {
-        let v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
-                       "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname});
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        let mut v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
+            "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname,
+            "prefix": r.prefix, "kind": kind_name(r.kind)});
+        if r.kind == pb::WorkloadKind::Vm as i32 {
+            v["mac"] = json!(r.mac);
+            v["dns"] = json!(r.dns);
+        }
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else {
         println!(
-            "attached {} on {} ({}): {} {} via {} mtu {}",
-            r.workload_id, r.runner, r.network, r.ifname, r.ip, r.gateway, r.mtu
+            "attached {} on {} ({}): {} {} via {} mtu {}{}",
+            r.workload_id,
+            r.runner,
+            r.network,
+            r.ifname,
+            r.ip,
+            r.gateway,
+            r.mtu,
+            if r.mac.is_empty() { String::new() } else { format!(" mac {}", r.mac) }
         );
     }
     Ok(())
 }
 
-pub fn detach(args: DetachArgs, config: Option<&Path>) -> Result<(), CliError> {
-    rt()?.block_on(async {
-        let mut c = client(&args.host, config).await?;
-        c.detach_workload(pb::DetachWorkloadRequest {
-            runner: args.runner.clone(),
-            workload_id: args.id.clone(),
-            network: args.network.clone().unwrap_or_default(),
+async fn detach(c: &mut Client, a: DetachArgs, json: bool) -> Result<(), CliError> {
+    c.detach_workload(pb::DetachWorkloadRequest {
+        runner: a.runner.unwrap_or_default(),
+        workload_id: a.id.clone(),
+        network: a.network.unwrap_or_default(),
+    })
+    .await
+    .map_err(refused)?;
+    if json {
+        println!("{}", json!({"detached": a.id}));
+    } else {
+        println!("detached {}", a.id);
+    }
+    Ok(())
+}
+
+async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), CliError> {
+    let r = c
+        .list_workloads(pb::ListWorkloadsRequest {
+            runner: a.runner.unwrap_or_default(),
+            labels: a.labels.into_iter().collect(),
+            network: a.network.unwrap_or_default(),
         })
         .await
-        .map_err(refused)
-    })?;
-    println!("detached {}", args.id);
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        let list: Vec<Value> = r
+            .workloads
+            .iter()
+            .map(|w| {
+                json!({"id": w.workload_id, "runner": w.runner, "network": w.network, "ip": w.ip,
+                       "kind": kind_name(w.kind), "netns": w.netns, "ifname": w.ifname,
+                       "labels": w.labels, "mac": w.mac, "created_unix_ms": w.created_unix_ms,
+                       "reservation_id": w.reservation_id})
+            })
+            .collect();
+        print_json(&json!({"workloads": list}));
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = r
+        .workloads
+        .iter()
+        .map(|w| {
+            let labels: BTreeMap<_, _> = w.labels.iter().collect();
+            [
+                w.workload_id.clone(),
+                w.runner.clone(),
+                w.network.clone(),
+                w.ip.clone(),
+                kind_name(w.kind).into(),
+                w.ifname.clone(),
+                labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    print!("{}", super::table(&["WORKLOAD", "RUNNER", "NETWORK", "IP", "KIND", "IFNAME", "LABELS"], &rows));
+    Ok(())
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn reserve(c: &mut Client, a: ReserveArgs, json: bool) -> Result<(), CliError> {
+    let r = c
+        .reserve_address(pb::ReserveAddressRequest {
+            runner: a.runner.clone(),
+            ip: a.ip.unwrap_or_default(),
+            ttl_seconds: a.ttl.unwrap_or(0),
+            network: a.network.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            json!({"ip": r.ip, "token": r.token, "expires_at": rfc3339(r.expires_unix_ms),
+                   "expires_unix_ms": r.expires_unix_ms, "reservation_id": r.reservation_id})
+        );
+    } else {
+        println!(
+            "reserved {} on {} until {} ({})\ntoken {}",
+            r.ip,
+            a.runner,
+            rfc3339(r.expires_unix_ms),
+            r.reservation_id,
+            r.token
+        );
+    }
+    Ok(())
+}
+
+async fn reservations(c: &mut Client, runner: Option<String>, json: bool) -> Result<(), CliError> {
+    let r = c
+        .list_reservations(pb::ListReservationsRequest {
+            runner: runner.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        let list: Vec<Value> = r
+            .reservations
+            .iter()
+            .map(|x| {
+                json!({"id": x.reservation_id, "runner": x.runner, "network": x.network, "ip": x.ip,
+                       "state": x.state, "workload": x.workload_id,
+                       "expires_at": rfc3339(x.expires_unix_ms), "expires_unix_ms": x.expires_unix_ms})
+            })
+            .collect();
+        print_json(&json!({"reservations": list}));
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = r
+        .reservations
+        .iter()
+        .map(|x| {
+            [
+                x.reservation_id.clone(),
+                x.runner.clone(),
+                x.ip.clone(),
+                x.state.clone(),
+                if x.workload_id.is_empty() { "-".into() } else { x.workload_id.clone() },
+                rfc3339(x.expires_unix_ms),
+            ]
+        })
+        .collect();
+    print!("{}", super::table(&["RESERVATION", "RUNNER", "IP", "STATE", "WORKLOAD", "EXPIRES"], &rows));
+    Ok(())
+}
+
+async fn release(c: &mut Client, a: ReleaseArgs, json: bool) -> Result<(), CliError> {
+    if let Some(token) = a.token {
+        c.release_reservation(pb::ReleaseReservationRequest { token })
+            .await
+            .map_err(refused)?;
+        if json {
+            println!("{}", json!({"released": "reservation"}));
+        } else {
+            println!("reservation released");
+        }
+    } else if let Some(runner) = a.runner {
+        let r = c
+            .release_runner(pb::ReleaseRunnerRequest { runner: runner.clone() })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        if json {
+            println!("{}", json!({"released": runner, "id": r.released_id, "workloads_removed": r.workloads_removed}));
+        } else {
+            println!("released {runner} (id {}, {} workloads removed)", r.released_id, r.workloads_removed);
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup(c: &mut Client, json: bool) -> Result<(), CliError> {
+    let r = c
+        .cleanup_inactive(pb::CleanupInactiveRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        println!("{}", json!({"released": r.released, "runners": r.runners}));
+    } else {
+        println!("released {} inactive allocation(s){}", r.released, if r.runners.is_empty() { String::new() } else { format!(": {}", r.runners.join(", ")) });
+    }
+    Ok(())
+}
+
+fn event_kind(k: i32) -> String {
+    pb::EventKind::try_from(k)
+        .map(|k| k.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| format!("kind_{k}"))
+}
+
+/// One event as stable JSON (also what `weir watch --json` prints per line).
+pub fn event_json(e: &pb::Event) -> Value {
+    json!({"seq": e.seq, "unix_ms": e.unix_ms, "kind": event_kind(e.kind), "runner": e.runner,
+           "runner_id": e.runner_id, "network": e.network, "workload": e.workload_id,
+           "ip": e.ip, "reservation": e.reservation_id, "detail": e.detail})
+}
+
+async fn watch(c: &mut Client, a: WatchArgs, json: bool) -> Result<(), CliError> {
+    let mut stream = c
+        .watch_events(pb::WatchEventsRequest {
+            after: a.after,
+            only_new: a.only_new,
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let mut seen = 0u64;
+    while let Some(e) = stream.message().await.map_err(refused)? {
+        if json {
+            println!("{}", event_json(&e));
+        } else {
+            let what = [e.runner.as_str(), e.workload_id.as_str(), e.ip.as_str(), e.reservation_id.as_str(), e.detail.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!("{:>6} {} {:<20} {what}", e.seq, rfc3339(e.unix_ms), event_kind(e.kind));
+        }
+        seen += 1;
+        if a.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+    }
     Ok(())
 }

@@ -12,7 +12,10 @@ use crate::api::runner::RunnerSettings;
 use crate::config::{LoadedConfig, Mtu};
 use crate::dataplane::host::HostDataplane;
 use crate::dataplane::netlink::Netlink;
-use crate::hub::{Hub, HubSettings};
+use crate::api::auth::Gate;
+use crate::auth::TokenSet;
+use crate::auth::reservation::Signer;
+use crate::hub::{Hub, HubSettings, TtlBounds};
 use crate::network::NetworkDef;
 use crate::store::Store;
 
@@ -20,6 +23,7 @@ use crate::store::Store;
 pub fn host(file: Option<&Path>) -> Result<(), CliError> {
     let loaded = crate::config::load(file)?;
     let reachable = check_reachable(&loaded)?;
+    let gate = load_gate(&loaded)?;
     runtime()?.block_on(async move {
         let nl = Netlink::current().map_err(fail)?;
         let mtu = resolve_mtu(&loaded, &nl, reachable).await?;
@@ -27,12 +31,20 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
         let networks = NetworkDef::from_config(c, mtu);
         let store = Store::open(&c.host.state_dir).map_err(fail)?;
         let dataplane = c.overlay.enabled.then(|| HostDataplane::new(nl.clone()));
+        let r = &c.reservations;
         let settings = HubSettings {
             networks,
             reachable_address: reachable,
             heartbeat_timeout: c.host.heartbeat_timeout.get(),
+            reservation_ttl: TtlBounds {
+                default: r.default_ttl.get(),
+                min: r.min_ttl.get(),
+                max: r.max_ttl.get(),
+            },
+            dns: c.overlay.dns.clone(),
         };
-        let hub = Hub::start(settings, store, dataplane).await.map_err(fail)?;
+        let signer = Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
+        let hub = Hub::start(settings, store, dataplane, signer).await.map_err(fail)?;
         let listeners =
             crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
                 .await
@@ -44,13 +56,14 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
             let mut t = tokio::time::interval(tick);
             loop {
                 t.tick().await;
-                liveness.check_liveness().await;
+                liveness.tick().await;
             }
         });
         tracing::info!(listen = %c.host.listen, overlay = c.overlay.enabled, "host ready");
         crate::notify::ready("host ready");
         crate::api::server::serve(
             hub,
+            gate,
             listeners,
             timeout.max(Duration::from_secs(2)),
             shutdown_signal(),
@@ -99,7 +112,15 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
             c.runner.state_dir.display()
         ))
     })?;
+    let join_token = match &c.runner.join_token_file {
+        Some(f) => Some(crate::auth::read_token(f).map_err(|e| {
+            CliError::Usage(format!("runner.join_token_file ({}): {e}", loaded.source_of("runner.join_token_file")))
+        })?),
+        None => None,
+    };
+    let socket = c.runner.socket.clone();
     let settings = RunnerSettings {
+        join_token,
         name,
         host_url,
         physical_ip: c.runner.physical_ip,
@@ -111,6 +132,8 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
     runtime()?.block_on(async move {
         let nl = Netlink::current().map_err(fail)?;
         let agent = Arc::new(Agent::new(nl, uplink));
+        let local = crate::api::server::bind_unix(&socket).await.map_err(fail)?;
+        tokio::spawn(crate::api::server::serve_local(local));
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
         crate::api::runner::run(settings, agent, shutdown_signal())
             .await
@@ -141,6 +164,25 @@ fn expectations(loaded: &LoadedConfig) -> Vec<Expectation> {
             source: loaded.source_of(key),
         })
         .collect()
+}
+
+/// The tokens the host accepts; without any, the host starts only with `auth.insecure`.
+fn load_gate(loaded: &LoadedConfig) -> Result<Gate, CliError> {
+    let a = &loaded.config.auth;
+    let control = TokenSet::load(&a.control_token_files)
+        .map_err(|e| CliError::Usage(format!("auth.control_token_files ({}): {e}", loaded.source_of("auth.control_token_files"))))?;
+    let join = TokenSet::load(a.join_token_file.as_slice())
+        .map_err(|e| CliError::Usage(format!("auth.join_token_file ({}): {e}", loaded.source_of("auth.join_token_file"))))?;
+    if a.insecure {
+        tracing::warn!("!!! auth.insecure = true: ANYONE who can reach this host can drive it and join runners; never run like this outside a lab !!!");
+        return Ok(Gate::new(control, join, true));
+    }
+    if control.is_empty() || join.is_empty() {
+        return Err(CliError::Usage(
+            "auth: the host needs auth.control_token_files (for schedulers and the CLI) and auth.join_token_file (for runners); set them, or set auth.insecure = true to run without authentication".into(),
+        ));
+    }
+    Ok(Gate::new(control, join, false))
 }
 
 fn check_reachable(loaded: &LoadedConfig) -> Result<Option<Ipv4Addr>, CliError> {

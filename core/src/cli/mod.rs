@@ -37,6 +37,8 @@ pub struct Cli {
     /// Configuration file (default: /etc/weir/weir.toml when it exists).
     #[arg(long, global = true, env = "WEIR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: client_cmd::Conn,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,12 +54,8 @@ pub enum Command {
     Host,
     /// Run a runner agent.
     Runner,
-    /// Show the cluster: plan, host address and runners.
-    Status(client_cmd::StatusArgs),
-    /// Give a workload's network namespace an interface on its runner's network.
-    Attach(client_cmd::AttachArgs),
-    /// Remove a workload's interface and free its address.
-    Detach(client_cmd::DetachArgs),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
     /// A whole cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -104,13 +102,11 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Plan(args) => plan_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args, cli.conn.json),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
         Command::Host => daemon::host(cli.config.as_deref()),
         Command::Runner => daemon::runner(cli.config.as_deref()),
-        Command::Status(a) => client_cmd::status(a, cli.config.as_deref()),
-        Command::Attach(a) => client_cmd::attach(a, cli.config.as_deref()),
-        Command::Detach(a) => client_cmd::detach(a, cli.config.as_deref()),
+        Command::Client(cmd) => client_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Lab(cmd) => lab_cmd::run(cmd),
     }
 }

@@ -19,12 +19,9 @@ pub struct PlanArgs {
     /// Host tunnel name prefix.
     #[arg(long, value_name = "PREFIX", default_value = "vxkr")]
     pub tunnel_prefix: String,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
-pub fn run(args: PlanArgs) -> Result<(), CliError> {
+pub fn run(args: PlanArgs, json: bool) -> Result<(), CliError> {
     let usage = |e: &dyn std::fmt::Display| CliError::Usage(e.to_string());
     let plan: Plan = args.spec.parse().map_err(|e| usage(&e))?;
     let ids = if args.runners.is_empty() {
@@ -44,7 +41,7 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
     };
     let report = PlanReport::new(&plan, &ids, args.vxlan_id_base, &args.tunnel_prefix)
         .map_err(|e| usage(&e))?;
-    if args.json {
+    if json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| CliError::Failed(e.to_string()))?;
         println!("{text}");

@@ -44,13 +44,65 @@ impl WorkloadIface {
 }
 
 pub fn host_ifname(network: &str, workload: &str) -> String {
-    // FNV-1a: stable across releases and platforms, which std's hasher is not.
+    format!("wk{:08x}", fnv1a(network, workload))
+}
+
+/// A VM's tap device on the runner: `tap-` + 8 hex digits (KohakuRiver's naming).
+pub fn tap_ifname(network: &str, workload: &str) -> String {
+    format!("tap-{:08x}", fnv1a(network, workload))
+}
+
+/// A VM NIC's MAC: the locally administered QEMU prefix `52:54:00` + 3 bytes of the hash.
+pub fn vm_mac(network: &str, workload: &str) -> String {
+    let h = fnv1a(workload, network).to_be_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[1], h[2], h[3])
+}
+
+/// FNV-1a of `a NUL b`: stable across releases and platforms, which std's hasher is not.
+fn fnv1a(a: &str, b: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in network.bytes().chain([0u8]).chain(workload.bytes()) {
-        h ^= u32::from(b);
+    for byte in a.bytes().chain([0u8]).chain(b.bytes()) {
+        h ^= u32::from(byte);
         h = h.wrapping_mul(0x0100_0193);
     }
-    format!("wk{h:08x}")
+    h
+}
+
+/// Create (or repair) a VM's persistent tap device on the bridge. The VM (QEMU) opens it by
+/// name later; its guest NIC gets the address through cloud-init.
+pub async fn attach_tap(nl: &Netlink, name: &str, alias: &str, bridge: &str, mtu: u32) -> Result<()> {
+    let bridge = nl
+        .link(bridge)
+        .await?
+        .ok_or_else(|| DataplaneError::Invalid(format!("bridge {bridge} does not exist")))?;
+    let link = match nl.link(name).await? {
+        Some(l) if l.alias.as_deref() == Some(alias) => l,
+        Some(l) => {
+            return Err(DataplaneError::Invalid(format!(
+                "interface {name} belongs to {}, not {alias}",
+                l.alias.unwrap_or_else(|| "something else".into())
+            )));
+        }
+        None => {
+            super::tap::create_persistent(name).map_err(|e| DataplaneError::io(format!("create tap {name}"), e))?;
+            let l = nl
+                .link(name)
+                .await?
+                .ok_or_else(|| DataplaneError::Invalid(format!("tap {name} vanished after creation")))?;
+            nl.set_alias(l.index, alias).await?;
+            l
+        }
+    };
+    if link.master != Some(bridge.index) {
+        nl.set_master(link.index, bridge.index).await?;
+    }
+    if link.mtu != mtu {
+        nl.set_mtu(link.index, mtu).await?;
+    }
+    if !link.up {
+        nl.set_up(link.index).await?;
+    }
+    Ok(())
 }
 
 pub fn alias(network: &str, workload: &str) -> String {
@@ -136,13 +188,16 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
     Ok(())
 }
 
-/// Remove a workload interface (its peer inside the namespace goes with it). Missing is fine.
+/// Remove a workload interface (a veth's peer inside the namespace goes with it; a VM's tap
+/// goes). Missing is fine.
 pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
-    let name = host_ifname(network, workload);
-    if let Some(link) = nl.link(&name).await?
-        && link.alias.as_deref() == Some(alias(network, workload).as_str())
-    {
-        nl.del_link(link.index).await?;
+    let owner = alias(network, workload);
+    for name in [host_ifname(network, workload), tap_ifname(network, workload)] {
+        if let Some(link) = nl.link(&name).await?
+            && link.alias.as_deref() == Some(owner.as_str())
+        {
+            nl.del_link(link.index).await?;
+        }
     }
     Ok(())
 }

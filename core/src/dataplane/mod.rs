@@ -15,6 +15,7 @@ pub mod netns;
 pub mod nft;
 pub mod runner;
 pub mod sysctl;
+pub mod tap;
 
 /// A kernel operation that failed, with what Weir was doing.
 #[derive(Debug, thiserror::Error)]

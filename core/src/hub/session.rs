@@ -152,7 +152,7 @@ impl Hub {
             .filter_map(|w| {
                 let net = self.network(&w.network).ok()?;
                 let sub = net.runner_subnet(st.runners.get(&w.runner)?.rec.id)?;
-                Some(super::workload_spec(w, net, sub.gateway))
+                Some(super::workloads::workload_spec(w, net, sub))
             })
             .collect();
         drop(st);

@@ -64,6 +64,8 @@ pub struct LabSpec {
     pub host_keys: String,
     /// Extra lines of every runner's `[runner]` section.
     pub runner_keys: String,
+    /// Extra sections of the host's configuration (e.g. `[reservations]`).
+    pub host_extra: String,
     /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
     /// with it.
     pub detached: bool,
@@ -79,6 +81,7 @@ impl LabSpec {
             overlay: String::new(),
             host_keys: String::new(),
             runner_keys: String::new(),
+            host_extra: String::new(),
             detached: false,
         }
     }
@@ -173,6 +176,7 @@ impl Lab {
         }
         let r = std::fs::create_dir_all(&lab.dir);
         lab.step("create lab directory", r)?;
+        lab.write_tokens()?;
         lab.build_underlay().await?;
         Ok(lab)
     }
@@ -276,17 +280,44 @@ impl Lab {
     fn host_config(&self) -> String {
         let d = self.dir.display();
         format!(
-            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n",
-            self.spec.overlay, self.spec.host_keys
+            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{}\n",
+            self.spec.overlay, self.spec.host_keys, self.spec.host_extra
         )
     }
 
     fn runner_config(&self, i: u32) -> String {
         let d = self.dir.display();
         format!(
-            "[runner]\nname = \"r{i}\"\nhost = \"http://{HOST_IP}:{HOST_PORT}\"\nstate_dir = \"{d}/r{i}-state\"\n{}\n",
+            "[runner]\nname = \"r{i}\"\nhost = \"http://{HOST_IP}:{HOST_PORT}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n",
             self.spec.runner_keys
         )
+    }
+
+    /// The control token of this lab's host (what `weir` commands and schedulers present).
+    pub fn control_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("control.token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The join token of this lab's runners.
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("join.token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    fn write_tokens(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["control.token", "join.token"] {
+            let path = self.dir.join(name);
+            let r = std::fs::write(&path, crate::auth::random_token())
+                .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)));
+            self.step(&format!("write {name}"), r)?;
+        }
+        Ok(())
     }
 
     /// Start (or restart) the host daemon and wait until it is ready.
@@ -373,6 +404,7 @@ impl Lab {
         Command::new(&self.spec.weir_bin)
             .args(args)
             .env("WEIR_HOST", self.control_url())
+            .env("WEIR_TOKEN", self.control_token())
             .env_remove("WEIR_CONFIG")
             .output()
     }

@@ -1,0 +1,121 @@
+//! Bearer-token gates in front of the services, and the client-side interceptor.
+//!
+//! `Control` calls need a control token; `Agent` calls (runners) need the join token. A join
+//! token on `Control` is PERMISSION_DENIED; a missing or unknown token is UNAUTHENTICATED.
+//! Health and reflection are open, as their clients expect.
+
+use std::sync::Arc;
+
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+use crate::auth::TokenSet;
+
+/// The tokens a host accepts.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    control: Arc<TokenSet>,
+    join: Arc<TokenSet>,
+    insecure: bool,
+}
+
+/// Which service a gate guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Control,
+    Join,
+}
+
+impl Gate {
+    pub fn new(control: TokenSet, join: TokenSet, insecure: bool) -> Self {
+        Self {
+            control: Arc::new(control),
+            join: Arc::new(join),
+            insecure,
+        }
+    }
+
+    /// An interceptor admitting callers of `role`.
+    pub fn guard(&self, role: Role) -> Guard {
+        Guard {
+            gate: self.clone(),
+            role,
+        }
+    }
+
+    fn check(&self, meta: &MetadataMap, role: Role) -> Result<(), Status> {
+        if self.insecure {
+            return Ok(());
+        }
+        let wanted = match role {
+            Role::Control => "a control token",
+            Role::Join => "the join token",
+        };
+        let Some(token) = bearer(meta) else {
+            return Err(Status::unauthenticated(format!(
+                "missing credentials: send 'authorization: Bearer <{}>'",
+                &wanted[2..]
+            )));
+        };
+        let (mine, other) = match role {
+            Role::Control => (&self.control, &self.join),
+            Role::Join => (&self.join, &self.control),
+        };
+        if mine.contains(token) {
+            return Ok(());
+        }
+        if other.contains(token) {
+            return Err(Status::permission_denied(format!(
+                "this token does not allow the call: it needs {wanted}"
+            )));
+        }
+        Err(Status::unauthenticated("the bearer token is not valid"))
+    }
+}
+
+/// A tonic interceptor for one role.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    gate: Gate,
+    role: Role,
+}
+
+impl Interceptor for Guard {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.gate.check(req.metadata(), self.role)?;
+        Ok(req)
+    }
+}
+
+fn bearer(meta: &MetadataMap) -> Option<&str> {
+    let v = meta.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Adds `authorization: Bearer <token>` to every call of a client.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    /// `None` sends no credentials.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        match token {
+            None => Ok(Self(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| "the token contains characters not allowed in a header".to_string()),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}

@@ -1,0 +1,430 @@
+//! Runners: registration (which id a runner gets), release, cleanup and liveness.
+
+use std::net::Ipv4Addr;
+
+use weir_proto::v1 as pb;
+
+use super::{Hub, HubError, RunnerState, State, Txn};
+use crate::ipam::{self, IdChoice, TakenId};
+use crate::network::{DEFAULT_NETWORK, NetworkKind};
+use crate::store::{Change, RunnerRecord, now_ms};
+
+impl Hub {
+    /// A runner joins. Returns everything it needs to build its side.
+    pub async fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse, HubError> {
+        let name = check_runner_name(&req.name)?;
+        let physical_ip: Ipv4Addr = req.physical_ip.trim().parse().map_err(|_| {
+            HubError::InvalidArgument(format!("physical_ip: {:?} is not an IPv4 address", req.physical_ip))
+        })?;
+        let labels = req.labels.into_iter().collect();
+        super::check_labels(&labels, "labels")?;
+        let mut st = self.state.lock().await;
+        let now = now_ms();
+        let mut txn = Txn::default();
+        let overlay = self.settings.networks.iter().find_map(|n| n.overlay());
+        let prior = st.runners.get(&name).map(|r| r.rec.clone());
+        let (id, generation) = match overlay {
+            None => (None, prior.as_ref().map_or_else(|| st.take_generation(), |p| p.generation)),
+            Some(o) => {
+                let taken = taken_ids(&st, now, self.timeout_ms());
+                match ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners()) {
+                    IdChoice::Keep(id) => (Some(id), prior.as_ref().map_or(1, |p| p.generation)),
+                    IdChoice::Claim(id) => {
+                        tracing::info!(runner = %name, id, "runner claims a recovered placeholder");
+                        st.placeholders.remove(&id);
+                        txn.change(Change::DeletePlaceholder(id));
+                        (Some(id), st.take_generation())
+                    }
+                    IdChoice::Fresh(id) => (Some(id), st.take_generation()),
+                    IdChoice::Reclaim { id, from } => {
+                        match &from {
+                            Some(victim) => {
+                                tracing::warn!(runner = %name, id, from = %victim, "reclaiming the least recently seen inactive allocation");
+                                self.forget_runner(&mut st, victim, &mut txn, "its id was reclaimed for another runner");
+                            }
+                            None => {
+                                st.placeholders.remove(&id);
+                                txn.change(Change::DeletePlaceholder(id));
+                            }
+                        }
+                        (Some(id), st.take_generation())
+                    }
+                    IdChoice::Exhausted { max } => {
+                        return Err(HubError::ResourceExhausted(format!(
+                            "no runner id is free: plan {} allows at most {max} runners and all are held by active runners; release one or use a plan with more NODE_BITS",
+                            o.plan
+                        )));
+                    }
+                }
+            }
+        };
+        // Kernel first: if the tunnel cannot be built, nothing is recorded.
+        if let (Some(id), Some(dp)) = (id, &self.dataplane) {
+            for net in self.host_networks() {
+                dp.ensure_tunnel(&net, id, physical_ip).await?;
+            }
+        }
+        let rec = RunnerRecord {
+            name: name.clone(),
+            id,
+            physical_ip,
+            labels,
+            version: req.version,
+            last_seen_ms: now,
+            generation,
+        };
+        txn.change(Change::PutRunner(rec.clone()));
+        txn.change(Change::PutMeta("next_generation".into(), st.next_generation.to_string()));
+        let changed = prior.as_ref().is_some_and(|p| p.generation != generation || p.id != id);
+        match &prior {
+            None => txn.event(pb::EventKind::RunnerJoined, |e| {
+                e.runner = name.clone();
+                e.runner_id = id.unwrap_or(0);
+                e.detail = format!("physical ip {physical_ip}");
+            }),
+            Some(p) if changed || p.physical_ip != physical_ip => txn.event(pb::EventKind::AllocationChanged, |e| {
+                e.runner = name.clone();
+                e.runner_id = id.unwrap_or(0);
+                e.detail = format!("id {:?} -> {:?}, physical ip {} -> {physical_ip}", p.id, id, p.physical_ip);
+            }),
+            Some(_) => {}
+        }
+        self.commit(&mut st, txn)?;
+        if changed && let Some(s) = st.runners.get_mut(&name).and_then(|r| r.session.take()) {
+            // The runner's old session belongs to an allocation that no longer exists.
+            s.revoke("the allocation changed");
+        }
+        let entry = st.runners.entry(name.clone()).or_insert_with(|| RunnerState {
+            rec: rec.clone(),
+            last_seen_ms: now,
+            session: None,
+            was_active: true,
+        });
+        entry.rec = rec;
+        entry.last_seen_ms = now;
+        tracing::info!(runner = %name, id = ?id, %physical_ip, "runner registered");
+        Ok(self.assignment(&st.runners[&name].rec))
+    }
+
+    /// Remove a runner's allocation, workloads, reservations and pools (memory and `txn`).
+    pub(super) fn forget_runner(&self, st: &mut State, name: &str, txn: &mut Txn, why: &str) -> Option<RunnerState> {
+        let mut gone = st.runners.remove(name)?;
+        if let Some(s) = gone.session.take() {
+            s.revoke(why);
+        }
+        txn.change(Change::DeleteRunner(name.to_string()));
+        let keys: Vec<String> = st
+            .workloads
+            .iter()
+            .filter(|(_, w)| w.runner == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(w) = st.workloads.remove(&k) {
+                txn.change(Change::DeleteWorkload(k));
+                txn.event(pb::EventKind::WorkloadDetached, |e| {
+                    e.runner = name.to_string();
+                    e.network = w.network.clone();
+                    e.workload_id = w.id.clone();
+                    e.ip = w.ip.to_string();
+                    e.detail = why.to_string();
+                });
+            }
+        }
+        let res: Vec<String> = st
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.runner == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in res {
+            st.reservations.remove(&id);
+            txn.change(Change::DeleteReservation(id));
+        }
+        st.pools.retain(|(_, runner), _| runner != name);
+        txn.event(pb::EventKind::RunnerLeft, |e| {
+            e.runner = name.to_string();
+            e.runner_id = gone.rec.id.unwrap_or(0);
+            e.detail = why.to_string();
+        });
+        Some(gone)
+    }
+
+    pub(super) fn assignment(&self, rec: &RunnerRecord) -> pb::RegisterResponse {
+        let networks = self
+            .settings
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let sub = n.runner_subnet(rec.id)?;
+                let mut a = pb::NetworkAssignment {
+                    network: n.name.clone(),
+                    subnet: sub.subnet.to_string(),
+                    gateway: sub.gateway.to_string(),
+                    mtu: n.mtu,
+                    bridge_name: n.bridge.clone(),
+                    masquerade: n.masquerade,
+                    ..Default::default()
+                };
+                match &n.kind {
+                    NetworkKind::Overlay(o) => {
+                        let id = rec.id?;
+                        a.mode = pb::NetworkMode::Overlay as i32;
+                        a.plan = o.plan.to_string();
+                        a.overlay_cidr = o.plan.overlay().to_string();
+                        a.host_ip = o.plan.host_ip().to_string();
+                        a.host_ip_on_subnet = sub.host_side.map(|h| h.to_string()).unwrap_or_default();
+                        a.vni = o.vxlan_id_base + id;
+                        a.vxlan_id_base = o.vxlan_id_base;
+                        a.vxlan_port = u32::from(o.port);
+                        a.tunnel_name = o.runner_tunnel.clone();
+                    }
+                    NetworkKind::Isolated { .. } => a.mode = pb::NetworkMode::Isolated as i32,
+                }
+                Some(a)
+            })
+            .collect();
+        pb::RegisterResponse {
+            runner_id: rec.id.unwrap_or(0),
+            generation: rec.generation,
+            host_physical_ip: self
+                .settings
+                .reachable_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            networks,
+        }
+    }
+
+    /// Report runners that became inactive (no heartbeat within the timeout) or active again.
+    pub async fn check_liveness(&self) {
+        let mut st = self.state.lock().await;
+        let now = now_ms();
+        let timeout = self.timeout_ms();
+        let mut txn = Txn::default();
+        for r in st.runners.values_mut() {
+            let active = now - r.last_seen_ms < timeout;
+            if active == r.was_active {
+                continue;
+            }
+            r.was_active = active;
+            r.rec.last_seen_ms = r.last_seen_ms;
+            txn.change(Change::PutRunner(r.rec.clone()));
+            let (kind, msg) = if active {
+                (pb::EventKind::RunnerActive, "runner active again")
+            } else {
+                (pb::EventKind::RunnerInactive, "runner inactive: no heartbeat within the timeout")
+            };
+            if active {
+                tracing::info!(runner = %r.rec.name, "{msg}");
+            } else {
+                tracing::warn!(runner = %r.rec.name, timeout_ms = timeout, "{msg}");
+            }
+            txn.event(kind, |e| {
+                e.runner = r.rec.name.clone();
+                e.runner_id = r.rec.id.unwrap_or(0);
+            });
+        }
+        if let Err(e) = self.commit(&mut st, txn) {
+            tracing::error!(error = %e, "persisting runner liveness failed");
+        }
+    }
+
+    /// Release a runner (by name, or a placeholder by `#id`): its tunnel, allocation,
+    /// reservations and workloads go; a connected runner is told and registers again.
+    pub async fn release_runner(&self, runner: &str) -> Result<pb::ReleaseRunnerResponse, HubError> {
+        let runner = runner.trim();
+        if runner.is_empty() {
+            return Err(HubError::InvalidArgument("runner: give a runner name (or #ID for a placeholder)".into()));
+        }
+        let mut st = self.state.lock().await;
+        let mut txn = Txn::default();
+        if let Some(id) = runner.strip_prefix('#') {
+            let id: u32 = id
+                .parse()
+                .map_err(|_| HubError::InvalidArgument(format!("runner: {runner:?} is not #ID")))?;
+            if !st.placeholders.contains_key(&id) {
+                return Err(HubError::NotFound(format!("runner: no placeholder holds id {id}")));
+            }
+            self.remove_tunnel(id).await?;
+            st.placeholders.remove(&id);
+            txn.change(Change::DeletePlaceholder(id));
+            txn.event(pb::EventKind::RunnerLeft, |e| {
+                e.runner_id = id;
+                e.detail = "placeholder released".into();
+            });
+            self.commit(&mut st, txn)?;
+            return Ok(pb::ReleaseRunnerResponse {
+                released_id: id,
+                workloads_removed: 0,
+            });
+        }
+        let Some(r) = st.runners.get(runner) else {
+            return Err(HubError::NotFound(format!("runner: {runner:?} is not registered")));
+        };
+        let id = r.rec.id;
+        let workloads = st.workloads.values().filter(|w| w.runner == runner).count() as u32;
+        if let Some(id) = id {
+            self.remove_tunnel(id).await?;
+        }
+        self.forget_runner(&mut st, runner, &mut txn, "released by an operator");
+        self.commit(&mut st, txn)?;
+        tracing::info!(runner, id = ?id, workloads, "runner released");
+        Ok(pb::ReleaseRunnerResponse {
+            released_id: id.unwrap_or(0),
+            workloads_removed: workloads,
+        })
+    }
+
+    /// Release every inactive runner and every placeholder whose grace period is over.
+    pub async fn cleanup_inactive(&self) -> Result<pb::CleanupInactiveResponse, HubError> {
+        let mut st = self.state.lock().await;
+        let now = now_ms();
+        let timeout = self.timeout_ms();
+        let names: Vec<String> = st
+            .runners
+            .values()
+            .filter(|r| now - r.last_seen_ms >= timeout)
+            .map(|r| r.rec.name.clone())
+            .collect();
+        let placeholders: Vec<u32> = st
+            .placeholders
+            .values()
+            .filter(|p| now - p.recovered_ms >= timeout)
+            .map(|p| p.id)
+            .collect();
+        let mut txn = Txn::default();
+        let mut released = Vec::new();
+        for name in names {
+            if let Some(id) = st.runners.get(&name).and_then(|r| r.rec.id) {
+                self.remove_tunnel(id).await?;
+            }
+            self.forget_runner(&mut st, &name, &mut txn, "inactive runner cleaned up");
+            released.push(name);
+        }
+        for id in placeholders {
+            self.remove_tunnel(id).await?;
+            st.placeholders.remove(&id);
+            txn.change(Change::DeletePlaceholder(id));
+            txn.event(pb::EventKind::RunnerLeft, |e| {
+                e.runner_id = id;
+                e.detail = "placeholder cleaned up".into();
+            });
+            released.push(format!("#{id}"));
+        }
+        self.commit(&mut st, txn)?;
+        Ok(pb::CleanupInactiveResponse {
+            released: released.len() as u32,
+            runners: released,
+        })
+    }
+
+    async fn remove_tunnel(&self, id: u32) -> Result<(), HubError> {
+        if let Some(dp) = &self.dataplane {
+            for net in self.host_networks() {
+                dp.remove_tunnel(&net, id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list_runners(&self) -> Vec<pb::RunnerStatus> {
+        let st = self.state.lock().await;
+        self.runner_statuses(&st)
+    }
+
+    fn runner_statuses(&self, st: &State) -> Vec<pb::RunnerStatus> {
+        let now = now_ms();
+        let timeout = self.timeout_ms();
+        let default = self.network(DEFAULT_NETWORK).ok();
+        let mut runners: Vec<pb::RunnerStatus> = st
+            .runners
+            .values()
+            .map(|r| {
+                let sub = default.and_then(|n| n.runner_subnet(r.rec.id));
+                pb::RunnerStatus {
+                    name: r.rec.name.clone(),
+                    id: r.rec.id.unwrap_or(0),
+                    subnet: sub.map(|s| s.subnet.to_string()).unwrap_or_default(),
+                    gateway: sub.map(|s| s.gateway.to_string()).unwrap_or_default(),
+                    physical_ip: r.rec.physical_ip.to_string(),
+                    active: now - r.last_seen_ms < timeout,
+                    last_seen_unix_ms: r.last_seen_ms,
+                    labels: r.rec.labels.clone().into_iter().collect(),
+                    connected: r.session.is_some(),
+                    placeholder: false,
+                    workloads: st.workloads.values().filter(|w| w.runner == r.rec.name).count() as u32,
+                }
+            })
+            .collect();
+        for p in st.placeholders.values() {
+            let sub = default.and_then(|n| n.runner_subnet(Some(p.id)));
+            runners.push(pb::RunnerStatus {
+                name: String::new(),
+                id: p.id,
+                subnet: sub.map(|s| s.subnet.to_string()).unwrap_or_default(),
+                gateway: sub.map(|s| s.gateway.to_string()).unwrap_or_default(),
+                physical_ip: p.physical_ip.to_string(),
+                active: false,
+                last_seen_unix_ms: p.recovered_ms,
+                labels: Default::default(),
+                connected: false,
+                placeholder: true,
+                workloads: 0,
+            });
+        }
+        runners.sort_by_key(|r| (r.id, r.name.clone()));
+        runners
+    }
+
+    pub async fn status(&self) -> pb::GetStatusResponse {
+        let st = self.state.lock().await;
+        let runners = self.runner_statuses(&st);
+        let overlay = self.network(DEFAULT_NETWORK).ok().and_then(|n| n.overlay());
+        pb::GetStatusResponse {
+            plan: overlay.map(|o| o.plan.to_string()).unwrap_or_default(),
+            host_ip: overlay.map(|o| o.plan.host_ip().to_string()).unwrap_or_default(),
+            overlay_enabled: self.overlay_enabled(),
+            max_runners: overlay.map(|o| o.plan.max_runners()).unwrap_or(0),
+            active_runners: runners.iter().filter(|r| r.active).count() as u32,
+            inactive_runners: runners.iter().filter(|r| !r.active && !r.placeholder).count() as u32,
+            placeholders: runners.iter().filter(|r| r.placeholder).count() as u32,
+            workloads: st.workloads.len() as u32,
+            reservations: st.reservations.values().filter(|r| r.used_by.is_none()).count() as u32,
+            runners,
+        }
+    }
+}
+
+fn taken_ids(st: &State, now: i64, timeout: i64) -> Vec<TakenId> {
+    st.runners
+        .values()
+        .filter_map(|r| {
+            Some(TakenId {
+                id: r.rec.id?,
+                runner: Some(r.rec.name.clone()),
+                physical_ip: r.rec.physical_ip,
+                last_seen_ms: r.last_seen_ms,
+                active: now - r.last_seen_ms < timeout,
+            })
+        })
+        .chain(st.placeholders.values().map(|p| TakenId {
+            id: p.id,
+            runner: None,
+            physical_ip: p.physical_ip,
+            last_seen_ms: p.recovered_ms,
+            // A placeholder is as protected as a runner during the grace after recovery.
+            active: now - p.recovered_ms < timeout,
+        }))
+        .collect()
+}
+
+fn check_runner_name(name: &str) -> Result<String, HubError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '#') {
+        return Err(HubError::InvalidArgument(format!(
+            "name: {name:?} must be 1 to 253 printable characters without '#'"
+        )));
+    }
+    Ok(name.to_string())
+}
