@@ -131,7 +131,11 @@ pub enum Change {
     PutReservation(ReservationRecord),
     DeleteReservation(String),
     /// Append an event; events at or below `trim_below` are dropped in the same transaction.
-    PutEvent { seq: u64, bytes: Vec<u8>, trim_below: u64 },
+    PutEvent {
+        seq: u64,
+        bytes: Vec<u8>,
+        trim_below: u64,
+    },
     PutMeta(String, String),
 }
 
@@ -207,7 +211,12 @@ impl Store {
             let rec: ReservationRecord = decode(k.value(), v.value())?;
             snap.reservations.insert(k.value().to_string(), rec);
         }
-        for row in txn.open_table(EVENTS).map_err(db_err)?.iter().map_err(db_err)? {
+        for row in txn
+            .open_table(EVENTS)
+            .map_err(db_err)?
+            .iter()
+            .map_err(db_err)?
+        {
             let (k, v) = row.map_err(db_err)?;
             snap.events.push((k.value(), v.value().to_vec()));
         }

@@ -265,7 +265,8 @@ async fn register_directly(
     let ch = weir::api::client::connect(&lab.control_url(), Default::default())
         .await
         .unwrap();
-    weir_proto::v1::agent_client::AgentClient::new(ch)
+    let bearer = weir::api::auth::Bearer::new(Some(&lab.join_token())).unwrap();
+    weir_proto::v1::agent_client::AgentClient::with_interceptor(ch, bearer)
         .register(weir_proto::v1::RegisterRequest {
             name: name.into(),
             physical_ip: ip.into(),

@@ -26,11 +26,17 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         Ok(Response::new(self.hub.status().await))
     }
 
-    async fn list_runners(&self, _: Request<pb::ListRunnersRequest>) -> Result<Response<pb::ListRunnersResponse>, Status> {
+    async fn list_runners(
+        &self,
+        _: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
         Ok(Response::new(pb::ListRunnersResponse {
             runners: self.hub.list_runners().await,
         }))
@@ -40,7 +46,11 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ReleaseRunnerRequest>,
     ) -> Result<Response<pb::ReleaseRunnerResponse>, Status> {
-        let r = self.hub.release_runner(&req.into_inner().runner).await.map_err(status)?;
+        let r = self
+            .hub
+            .release_runner(&req.into_inner().runner)
+            .await
+            .map_err(status)?;
         Ok(Response::new(r))
     }
 
@@ -48,14 +58,18 @@ impl Control for ControlService {
         &self,
         _: Request<pb::CleanupInactiveRequest>,
     ) -> Result<Response<pb::CleanupInactiveResponse>, Status> {
-        Ok(Response::new(self.hub.cleanup_inactive().await.map_err(status)?))
+        Ok(Response::new(
+            self.hub.cleanup_inactive().await.map_err(status)?,
+        ))
     }
 
     async fn attach_workload(
         &self,
         req: Request<pb::AttachWorkloadRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
-        Ok(Response::new(self.hub.attach(req.into_inner()).await.map_err(status)?))
+        Ok(Response::new(
+            self.hub.attach(req.into_inner()).await.map_err(status)?,
+        ))
     }
 
     async fn detach_workload(
@@ -70,7 +84,11 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListWorkloadsRequest>,
     ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
-        let workloads = self.hub.list_workloads(req.into_inner()).await.map_err(status)?;
+        let workloads = self
+            .hub
+            .list_workloads(req.into_inner())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
     }
 
@@ -78,21 +96,31 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ReserveAddressRequest>,
     ) -> Result<Response<pb::ReserveAddressResponse>, Status> {
-        Ok(Response::new(self.hub.reserve(req.into_inner()).await.map_err(status)?))
+        Ok(Response::new(
+            self.hub.reserve(req.into_inner()).await.map_err(status)?,
+        ))
     }
 
     async fn validate_reservation(
         &self,
         req: Request<pb::ValidateReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        Ok(Response::new(self.hub.validate_reservation(req.into_inner()).await.map_err(status)?))
+        Ok(Response::new(
+            self.hub
+                .validate_reservation(req.into_inner())
+                .await
+                .map_err(status)?,
+        ))
     }
 
     async fn release_reservation(
         &self,
         req: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        self.hub.release_reservation(req.into_inner()).await.map_err(status)?;
+        self.hub
+            .release_reservation(req.into_inner())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ReleaseReservationResponse {}))
     }
 
@@ -100,15 +128,26 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let reservations = self.hub.list_reservations(req.into_inner()).await.map_err(status)?;
+        let reservations = self
+            .hub
+            .list_reservations(req.into_inner())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListReservationsResponse { reservations }))
     }
 
     type WatchEventsStream = EventStream;
 
-    async fn watch_events(&self, req: Request<pb::WatchEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let req = req.into_inner();
-        let watch = self.hub.watch(req.after, req.only_new).await.map_err(status)?;
+        let watch = self
+            .hub
+            .watch(req.after, req.only_new)
+            .await
+            .map_err(status)?;
         let mut last = watch.backlog.last().map_or(req.after, |e| e.seq);
         let mut live = watch.live;
         let stream = async_stream(watch.backlog, move |tx| async move {

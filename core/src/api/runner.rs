@@ -113,7 +113,8 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
             ))
         })?,
     };
-    let bearer = Bearer::new(s.join_token.as_deref()).map_err(|e| Fail::Retry(format!("join token: {e}")))?;
+    let bearer = Bearer::new(s.join_token.as_deref())
+        .map_err(|e| Fail::Retry(format!("join token: {e}")))?;
     let mut client = AgentClient::with_interceptor(channel, bearer);
     let assignment = match client
         .register(pb::RegisterRequest {
@@ -131,7 +132,10 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                 code_name(st.code()),
                 st.message()
             );
-            if matches!(st.code(), Code::ResourceExhausted | Code::PermissionDenied | Code::Unauthenticated) {
+            if matches!(
+                st.code(),
+                Code::ResourceExhausted | Code::PermissionDenied | Code::Unauthenticated
+            ) {
                 // The host is there and says no: whatever overlay this runner built before
                 // (under an id it no longer holds) must not stay up.
                 if let Err(e) = agent.teardown().await {

@@ -63,7 +63,9 @@ pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, PathBuf)> 
 /// The runner's local socket: `grpc.health.v1` today (a CNI plugin's entry point later).
 pub async fn serve_local((listener, path): (UnixListener, PathBuf)) {
     let (health, service) = tonic_health::server::health_reporter();
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     if let Err(e) = Server::builder()
         .add_service(service)
         .serve_with_incoming(UnixListenerStream::new(listener))

@@ -71,7 +71,9 @@ pub fn read_token(path: &Path) -> Result<String, AuthError> {
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let token = text.trim();
     if token.len() < MIN_TOKEN_LEN {
-        return Err(bad(format!("the token must be at least {MIN_TOKEN_LEN} characters")));
+        return Err(bad(format!(
+            "the token must be at least {MIN_TOKEN_LEN} characters"
+        )));
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("the token must be one line without spaces".into()));

@@ -35,7 +35,9 @@ pub struct Claims {
 pub enum TokenError {
     #[error("reservation_token: malformed ({0})")]
     Malformed(&'static str),
-    #[error("reservation_token: the signature does not match (altered, or not issued by this host)")]
+    #[error(
+        "reservation_token: the signature does not match (altered, or not issued by this host)"
+    )]
     BadSignature,
 }
 
@@ -63,7 +65,10 @@ impl Signer {
                 key.copy_from_slice(&bytes);
                 Ok(Self { key })
             }
-            Ok(bytes) => Err(bad(format!("holds {} bytes, expected {KEY_LEN}; remove it to make a new key (this invalidates every outstanding token)", bytes.len()))),
+            Ok(bytes) => Err(bad(format!(
+                "holds {} bytes, expected {KEY_LEN}; remove it to make a new key (this invalidates every outstanding token)",
+                bytes.len()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; KEY_LEN];
                 fill_random(&mut key);
@@ -98,19 +103,26 @@ impl Signer {
     /// caller's business.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let mut parts = token.trim().split('.');
-        let (Some(prefix), Some(body), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(prefix), Some(body), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
         if prefix != PREFIX {
             return Err(TokenError::Malformed("unknown token version"));
         }
-        let tag = B64.decode(tag).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let tag = B64
+            .decode(tag)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
         let mut mac = self.mac();
         mac.update(prefix.as_bytes());
         mac.update(b".");
         mac.update(body.as_bytes());
-        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
-        let json = B64.decode(body).map_err(|_| TokenError::Malformed("claims are not base64url"))?;
+        mac.verify_slice(&tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        let json = B64
+            .decode(body)
+            .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
         serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims are not valid"))
     }
 }
@@ -160,7 +172,10 @@ mod tests {
             let altered = String::from_utf8(b).unwrap();
             assert!(s.verify(&altered).is_err(), "altered byte {i} accepted");
         }
-        assert_eq!(Signer::from_key([8; 32]).verify(&t), Err(TokenError::BadSignature));
+        assert_eq!(
+            Signer::from_key([8; 32]).verify(&t),
+            Err(TokenError::BadSignature)
+        );
         assert!(matches!(s.verify("nope"), Err(TokenError::Malformed(_))));
         assert!(matches!(s.verify("wr2.a.b"), Err(TokenError::Malformed(_))));
     }
@@ -171,9 +186,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("reservation.key");
         let t = Signer::load_or_create(&path).unwrap().sign(&claims());
-        assert!(Signer::load_or_create(&path).unwrap().verify(&t).is_ok(), "same key after reload");
+        assert!(
+            Signer::load_or_create(&path).unwrap().verify(&t).is_ok(),
+            "same key after reload"
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

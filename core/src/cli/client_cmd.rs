@@ -165,19 +165,23 @@ async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> 
         Some(u) => u.clone(),
         None => {
             let loaded = crate::config::load(config)?;
-            let sock = loaded
-                .config
-                .host
-                .control_socket
-                .ok_or_else(|| CliError::Usage("no --host given and host.control_socket is not set".into()))?;
+            let sock = loaded.config.host.control_socket.ok_or_else(|| {
+                CliError::Usage("no --host given and host.control_socket is not set".into())
+            })?;
             format!("unix://{}", sock.display())
         }
     };
     let token = match &conn.token_file {
-        Some(f) => Some(crate::auth::read_token(f).map_err(|e| CliError::Usage(format!("--token-file: {e}")))?),
-        None => std::env::var("WEIR_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+        Some(f) => Some(
+            crate::auth::read_token(f)
+                .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?,
+        ),
+        None => std::env::var("WEIR_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
     };
-    let bearer = Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
+    let bearer =
+        Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
     let channel = connect(&url, ChannelOptions::default())
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
@@ -222,13 +226,19 @@ fn runner_json(r: &pb::RunnerStatus) -> Value {
 }
 
 async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
-    let s = c.get_status(pb::GetStatusRequest {}).await.map_err(refused)?.into_inner();
+    let s = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
     if json {
-        print_json(&json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
+        print_json(
+            &json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
             "max_runners": s.max_runners, "active_runners": s.active_runners,
             "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
             "workloads": s.workloads, "reservations": s.reservations,
-            "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()}));
+            "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()}),
+        );
     } else {
         print!("{}", render_status(&s));
     }
@@ -240,7 +250,14 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
     let mut out = if s.overlay_enabled {
         format!(
             "overlay       {}\nhost ip       {}\nrunners       {} active, {} inactive, {} placeholders (max {})\nworkloads     {}\nreservations  {}\n\n",
-            s.plan, s.host_ip, s.active_runners, s.inactive_runners, s.placeholders, s.max_runners, s.workloads, s.reservations
+            s.plan,
+            s.host_ip,
+            s.active_runners,
+            s.inactive_runners,
+            s.placeholders,
+            s.max_runners,
+            s.workloads,
+            s.reservations
         )
     } else {
         format!(
@@ -264,8 +281,16 @@ fn runner_table(runners: &[pb::RunnerStatus]) -> String {
                 (_, false, _) => "inactive",
             };
             [
-                if r.name.is_empty() { "-".into() } else { r.name.clone() },
-                if r.id == 0 { "-".into() } else { r.id.to_string() },
+                if r.name.is_empty() {
+                    "-".into()
+                } else {
+                    r.name.clone()
+                },
+                if r.id == 0 {
+                    "-".into()
+                } else {
+                    r.id.to_string()
+                },
                 r.subnet.clone(),
                 r.gateway.clone(),
                 r.physical_ip.clone(),
@@ -276,13 +301,26 @@ fn runner_table(runners: &[pb::RunnerStatus]) -> String {
         })
         .collect();
     super::table(
-        &["RUNNER", "ID", "SUBNET", "GATEWAY", "PHYSICAL IP", "STATUS", "LAST SEEN", "WORKLOADS"],
+        &[
+            "RUNNER",
+            "ID",
+            "SUBNET",
+            "GATEWAY",
+            "PHYSICAL IP",
+            "STATUS",
+            "LAST SEEN",
+            "WORKLOADS",
+        ],
         &rows,
     )
 }
 
 async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {
-    let r = c.list_runners(pb::ListRunnersRequest {}).await.map_err(refused)?.into_inner();
+    let r = c
+        .list_runners(pb::ListRunnersRequest {})
+        .await
+        .map_err(refused)?
+        .into_inner();
     if json {
         print_json(&json!({"runners": r.runners.iter().map(runner_json).collect::<Vec<_>>()}));
     } else {
@@ -292,12 +330,18 @@ async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {
 }
 
 fn kind_name(k: i32) -> &'static str {
-    if k == pb::WorkloadKind::Vm as i32 { "vm" } else { "container" }
+    if k == pb::WorkloadKind::Vm as i32 {
+        "vm"
+    } else {
+        "container"
+    }
 }
 
 async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliError> {
     if !a.vm && a.netns.is_none() && a.pid.is_none() {
-        return Err(CliError::Usage("attach: give --netns PATH, --pid PID or --vm".into()));
+        return Err(CliError::Usage(
+            "attach: give --netns PATH, --pid PID or --vm".into(),
+        ));
     }
     let r = c
         .attach_workload(pb::AttachWorkloadRequest {
@@ -309,7 +353,11 @@ async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliErro
             labels: a.labels.into_iter().collect(),
             requested_ip: a.ip.unwrap_or_default(),
             reservation_token: a.token.unwrap_or_default(),
-            kind: if a.vm { pb::WorkloadKind::Vm } else { pb::WorkloadKind::Container } as i32,
+            kind: if a.vm {
+                pb::WorkloadKind::Vm
+            } else {
+                pb::WorkloadKind::Container
+            } as i32,
         })
         .await
         .map_err(refused)?
@@ -333,7 +381,11 @@ async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliErro
             r.ip,
             r.gateway,
             r.mtu,
-            if r.mac.is_empty() { String::new() } else { format!(" mac {}", r.mac) }
+            if r.mac.is_empty() {
+                String::new()
+            } else {
+                format!(" mac {}", r.mac)
+            }
         );
     }
     Ok(())
@@ -391,11 +443,23 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
                 w.ip.clone(),
                 kind_name(w.kind).into(),
                 w.ifname.clone(),
-                labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             ]
         })
         .collect();
-    print!("{}", super::table(&["WORKLOAD", "RUNNER", "NETWORK", "IP", "KIND", "IFNAME", "LABELS"], &rows));
+    print!(
+        "{}",
+        super::table(
+            &[
+                "WORKLOAD", "RUNNER", "NETWORK", "IP", "KIND", "IFNAME", "LABELS"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -464,12 +528,29 @@ async fn reservations(c: &mut Client, runner: Option<String>, json: bool) -> Res
                 x.runner.clone(),
                 x.ip.clone(),
                 x.state.clone(),
-                if x.workload_id.is_empty() { "-".into() } else { x.workload_id.clone() },
+                if x.workload_id.is_empty() {
+                    "-".into()
+                } else {
+                    x.workload_id.clone()
+                },
                 rfc3339(x.expires_unix_ms),
             ]
         })
         .collect();
-    print!("{}", super::table(&["RESERVATION", "RUNNER", "IP", "STATE", "WORKLOAD", "EXPIRES"], &rows));
+    print!(
+        "{}",
+        super::table(
+            &[
+                "RESERVATION",
+                "RUNNER",
+                "IP",
+                "STATE",
+                "WORKLOAD",
+                "EXPIRES"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -485,14 +566,22 @@ async fn release(c: &mut Client, a: ReleaseArgs, json: bool) -> Result<(), CliEr
         }
     } else if let Some(runner) = a.runner {
         let r = c
-            .release_runner(pb::ReleaseRunnerRequest { runner: runner.clone() })
+            .release_runner(pb::ReleaseRunnerRequest {
+                runner: runner.clone(),
+            })
             .await
             .map_err(refused)?
             .into_inner();
         if json {
-            println!("{}", json!({"released": runner, "id": r.released_id, "workloads_removed": r.workloads_removed}));
+            println!(
+                "{}",
+                json!({"released": runner, "id": r.released_id, "workloads_removed": r.workloads_removed})
+            );
         } else {
-            println!("released {runner} (id {}, {} workloads removed)", r.released_id, r.workloads_removed);
+            println!(
+                "released {runner} (id {}, {} workloads removed)",
+                r.released_id, r.workloads_removed
+            );
         }
     }
     Ok(())
@@ -507,7 +596,15 @@ async fn cleanup(c: &mut Client, json: bool) -> Result<(), CliError> {
     if json {
         println!("{}", json!({"released": r.released, "runners": r.runners}));
     } else {
-        println!("released {} inactive allocation(s){}", r.released, if r.runners.is_empty() { String::new() } else { format!(": {}", r.runners.join(", ")) });
+        println!(
+            "released {} inactive allocation(s){}",
+            r.released,
+            if r.runners.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.runners.join(", "))
+            }
+        );
     }
     Ok(())
 }
@@ -539,13 +636,24 @@ async fn watch(c: &mut Client, a: WatchArgs, json: bool) -> Result<(), CliError>
         if json {
             println!("{}", event_json(&e));
         } else {
-            let what = [e.runner.as_str(), e.workload_id.as_str(), e.ip.as_str(), e.reservation_id.as_str(), e.detail.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ");
-            println!("{:>6} {} {:<20} {what}", e.seq, rfc3339(e.unix_ms), event_kind(e.kind));
+            let what = [
+                e.runner.as_str(),
+                e.workload_id.as_str(),
+                e.ip.as_str(),
+                e.reservation_id.as_str(),
+                e.detail.as_str(),
+            ]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+            println!(
+                "{:>6} {} {:<20} {what}",
+                e.seq,
+                rfc3339(e.unix_ms),
+                event_kind(e.kind)
+            );
         }
         seen += 1;
         if a.count.is_some_and(|n| seen >= n) {

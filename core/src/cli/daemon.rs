@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use super::CliError;
 use crate::agent::{Agent, Expectation};
+use crate::api::auth::Gate;
 use crate::api::runner::RunnerSettings;
+use crate::auth::TokenSet;
+use crate::auth::reservation::Signer;
 use crate::config::{LoadedConfig, Mtu};
 use crate::dataplane::host::HostDataplane;
 use crate::dataplane::netlink::Netlink;
-use crate::api::auth::Gate;
-use crate::auth::TokenSet;
-use crate::auth::reservation::Signer;
 use crate::hub::{Hub, HubSettings, TtlBounds};
 use crate::network::NetworkDef;
 use crate::store::Store;
@@ -43,8 +43,11 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
             },
             dns: c.overlay.dns.clone(),
         };
-        let signer = Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
-        let hub = Hub::start(settings, store, dataplane, signer).await.map_err(fail)?;
+        let signer =
+            Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
+        let hub = Hub::start(settings, store, dataplane, signer)
+            .await
+            .map_err(fail)?;
         let listeners =
             crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
                 .await
@@ -114,7 +117,10 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
     })?;
     let join_token = match &c.runner.join_token_file {
         Some(f) => Some(crate::auth::read_token(f).map_err(|e| {
-            CliError::Usage(format!("runner.join_token_file ({}): {e}", loaded.source_of("runner.join_token_file")))
+            CliError::Usage(format!(
+                "runner.join_token_file ({}): {e}",
+                loaded.source_of("runner.join_token_file")
+            ))
         })?),
         None => None,
     };
@@ -169,12 +175,22 @@ fn expectations(loaded: &LoadedConfig) -> Vec<Expectation> {
 /// The tokens the host accepts; without any, the host starts only with `auth.insecure`.
 fn load_gate(loaded: &LoadedConfig) -> Result<Gate, CliError> {
     let a = &loaded.config.auth;
-    let control = TokenSet::load(&a.control_token_files)
-        .map_err(|e| CliError::Usage(format!("auth.control_token_files ({}): {e}", loaded.source_of("auth.control_token_files"))))?;
-    let join = TokenSet::load(a.join_token_file.as_slice())
-        .map_err(|e| CliError::Usage(format!("auth.join_token_file ({}): {e}", loaded.source_of("auth.join_token_file"))))?;
+    let control = TokenSet::load(&a.control_token_files).map_err(|e| {
+        CliError::Usage(format!(
+            "auth.control_token_files ({}): {e}",
+            loaded.source_of("auth.control_token_files")
+        ))
+    })?;
+    let join = TokenSet::load(a.join_token_file.as_slice()).map_err(|e| {
+        CliError::Usage(format!(
+            "auth.join_token_file ({}): {e}",
+            loaded.source_of("auth.join_token_file")
+        ))
+    })?;
     if a.insecure {
-        tracing::warn!("!!! auth.insecure = true: ANYONE who can reach this host can drive it and join runners; never run like this outside a lab !!!");
+        tracing::warn!(
+            "!!! auth.insecure = true: ANYONE who can reach this host can drive it and join runners; never run like this outside a lab !!!"
+        );
         return Ok(Gate::new(control, join, true));
     }
     if control.is_empty() || join.is_empty() {

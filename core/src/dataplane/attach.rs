@@ -70,7 +70,13 @@ fn fnv1a(a: &str, b: &str) -> u32 {
 
 /// Create (or repair) a VM's persistent tap device on the bridge. The VM (QEMU) opens it by
 /// name later; its guest NIC gets the address through cloud-init.
-pub async fn attach_tap(nl: &Netlink, name: &str, alias: &str, bridge: &str, mtu: u32) -> Result<()> {
+pub async fn attach_tap(
+    nl: &Netlink,
+    name: &str,
+    alias: &str,
+    bridge: &str,
+    mtu: u32,
+) -> Result<()> {
     let bridge = nl
         .link(bridge)
         .await?
@@ -84,11 +90,11 @@ pub async fn attach_tap(nl: &Netlink, name: &str, alias: &str, bridge: &str, mtu
             )));
         }
         None => {
-            super::tap::create_persistent(name).map_err(|e| DataplaneError::io(format!("create tap {name}"), e))?;
-            let l = nl
-                .link(name)
-                .await?
-                .ok_or_else(|| DataplaneError::Invalid(format!("tap {name} vanished after creation")))?;
+            super::tap::create_persistent(name)
+                .map_err(|e| DataplaneError::io(format!("create tap {name}"), e))?;
+            let l = nl.link(name).await?.ok_or_else(|| {
+                DataplaneError::Invalid(format!("tap {name} vanished after creation"))
+            })?;
             nl.set_alias(l.index, alias).await?;
             l
         }
@@ -192,7 +198,10 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
 /// goes). Missing is fine.
 pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
     let owner = alias(network, workload);
-    for name in [host_ifname(network, workload), tap_ifname(network, workload)] {
+    for name in [
+        host_ifname(network, workload),
+        tap_ifname(network, workload),
+    ] {
         if let Some(link) = nl.link(&name).await?
             && link.alias.as_deref() == Some(owner.as_str())
         {

@@ -19,7 +19,10 @@ impl Hub {
         let st = self.state.lock().await;
         let live = self.events.subscribe();
         if only_new {
-            return Ok(Watch { backlog: Vec::new(), live });
+            return Ok(Watch {
+                backlog: Vec::new(),
+                live,
+            });
         }
         if let Some(oldest) = st.history.front()
             && after > 0
@@ -32,7 +35,12 @@ impl Hub {
                 oldest.seq
             )));
         }
-        let backlog = st.history.iter().filter(|e| e.seq > after).cloned().collect();
+        let backlog = st
+            .history
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect();
         Ok(Watch { backlog, live })
     }
 }

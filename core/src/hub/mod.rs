@@ -177,7 +177,11 @@ impl Hub {
     }
 
     fn network(&self, name: &str) -> Result<&NetworkDef, HubError> {
-        let name = if name.is_empty() { DEFAULT_NETWORK } else { name };
+        let name = if name.is_empty() {
+            DEFAULT_NETWORK
+        } else {
+            name
+        };
         self.settings
             .networks
             .iter()
@@ -217,7 +221,10 @@ impl Hub {
             });
         }
         if !txn.events.is_empty() {
-            txn.changes.push(Change::PutMeta("next_event".into(), st.next_event.to_string()));
+            txn.changes.push(Change::PutMeta(
+                "next_event".into(),
+                st.next_event.to_string(),
+            ));
         }
         if let Err(e) = self.store.commit(&txn.changes) {
             // Nothing was written: hand the sequence numbers back.
@@ -241,7 +248,12 @@ impl Hub {
         let mut st = self.state.lock().await;
         let mut txn = Txn::default();
         let now = now_ms();
-        let meta_num = |k: &str, default: u64| snap.meta.get(k).and_then(|g| g.parse().ok()).unwrap_or(default);
+        let meta_num = |k: &str, default: u64| {
+            snap.meta
+                .get(k)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(default)
+        };
         st.next_generation = meta_num("next_generation", 1);
         st.next_event = meta_num("next_event", 1);
         st.next_reservation = meta_num("next_reservation", 1);
@@ -251,7 +263,11 @@ impl Hub {
                 st.history.push_back(e);
             }
         }
-        let overlay_plan = self.settings.networks.iter().find_map(|n| n.overlay().map(|o| o.plan));
+        let overlay_plan = self
+            .settings
+            .networks
+            .iter()
+            .find_map(|n| n.overlay().map(|o| o.plan));
         for (name, mut rec) in snap.runners {
             let id_ok = match (overlay_plan, rec.id) {
                 (Some(plan), Some(id)) => plan.check_runner(u64::from(id)).is_ok(),
@@ -282,7 +298,13 @@ impl Hub {
             if overlay_plan.is_some_and(|p| p.check_runner(u64::from(id)).is_ok())
                 && !st.runners.values().any(|r| r.rec.id == Some(id))
             {
-                st.placeholders.insert(id, PlaceholderRecord { recovered_ms: now, ..ph });
+                st.placeholders.insert(
+                    id,
+                    PlaceholderRecord {
+                        recovered_ms: now,
+                        ..ph
+                    },
+                );
             } else {
                 txn.change(Change::DeletePlaceholder(id));
             }
@@ -293,7 +315,8 @@ impl Hub {
             for net in &nets {
                 let found = dp.scan_tunnels(net).await?;
                 let held = |st: &State, id: u32| {
-                    st.runners.values().any(|r| r.rec.id == Some(id)) || st.placeholders.contains_key(&id)
+                    st.runners.values().any(|r| r.rec.id == Some(id))
+                        || st.placeholders.contains_key(&id)
                 };
                 for (id, tunnel) in &found {
                     if !held(&st, *id)
@@ -334,7 +357,8 @@ impl Hub {
         }
         // Reservations first (they hold pool addresses), then workloads.
         for (id, r) in snap.reservations {
-            let ok = st.runners.contains_key(&r.runner) && self.fits(&st, &r.network, &r.runner, r.ip);
+            let ok =
+                st.runners.contains_key(&r.runner) && self.fits(&st, &r.network, &r.runner, r.ip);
             let held = ok
                 && self
                     .pool(&mut st, &r.network, &r.runner)
@@ -346,13 +370,18 @@ impl Hub {
             }
         }
         for (key, w) in snap.workloads {
-            if !st.runners.contains_key(&w.runner) || !self.fits(&st, &w.network, &w.runner, w.ip.addr()) {
+            if !st.runners.contains_key(&w.runner)
+                || !self.fits(&st, &w.network, &w.runner, w.ip.addr())
+            {
                 tracing::info!(workload = %w.id, ip = %w.ip, "dropping a workload whose address the current plan does not allow");
                 txn.change(Change::DeleteWorkload(key));
                 continue;
             }
             // A workload that used a reservation shares its address with it.
-            let shared = w.reservation.as_ref().is_some_and(|r| st.reservations.contains_key(r));
+            let shared = w
+                .reservation
+                .as_ref()
+                .is_some_and(|r| st.reservations.contains_key(r));
             if !shared {
                 let Ok(pool) = self.pool(&mut st, &w.network, &w.runner) else {
                     txn.change(Change::DeleteWorkload(key));
@@ -381,20 +410,28 @@ impl Hub {
     }
 
     /// The address pool of a runner on a network, created on first use.
-    fn pool<'a>(&self, st: &'a mut State, network: &str, runner: &str) -> Result<&'a mut AddressPool, HubError> {
+    fn pool<'a>(
+        &self,
+        st: &'a mut State,
+        network: &str,
+        runner: &str,
+    ) -> Result<&'a mut AddressPool, HubError> {
         let key = (network.to_string(), runner.to_string());
         if !st.pools.contains_key(&key) {
             let id = st.runners.get(runner).and_then(|r| r.rec.id);
             let net = self.network(network)?;
             let sub = net.runner_subnet(id).ok_or_else(|| {
-                HubError::FailedPrecondition(format!("runner {runner:?} has no subnet on network {network}"))
+                HubError::FailedPrecondition(format!(
+                    "runner {runner:?} has no subnet on network {network}"
+                ))
             })?;
             let excluded: Vec<(Ipv4Addr, &'static str)> = sub
                 .host_side
                 .map(|h| (h, "the host's address on the subnet"))
                 .into_iter()
                 .collect();
-            st.pools.insert(key.clone(), AddressPool::new(sub.subnet, &excluded));
+            st.pools
+                .insert(key.clone(), AddressPool::new(sub.subnet, &excluded));
         }
         st.pools
             .get_mut(&key)
@@ -450,8 +487,7 @@ pub fn check_labels(labels: &BTreeMap<String, String>, field: &str) -> Result<()
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= 63
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
         if !key_ok {
             return Err(HubError::InvalidArgument(format!(

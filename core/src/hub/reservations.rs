@@ -13,7 +13,10 @@ use crate::ipam::AddressError;
 use crate::store::{Change, ReservationRecord, now_ms};
 
 impl Hub {
-    pub async fn reserve(&self, req: pb::ReserveAddressRequest) -> Result<pb::ReserveAddressResponse, HubError> {
+    pub async fn reserve(
+        &self,
+        req: pb::ReserveAddressRequest,
+    ) -> Result<pb::ReserveAddressResponse, HubError> {
         let bounds = self.settings.reservation_ttl;
         let ttl = match req.ttl_seconds {
             0 => bounds.default,
@@ -29,15 +32,17 @@ impl Hub {
         }
         let requested: Option<Ipv4Addr> = match req.ip.trim() {
             "" => None,
-            ip => Some(
-                ip.parse()
-                    .map_err(|_| HubError::InvalidArgument(format!("ip: {ip:?} is not an IPv4 address")))?,
-            ),
+            ip => Some(ip.parse().map_err(|_| {
+                HubError::InvalidArgument(format!("ip: {ip:?} is not an IPv4 address"))
+            })?),
         };
         let net = self.network(&req.network)?.clone();
         let mut st = self.state.lock().await;
         if !st.runners.contains_key(&req.runner) {
-            return Err(HubError::NotFound(format!("runner: {:?} is not registered", req.runner)));
+            return Err(HubError::NotFound(format!(
+                "runner: {:?} is not registered",
+                req.runner
+            )));
         }
         let pool = self.pool(&mut st, &net.name, &req.runner)?;
         let ip = match requested {
@@ -45,7 +50,9 @@ impl Hub {
                 pool.take(ip).map_err(|e| address_error("ip", e))?;
                 ip
             }
-            None => pool.take_next().map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
+            None => pool
+                .take_next()
+                .map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
         };
         let now = now_ms();
         let id = format!("res-{}", st.next_reservation);
@@ -68,7 +75,10 @@ impl Hub {
         });
         let mut txn = Txn::default();
         txn.change(Change::PutReservation(rec.clone()));
-        txn.change(Change::PutMeta("next_reservation".into(), st.next_reservation.to_string()));
+        txn.change(Change::PutMeta(
+            "next_reservation".into(),
+            st.next_reservation.to_string(),
+        ));
         txn.event(pb::EventKind::ReservationMade, |e| {
             e.runner = rec.runner.clone();
             e.network = rec.network.clone();
@@ -105,10 +115,15 @@ impl Hub {
             )));
         }
         let r = st.reservations.get(&claims.id).ok_or_else(|| {
-            HubError::NotFound(format!("reservation_token: reservation {} no longer exists (released)", claims.id))
+            HubError::NotFound(format!(
+                "reservation_token: reservation {} no longer exists (released)",
+                claims.id
+            ))
         })?;
         if r.runner != claims.runner || r.ip != claims.ip || r.network != claims.network {
-            return Err(HubError::PermissionDenied("reservation_token: does not match its reservation".into()));
+            return Err(HubError::PermissionDenied(
+                "reservation_token: does not match its reservation".into(),
+            ));
         }
         Ok(r)
     }
@@ -150,7 +165,10 @@ impl Hub {
         Ok(r.clone())
     }
 
-    pub async fn validate_reservation(&self, req: pb::ValidateReservationRequest) -> Result<pb::Reservation, HubError> {
+    pub async fn validate_reservation(
+        &self,
+        req: pb::ValidateReservationRequest,
+    ) -> Result<pb::Reservation, HubError> {
         let st = self.state.lock().await;
         let r = self.lookup(&st, &req.token)?;
         if !req.runner.is_empty() && r.runner != req.runner {
@@ -163,7 +181,10 @@ impl Hub {
     }
 
     /// Give an unused reservation's address back.
-    pub async fn release_reservation(&self, req: pb::ReleaseReservationRequest) -> Result<(), HubError> {
+    pub async fn release_reservation(
+        &self,
+        req: pb::ReleaseReservationRequest,
+    ) -> Result<(), HubError> {
         let mut st = self.state.lock().await;
         let r = self.lookup(&st, &req.token)?.clone();
         if let Some(user) = &r.used_by {
@@ -188,10 +209,16 @@ impl Hub {
         Ok(())
     }
 
-    pub async fn list_reservations(&self, req: pb::ListReservationsRequest) -> Result<Vec<pb::Reservation>, HubError> {
+    pub async fn list_reservations(
+        &self,
+        req: pb::ListReservationsRequest,
+    ) -> Result<Vec<pb::Reservation>, HubError> {
         let st = self.state.lock().await;
         if !req.runner.is_empty() && !st.runners.contains_key(&req.runner) {
-            return Err(HubError::NotFound(format!("runner: {:?} is not registered", req.runner)));
+            return Err(HubError::NotFound(format!(
+                "runner: {:?} is not registered",
+                req.runner
+            )));
         }
         Ok(st
             .reservations
@@ -245,7 +272,12 @@ fn reservation_pb(r: &ReservationRecord) -> pb::Reservation {
         network: r.network.clone(),
         ip: r.ip.to_string(),
         expires_unix_ms: r.expires_ms,
-        state: if r.used_by.is_some() { "used" } else { "reserved" }.into(),
+        state: if r.used_by.is_some() {
+            "used"
+        } else {
+            "reserved"
+        }
+        .into(),
         workload_id: r.used_by.clone().unwrap_or_default(),
     }
 }

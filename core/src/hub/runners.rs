@@ -11,10 +11,16 @@ use crate::store::{Change, RunnerRecord, now_ms};
 
 impl Hub {
     /// A runner joins. Returns everything it needs to build its side.
-    pub async fn register(&self, req: pb::RegisterRequest) -> Result<pb::RegisterResponse, HubError> {
+    pub async fn register(
+        &self,
+        req: pb::RegisterRequest,
+    ) -> Result<pb::RegisterResponse, HubError> {
         let name = check_runner_name(&req.name)?;
         let physical_ip: Ipv4Addr = req.physical_ip.trim().parse().map_err(|_| {
-            HubError::InvalidArgument(format!("physical_ip: {:?} is not an IPv4 address", req.physical_ip))
+            HubError::InvalidArgument(format!(
+                "physical_ip: {:?} is not an IPv4 address",
+                req.physical_ip
+            ))
         })?;
         let labels = req.labels.into_iter().collect();
         super::check_labels(&labels, "labels")?;
@@ -24,7 +30,12 @@ impl Hub {
         let overlay = self.settings.networks.iter().find_map(|n| n.overlay());
         let prior = st.runners.get(&name).map(|r| r.rec.clone());
         let (id, generation) = match overlay {
-            None => (None, prior.as_ref().map_or_else(|| st.take_generation(), |p| p.generation)),
+            None => (
+                None,
+                prior
+                    .as_ref()
+                    .map_or_else(|| st.take_generation(), |p| p.generation),
+            ),
             Some(o) => {
                 let taken = taken_ids(&st, now, self.timeout_ms());
                 match ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners()) {
@@ -40,7 +51,12 @@ impl Hub {
                         match &from {
                             Some(victim) => {
                                 tracing::warn!(runner = %name, id, from = %victim, "reclaiming the least recently seen inactive allocation");
-                                self.forget_runner(&mut st, victim, &mut txn, "its id was reclaimed for another runner");
+                                self.forget_runner(
+                                    &mut st,
+                                    victim,
+                                    &mut txn,
+                                    "its id was reclaimed for another runner",
+                                );
                             }
                             None => {
                                 st.placeholders.remove(&id);
@@ -74,19 +90,29 @@ impl Hub {
             generation,
         };
         txn.change(Change::PutRunner(rec.clone()));
-        txn.change(Change::PutMeta("next_generation".into(), st.next_generation.to_string()));
-        let changed = prior.as_ref().is_some_and(|p| p.generation != generation || p.id != id);
+        txn.change(Change::PutMeta(
+            "next_generation".into(),
+            st.next_generation.to_string(),
+        ));
+        let changed = prior
+            .as_ref()
+            .is_some_and(|p| p.generation != generation || p.id != id);
         match &prior {
             None => txn.event(pb::EventKind::RunnerJoined, |e| {
                 e.runner = name.clone();
                 e.runner_id = id.unwrap_or(0);
                 e.detail = format!("physical ip {physical_ip}");
             }),
-            Some(p) if changed || p.physical_ip != physical_ip => txn.event(pb::EventKind::AllocationChanged, |e| {
-                e.runner = name.clone();
-                e.runner_id = id.unwrap_or(0);
-                e.detail = format!("id {:?} -> {:?}, physical ip {} -> {physical_ip}", p.id, id, p.physical_ip);
-            }),
+            Some(p) if changed || p.physical_ip != physical_ip => {
+                txn.event(pb::EventKind::AllocationChanged, |e| {
+                    e.runner = name.clone();
+                    e.runner_id = id.unwrap_or(0);
+                    e.detail = format!(
+                        "id {:?} -> {:?}, physical ip {} -> {physical_ip}",
+                        p.id, id, p.physical_ip
+                    );
+                })
+            }
             Some(_) => {}
         }
         self.commit(&mut st, txn)?;
@@ -94,12 +120,15 @@ impl Hub {
             // The runner's old session belongs to an allocation that no longer exists.
             s.revoke("the allocation changed");
         }
-        let entry = st.runners.entry(name.clone()).or_insert_with(|| RunnerState {
-            rec: rec.clone(),
-            last_seen_ms: now,
-            session: None,
-            was_active: true,
-        });
+        let entry = st
+            .runners
+            .entry(name.clone())
+            .or_insert_with(|| RunnerState {
+                rec: rec.clone(),
+                last_seen_ms: now,
+                session: None,
+                was_active: true,
+            });
         entry.rec = rec;
         entry.last_seen_ms = now;
         tracing::info!(runner = %name, id = ?id, %physical_ip, "runner registered");
@@ -107,7 +136,13 @@ impl Hub {
     }
 
     /// Remove a runner's allocation, workloads, reservations and pools (memory and `txn`).
-    pub(super) fn forget_runner(&self, st: &mut State, name: &str, txn: &mut Txn, why: &str) -> Option<RunnerState> {
+    pub(super) fn forget_runner(
+        &self,
+        st: &mut State,
+        name: &str,
+        txn: &mut Txn,
+        why: &str,
+    ) -> Option<RunnerState> {
         let mut gone = st.runners.remove(name)?;
         if let Some(s) = gone.session.take() {
             s.revoke(why);
@@ -173,7 +208,8 @@ impl Hub {
                         a.plan = o.plan.to_string();
                         a.overlay_cidr = o.plan.overlay().to_string();
                         a.host_ip = o.plan.host_ip().to_string();
-                        a.host_ip_on_subnet = sub.host_side.map(|h| h.to_string()).unwrap_or_default();
+                        a.host_ip_on_subnet =
+                            sub.host_side.map(|h| h.to_string()).unwrap_or_default();
                         a.vni = o.vxlan_id_base + id;
                         a.vxlan_id_base = o.vxlan_id_base;
                         a.vxlan_port = u32::from(o.port);
@@ -213,7 +249,10 @@ impl Hub {
             let (kind, msg) = if active {
                 (pb::EventKind::RunnerActive, "runner active again")
             } else {
-                (pb::EventKind::RunnerInactive, "runner inactive: no heartbeat within the timeout")
+                (
+                    pb::EventKind::RunnerInactive,
+                    "runner inactive: no heartbeat within the timeout",
+                )
             };
             if active {
                 tracing::info!(runner = %r.rec.name, "{msg}");
@@ -232,10 +271,15 @@ impl Hub {
 
     /// Release a runner (by name, or a placeholder by `#id`): its tunnel, allocation,
     /// reservations and workloads go; a connected runner is told and registers again.
-    pub async fn release_runner(&self, runner: &str) -> Result<pb::ReleaseRunnerResponse, HubError> {
+    pub async fn release_runner(
+        &self,
+        runner: &str,
+    ) -> Result<pb::ReleaseRunnerResponse, HubError> {
         let runner = runner.trim();
         if runner.is_empty() {
-            return Err(HubError::InvalidArgument("runner: give a runner name (or #ID for a placeholder)".into()));
+            return Err(HubError::InvalidArgument(
+                "runner: give a runner name (or #ID for a placeholder)".into(),
+            ));
         }
         let mut st = self.state.lock().await;
         let mut txn = Txn::default();
@@ -244,7 +288,9 @@ impl Hub {
                 .parse()
                 .map_err(|_| HubError::InvalidArgument(format!("runner: {runner:?} is not #ID")))?;
             if !st.placeholders.contains_key(&id) {
-                return Err(HubError::NotFound(format!("runner: no placeholder holds id {id}")));
+                return Err(HubError::NotFound(format!(
+                    "runner: no placeholder holds id {id}"
+                )));
             }
             self.remove_tunnel(id).await?;
             st.placeholders.remove(&id);
@@ -260,7 +306,9 @@ impl Hub {
             });
         }
         let Some(r) = st.runners.get(runner) else {
-            return Err(HubError::NotFound(format!("runner: {runner:?} is not registered")));
+            return Err(HubError::NotFound(format!(
+                "runner: {runner:?} is not registered"
+            )));
         };
         let id = r.rec.id;
         let workloads = st.workloads.values().filter(|w| w.runner == runner).count() as u32;
@@ -353,7 +401,11 @@ impl Hub {
                     labels: r.rec.labels.clone().into_iter().collect(),
                     connected: r.session.is_some(),
                     placeholder: false,
-                    workloads: st.workloads.values().filter(|w| w.runner == r.rec.name).count() as u32,
+                    workloads: st
+                        .workloads
+                        .values()
+                        .filter(|w| w.runner == r.rec.name)
+                        .count() as u32,
                 }
             })
             .collect();
@@ -383,14 +435,23 @@ impl Hub {
         let overlay = self.network(DEFAULT_NETWORK).ok().and_then(|n| n.overlay());
         pb::GetStatusResponse {
             plan: overlay.map(|o| o.plan.to_string()).unwrap_or_default(),
-            host_ip: overlay.map(|o| o.plan.host_ip().to_string()).unwrap_or_default(),
+            host_ip: overlay
+                .map(|o| o.plan.host_ip().to_string())
+                .unwrap_or_default(),
             overlay_enabled: self.overlay_enabled(),
             max_runners: overlay.map(|o| o.plan.max_runners()).unwrap_or(0),
             active_runners: runners.iter().filter(|r| r.active).count() as u32,
-            inactive_runners: runners.iter().filter(|r| !r.active && !r.placeholder).count() as u32,
+            inactive_runners: runners
+                .iter()
+                .filter(|r| !r.active && !r.placeholder)
+                .count() as u32,
             placeholders: runners.iter().filter(|r| r.placeholder).count() as u32,
             workloads: st.workloads.len() as u32,
-            reservations: st.reservations.values().filter(|r| r.used_by.is_none()).count() as u32,
+            reservations: st
+                .reservations
+                .values()
+                .filter(|r| r.used_by.is_none())
+                .count() as u32,
             runners,
         }
     }

@@ -21,7 +21,10 @@ enum Source {
 
 impl Hub {
     /// Give a workload an interface on its runner's network.
-    pub async fn attach(&self, req: pb::AttachWorkloadRequest) -> Result<pb::AttachWorkloadResponse, HubError> {
+    pub async fn attach(
+        &self,
+        req: pb::AttachWorkloadRequest,
+    ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let workload_id = check_workload_id(&req.workload_id)?;
         let vm = req.kind == pb::WorkloadKind::Vm as i32;
         let netns = match (vm, req.netns.trim(), req.pid) {
@@ -39,10 +42,14 @@ impl Hub {
             (false, "", pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
             (false, path, 0) if path.starts_with('/') => PathBuf::from(path),
             (false, path, 0) => {
-                return Err(HubError::InvalidArgument(format!("netns: {path:?} is not an absolute path")));
+                return Err(HubError::InvalidArgument(format!(
+                    "netns: {path:?} is not an absolute path"
+                )));
             }
             (false, _, _) => {
-                return Err(HubError::InvalidArgument("netns and pid: give one of them, not both".into()));
+                return Err(HubError::InvalidArgument(
+                    "netns and pid: give one of them, not both".into(),
+                ));
             }
         };
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
@@ -63,34 +70,51 @@ impl Hub {
         let key = workload_key(&net.name, &workload_id);
         let (rec, session, fresh) = {
             let mut st = self.state.lock().await;
-            let runner = st
-                .runners
-                .get(&req.runner)
-                .ok_or_else(|| HubError::NotFound(format!("runner: {:?} is not registered", req.runner)))?;
+            let runner = st.runners.get(&req.runner).ok_or_else(|| {
+                HubError::NotFound(format!("runner: {:?} is not registered", req.runner))
+            })?;
             if now_ms() - runner.last_seen_ms >= self.timeout_ms() {
-                return Err(HubError::FailedPrecondition(format!("runner {:?} is inactive", req.runner)));
+                return Err(HubError::FailedPrecondition(format!(
+                    "runner {:?} is inactive",
+                    req.runner
+                )));
             }
-            let session = runner
-                .session
-                .clone()
-                .ok_or_else(|| HubError::FailedPrecondition(format!("runner {:?} is not connected", req.runner)))?;
+            let session = runner.session.clone().ok_or_else(|| {
+                HubError::FailedPrecondition(format!("runner {:?} is not connected", req.runner))
+            })?;
             if let Some(existing) = st.workloads.get(&key) {
                 if existing.runner != req.runner || existing.netns != netns || existing.vm != vm {
                     return Err(HubError::AlreadyExists(format!(
                         "workload_id: {workload_id:?} is already attached on runner {:?} ({})",
                         existing.runner,
-                        if existing.vm { "a VM".to_string() } else { existing.netns.display().to_string() }
+                        if existing.vm {
+                            "a VM".to_string()
+                        } else {
+                            existing.netns.display().to_string()
+                        }
                     )));
                 }
                 (existing.clone(), session, false)
             } else {
-                let rec = self.allocate(&mut st, &net, &req.runner, &workload_id, netns, vm, labels, source)?;
+                let rec = self.allocate(
+                    &mut st,
+                    &net,
+                    &req.runner,
+                    &workload_id,
+                    netns,
+                    vm,
+                    labels,
+                    source,
+                )?;
                 (rec, session, true)
             }
         };
         let sub = self.subnet_of(&net, &rec.runner).await?;
         let spec = workload_spec(&rec, &net, sub);
-        if let Err(e) = session.command(pb::command::Op::Attach(spec.clone()), COMMAND_TIMEOUT).await {
+        if let Err(e) = session
+            .command(pb::command::Op::Attach(spec.clone()), COMMAND_TIMEOUT)
+            .await
+        {
             if fresh {
                 self.roll_back(&key).await;
             }
@@ -107,12 +131,19 @@ impl Hub {
             ip: rec.ip.to_string(),
             gateway: spec.gateway,
             mtu: spec.mtu,
-            host_ip: net.overlay().map(|o| o.plan.host_ip().addr().to_string()).unwrap_or_default(),
+            host_ip: net
+                .overlay()
+                .map(|o| o.plan.host_ip().addr().to_string())
+                .unwrap_or_default(),
             ifname: rec.ifname.clone(),
             prefix: u32::from(rec.ip.prefix_len()),
             mac: rec.mac.clone(),
             dns: self.settings.dns.iter().map(|d| d.to_string()).collect(),
-            kind: if vm { pb::WorkloadKind::Vm } else { pb::WorkloadKind::Container } as i32,
+            kind: if vm {
+                pb::WorkloadKind::Vm
+            } else {
+                pb::WorkloadKind::Container
+            } as i32,
         })
     }
 
@@ -131,7 +162,12 @@ impl Hub {
     ) -> Result<WorkloadRecord, HubError> {
         let prefix = net
             .runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
-            .ok_or_else(|| HubError::FailedPrecondition(format!("runner {runner:?} has no subnet on network {}", net.name)))?
+            .ok_or_else(|| {
+                HubError::FailedPrecondition(format!(
+                    "runner {runner:?} has no subnet on network {}",
+                    net.name
+                ))
+            })?
             .subnet
             .prefix_len();
         let mut reservation = None;
@@ -153,7 +189,10 @@ impl Hub {
             }
         };
         let (ifname, mac) = if vm {
-            (attach::tap_ifname(&net.name, workload_id), attach::vm_mac(&net.name, workload_id))
+            (
+                attach::tap_ifname(&net.name, workload_id),
+                attach::vm_mac(&net.name, workload_id),
+            )
         } else {
             ("eth0".to_string(), String::new())
         };
@@ -172,7 +211,11 @@ impl Hub {
         };
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(rec.clone()));
-        if let Some(r) = rec.reservation.as_ref().and_then(|id| st.reservations.get(id)) {
+        if let Some(r) = rec
+            .reservation
+            .as_ref()
+            .and_then(|id| st.reservations.get(id))
+        {
             txn.change(Change::PutReservation(r.clone()));
         }
         if let Err(e) = self.commit(st, txn) {
@@ -202,7 +245,11 @@ impl Hub {
             e.workload_id = rec.id.clone();
             e.ip = rec.ip.to_string();
             e.reservation_id = rec.reservation.clone().unwrap_or_default();
-            e.detail = if rec.vm { "vm".into() } else { "container".into() };
+            e.detail = if rec.vm {
+                "vm".into()
+            } else {
+                "container".into()
+            };
         });
         self.commit(&mut st, txn)
     }
@@ -215,7 +262,11 @@ impl Hub {
         };
         let mut txn = Txn::default();
         txn.change(Change::DeleteWorkload(key.to_string()));
-        match w.reservation.as_ref().and_then(|id| st.reservations.get_mut(id)) {
+        match w
+            .reservation
+            .as_ref()
+            .and_then(|id| st.reservations.get_mut(id))
+        {
             // The token stays good: the reservation holds the address again.
             Some(r) => {
                 r.used_by = None;
@@ -234,10 +285,19 @@ impl Hub {
         }
     }
 
-    async fn subnet_of(&self, net: &NetworkDef, runner: &str) -> Result<crate::network::RunnerSubnet, HubError> {
+    async fn subnet_of(
+        &self,
+        net: &NetworkDef,
+        runner: &str,
+    ) -> Result<crate::network::RunnerSubnet, HubError> {
         let st = self.state.lock().await;
         net.runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
-            .ok_or_else(|| HubError::FailedPrecondition(format!("runner {runner:?} has no subnet on network {}", net.name)))
+            .ok_or_else(|| {
+                HubError::FailedPrecondition(format!(
+                    "runner {runner:?} has no subnet on network {}",
+                    net.name
+                ))
+            })
     }
 
     /// Remove a workload's interface and free its address (and its reservation).
@@ -248,7 +308,10 @@ impl Hub {
         let (session, rec) = {
             let st = self.state.lock().await;
             let w = st.workloads.get(&key).ok_or_else(|| {
-                HubError::NotFound(format!("workload_id: {workload_id:?} is not attached on network {}", net.name))
+                HubError::NotFound(format!(
+                    "workload_id: {workload_id:?} is not attached on network {}",
+                    net.name
+                ))
             })?;
             if !req.runner.is_empty() && w.runner != req.runner {
                 return Err(HubError::NotFound(format!(
@@ -256,7 +319,10 @@ impl Hub {
                     w.runner, req.runner
                 )));
             }
-            (st.runners.get(&w.runner).and_then(|r| r.session.clone()), w.clone())
+            (
+                st.runners.get(&w.runner).and_then(|r| r.session.clone()),
+                w.clone(),
+            )
         };
         // An unreachable runner drops the interface when its session resumes (sync).
         if let Some(session) = session {
@@ -293,10 +359,16 @@ impl Hub {
         Ok(())
     }
 
-    pub async fn list_workloads(&self, req: pb::ListWorkloadsRequest) -> Result<Vec<pb::Workload>, HubError> {
+    pub async fn list_workloads(
+        &self,
+        req: pb::ListWorkloadsRequest,
+    ) -> Result<Vec<pb::Workload>, HubError> {
         let st = self.state.lock().await;
         if !req.runner.is_empty() && !st.runners.contains_key(&req.runner) {
-            return Err(HubError::NotFound(format!("runner: {:?} is not registered", req.runner)));
+            return Err(HubError::NotFound(format!(
+                "runner: {:?} is not registered",
+                req.runner
+            )));
         }
         if !req.network.is_empty() {
             self.network(&req.network)?;
@@ -312,7 +384,11 @@ impl Hub {
                 runner: w.runner.clone(),
                 network: w.network.clone(),
                 ip: w.ip.to_string(),
-                kind: if w.vm { pb::WorkloadKind::Vm } else { pb::WorkloadKind::Container } as i32,
+                kind: if w.vm {
+                    pb::WorkloadKind::Vm
+                } else {
+                    pb::WorkloadKind::Container
+                } as i32,
                 netns: w.netns.display().to_string(),
                 ifname: w.ifname.clone(),
                 labels: w.labels.clone().into_iter().collect(),
@@ -325,7 +401,11 @@ impl Hub {
 }
 
 /// What the runner needs to build a workload's interface.
-pub(super) fn workload_spec(w: &WorkloadRecord, net: &NetworkDef, sub: crate::network::RunnerSubnet) -> pb::WorkloadSpec {
+pub(super) fn workload_spec(
+    w: &WorkloadRecord,
+    net: &NetworkDef,
+    sub: crate::network::RunnerSubnet,
+) -> pb::WorkloadSpec {
     pb::WorkloadSpec {
         network: w.network.clone(),
         workload_id: w.id.clone(),

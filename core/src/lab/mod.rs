@@ -313,8 +313,9 @@ impl Lab {
         use std::os::unix::fs::PermissionsExt;
         for name in ["control.token", "join.token"] {
             let path = self.dir.join(name);
-            let r = std::fs::write(&path, crate::auth::random_token())
-                .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)));
+            let r = std::fs::write(&path, crate::auth::random_token()).and_then(|()| {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            });
             self.step(&format!("write {name}"), r)?;
         }
         Ok(())
