@@ -37,6 +37,12 @@ impl Hub {
             })?),
         };
         let net = self.network(&req.network)?.clone();
+        if net.overlay().is_none() {
+            return Err(HubError::FailedPrecondition(format!(
+                "network {}: the overlay is disabled; reservations hold cluster-wide addresses, which isolated mode does not have",
+                net.name
+            )));
+        }
         let mut st = self.state.lock().await;
         if !st.runners.contains_key(&req.runner) {
             return Err(HubError::NotFound(format!(

@@ -171,3 +171,47 @@ pub fn must(lab_result: Result<Lab, lab::LabError>) -> Lab {
 pub fn dur(s: u64) -> Duration {
     Duration::from_secs(s)
 }
+
+pub type Control = weir_proto::v1::control_client::ControlClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        weir::api::auth::Bearer,
+    >,
+>;
+
+/// A `Control` client on the lab's socket presenting `token` (`None`: no credentials).
+pub async fn control_as(lab: &Lab, token: Option<&str>) -> Control {
+    let ch = weir::api::client::connect(&lab.control_url(), Default::default())
+        .await
+        .unwrap();
+    weir_proto::v1::control_client::ControlClient::with_interceptor(
+        ch,
+        weir::api::auth::Bearer::new(token).unwrap(),
+    )
+}
+
+/// A `Control` client with the lab's control token.
+pub async fn control(lab: &Lab) -> Control {
+    control_as(lab, Some(&lab.control_token())).await
+}
+
+/// Create a namespace in the lab for a workload that is not attached yet.
+pub fn new_netns(lab: &Lab, member: &str) -> String {
+    weir::dataplane::netns::create(&lab.ns_name(member)).unwrap();
+    lab.ns(member).display().to_string()
+}
+
+/// Assert a call was refused with `code`, and return its message.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+) -> String {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got success: {v:?}"),
+        Err(st) => {
+            assert_eq!(st.code(), code, "{}", st.message());
+            st.message().to_string()
+        }
+    }
+}
