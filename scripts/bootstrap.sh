@@ -2,15 +2,24 @@
 # Install what building and testing Weir needs on a fresh Debian 12 machine (as root).
 # Idempotent: it only installs what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have nft || need_pkgs+=(nftables)
 have ip || need_pkgs+=(iproute2)
 have ping || need_pkgs+=(iputils-ping)
+have python3 || need_pkgs+=(python3 python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# The Python scheduler example and its test need grpcio and grpcio-tools.
+if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "bootstrap: installing grpcio and grpcio-tools" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -r examples/python-scheduler/requirements.txt
 fi

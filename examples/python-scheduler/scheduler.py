@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""A small scheduler that drives Weir the way KohakuRiver's host does.
+
+It registers nothing itself; it uses `weir.v1.Control` to:
+  1. reserve the master's address on one runner (so workers can be told it in advance),
+  2. attach the master with the reservation token (it gets exactly that address),
+  3. attach workers on other runners, passing the master's address as a label,
+  4. watch the cluster's events while doing so,
+  5. detach everything, and print a JSON summary.
+
+Stubs are generated from ../../proto at start with grpcio-tools into a temporary directory
+(nothing generated is committed). Usage:
+
+  scheduler.py --host unix:///run/weir-lab/lab/host.sock --token-file control.token \
+      --master r1=/run/netns/m --worker r2=/run/netns/w1 --worker r3=/run/netns/w2
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+import threading
+
+import grpc
+from grpc_tools import protoc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
+
+
+def load_stubs():
+    """Compile weir/v1/*.proto into a temporary package and import it."""
+    out = tempfile.mkdtemp(prefix="weir-stubs-")
+    include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    for name in ("agent", "control"):
+        rc = protoc.main([
+            "protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}",
+            f"--grpc_python_out={out}", os.path.join(PROTO_ROOT, "weir", "v1", f"{name}.proto"),
+        ])
+        if rc != 0:
+            sys.exit(f"protoc failed on {name}.proto")
+    for d in ("weir", os.path.join("weir", "v1")):
+        open(os.path.join(out, d, "__init__.py"), "a").close()
+    sys.path.insert(0, out)
+    return (importlib.import_module("weir.v1.control_pb2"),
+            importlib.import_module("weir.v1.control_pb2_grpc"))
+
+
+def parse_placement(text):
+    runner, _, netns = text.partition("=")
+    if not runner or not netns:
+        raise argparse.ArgumentTypeError(f"{text!r} is not RUNNER=NETNS_PATH")
+    return runner, netns
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", required=True, help="unix:///path or HOST:PORT of `weir host`")
+    ap.add_argument("--token-file", required=True, help="a file holding a control token")
+    ap.add_argument("--master", required=True, type=parse_placement, help="RUNNER=NETNS of the master")
+    ap.add_argument("--worker", action="append", default=[], type=parse_placement, help="RUNNER=NETNS of a worker")
+    ap.add_argument("--job", default="job1", help="job name (workload ids derive from it)")
+    args = ap.parse_args()
+
+    pb, rpc = load_stubs()
+    with open(args.token_file) as f:
+        auth = [("authorization", "Bearer " + f.read().strip())]
+    target = args.host[len("http://"):] if args.host.startswith("http://") else args.host
+    # Over a unix socket grpcio would send the socket path as :authority, which is not a valid
+    # HTTP/2 authority; name the host plainly.
+    channel = grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")])
+    control = rpc.ControlStub(channel)
+
+    # Watch events in the background from "now", so the summary shows what this job caused.
+    status = control.GetStatus(pb.GetStatusRequest(), metadata=auth)
+    seen = []
+    ready = threading.Event()
+    done = threading.Event()
+    mine = {f"{args.job}-master"} | {f"{args.job}-worker{i}" for i in range(len(args.worker))}
+
+    def watch():
+        stream = control.WatchEvents(pb.WatchEventsRequest(only_new=True), metadata=auth)
+        ready.set()
+        try:
+            for e in stream:
+                if e.workload_id in mine or e.kind in (pb.RESERVATION_MADE, pb.RESERVATION_USED):
+                    seen.append({"seq": e.seq, "kind": pb.EventKind.Name(e.kind).lower(),
+                                 "workload": e.workload_id, "ip": e.ip})
+                detached = {x["workload"] for x in seen if x["kind"] == "workload_detached"}
+                if mine <= detached:
+                    done.set()
+                    return
+        except grpc.RpcError:
+            pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ready.wait(5)
+
+    master_runner, master_netns = args.master
+    res = control.ReserveAddress(pb.ReserveAddressRequest(runner=master_runner, ttl_seconds=300), metadata=auth)
+    master = control.AttachWorkload(pb.AttachWorkloadRequest(
+        runner=master_runner, workload_id=f"{args.job}-master", netns=master_netns,
+        reservation_token=res.token, labels={"job": args.job, "role": "master"}), metadata=auth)
+    master_ip = master.ip.split("/")[0]
+    if master_ip != res.ip:
+        sys.exit(f"the master got {master_ip}, not the reserved {res.ip}")
+
+    workers = []
+    for i, (runner, netns) in enumerate(args.worker):
+        w = control.AttachWorkload(pb.AttachWorkloadRequest(
+            runner=runner, workload_id=f"{args.job}-worker{i}", netns=netns,
+            labels={"job": args.job, "role": "worker", "master_addr": master_ip}), metadata=auth)
+        workers.append({"id": w.workload_id, "runner": runner, "ip": w.ip})
+
+    listed = control.ListWorkloads(pb.ListWorkloadsRequest(labels={"job": args.job}), metadata=auth)
+    in_job = sorted(w.workload_id for w in listed.workloads)
+
+    for wid in sorted(mine):
+        control.DetachWorkload(pb.DetachWorkloadRequest(workload_id=wid), metadata=auth)
+    done.wait(10)
+
+    print(json.dumps({
+        "plan": status.plan,
+        "reserved_ip": res.ip,
+        "master": {"id": master.workload_id, "runner": master_runner, "ip": master.ip},
+        "workers": workers,
+        "listed": in_job,
+        "events": seen,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
