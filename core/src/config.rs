@@ -138,6 +138,14 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// A runner without heartbeats for this long is inactive (its tunnel stays).
     pub heartbeat_timeout: Duration,
+    /// TLS on `listen` (PEM certificate chain and key; both or neither).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: clients on `listen` must present a certificate signed by this CA (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -148,6 +156,9 @@ impl Default for HostConfig {
             reachable_address: None,
             state_dir: PathBuf::from("/var/lib/weir/host"),
             heartbeat_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -177,6 +188,14 @@ pub struct RunnerConfig {
     pub join_token_file: Option<PathBuf>,
     /// The runner's local API socket (mode 0600), for local tools such as a CNI plugin.
     pub socket: PathBuf,
+    /// The CA that signed the host's certificate (PEM), for an `https://` host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// The runner's client certificate and key (PEM), for a host that requires mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RunnerConfig {
@@ -191,6 +210,9 @@ impl Default for RunnerConfig {
             labels: BTreeMap::new(),
             join_token_file: None,
             socket: PathBuf::from("/run/weir/runner.sock"),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

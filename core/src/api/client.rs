@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use std::path::Path;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How a client failed to reach the host.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +32,54 @@ impl Default for ChannelOptions {
     }
 }
 
-/// Validate a host URL and build its endpoint.
+/// Client TLS for `https://` hosts: the CA to trust and, for mTLS, our own identity.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    config: Option<ClientTlsConfig>,
+}
+
+impl ClientTls {
+    /// Read PEM files. `ca` is required for TLS; `cert` and `key` go together.
+    pub fn load(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, String> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+        };
+        let Some(ca) = ca else {
+            if cert.is_some() || key.is_some() {
+                return Err(
+                    "a client certificate needs the CA that signed the host's certificate too"
+                        .into(),
+                );
+            }
+            return Ok(Self::default());
+        };
+        let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA")?));
+        match (cert, key) {
+            (Some(c), Some(k)) => {
+                cfg = cfg.identity(Identity::from_pem(read(c, "certificate")?, read(k, "key")?))
+            }
+            (None, None) => {}
+            _ => return Err("a client certificate and its key go together".into()),
+        }
+        Ok(Self { config: Some(cfg) })
+    }
+}
+
+/// Validate a host URL and build its endpoint (plaintext; see [`endpoint_tls`]).
 pub fn endpoint(url: &str, opts: ChannelOptions) -> Result<Endpoint, ClientError> {
+    endpoint_tls(url, opts, &ClientTls::default())
+}
+
+/// Validate a host URL and build its endpoint; an `https://` URL uses `tls`.
+pub fn endpoint_tls(
+    url: &str,
+    opts: ChannelOptions,
+    tls: &ClientTls,
+) -> Result<Endpoint, ClientError> {
     let bad = |reason: &str| ClientError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -41,6 +89,15 @@ pub fn endpoint(url: &str, opts: ChannelOptions) -> Result<Endpoint, ClientError
     }
     let mut ep = Endpoint::from_shared(url.to_string()).map_err(|e| bad(&e.to_string()))?;
     ep = ep.connect_timeout(opts.connect_timeout);
+    if url.starts_with("https://") {
+        let cfg = tls
+            .config
+            .clone()
+            .ok_or_else(|| bad("an https:// host needs the CA that signed its certificate"))?;
+        ep = ep.tls_config(cfg).map_err(|e| bad(&error_chain(&e)))?;
+    } else if tls.config.is_some() {
+        return Err(bad("TLS settings are given but the URL is not https://"));
+    }
     if let Some(k) = opts.keepalive {
         ep = ep
             .http2_keep_alive_interval(k)
@@ -50,9 +107,18 @@ pub fn endpoint(url: &str, opts: ChannelOptions) -> Result<Endpoint, ClientError
     Ok(ep)
 }
 
-/// Connect to the host now.
+/// Connect to the host now (plaintext or unix socket).
 pub async fn connect(url: &str, opts: ChannelOptions) -> Result<Channel, ClientError> {
-    endpoint(url, opts)?
+    connect_tls(url, opts, &ClientTls::default()).await
+}
+
+/// Connect to the host now; an `https://` URL uses `tls`.
+pub async fn connect_tls(
+    url: &str,
+    opts: ChannelOptions,
+    tls: &ClientTls,
+) -> Result<Channel, ClientError> {
+    endpoint_tls(url, opts, tls)?
         .connect()
         .await
         .map_err(|e| ClientError::Connect {

@@ -18,7 +18,7 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::agent_client::AgentClient;
 
 use super::auth::Bearer;
-use super::client::{ChannelOptions, code_name, connect};
+use super::client::{ChannelOptions, ClientTls, code_name, connect_tls};
 use crate::agent::{Agent, Expectation, contradictions};
 
 /// What the runner loop needs from the configuration.
@@ -32,6 +32,8 @@ pub struct RunnerSettings {
     pub expectations: Vec<Expectation>,
     /// The host's join token (`None` only against an `auth.insecure` host).
     pub join_token: Option<String>,
+    /// TLS for an `https://` host.
+    pub tls: ClientTls,
 }
 
 /// Why the runner stopped for good.
@@ -102,7 +104,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
         connect_timeout: Duration::from_secs(5),
         keepalive: Some(s.heartbeat_interval.max(Duration::from_secs(1))),
     };
-    let channel = connect(&s.host_url, opts)
+    let channel = connect_tls(&s.host_url, opts, &s.tls)
         .await
         .map_err(|e| Fail::Retry(format!("registration failed: {e}")))?;
     let physical_ip = match s.physical_ip {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use weir_proto::v1::agent_server::AgentServer;
 use weir_proto::v1::control_server::ControlServer;
 
@@ -82,6 +82,7 @@ pub async fn serve(
     hub: Arc<Hub>,
     gate: Gate,
     listeners: Listeners,
+    tls: Option<ServerTlsConfig>,
     keepalive: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -103,25 +104,30 @@ pub async fn serve(
             None
         }
     };
-    let router = |hub: Arc<Hub>| {
-        Server::builder()
-            .http2_keepalive_interval(Some(keepalive))
-            .http2_keepalive_timeout(Some(keepalive))
-            .add_service(AgentServer::with_interceptor(
-                AgentService::new(hub.clone()),
-                gate.guard(Role::Join),
-            ))
-            .add_service(ControlServer::with_interceptor(
-                ControlService::new(hub),
-                gate.guard(Role::Control),
-            ))
-            .add_service(health_service.clone())
-            .add_optional_service(reflection.clone())
-    };
+    let router =
+        |hub: Arc<Hub>, tls: Option<ServerTlsConfig>| -> Result<_, tonic::transport::Error> {
+            let mut builder = Server::builder()
+                .http2_keepalive_interval(Some(keepalive))
+                .http2_keepalive_timeout(Some(keepalive));
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls)?;
+            }
+            Ok(builder
+                .add_service(AgentServer::with_interceptor(
+                    AgentService::new(hub.clone()),
+                    gate.guard(Role::Join),
+                ))
+                .add_service(ControlServer::with_interceptor(
+                    ControlService::new(hub),
+                    gate.guard(Role::Control),
+                ))
+                .add_service(health_service.clone())
+                .add_optional_service(reflection.clone()))
+        };
     let mut tasks = Vec::new();
     let mut rx = tx.subscribe();
     tasks.push(tokio::spawn(
-        router(hub.clone()).serve_with_incoming_shutdown(
+        router(hub.clone(), tls)?.serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.tcp),
             async move {
                 let _ = rx.recv().await;
@@ -133,7 +139,8 @@ pub async fn serve(
         let mut rx = tx.subscribe();
         unix_path = Some(path);
         tasks.push(tokio::spawn(
-            router(hub.clone()).serve_with_incoming_shutdown(
+            // The local socket stays plaintext: it is a file only root can open.
+            router(hub.clone(), None)?.serve_with_incoming_shutdown(
                 UnixListenerStream::new(l),
                 async move {
                     let _ = rx.recv().await;

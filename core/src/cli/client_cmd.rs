@@ -17,7 +17,7 @@ use weir_proto::v1::control_client::ControlClient;
 
 use super::CliError;
 use crate::api::auth::Bearer;
-use crate::api::client::{ChannelOptions, code_name, connect};
+use crate::api::client::{ChannelOptions, ClientTls, code_name, connect_tls};
 
 /// Where the host is and how to prove who we are.
 #[derive(Debug, Args, Clone)]
@@ -31,6 +31,14 @@ pub struct Conn {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// For an https:// host: the CA that signed its certificate (PEM).
+    #[arg(long, env = "WEIR_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// For a host that requires mTLS: our certificate and key (PEM).
+    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,7 +190,13 @@ async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> 
     };
     let bearer =
         Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
-    let channel = connect(&url, ChannelOptions::default())
+    let tls = ClientTls::load(
+        conn.tls_ca.as_deref(),
+        conn.tls_cert.as_deref(),
+        conn.tls_key.as_deref(),
+    )
+    .map_err(|e| CliError::Usage(format!("--tls-ca/--tls-cert/--tls-key: {e}")))?;
+    let channel = connect_tls(&url, ChannelOptions::default(), &tls)
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
     Ok(ControlClient::with_interceptor(channel, bearer))

@@ -24,6 +24,7 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
     let loaded = crate::config::load(file)?;
     let reachable = check_reachable(&loaded)?;
     let gate = load_gate(&loaded)?;
+    let tls = server_tls(&loaded)?;
     runtime()?.block_on(async move {
         let nl = Netlink::current().map_err(fail)?;
         let mtu = resolve_mtu(&loaded, &nl, reachable).await?;
@@ -68,6 +69,7 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
             hub,
             gate,
             listeners,
+            tls,
             timeout.max(Duration::from_secs(2)),
             shutdown_signal(),
         )
@@ -93,7 +95,14 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
             loaded.source_of("runner.host")
         ))
     })?;
-    crate::api::client::endpoint(&host_url, Default::default()).map_err(|e| {
+    let r = &c.runner;
+    let tls = crate::api::client::ClientTls::load(
+        r.tls_ca.as_deref(),
+        r.tls_cert.as_deref(),
+        r.tls_key.as_deref(),
+    )
+    .map_err(|e| CliError::Usage(format!("runner.tls_ca/tls_cert/tls_key: {e}")))?;
+    crate::api::client::endpoint_tls(&host_url, Default::default(), &tls).map_err(|e| {
         CliError::Usage(format!(
             "runner.host ({}): {e}",
             loaded.source_of("runner.host")
@@ -126,6 +135,7 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
     };
     let socket = c.runner.socket.clone();
     let settings = RunnerSettings {
+        tls,
         join_token,
         name,
         host_url,
@@ -170,6 +180,44 @@ fn expectations(loaded: &LoadedConfig) -> Vec<Expectation> {
             source: loaded.source_of(key),
         })
         .collect()
+}
+
+/// TLS (and mTLS) for the host's TCP listener, from `host.tls_*`.
+fn server_tls(
+    loaded: &LoadedConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, CliError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let h = &loaded.config.host;
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| {
+            CliError::Usage(format!(
+                "{key} ({}): {}: {e}",
+                loaded.source_of(key),
+                p.display()
+            ))
+        })
+    };
+    let (cert, key) = match (&h.tls_cert, &h.tls_key) {
+        (Some(c), Some(k)) => (read("host.tls_cert", c)?, read("host.tls_key", k)?),
+        (None, None) => {
+            if h.tls_client_ca.is_some() {
+                return Err(CliError::Usage(
+                    "host.tls_client_ca: mTLS needs host.tls_cert and host.tls_key too".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "host.tls_cert and host.tls_key: give both or neither".into(),
+            ));
+        }
+    };
+    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &h.tls_client_ca {
+        cfg = cfg.client_ca_root(Certificate::from_pem(read("host.tls_client_ca", ca)?));
+    }
+    Ok(Some(cfg))
 }
 
 /// The tokens the host accepts; without any, the host starts only with `auth.insecure`.

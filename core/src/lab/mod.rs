@@ -66,6 +66,10 @@ pub struct LabSpec {
     pub runner_keys: String,
     /// Extra sections of the host's configuration (e.g. `[reservations]`).
     pub host_extra: String,
+    /// The URL runners reach the host at.
+    pub host_url: String,
+    /// How long to wait for a daemon's `READY=1`.
+    pub ready_timeout: Duration,
     /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
     /// with it.
     pub detached: bool,
@@ -82,6 +86,8 @@ impl LabSpec {
             host_keys: String::new(),
             runner_keys: String::new(),
             host_extra: String::new(),
+            host_url: format!("http://{HOST_IP}:{HOST_PORT}"),
+            ready_timeout: READY_TIMEOUT,
             detached: false,
         }
     }
@@ -288,8 +294,8 @@ impl Lab {
     fn runner_config(&self, i: u32) -> String {
         let d = self.dir.display();
         format!(
-            "[runner]\nname = \"r{i}\"\nhost = \"http://{HOST_IP}:{HOST_PORT}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n",
-            self.spec.runner_keys
+            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n",
+            self.spec.host_url, self.spec.runner_keys
         )
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::UnixDatagram;
 
-use super::{Lab, READY_TIMEOUT};
+use super::Lab;
 
 /// Make `cmd` run inside the network namespace at `ns`.
 pub fn run_in_namespace<'c>(cmd: &'c mut Command, ns: &Path) -> io::Result<&'c mut Command> {
@@ -78,7 +78,8 @@ impl Daemon {
         let mut child = cmd.spawn()?;
         let pid = child.id();
         let mut buf = [0u8; 512];
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let ready_timeout = lab.spec.ready_timeout;
+        let deadline = tokio::time::Instant::now() + ready_timeout;
         loop {
             let wait = tokio::time::timeout_at(
                 deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
@@ -108,7 +109,7 @@ impl Daemon {
                         let _ = child.wait();
                         return Err(io::Error::other(format!(
                             "{role} was not ready within {}s:\n{}",
-                            READY_TIMEOUT.as_secs(),
+                            ready_timeout.as_secs(),
                             tail(&log, 15)
                         )));
                     }
