@@ -52,12 +52,11 @@ pub fn run(cmd: LabCommand) -> Result<(), CliError> {
         LabCommand::Up(args) => {
             let lab = build(&args, true)?;
             println!(
-                "lab {} is up: {} runners; control socket {}\nrun commands with WEIR_HOST={} weir status; tear down with: weir lab down --name {}",
-                args.name,
+                "lab {name} is up with {} runners.\n  export WEIR_HOST={} WEIR_TOKEN=$(cat {})\n  weir status\n  ip netns exec weir-{name}-r1-w1 ping 10.128.128.2\ntear it down with: weir lab down --name {name}",
                 args.runners,
                 lab.control_url(),
-                lab.control_url(),
-                args.name
+                lab.dir.join("control.token").display(),
+                name = args.name,
             );
             lab.keep();
             Ok(())
