@@ -9,6 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // For gRPC server reflection (grpcurl and friends).
         .file_descriptor_set_path(out.join("weir_descriptor.bin"))
-        .compile_protos(&["weir/v1/agent.proto", "weir/v1/control.proto"], &["."])?;
+        .compile_protos(
+            &[
+                "weir/v1/agent.proto",
+                "weir/v1/control.proto",
+                "weir/v1/policy.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

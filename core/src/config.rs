@@ -217,10 +217,175 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Policy plugins (filled by the plugin work; an empty section is accepted today).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Policy plugins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {}
+pub struct PolicyConfig {
+    /// The plugins, each serving one or more hooks.
+    pub plugins: Vec<PluginConfig>,
+    /// The JSON-lines decision log (default: `host.state_dir/decisions.jsonl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<PathBuf>,
+    /// What the decision log records of each input: `digest` (SHA-256), `full`, or `off` (no log).
+    pub audit: AuditLevel,
+    /// How often plugin files are checked for changes (hot reload); `"0s"` is not allowed, set
+    /// `watch = false` instead.
+    pub watch_interval: Duration,
+    pub watch: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            plugins: Vec::new(),
+            decision_log: None,
+            audit: AuditLevel::Digest,
+            watch_interval: Duration::from_secs(1),
+            watch: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditLevel {
+    Off,
+    Digest,
+    Full,
+}
+
+/// One policy plugin: a WebAssembly component (`path`) or a gRPC service (`endpoint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `unix:///path` or `http://host:port` of a `weir.v1.PolicyPlugin` service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `allocator`, `firewall`, `router`.
+    pub hooks: Vec<String>,
+    #[serde(default)]
+    pub mode: PluginMode,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Wall-clock limit of one decision.
+    #[serde(default = "default_deadline")]
+    pub deadline: Duration,
+    /// Memory cap of a WebAssembly instance, e.g. "16MiB".
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// The most items (rules, routes) one decision may return.
+    #[serde(default = "default_max_output")]
+    pub max_output: u32,
+    /// The plugin's own settings, handed to its `configure`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_deadline() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_memory() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_max_output() -> u32 {
+    10_000
+}
+
+/// `enforce`: the plugin decides. `monitor`: it runs beside the enforcing policy and its
+/// differing decisions are logged, never applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// When a plugin fails: `fallback` to the built-in policy, or `deny` the operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Fallback,
+    Deny,
+}
+
+/// A size written like `"16MiB"`, `"512KiB"`, `"1GiB"` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like \"16MiB\""))?;
+        let mult: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        let bytes = n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("{s:?} is too large"))?;
+        if bytes < (1 << 16) {
+            return Err(format!("{s:?} is below one WebAssembly page (64KiB)"));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b % (1 << 30) == 0 {
+            write!(f, "{}GiB", b >> 30)
+        } else if b % (1 << 20) == 0 {
+            write!(f, "{}MiB", b >> 20)
+        } else if b % (1 << 10) == 0 {
+            write!(f, "{}KiB", b >> 10)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => format!("{n}").parse(),
+            Raw::Text(t) => t.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Logs, traces and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -551,6 +716,7 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    problems.extend(validate_plugins(loaded));
     let r = &loaded.config.reservations;
     if !(r.min_ttl <= r.default_ttl && r.default_ttl <= r.max_ttl) {
         problems.push(format!(
@@ -574,6 +740,67 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// Plugin entries: a name, exactly one of path/endpoint, known hooks, one enforcer per hook.
+fn validate_plugins(loaded: &LoadedConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let src = loaded.source_of("policy");
+    let mut names = BTreeSet::new();
+    let mut enforcers: BTreeMap<String, String> = BTreeMap::new();
+    for (i, p) in loaded.config.policy.plugins.iter().enumerate() {
+        let at = format!("policy.plugins[{i}] ({src})");
+        if p.name.is_empty()
+            || p.name.len() > 63
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!(
+                "{at}: name {:?} must be 1 to 63 letters, digits, '-' or '_'",
+                p.name
+            ));
+        } else if !names.insert(p.name.clone()) {
+            problems.push(format!("{at}: name {:?} is used by another plugin", p.name));
+        }
+        match (&p.path, &p.endpoint) {
+            (Some(_), Some(_)) => problems.push(format!(
+                "{at} {:?}: give path (a .wasm component) or endpoint (a gRPC plugin), not both",
+                p.name
+            )),
+            (None, None) => problems.push(format!(
+                "{at} {:?}: give path (a .wasm component) or endpoint (a gRPC plugin)",
+                p.name
+            )),
+            _ => {}
+        }
+        if p.hooks.is_empty() {
+            problems.push(format!(
+                "{at} {:?}: hooks must name at least one of allocator, firewall, router",
+                p.name
+            ));
+        }
+        for h in &p.hooks {
+            if !["allocator", "firewall", "router"].contains(&h.as_str()) {
+                problems.push(format!(
+                    "{at} {:?}: unknown hook {h:?} (allowed: allocator, firewall, router)",
+                    p.name
+                ));
+            } else if p.mode == PluginMode::Enforce
+                && let Some(other) = enforcers.insert(h.clone(), p.name.clone())
+            {
+                problems.push(format!(
+                    "{at} {:?}: plugins {other:?} and {:?} both enforce the {h} hook; make one of them mode = \"monitor\"",
+                    p.name, p.name
+                ));
+            }
+        }
+        if p.max_output == 0 {
+            problems.push(format!("{at} {:?}: max_output must be at least 1", p.name));
+        }
+    }
+    problems
 }
 
 fn describe_errors(figment: &Figment, err: figment::Error) -> Vec<String> {

@@ -128,6 +128,16 @@ impl AddressPool {
         self.taken.len()
     }
 
+    /// Every address held (for a policy plugin's view of the subnet).
+    pub fn taken(&self) -> Vec<Ipv4Addr> {
+        self.taken.iter().map(|a| Ipv4Addr::from(*a)).collect()
+    }
+
+    /// The first and last address a workload can get.
+    pub fn range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (Ipv4Addr::from(self.first), Ipv4Addr::from(self.last))
+    }
+
     /// Whether `ip` could be given out at all (ignoring whether it is taken).
     pub fn check(&self, ip: Ipv4Addr) -> Result<(), AddressError> {
         let a = u32::from(ip);

@@ -17,4 +17,5 @@ pub mod logging;
 pub mod network;
 pub mod notify;
 pub mod plan;
+pub mod policy;
 pub mod store;

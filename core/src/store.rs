@@ -68,6 +68,9 @@ pub struct WorkloadRecord {
     /// The reservation whose address this workload holds.
     #[serde(default)]
     pub reservation: Option<String>,
+    /// The firewall plugin's rules for this workload (none: the built-in open policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<crate::policy::types::FirewallDecision>,
 }
 
 /// An address held for a workload that does not exist yet.
@@ -367,6 +370,7 @@ mod tests {
                         vm: false,
                         mac: String::new(),
                         reservation: None,
+                        firewall: None,
                     }),
                     Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
                 ])

@@ -136,6 +136,59 @@ impl Control for ControlService {
         Ok(Response::new(pb::ListReservationsResponse { reservations }))
     }
 
+    async fn get_plugins(
+        &self,
+        _: Request<pb::GetPluginsRequest>,
+    ) -> Result<Response<pb::GetPluginsResponse>, Status> {
+        let plugins = self
+            .hub
+            .policy()
+            .status()
+            .into_iter()
+            .map(|p| pb::PluginInfo {
+                name: p.name,
+                hooks: p.hooks.iter().map(|h| h.as_str().to_string()).collect(),
+                version: p.version,
+                mode: match p.mode {
+                    crate::config::PluginMode::Enforce => "enforce",
+                    crate::config::PluginMode::Monitor => "monitor",
+                }
+                .into(),
+                on_error: match p.on_error {
+                    crate::config::OnError::Fallback => "fallback",
+                    crate::config::OnError::Deny => "deny",
+                }
+                .into(),
+                loaded_unix_ms: p.loaded_ms,
+                decisions: p.decisions,
+                faults: p.faults,
+                source: p.source,
+                last_error: p.last_error,
+            })
+            .collect();
+        Ok(Response::new(pb::GetPluginsResponse { plugins }))
+    }
+
+    async fn reload_plugins(
+        &self,
+        _: Request<pb::ReloadPluginsRequest>,
+    ) -> Result<Response<pb::ReloadPluginsResponse>, Status> {
+        let plugins = self
+            .hub
+            .policy()
+            .reload(true)
+            .await
+            .into_iter()
+            .map(|o| pb::ReloadOutcome {
+                name: o.name,
+                result: o.result.into(),
+                version: o.version,
+                error: o.error,
+            })
+            .collect();
+        Ok(Response::new(pb::ReloadPluginsResponse { plugins }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

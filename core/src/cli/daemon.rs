@@ -46,9 +46,27 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
         };
         let signer =
             Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
-        let hub = Hub::start(settings, store, dataplane, signer)
+        let p = &c.policy;
+        let audit_path = p
+            .decision_log
+            .clone()
+            .unwrap_or_else(|| c.host.state_dir.join("decisions.jsonl"));
+        let audit = crate::policy::audit::Audit::open(&audit_path, p.audit).map_err(|e| {
+            CliError::Failed(format!("policy.decision_log {}: {e}", audit_path.display()))
+        })?;
+        let policy = crate::policy::PolicyHost::load(
+            &p.plugins,
+            Some(c.host.state_dir.join("plugins")),
+            audit,
+        )
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        let hub = Hub::start(settings, store, dataplane, signer, policy)
             .await
             .map_err(fail)?;
+        if c.policy.watch {
+            hub.policy().watch(c.policy.watch_interval.get());
+        }
         let listeners =
             crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
                 .await

@@ -33,3 +33,12 @@ pub enum HubError {
     #[error("internal: {0}")]
     Internal(String),
 }
+
+impl From<crate::policy::Refusal> for HubError {
+    fn from(r: crate::policy::Refusal) -> Self {
+        match r {
+            crate::policy::Refusal::Denied { .. } => HubError::PermissionDenied(r.to_string()),
+            crate::policy::Refusal::Failed { .. } => HubError::Unavailable(r.to_string()),
+        }
+    }
+}

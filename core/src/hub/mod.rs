@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, mpsc};
 use weir_proto::v1 as pb;
 
 pub use error::HubError;
@@ -36,6 +36,7 @@ use crate::auth::reservation::Signer;
 use crate::dataplane::host::{HostDataplane, HostNetwork};
 use crate::ipam::AddressPool;
 use crate::network::{DEFAULT_NETWORK, NetworkDef};
+use crate::policy::{FaultReport, PolicyHost, ReloadOutcome};
 use crate::store::{
     Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord, now_ms,
 };
@@ -80,6 +81,7 @@ pub struct Hub {
     store: Store,
     dataplane: Option<HostDataplane>,
     signer: Signer,
+    policy: Arc<PolicyHost>,
     state: Mutex<State>,
     events: broadcast::Sender<pb::Event>,
 }
@@ -138,19 +140,70 @@ impl Hub {
         store: Store,
         dataplane: Option<HostDataplane>,
         signer: Signer,
+        mut policy: PolicyHost,
     ) -> Result<Arc<Self>, HubError> {
         let snap = store.load()?;
         let (events, _) = broadcast::channel(4096);
+        let (fault_tx, fault_rx) = mpsc::unbounded_channel();
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        policy.report_to(fault_tx, reload_tx);
         let hub = Hub {
             settings,
             store,
             dataplane,
             signer,
+            policy: Arc::new(policy),
             state: Mutex::new(State::default()),
             events,
         };
         hub.recover(snap).await?;
-        Ok(Arc::new(hub))
+        let hub = Arc::new(hub);
+        hub.clone().forward_policy_reports(fault_rx, reload_rx);
+        Ok(hub)
+    }
+
+    /// The policy host (plugins).
+    pub fn policy(&self) -> &Arc<PolicyHost> {
+        &self.policy
+    }
+
+    /// Plugin faults and reloads become events.
+    fn forward_policy_reports(
+        self: Arc<Self>,
+        mut faults: mpsc::UnboundedReceiver<FaultReport>,
+        mut reloads: mpsc::UnboundedReceiver<ReloadOutcome>,
+    ) {
+        let hub = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            loop {
+                let mut txn = Txn::default();
+                tokio::select! {
+                    f = faults.recv() => {
+                        let Some(f) = f else { return };
+                        txn.event(pb::EventKind::PluginFault, |e| {
+                            e.plugin = f.plugin.clone();
+                            e.detail = format!("{} hook, version {}: {} ({}); applied: {}", f.hook, f.version, f.fault, f.fault.cause(), f.applied);
+                        });
+                    }
+                    r = reloads.recv() => {
+                        let Some(r) = r else { return };
+                        txn.event(pb::EventKind::PluginReloaded, |e| {
+                            e.plugin = r.name.clone();
+                            e.detail = if r.error.is_empty() {
+                                format!("{}: version {}", r.result, r.version)
+                            } else {
+                                format!("{}: {}; version {} keeps serving", r.result, r.error, r.version)
+                            };
+                        });
+                    }
+                }
+                let Some(h) = hub.upgrade() else { return };
+                let mut st = h.state.lock().await;
+                if let Err(e) = h.commit(&mut st, txn) {
+                    tracing::error!(error = %e, "recording a plugin event failed");
+                }
+            }
+        });
     }
 
     fn host_networks(&self) -> Vec<HostNetwork> {

@@ -7,6 +7,10 @@ use weir_proto::v1 as pb;
 use super::{Hub, HubError, RunnerState, State, Txn};
 use crate::ipam::{self, IdChoice, TakenId};
 use crate::network::{DEFAULT_NETWORK, NetworkKind};
+use crate::policy::{
+    self,
+    types::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest},
+};
 use crate::store::{Change, RunnerRecord, now_ms};
 
 impl Hub {
@@ -38,7 +42,16 @@ impl Hub {
             ),
             Some(o) => {
                 let taken = taken_ids(&st, now, self.timeout_ms());
-                match ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners()) {
+                let choice = match self
+                    .plugin_runner_id(&name, physical_ip, &labels, &taken, o)
+                    .await?
+                {
+                    Some(id) => choice_for(id, &name, &taken),
+                    None => {
+                        ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners())
+                    }
+                };
+                match choice {
                     IdChoice::Keep(id) => (Some(id), prior.as_ref().map_or(1, |p| p.generation)),
                     IdChoice::Claim(id) => {
                         tracing::info!(runner = %name, id, "runner claims a recovered placeholder");
@@ -454,6 +467,61 @@ impl Hub {
                 .count() as u32,
             runners,
         }
+    }
+}
+
+impl Hub {
+    /// The allocator plugin's id for a registering runner; `None`: the built-in policy decides.
+    async fn plugin_runner_id(
+        &self,
+        name: &str,
+        physical_ip: Ipv4Addr,
+        labels: &std::collections::BTreeMap<String, String>,
+        taken: &[TakenId],
+        o: &crate::network::OverlayDef,
+    ) -> Result<Option<u32>, HubError> {
+        if !self.policy.has(Hook::Allocator) {
+            return Ok(None);
+        }
+        let req = Request::AssignRunner(RunnerRequest {
+            network: DEFAULT_NETWORK.into(),
+            name: name.into(),
+            physical_ip: physical_ip.to_string(),
+            labels: labels.clone(),
+            taken: taken
+                .iter()
+                .map(|t| policy::types::TakenId {
+                    id: t.id,
+                    runner: t.runner.clone(),
+                    physical_ip: t.physical_ip.to_string(),
+                    last_seen_ms: t.last_seen_ms,
+                    active: t.active,
+                })
+                .collect(),
+            plan: PlanInfo {
+                spec: o.plan.to_string(),
+                overlay: o.plan.overlay().to_string(),
+                max_runners: o.plan.max_runners(),
+            },
+        });
+        match self.policy.decide(&req).await? {
+            Some(Decision::Runner(RunnerDecision::Id(id))) => Ok(Some(id)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// What taking `id` means for the current holders (the plugin's output was validated: `id` is
+/// in the plan and not held by another active runner).
+fn choice_for(id: u32, name: &str, taken: &[TakenId]) -> IdChoice {
+    match taken.iter().find(|t| t.id == id) {
+        None => IdChoice::Fresh(id),
+        Some(t) if t.runner.as_deref() == Some(name) => IdChoice::Keep(id),
+        Some(t) if t.runner.is_none() => IdChoice::Claim(id),
+        Some(t) => IdChoice::Reclaim {
+            id,
+            from: t.runner.clone(),
+        },
     }
 }
 

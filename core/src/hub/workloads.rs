@@ -10,6 +10,9 @@ use weir_proto::v1 as pb;
 use super::{COMMAND_TIMEOUT, Hub, HubError, State, Txn, check_labels, check_workload_id};
 use crate::dataplane::attach;
 use crate::network::NetworkDef;
+use crate::policy::types::{
+    AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request,
+};
 use crate::store::{Change, WorkloadRecord, now_ms, workload_key};
 
 /// Where a new workload's address comes from.
@@ -96,6 +99,17 @@ impl Hub {
                 }
                 (existing.clone(), session, false)
             } else {
+                let source = self
+                    .plugin_address(
+                        &mut st,
+                        &net,
+                        &req.runner,
+                        &workload_id,
+                        vm,
+                        &labels,
+                        source,
+                    )
+                    .await?;
                 let rec = self.allocate(
                     &mut st,
                     &net,
@@ -108,6 +122,17 @@ impl Hub {
                 )?;
                 (rec, session, true)
             }
+        };
+        let rec = if fresh && self.policy.has(Hook::Firewall) {
+            match self.plugin_firewall(&rec).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.roll_back(&key).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            rec
         };
         let sub = self.subnet_of(&net, &rec.runner).await?;
         let spec = workload_spec(&rec, &net, sub);
@@ -208,6 +233,7 @@ impl Hub {
             vm,
             mac,
             reservation,
+            firewall: None,
         };
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(rec.clone()));
@@ -224,6 +250,97 @@ impl Hub {
         }
         st.workloads.insert(rec.key(), rec.clone());
         Ok(rec)
+    }
+
+    /// Ask the allocator plugin which address a new workload gets. An explicit address (asked
+    /// for, or reserved) stays; the plugin may still refuse the attach.
+    #[allow(clippy::too_many_arguments)]
+    async fn plugin_address(
+        &self,
+        st: &mut State,
+        net: &NetworkDef,
+        runner: &str,
+        workload_id: &str,
+        vm: bool,
+        labels: &BTreeMap<String, String>,
+        source: Source,
+    ) -> Result<Source, HubError> {
+        if !self.policy.has(Hook::Allocator) {
+            return Ok(source);
+        }
+        let runner_labels = st
+            .runners
+            .get(runner)
+            .map(|r| r.rec.labels.clone())
+            .unwrap_or_default();
+        let id = st.runners.get(runner).and_then(|r| r.rec.id);
+        let sub = net.runner_subnet(id).ok_or_else(|| {
+            HubError::FailedPrecondition(format!(
+                "runner {runner:?} has no subnet on network {}",
+                net.name
+            ))
+        })?;
+        let pool = self.pool(st, &net.name, runner)?;
+        let (first, last) = pool.range();
+        let req = Request::AssignAddress(AddressRequest {
+            network: net.name.clone(),
+            workload_id: workload_id.into(),
+            vm,
+            labels: labels.clone(),
+            runner: runner.into(),
+            runner_labels,
+            subnet: sub.subnet.to_string(),
+            gateway: sub.gateway.to_string(),
+            first: first.to_string(),
+            last: last.to_string(),
+            taken: pool.taken().iter().map(|a| a.to_string()).collect(),
+        });
+        Ok(match (self.policy.decide(&req).await?, source) {
+            (Some(Decision::Address(AddressDecision::Address(a))), Source::Next) => {
+                Source::Requested(a.parse().map_err(|_| {
+                    HubError::Internal(format!("validated address {a:?} does not parse"))
+                })?)
+            }
+            (_, source) => source,
+        })
+    }
+
+    /// Ask the firewall plugin for a new workload's rules and keep them with the workload.
+    async fn plugin_firewall(&self, rec: &WorkloadRecord) -> Result<WorkloadRecord, HubError> {
+        let groups: Vec<BTreeMap<String, String>> = {
+            let st = self.state.lock().await;
+            let mut seen: Vec<BTreeMap<String, String>> = Vec::new();
+            for w in st.workloads.values().filter(|w| w.network == rec.network) {
+                if !w.labels.is_empty() && !seen.contains(&w.labels) && seen.len() < 1000 {
+                    seen.push(w.labels.clone());
+                }
+            }
+            seen
+        };
+        let req = Request::Rules(FirewallRequest {
+            network: rec.network.clone(),
+            workload_id: rec.id.clone(),
+            labels: rec.labels.clone(),
+            runner: rec.runner.clone(),
+            address: rec.ip.addr().to_string(),
+            groups,
+        });
+        let decision = match self.policy.decide(&req).await? {
+            Some(Decision::Firewall(d)) => Some(d),
+            _ => None,
+        };
+        let mut st = self.state.lock().await;
+        let Some(w) = st.workloads.get_mut(&rec.key()) else {
+            return Err(HubError::Unavailable(
+                "the workload was detached meanwhile".into(),
+            ));
+        };
+        w.firewall = decision;
+        let updated = w.clone();
+        let mut txn = Txn::default();
+        txn.change(Change::PutWorkload(updated.clone()));
+        self.commit(&mut st, txn)?;
+        Ok(updated)
     }
 
     /// Events of a successful attach (after the runner confirmed).

@@ -1,0 +1,276 @@
+//! Out-of-process plugins: a `weir.v1.PolicyPlugin` service on a unix socket or a URL, called
+//! with the plugin's deadline. A dead or slow plugin is a fault like a trapped component.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use weir_proto::v1 as pb;
+use weir_proto::v1::policy_plugin_client::PolicyPluginClient;
+
+use super::Fault;
+use super::types::{self as t, Decision, Request};
+use crate::api::client::{ChannelOptions, endpoint};
+
+pub struct GrpcPlugin {
+    name: String,
+    client: PolicyPluginClient<Channel>,
+}
+
+impl GrpcPlugin {
+    /// Connect and `Configure`. The plugin must be up when the host loads it.
+    pub async fn connect(
+        name: &str,
+        url: &str,
+        config: &[(String, String)],
+        deadline: Duration,
+    ) -> Result<Self, String> {
+        let opts = ChannelOptions {
+            connect_timeout: deadline.max(Duration::from_secs(1)),
+            keepalive: None,
+        };
+        let ep = endpoint(url, opts).map_err(|e| e.to_string())?;
+        // Lazy: a plugin that dies later is reconnected on the next call.
+        let channel = ep.connect_lazy();
+        let mut client = PolicyPluginClient::new(channel);
+        let mut req = tonic::Request::new(pb::ConfigureRequest {
+            config: config.iter().cloned().collect(),
+        });
+        req.set_timeout(deadline.max(Duration::from_secs(2)));
+        let resp = client
+            .configure(req)
+            .await
+            .map_err(|st| format!("{url}: configure failed: {}", st.message()))?
+            .into_inner();
+        if !resp.error.is_empty() {
+            return Err(format!("configure refused the settings: {}", resp.error));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            client,
+        })
+    }
+
+    /// One decision, bounded by `deadline`.
+    pub async fn call(&self, request: &Request, deadline: Duration) -> Result<Decision, Fault> {
+        let mut c = self.client.clone();
+        let fault = |st: tonic::Status| match st.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Fault::Deadline(deadline),
+            _ => Fault::Transport(format!("{}: {}", self.name, st.message())),
+        };
+        let work = async {
+            Ok(match request {
+                Request::AssignRunner(r) => Decision::Runner(runner_decision(
+                    c.assign_runner(timed(runner_request(r), deadline))
+                        .await
+                        .map_err(fault)?
+                        .into_inner(),
+                )?),
+                Request::AssignAddress(r) => Decision::Address(address_decision(
+                    c.assign_address(timed(address_request(r), deadline))
+                        .await
+                        .map_err(fault)?
+                        .into_inner(),
+                )?),
+                Request::Rules(r) => Decision::Firewall(firewall_decision(
+                    c.rules(timed(firewall_request(r), deadline))
+                        .await
+                        .map_err(fault)?
+                        .into_inner(),
+                )?),
+                Request::Route(r) => Decision::Route(route_decision(
+                    c.route(timed(route_request(r), deadline))
+                        .await
+                        .map_err(fault)?
+                        .into_inner(),
+                )?),
+            })
+        };
+        // The gRPC timeout covers the call; this covers connecting to a dead socket too.
+        match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Fault::Deadline(deadline)),
+        }
+    }
+}
+
+fn timed<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(deadline);
+    r
+}
+
+fn runner_request(r: &t::RunnerRequest) -> pb::RunnerRequest {
+    pb::RunnerRequest {
+        network: r.network.clone(),
+        name: r.name.clone(),
+        physical_ip: r.physical_ip.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        taken: r
+            .taken
+            .iter()
+            .map(|x| pb::TakenId {
+                id: x.id,
+                runner: x.runner.clone().unwrap_or_default(),
+                physical_ip: x.physical_ip.clone(),
+                last_seen_ms: x.last_seen_ms,
+                active: x.active,
+            })
+            .collect(),
+        plan: Some(pb::PolicyPlan {
+            spec: r.plan.spec.clone(),
+            overlay: r.plan.overlay.clone(),
+            max_runners: r.plan.max_runners,
+        }),
+    }
+}
+
+fn runner_decision(d: pb::RunnerDecision) -> Result<t::RunnerDecision, Fault> {
+    use pb::runner_decision::Decision as D;
+    match d.decision {
+        Some(D::Id(i)) => Ok(t::RunnerDecision::Id(i)),
+        Some(D::Builtin(_)) => Ok(t::RunnerDecision::Builtin),
+        Some(D::Deny(m)) => Ok(t::RunnerDecision::Deny(m)),
+        None => Err(Fault::Output("empty runner decision".into())),
+    }
+}
+
+fn address_request(r: &t::AddressRequest) -> pb::AddressRequest {
+    pb::AddressRequest {
+        network: r.network.clone(),
+        workload_id: r.workload_id.clone(),
+        vm: r.vm,
+        labels: r.labels.clone().into_iter().collect(),
+        runner: r.runner.clone(),
+        runner_labels: r.runner_labels.clone().into_iter().collect(),
+        subnet: r.subnet.clone(),
+        gateway: r.gateway.clone(),
+        first: r.first.clone(),
+        last: r.last.clone(),
+        taken: r.taken.clone(),
+    }
+}
+
+fn address_decision(d: pb::AddressDecision) -> Result<t::AddressDecision, Fault> {
+    use pb::address_decision::Decision as D;
+    match d.decision {
+        Some(D::Address(a)) => Ok(t::AddressDecision::Address(a)),
+        Some(D::NextFree(_)) => Ok(t::AddressDecision::NextFree),
+        Some(D::Deny(m)) => Ok(t::AddressDecision::Deny(m)),
+        None => Err(Fault::Output("empty address decision".into())),
+    }
+}
+
+fn firewall_request(r: &t::FirewallRequest) -> pb::FirewallRequest {
+    pb::FirewallRequest {
+        network: r.network.clone(),
+        workload_id: r.workload_id.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        runner: r.runner.clone(),
+        address: r.address.clone(),
+        groups: r
+            .groups
+            .iter()
+            .map(|g| pb::LabelSet {
+                labels: g.clone().into_iter().collect(),
+            })
+            .collect(),
+    }
+}
+
+fn verdict(s: &str) -> Result<t::Verdict, Fault> {
+    match s {
+        "allow" => Ok(t::Verdict::Allow),
+        "deny" => Ok(t::Verdict::Deny),
+        other => Err(Fault::Output(format!(
+            "verdict {other:?} (allowed: allow, deny)"
+        ))),
+    }
+}
+
+fn firewall_decision(d: pb::FirewallDecision) -> Result<t::FirewallDecision, Fault> {
+    use pb::peer::Peer as P;
+    let rules = d
+        .rules
+        .into_iter()
+        .map(|r| {
+            Ok(t::Rule {
+                direction: match r.direction.as_str() {
+                    "ingress" => t::Direction::Ingress,
+                    "egress" => t::Direction::Egress,
+                    o => return Err(Fault::Output(format!("direction {o:?}"))),
+                },
+                peer: match r.peer.and_then(|p| p.peer) {
+                    Some(P::Labels(l)) => t::Peer::Labels(l.labels.into_iter().collect()),
+                    Some(P::Cidr(c)) => t::Peer::Cidr(c),
+                    Some(P::Host(_)) => t::Peer::Host,
+                    Some(P::Wan(_)) => t::Peer::Wan,
+                    Some(P::Any(_)) | None => t::Peer::Any,
+                },
+                protocol: match r.protocol.as_str() {
+                    "" | "any" => t::Protocol::Any,
+                    "tcp" => t::Protocol::Tcp,
+                    "udp" => t::Protocol::Udp,
+                    "icmp" => t::Protocol::Icmp,
+                    o => return Err(Fault::Output(format!("protocol {o:?}"))),
+                },
+                ports: r
+                    .ports
+                    .into_iter()
+                    .map(|p| {
+                        Ok(t::PortRange {
+                            first: u16::try_from(p.first)
+                                .map_err(|_| Fault::Output("port above 65535".into()))?,
+                            last: u16::try_from(p.last)
+                                .map_err(|_| Fault::Output("port above 65535".into()))?,
+                        })
+                    })
+                    .collect::<Result<_, Fault>>()?,
+                verdict: verdict(&r.verdict)?,
+            })
+        })
+        .collect::<Result<_, Fault>>()?;
+    Ok(t::FirewallDecision {
+        rules,
+        default_verdict: verdict(&d.default_verdict)?,
+    })
+}
+
+fn route_request(r: &t::RouteRequest) -> pb::RouteRequest {
+    pb::RouteRequest {
+        network: r.network.clone(),
+        runner: r.runner.clone(),
+        labels: r.labels.clone().into_iter().collect(),
+        peers: r
+            .peers
+            .iter()
+            .map(|p| pb::PeerRunner {
+                name: p.name.clone(),
+                labels: p.labels.clone().into_iter().collect(),
+                physical_ip: p.physical_ip.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn route_decision(d: pb::RouteDecision) -> Result<t::RouteDecision, Fault> {
+    let mut peers: Vec<(String, t::PathKind)> = d
+        .peers
+        .into_iter()
+        .map(|(n, p)| match p.as_str() {
+            "via-hub" => Ok((n, t::PathKind::ViaHub)),
+            "direct" => Ok((n, t::PathKind::Direct)),
+            o => Err(Fault::Output(format!(
+                "path {o:?} (allowed: via-hub, direct)"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    peers.sort();
+    Ok(t::RouteDecision {
+        peers,
+        egress: match d.egress.as_str() {
+            "" | "runner-nat" => t::Egress::RunnerNat,
+            "via-host" => t::Egress::ViaHost,
+            o => return Err(Fault::Output(format!("egress {o:?}"))),
+        },
+    })
+}

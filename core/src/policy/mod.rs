@@ -1,0 +1,758 @@
+//! The policy host: every policy decision — which id a runner gets, which address a workload
+//! gets, which traffic is allowed, which path traffic takes — goes through here.
+//!
+//! - [`wasm`]: WebAssembly components (wasmtime), sandboxed with a deadline and a memory cap
+//! - [`grpc`]: out-of-process `weir.v1.PolicyPlugin` services
+//! - [`builtin`]: the built-in policy, the default and the fallback
+//! - [`audit`]: the JSON-lines decision log
+//!
+//! A plugin serves one or more hooks in `enforce` mode (its decision is applied) or `monitor`
+//! mode (it runs beside the enforcing policy; differing decisions are logged, never applied).
+//! Output is validated against the request: an address outside the subnet, an id outside the
+//! plan, a malformed or oversized rule set is a fault like a trap or a missed deadline, and the
+//! plugin's `on_error` applies: `fallback` (the built-in policy decides) or `deny`.
+//! Hot reload compiles, instantiates and configures the new version first, then swaps it in
+//! atomically: a broken new version never replaces a working one.
+
+pub mod audit;
+pub mod builtin;
+pub mod grpc;
+pub mod types;
+pub mod wasm;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+
+use crate::config::{OnError, PluginConfig, PluginMode};
+use types::{AddressDecision, Decision, Hook, Request, RunnerDecision};
+
+/// The resource limits of one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub memory: usize,
+    pub max_output: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(50),
+            memory: 16 << 20,
+            max_output: 10_000,
+        }
+    }
+}
+
+/// Why a plugin's decision could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("deadline of {}ms exceeded", .0.as_millis())]
+    Deadline(Duration),
+    #[error("memory cap of {} bytes exceeded", .0)]
+    Memory(usize),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("invalid output: {0}")]
+    Output(String),
+    #[error("configure refused: {0}")]
+    Config(String),
+    #[error("unreachable: {0}")]
+    Transport(String),
+}
+
+impl Fault {
+    /// A short cause label (for metrics and events).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Fault::Deadline(_) => "deadline",
+            Fault::Memory(_) => "memory",
+            Fault::Trap(_) => "trap",
+            Fault::Output(_) => "output",
+            Fault::Config(_) => "config",
+            Fault::Transport(_) => "transport",
+        }
+    }
+}
+
+/// A plugin fault, reported to the hub for its event log.
+#[derive(Debug, Clone)]
+pub struct FaultReport {
+    pub plugin: String,
+    pub version: String,
+    pub hook: Hook,
+    pub fault: Fault,
+    pub applied: &'static str,
+}
+
+/// Why the policy refused an operation (the API maps it to PERMISSION_DENIED or UNAVAILABLE).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("policy plugin {plugin:?} denied it: {reason}")]
+    Denied { plugin: String, reason: String },
+    #[error(
+        "policy plugin {plugin:?} failed ({fault}); its on_error = \"deny\" refuses the operation"
+    )]
+    Failed { plugin: String, fault: Fault },
+}
+
+/// What serves a plugin's decisions: a component instance per hook, or a gRPC service.
+#[derive(Clone)]
+enum Backend {
+    Wasm(BTreeMap<Hook, Arc<wasm::WasmPlugin>>),
+    Grpc(Arc<grpc::GrpcPlugin>),
+}
+
+struct Loaded {
+    backend: Backend,
+    version: String,
+    loaded_ms: i64,
+    /// File identity at load (size, mtime) for change detection.
+    stamp: Option<(u64, std::time::SystemTime)>,
+}
+
+/// One configured plugin and its current version.
+struct Slot {
+    spec: PluginConfig,
+    hooks: Vec<Hook>,
+    limits: Limits,
+    current: RwLock<Arc<Loaded>>,
+    decisions: AtomicU64,
+    faults: AtomicU64,
+    last_error: RwLock<String>,
+}
+
+/// What `GetPlugins` reports.
+#[derive(Debug, Clone)]
+pub struct PluginStatus {
+    pub name: String,
+    pub hooks: Vec<Hook>,
+    pub version: String,
+    pub mode: PluginMode,
+    pub on_error: OnError,
+    pub loaded_ms: i64,
+    pub decisions: u64,
+    pub faults: u64,
+    pub source: String,
+    pub last_error: String,
+}
+
+/// What a reload did to one plugin.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub name: String,
+    pub result: &'static str,
+    pub version: String,
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy plugin {name:?}: {reason}")]
+    Load { name: String, reason: String },
+}
+
+pub struct PolicyHost {
+    slots: Vec<Arc<Slot>>,
+    cache_dir: Option<PathBuf>,
+    audit: Option<audit::Audit>,
+    faults: Option<mpsc::UnboundedSender<FaultReport>>,
+    reloads: Option<mpsc::UnboundedSender<ReloadOutcome>>,
+}
+
+impl PolicyHost {
+    /// No plugins: every decision is the built-in one.
+    pub fn builtin() -> Self {
+        Self {
+            slots: Vec::new(),
+            cache_dir: None,
+            audit: None,
+            faults: None,
+            reloads: None,
+        }
+    }
+
+    /// Load every configured plugin (compile, instantiate, configure). Any failure is an error
+    /// naming the plugin: the daemon does not start half-configured.
+    pub async fn load(
+        plugins: &[PluginConfig],
+        cache_dir: Option<PathBuf>,
+        audit: Option<audit::Audit>,
+    ) -> Result<Self, PolicyError> {
+        let mut slots = Vec::new();
+        for spec in plugins {
+            let hooks: Vec<Hook> = spec.hooks.iter().filter_map(|h| Hook::parse(h)).collect();
+            let limits = Limits {
+                deadline: spec.deadline.get(),
+                memory: spec.memory.0,
+                max_output: spec.max_output,
+            };
+            let loaded = load_one(spec, &hooks, limits, cache_dir.clone())
+                .await
+                .map_err(|reason| PolicyError::Load {
+                    name: spec.name.clone(),
+                    reason,
+                })?;
+            tracing::info!(plugin = %spec.name, version = %loaded.version, hooks = ?spec.hooks, mode = ?spec.mode, "policy plugin loaded");
+            slots.push(Arc::new(Slot {
+                spec: spec.clone(),
+                hooks,
+                limits,
+                current: RwLock::new(Arc::new(loaded)),
+                decisions: AtomicU64::new(0),
+                faults: AtomicU64::new(0),
+                last_error: RwLock::new(String::new()),
+            }));
+        }
+        Ok(Self {
+            slots,
+            cache_dir,
+            audit,
+            faults: None,
+            reloads: None,
+        })
+    }
+
+    /// Where faults and reloads are reported (the hub turns them into events).
+    pub fn report_to(
+        &mut self,
+        faults: mpsc::UnboundedSender<FaultReport>,
+        reloads: mpsc::UnboundedSender<ReloadOutcome>,
+    ) {
+        self.faults = Some(faults);
+        self.reloads = Some(reloads);
+    }
+
+    /// Whether any plugin (enforcing or monitoring) serves `hook`.
+    pub fn has(&self, hook: Hook) -> bool {
+        self.slots.iter().any(|s| s.hooks.contains(&hook))
+    }
+
+    fn enforcer(&self, hook: Hook) -> Option<&Arc<Slot>> {
+        self.slots
+            .iter()
+            .find(|s| s.spec.mode == PluginMode::Enforce && s.hooks.contains(&hook))
+    }
+
+    fn monitors(&self, hook: Hook) -> Vec<Arc<Slot>> {
+        self.slots
+            .iter()
+            .filter(|s| s.spec.mode == PluginMode::Monitor && s.hooks.contains(&hook))
+            .cloned()
+            .collect()
+    }
+
+    /// Ask the enforcing plugin of the request's hook. `Ok(None)`: the built-in policy decides
+    /// (no plugin, the plugin chose `builtin`/`next-free`, or it failed with `fallback`).
+    pub async fn decide(&self, request: &Request) -> Result<Option<Decision>, Refusal> {
+        let hook = request.hook();
+        let monitors = self.monitors(hook);
+        let result = match self.enforcer(hook) {
+            None => Ok(None),
+            Some(slot) => self.run_enforcing(slot, request).await,
+        };
+        if !monitors.is_empty() {
+            // Monitors never delay or change the operation.
+            let applied = result.clone();
+            let req = request.clone();
+            let audit = self.audit.clone();
+            let faults = self.faults.clone();
+            tokio::spawn(async move {
+                for m in monitors {
+                    run_monitor(&m, &req, &applied, audit.as_ref(), faults.as_ref()).await;
+                }
+            });
+        }
+        result
+    }
+
+    async fn run_enforcing(
+        &self,
+        slot: &Arc<Slot>,
+        request: &Request,
+    ) -> Result<Option<Decision>, Refusal> {
+        let (outcome, version, latency) = call(slot, request).await;
+        slot.decisions.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(decision) => {
+                if let Some(a) = &self.audit {
+                    a.record(
+                        &slot.spec.name,
+                        &version,
+                        "enforce",
+                        request,
+                        Ok(&decision),
+                        latency,
+                        true,
+                        None,
+                    );
+                }
+                match &decision {
+                    Decision::Runner(RunnerDecision::Deny(reason))
+                    | Decision::Address(AddressDecision::Deny(reason)) => Err(Refusal::Denied {
+                        plugin: slot.spec.name.clone(),
+                        reason: reason.clone(),
+                    }),
+                    Decision::Runner(RunnerDecision::Builtin)
+                    | Decision::Address(AddressDecision::NextFree) => Ok(None),
+                    _ => Ok(Some(decision)),
+                }
+            }
+            Err(fault) => {
+                slot.faults.fetch_add(1, Ordering::Relaxed);
+                let applied = match slot.spec.on_error {
+                    OnError::Fallback => "fallback",
+                    OnError::Deny => "deny",
+                };
+                tracing::warn!(plugin = %slot.spec.name, %version, hook = %request.hook(), cause = fault.cause(), fault = %fault, applied, "policy plugin fault");
+                if let Some(a) = &self.audit {
+                    a.record(
+                        &slot.spec.name,
+                        &version,
+                        "enforce",
+                        request,
+                        Err(&fault),
+                        latency,
+                        false,
+                        None,
+                    );
+                }
+                if let Some(tx) = &self.faults {
+                    let _ = tx.send(FaultReport {
+                        plugin: slot.spec.name.clone(),
+                        version: version.clone(),
+                        hook: request.hook(),
+                        fault: fault.clone(),
+                        applied,
+                    });
+                }
+                match slot.spec.on_error {
+                    OnError::Fallback => Ok(None),
+                    OnError::Deny => Err(Refusal::Failed {
+                        plugin: slot.spec.name.clone(),
+                        fault,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Reload every plugin whose source changed (or all, with `force`). A version that fails to
+    /// load leaves the working one in place.
+    pub async fn reload(&self, force: bool) -> Vec<ReloadOutcome> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            let current = slot
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let outcome = match &slot.spec.path {
+                None => ReloadOutcome {
+                    name: slot.spec.name.clone(),
+                    result: "unchanged",
+                    version: current.version.clone(),
+                    error: String::new(),
+                },
+                Some(path) => {
+                    let stamp = file_stamp(path);
+                    if !force && stamp.is_some() && stamp == current.stamp {
+                        ReloadOutcome {
+                            name: slot.spec.name.clone(),
+                            result: "unchanged",
+                            version: current.version.clone(),
+                            error: String::new(),
+                        }
+                    } else {
+                        self.reload_wasm(slot, &current).await
+                    }
+                }
+            };
+            if outcome.result != "unchanged"
+                && let Some(tx) = &self.reloads
+            {
+                let _ = tx.send(outcome.clone());
+            }
+            out.push(outcome);
+        }
+        out
+    }
+
+    async fn reload_wasm(&self, slot: &Arc<Slot>, current: &Arc<Loaded>) -> ReloadOutcome {
+        let name = slot.spec.name.clone();
+        match load_one(&slot.spec, &slot.hooks, slot.limits, self.cache_dir.clone()).await {
+            Ok(new) if new.version == current.version => {
+                // Same bytes (e.g. touched): keep the warm instances, remember the new stamp.
+                let same = Loaded {
+                    backend: current.backend.clone(),
+                    version: current.version.clone(),
+                    loaded_ms: current.loaded_ms,
+                    stamp: new.stamp,
+                };
+                *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(same);
+                ReloadOutcome {
+                    name,
+                    result: "unchanged",
+                    version: current.version.clone(),
+                    error: String::new(),
+                }
+            }
+            Ok(new) => {
+                let version = new.version.clone();
+                // The swap: in-flight decisions finish on the old version they hold.
+                *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                slot.last_error
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                tracing::info!(plugin = %name, from = %current.version, to = %version, "policy plugin reloaded");
+                ReloadOutcome {
+                    name,
+                    result: "reloaded",
+                    version,
+                    error: String::new(),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(plugin = %name, error = %reason, version = %current.version, "reload failed; the working version stays");
+                *slot.last_error.write().unwrap_or_else(|p| p.into_inner()) = reason.clone();
+                ReloadOutcome {
+                    name,
+                    result: "failed",
+                    version: current.version.clone(),
+                    error: reason,
+                }
+            }
+        }
+    }
+
+    /// Watch plugin files and reload on change, every `interval`, until the host stops.
+    pub fn watch(self: &Arc<Self>, interval: Duration) {
+        if !self.slots.iter().any(|s| s.spec.path.is_some()) {
+            return;
+        }
+        let host = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(h) = host.upgrade() else { return };
+                h.reload(false).await;
+            }
+        });
+    }
+
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let cur = s.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                PluginStatus {
+                    name: s.spec.name.clone(),
+                    hooks: s.hooks.clone(),
+                    version: cur.version.clone(),
+                    mode: s.spec.mode,
+                    on_error: s.spec.on_error,
+                    loaded_ms: cur.loaded_ms,
+                    decisions: s.decisions.load(Ordering::Relaxed),
+                    faults: s.faults.load(Ordering::Relaxed),
+                    source: s
+                        .spec
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .or_else(|| s.spec.endpoint.clone())
+                        .unwrap_or_default(),
+                    last_error: s
+                        .last_error
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+async fn run_monitor(
+    slot: &Arc<Slot>,
+    request: &Request,
+    applied: &Result<Option<Decision>, Refusal>,
+    audit: Option<&audit::Audit>,
+    faults: Option<&mpsc::UnboundedSender<FaultReport>>,
+) {
+    let (outcome, version, latency) = call(slot, request).await;
+    slot.decisions.fetch_add(1, Ordering::Relaxed);
+    match outcome {
+        Ok(d) => {
+            let differs = match applied {
+                Ok(Some(a)) => a != &d,
+                // The built-in decided; the monitor differs unless it deferred to it too.
+                Ok(None) => !matches!(
+                    d,
+                    Decision::Runner(RunnerDecision::Builtin)
+                        | Decision::Address(AddressDecision::NextFree)
+                ),
+                Err(_) => !matches!(
+                    d,
+                    Decision::Runner(RunnerDecision::Deny(_))
+                        | Decision::Address(AddressDecision::Deny(_))
+                ),
+            };
+            if differs {
+                tracing::info!(plugin = %slot.spec.name, hook = %request.hook(), decision = ?d, applied = ?applied, "monitor plugin disagrees (not applied)");
+            }
+            if let Some(a) = audit {
+                a.record(
+                    &slot.spec.name,
+                    &version,
+                    "monitor",
+                    request,
+                    Ok(&d),
+                    latency,
+                    false,
+                    Some(differs),
+                );
+            }
+        }
+        Err(fault) => {
+            slot.faults.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %slot.spec.name, cause = fault.cause(), fault = %fault, "monitor plugin fault (nothing applied)");
+            if let Some(a) = audit {
+                a.record(
+                    &slot.spec.name,
+                    &version,
+                    "monitor",
+                    request,
+                    Err(&fault),
+                    latency,
+                    false,
+                    None,
+                );
+            }
+            if let Some(tx) = faults {
+                let _ = tx.send(FaultReport {
+                    plugin: slot.spec.name.clone(),
+                    version,
+                    hook: request.hook(),
+                    fault,
+                    applied: "none (monitor)",
+                });
+            }
+        }
+    }
+}
+
+/// Run one decision on the slot's current version and validate it.
+async fn call(slot: &Arc<Slot>, request: &Request) -> (Result<Decision, Fault>, String, Duration) {
+    let loaded = slot
+        .current
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let started = Instant::now();
+    let outcome = match &loaded.backend {
+        Backend::Wasm(by_hook) => {
+            let Some(w) = by_hook.get(&request.hook()).cloned() else {
+                return (
+                    Err(Fault::Output(format!(
+                        "no instance for the {} hook",
+                        request.hook()
+                    ))),
+                    loaded.version.clone(),
+                    Duration::ZERO,
+                );
+            };
+            let req = request.clone();
+            // wasmtime calls block; a plugin may spin until its deadline: keep tokio free.
+            match tokio::task::spawn_blocking(move || w.call(&req)).await {
+                Ok(r) => r,
+                Err(e) => Err(Fault::Trap(format!("host task failed: {e}"))),
+            }
+        }
+        Backend::Grpc(g) => g.call(request, slot.limits.deadline).await,
+    };
+    let latency = started.elapsed();
+    let outcome = outcome.and_then(|d| validate(request, d, slot.limits));
+    (outcome, loaded.version.clone(), latency)
+}
+
+async fn load_one(
+    spec: &PluginConfig,
+    hooks: &[Hook],
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+) -> Result<Loaded, String> {
+    let config: Vec<(String, String)> = spec
+        .config
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let now = crate::store::now_ms();
+    if let Some(path) = &spec.path {
+        let (path, name, hooks) = (path.clone(), spec.name.clone(), hooks.to_vec());
+        let stamp = file_stamp(&path);
+        let (by_hook, version) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let compiled = wasm::compile(&path, cache_dir.as_deref()).map_err(|e| e.to_string())?;
+            // One instance family per hook: a component serving several hooks implements
+            // several worlds' exports.
+            let mut by_hook = BTreeMap::new();
+            for h in &hooks {
+                let p = wasm::WasmPlugin::new(&name, &path, &compiled, *h, limits, config.clone())
+                    .map_err(|e| e.to_string())?;
+                by_hook.insert(*h, Arc::new(p));
+            }
+            Ok((by_hook, compiled.version))
+        })
+        .await
+        .map_err(|e| format!("load task failed: {e}"))??;
+        return Ok(Loaded {
+            backend: Backend::Wasm(by_hook),
+            version,
+            loaded_ms: now,
+            stamp,
+        });
+    }
+    let endpoint = spec.endpoint.clone().ok_or("neither path nor endpoint")?;
+    let g = grpc::GrpcPlugin::connect(&spec.name, &endpoint, &config, limits.deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        backend: Backend::Grpc(Arc::new(g)),
+        version: "grpc".into(),
+        loaded_ms: now,
+        stamp: None,
+    })
+}
+
+fn file_stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.len(), md.modified().ok()?))
+}
+
+/// Check a decision against its request: a plugin's output is untrusted input.
+pub fn validate(request: &Request, decision: Decision, limits: Limits) -> Result<Decision, Fault> {
+    let bad = |m: String| Err(Fault::Output(m));
+    match (request, &decision) {
+        (Request::AssignRunner(r), Decision::Runner(RunnerDecision::Id(id))) => {
+            if *id < 1 || *id > r.plan.max_runners {
+                return bad(format!(
+                    "runner id {id} is outside the plan {} (allowed: 1..={})",
+                    r.plan.spec, r.plan.max_runners
+                ));
+            }
+            if let Some(t) = r
+                .taken
+                .iter()
+                .find(|t| t.id == *id && t.active && t.runner.as_deref() != Some(r.name.as_str()))
+            {
+                return bad(format!(
+                    "runner id {id} is held by active runner {}",
+                    t.runner.as_deref().unwrap_or("(placeholder)")
+                ));
+            }
+        }
+        (Request::AssignRunner(_), Decision::Runner(RunnerDecision::Deny(m)))
+        | (Request::AssignAddress(_), Decision::Address(AddressDecision::Deny(m))) => {
+            if m.len() > 1024 {
+                return bad("denial reason longer than 1024 bytes".into());
+            }
+        }
+        (Request::AssignRunner(_), Decision::Runner(RunnerDecision::Builtin)) => {}
+        (Request::AssignAddress(r), Decision::Address(AddressDecision::Address(a))) => {
+            let Ok(ip) = a.parse::<Ipv4Addr>() else {
+                return bad(format!("{a:?} is not an IPv4 address"));
+            };
+            let subnet: Ipv4Net = r
+                .subnet
+                .parse()
+                .map_err(|_| Fault::Output("request subnet".into()))?;
+            let first: Ipv4Addr = r
+                .first
+                .parse()
+                .map_err(|_| Fault::Output("request first".into()))?;
+            let last: Ipv4Addr = r
+                .last
+                .parse()
+                .map_err(|_| Fault::Output("request last".into()))?;
+            let host_side =
+                Ipv4Addr::from(u32::from(subnet.network()) + crate::plan::HOST_ON_SUBNET_OFFSET);
+            if !subnet.contains(&ip) || ip < first || ip > last {
+                return bad(format!(
+                    "address {ip} is outside the runner's range {first} to {last}"
+                ));
+            }
+            if r.gateway == a.as_str() || (ip == host_side && subnet.prefix_len() <= 24) {
+                return bad(format!(
+                    "address {ip} is reserved (gateway or the host's address)"
+                ));
+            }
+            if r.taken.iter().any(|x| x == a) {
+                return bad(format!("address {ip} is already in use"));
+            }
+        }
+        (Request::AssignAddress(_), Decision::Address(AddressDecision::NextFree)) => {}
+        (Request::Rules(_), Decision::Firewall(f)) => {
+            if f.rules.len() as u64 > u64::from(limits.max_output) {
+                return bad(format!(
+                    "{} rules, more than max_output {}",
+                    f.rules.len(),
+                    limits.max_output
+                ));
+            }
+            for (i, rule) in f.rules.iter().enumerate() {
+                if let types::Peer::Cidr(c) = &rule.peer
+                    && c.parse::<Ipv4Net>().is_err()
+                {
+                    return bad(format!("rule {i}: {c:?} is not a CIDR"));
+                }
+                if rule.ports.iter().any(|p| p.first > p.last || p.first == 0) {
+                    return bad(format!("rule {i}: a port range is empty or starts at 0"));
+                }
+                if !rule.ports.is_empty()
+                    && !matches!(rule.protocol, types::Protocol::Tcp | types::Protocol::Udp)
+                {
+                    return bad(format!("rule {i}: ports need protocol tcp or udp"));
+                }
+            }
+        }
+        (Request::Route(r), Decision::Route(d)) => {
+            if d.peers.len() as u64 > u64::from(limits.max_output) {
+                return bad(format!(
+                    "{} routes, more than max_output {}",
+                    d.peers.len(),
+                    limits.max_output
+                ));
+            }
+            let known: BTreeSet<&str> = r.peers.iter().map(|p| p.name.as_str()).collect();
+            if let Some((n, _)) = d.peers.iter().find(|(n, _)| !known.contains(n.as_str())) {
+                return bad(format!("route for unknown peer {n:?}"));
+            }
+        }
+        (req, d) => {
+            return bad(format!(
+                "a {} answer to {}",
+                decision_name(d),
+                req.call_name()
+            ));
+        }
+    }
+    Ok(decision)
+}
+
+fn decision_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Runner(_) => "runner",
+        Decision::Address(_) => "address",
+        Decision::Firewall(_) => "firewall",
+        Decision::Route(_) => "route",
+    }
+}
