@@ -168,7 +168,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 type Client = ControlClient<InterceptedService<Channel, Bearer>>;
 
-async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> {
+pub(super) async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> {
     let url = match &conn.host {
         Some(u) => u.clone(),
         None => {
@@ -202,7 +202,7 @@ async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> 
     Ok(ControlClient::with_interceptor(channel, bearer))
 }
 
-fn refused(st: tonic::Status) -> CliError {
+pub(super) fn refused(st: tonic::Status) -> CliError {
     CliError::Failed(format!("{}: {}", code_name(st.code()), st.message()))
 }
 

@@ -8,6 +8,7 @@ mod config_cmd;
 mod daemon;
 mod lab_cmd;
 mod plan_cmd;
+mod plugin_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,11 @@ pub enum Command {
     Runner,
     #[command(flatten)]
     Client(client_cmd::ClientCommand),
+    /// Policy plugins: check, eval and bench a component; list and reload the host's plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
+    /// Read the policy decision log.
+    Decisions(plugin_cmd::DecisionsArgs),
     /// A whole cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
@@ -108,6 +114,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Runner => daemon::runner(cli.config.as_deref()),
         Command::Client(cmd) => client_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Lab(cmd) => lab_cmd::run(cmd),
+        Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),
+        Command::Decisions(a) => plugin_cmd::decisions(a, cli.conn.json, cli.config.as_deref()),
     }
 }
 

@@ -225,6 +225,8 @@ struct PluginState {
     name: Arc<str>,
     /// The guest's stderr (a panic message lands here), kept in memory, bounded.
     stderr: MemoryOutputPipe,
+    /// The last error the guest logged (an SDK panic hook reports the panic this way).
+    last_error: Option<String>,
 }
 
 impl WasiView for PluginState {
@@ -299,7 +301,10 @@ macro_rules! impl_host_log {
                     Level::Debug => tracing::debug!(plugin = %self.name, "{m}"),
                     Level::Info => tracing::info!(plugin = %self.name, "{m}"),
                     Level::Warn => tracing::warn!(plugin = %self.name, "{m}"),
-                    Level::Error => tracing::error!(plugin = %self.name, "{m}"),
+                    Level::Error => {
+                        tracing::error!(plugin = %self.name, "{m}");
+                        self.last_error = Some(m);
+                    }
                 }
             }
         }
@@ -430,6 +435,7 @@ impl WasmPlugin {
                 limits,
                 name: self.name.clone(),
                 stderr,
+                last_error: None,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -476,6 +482,11 @@ impl WasmPlugin {
         Ok(Warm { store, bindings })
     }
 
+    /// Drop the warm instances: the next call instantiates afresh (benchmarks).
+    pub fn drain_warm(&self) {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn park(&self, warm: Warm) {
         let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
         // Keep a few warm instances for concurrent callers; more would only hold memory.
@@ -518,6 +529,9 @@ fn ticks(deadline: Duration) -> u64 {
 fn with_stderr(fault: Fault, store: &Store<PluginState>) -> Fault {
     match fault {
         Fault::Trap(t) => {
+            if let Some(logged) = &store.data().last_error {
+                return Fault::Trap(format!("{t}: {logged}"));
+            }
             let bytes = store.data().stderr.contents();
             let text = String::from_utf8_lossy(&bytes);
             let said = text
