@@ -23,3 +23,9 @@ if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r examples/python-scheduler/requirements.txt
 fi
+
+# Policy plugins are WebAssembly components.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "bootstrap: adding the wasm32-wasip2 target" >&2
+  rustup target add wasm32-wasip2 >/dev/null
+fi

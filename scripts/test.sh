@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
+# The plugins the tests load (their own workspace, built for wasm32-wasip2).
+(cd plugins && cargo build --quiet --release --target wasm32-wasip2)
+# The plugins' own unit tests (their decision logic, on the host target).
+(cd plugins && cargo test --quiet)
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

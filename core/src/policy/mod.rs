@@ -397,6 +397,10 @@ impl PolicyHost {
                     stamp: new.stamp,
                 };
                 *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(same);
+                slot.last_error
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 ReloadOutcome {
                     name,
                     result: "unchanged",

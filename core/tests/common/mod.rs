@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use weir::dataplane::netlink::Netlink;
 use weir::lab::{self, Lab, LabSpec, run_in_namespace};
 
@@ -214,4 +215,54 @@ pub fn refused<T: std::fmt::Debug>(
             st.message().to_string()
         }
     }
+}
+
+/// A plugin component built by `cd plugins && cargo build --release --target wasm32-wasip2`.
+pub fn plugin_path(crate_name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{crate_name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the plugins first (cd plugins && cargo build --release --target wasm32-wasip2; ./scripts/test.sh does it)",
+        p.display()
+    );
+    p.canonicalize().unwrap()
+}
+
+/// A `[[policy.plugins]]` entry.
+pub fn plugin_toml(
+    name: &str,
+    path: &std::path::Path,
+    hooks: &str,
+    on_error: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[policy.plugins]]\nname = \"{name}\"\npath = \"{}\"\nhooks = [\"{hooks}\"]\non_error = \"{on_error}\"\n{extra}\n",
+        path.display()
+    )
+}
+
+/// Events of a kind seen so far (replayed from the start).
+pub async fn events_of(lab: &Lab, kind: weir_proto::v1::EventKind) -> Vec<weir_proto::v1::Event> {
+    let mut c = control(lab).await;
+    let mut s = c
+        .watch_events(weir_proto::v1::WatchEventsRequest {
+            after: 0,
+            only_new: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    // The replay is everything retained; stop at the first quiet moment after it.
+    while let Ok(Some(Ok(e))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), s.next()).await
+    {
+        if e.kind == kind as i32 {
+            out.push(e);
+        }
+    }
+    out
 }
