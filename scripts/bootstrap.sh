@@ -23,6 +23,11 @@ if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r examples/python-scheduler/requirements.txt
 fi
+# The Python plugin example is compiled to a component with componentize-py.
+if ! command -v componentize-py >/dev/null 2>&1; then
+  echo "bootstrap: installing componentize-py" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py
+fi
 
 # Policy plugins are WebAssembly components.
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

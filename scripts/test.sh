@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 (cd plugins && cargo build --quiet --release --target wasm32-wasip2)
 # The plugins' own unit tests (their decision logic, on the host target).
 (cd plugins && cargo test --quiet)
+# The Python plugin example, as a component.
+mkdir -p target/python-plugins
+(cd examples/python-wasm-plugin && componentize-py -d ../../wit -w allocator-plugin componentize app \
+  -o ../../target/python-plugins/required_label.wasm >/dev/null)
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

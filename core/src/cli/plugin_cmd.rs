@@ -417,3 +417,38 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_tagged_or_by_hook() {
+        let addr = r#"{"network":"default","workload_id":"w","runner":"r1","subnet":"10.0.1.0/24","gateway":"10.0.1.1","first":"10.0.1.2","last":"10.0.1.253"}"#;
+        assert_eq!(
+            parse_request(Hook::Allocator, addr).unwrap().call_name(),
+            "assign-address"
+        );
+        let runner = r#"{"network":"default","name":"r1","physical_ip":"192.0.2.1","plan":{"spec":"10.0.0.0/22/2/8","overlay":"10.0.0.0/22","max_runners":3}}"#;
+        assert_eq!(
+            parse_request(Hook::Allocator, runner).unwrap().call_name(),
+            "assign-runner"
+        );
+        let tagged = r#"{"call":"route","network":"default","runner":"r1"}"#;
+        assert_eq!(
+            parse_request(Hook::Router, tagged).unwrap().call_name(),
+            "route"
+        );
+        let e = parse_request(Hook::Firewall, tagged).unwrap_err();
+        assert!(e.contains("not for the firewall hook"), "{e}");
+        assert!(
+            parse_request(Hook::Allocator, "{")
+                .unwrap_err()
+                .contains("not JSON")
+        );
+        assert!(
+            parse_request(Hook::Firewall, r#"{"network":"default"}"#).is_err(),
+            "missing fields"
+        );
+    }
+}

@@ -760,3 +760,200 @@ fn decision_name(d: &Decision) -> &'static str {
         Decision::Route(_) => "route",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::types::*;
+    use super::*;
+
+    fn addr_req(taken: &[&str]) -> Request {
+        Request::AssignAddress(AddressRequest {
+            network: "default".into(),
+            workload_id: "w".into(),
+            vm: false,
+            labels: Default::default(),
+            runner: "r1".into(),
+            runner_labels: Default::default(),
+            subnet: "10.0.1.0/24".into(),
+            gateway: "10.0.1.1".into(),
+            first: "10.0.1.2".into(),
+            last: "10.0.1.253".into(),
+            taken: taken.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn runner_req(taken: Vec<TakenId>) -> Request {
+        Request::AssignRunner(RunnerRequest {
+            network: "default".into(),
+            name: "me".into(),
+            physical_ip: "192.0.2.1".into(),
+            labels: Default::default(),
+            taken,
+            plan: PlanInfo {
+                spec: "10.0.0.0/22/2/8".into(),
+                overlay: "10.0.0.0/22".into(),
+                max_runners: 3,
+            },
+        })
+    }
+
+    fn check(req: &Request, d: Decision) -> Result<Decision, Fault> {
+        validate(req, d, Limits::default())
+    }
+
+    #[test]
+    fn addresses_must_be_free_and_assignable() {
+        let req = addr_req(&["10.0.1.7"]);
+        let a = |s: &str| Decision::Address(AddressDecision::Address(s.into()));
+        assert!(check(&req, a("10.0.1.9")).is_ok());
+        for bad in [
+            "10.0.1.7",
+            "10.0.1.1",
+            "10.0.1.254",
+            "10.0.1.255",
+            "10.0.2.5",
+            "banana",
+        ] {
+            let e = check(&req, a(bad)).unwrap_err();
+            assert_eq!(e.cause(), "output", "{bad}: {e}");
+        }
+        assert!(check(&req, Decision::Address(AddressDecision::NextFree)).is_ok());
+        let long = "x".repeat(2000);
+        assert!(check(&req, Decision::Address(AddressDecision::Deny(long))).is_err());
+        // An answer of the wrong kind is a fault too.
+        assert!(check(&req, Decision::Runner(RunnerDecision::Id(1))).is_err());
+    }
+
+    #[test]
+    fn runner_ids_must_be_in_the_plan_and_not_held_by_another_active_runner() {
+        let held = |id, runner: &str, active| TakenId {
+            id,
+            runner: Some(runner.into()),
+            physical_ip: "x".into(),
+            last_seen_ms: 0,
+            active,
+        };
+        let req = runner_req(vec![
+            held(1, "other", true),
+            held(2, "idle", false),
+            held(3, "me", true),
+        ]);
+        let id = |i| Decision::Runner(RunnerDecision::Id(i));
+        assert!(
+            check(&req, id(2)).is_ok(),
+            "an inactive holder can be reclaimed"
+        );
+        assert!(check(&req, id(3)).is_ok(), "its own id");
+        assert!(
+            check(&req, id(1))
+                .unwrap_err()
+                .to_string()
+                .contains("held by active runner other")
+        );
+        assert!(
+            check(&req, id(0))
+                .unwrap_err()
+                .to_string()
+                .contains("outside the plan")
+        );
+        assert!(
+            check(&req, id(4))
+                .unwrap_err()
+                .to_string()
+                .contains("allowed: 1..=3")
+        );
+    }
+
+    #[test]
+    fn firewall_and_route_output_is_bounded_and_well_formed() {
+        let req = Request::Rules(FirewallRequest {
+            network: "default".into(),
+            workload_id: "w".into(),
+            labels: Default::default(),
+            runner: "r1".into(),
+            address: "10.0.1.2".into(),
+            groups: vec![],
+        });
+        let rule = |peer: Peer, protocol: Protocol, ports: Vec<PortRange>| Rule {
+            direction: Direction::Ingress,
+            peer,
+            protocol,
+            ports,
+            verdict: Verdict::Allow,
+        };
+        let fw = |rules| {
+            Decision::Firewall(FirewallDecision {
+                rules,
+                default_verdict: Verdict::Deny,
+            })
+        };
+        let tcp80 = vec![PortRange {
+            first: 80,
+            last: 80,
+        }];
+        assert!(
+            check(
+                &req,
+                fw(vec![rule(Peer::Host, Protocol::Tcp, tcp80.clone())])
+            )
+            .is_ok()
+        );
+        assert!(
+            check(
+                &req,
+                fw(vec![rule(
+                    Peer::Cidr("10.0.0.0/33".into()),
+                    Protocol::Any,
+                    vec![]
+                )])
+            )
+            .is_err()
+        );
+        assert!(
+            check(&req, fw(vec![rule(Peer::Any, Protocol::Icmp, tcp80)])).is_err(),
+            "ports need tcp/udp"
+        );
+        assert!(
+            check(
+                &req,
+                fw(vec![rule(
+                    Peer::Any,
+                    Protocol::Tcp,
+                    vec![PortRange { first: 9, last: 8 }]
+                )])
+            )
+            .is_err()
+        );
+        let many = (0..10_001)
+            .map(|_| rule(Peer::Any, Protocol::Any, vec![]))
+            .collect();
+        assert!(
+            check(&req, fw(many))
+                .unwrap_err()
+                .to_string()
+                .contains("max_output")
+        );
+
+        let route = Request::Route(RouteRequest {
+            network: "default".into(),
+            runner: "r1".into(),
+            labels: Default::default(),
+            peers: vec![PeerRunner {
+                name: "r2".into(),
+                labels: Default::default(),
+                physical_ip: "x".into(),
+            }],
+        });
+        let d = |peers| {
+            Decision::Route(RouteDecision {
+                peers,
+                egress: Egress::RunnerNat,
+            })
+        };
+        assert!(check(&route, d(vec![("r2".into(), PathKind::Direct)])).is_ok());
+        assert!(
+            check(&route, d(vec![("r9".into(), PathKind::Direct)])).is_err(),
+            "unknown peer"
+        );
+    }
+}
