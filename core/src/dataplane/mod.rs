@@ -12,6 +12,7 @@ pub mod firewalld;
 pub mod host;
 pub mod netlink;
 pub mod netns;
+pub mod nfnl;
 pub mod nft;
 pub mod runner;
 pub mod sysctl;
