@@ -71,6 +71,9 @@ pub struct WorkloadRecord {
     /// The firewall plugin's rules for this workload (none: the built-in open policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall: Option<crate::policy::types::FirewallDecision>,
+    /// The rules come from a monitor-mode plugin: count would-be drops, never drop.
+    #[serde(default)]
+    pub firewall_monitor: bool,
 }
 
 /// An address held for a workload that does not exist yet.
@@ -371,6 +374,7 @@ mod tests {
                         mac: String::new(),
                         reservation: None,
                         firewall: None,
+                        firewall_monitor: false,
                     }),
                     Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
                 ])

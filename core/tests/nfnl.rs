@@ -18,8 +18,15 @@ fn elements_go_in_and_out_without_an_nft_process() {
     }
     let _gone = Gone(name.clone());
     let nft = |script: &str| {
-        let out = Command::new("ip").args(["netns", "exec", &name, "nft", script]).output().unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "nft", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     nft("add table inet t");
@@ -27,27 +34,70 @@ fn elements_go_in_and_out_without_an_nft_process() {
     nft("add set inet t peers { type ipv4_addr; }");
     nft("add map inet t egress { type ipv4_addr : verdict; }");
     let ops = vec![
-        Elem::Add { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 2) },
-        Elem::Add { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 3) },
-        Elem::AddJump { map: "egress".into(), key: Ipv4Addr::new(10, 0, 1, 2), chain: "g1".into() },
+        Elem::Add {
+            set: "peers".into(),
+            key: Ipv4Addr::new(10, 0, 1, 2),
+        },
+        Elem::Add {
+            set: "peers".into(),
+            key: Ipv4Addr::new(10, 0, 1, 3),
+        },
+        Elem::AddJump {
+            map: "egress".into(),
+            key: Ipv4Addr::new(10, 0, 1, 2),
+            chain: "g1".into(),
+        },
     ];
-    netns::run_in(&ns, move || apply("t", &ops)).unwrap().unwrap();
+    netns::run_in(&ns, move || apply("t", &ops))
+        .unwrap()
+        .unwrap();
     let listed = nft("list table inet t");
-    assert!(listed.contains("10.0.1.2") && listed.contains("10.0.1.3"), "{listed}");
+    assert!(
+        listed.contains("10.0.1.2") && listed.contains("10.0.1.3"),
+        "{listed}"
+    );
     assert!(listed.contains("10.0.1.2 : jump g1"), "{listed}");
     // Adding again is idempotent; deleting removes.
-    let again = vec![Elem::Add { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 2) }];
-    netns::run_in(&ns, move || apply("t", &again)).unwrap().unwrap();
-    let del = vec![Elem::Del { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 3) }];
-    netns::run_in(&ns, move || apply("t", &del)).unwrap().unwrap();
+    let again = vec![Elem::Add {
+        set: "peers".into(),
+        key: Ipv4Addr::new(10, 0, 1, 2),
+    }];
+    netns::run_in(&ns, move || apply("t", &again))
+        .unwrap()
+        .unwrap();
+    let del = vec![Elem::Del {
+        set: "peers".into(),
+        key: Ipv4Addr::new(10, 0, 1, 3),
+    }];
+    netns::run_in(&ns, move || apply("t", &del))
+        .unwrap()
+        .unwrap();
     let listed = nft("list set inet t peers");
-    assert!(listed.contains("10.0.1.2") && !listed.contains("10.0.1.3"), "{listed}");
+    assert!(
+        listed.contains("10.0.1.2") && !listed.contains("10.0.1.3"),
+        "{listed}"
+    );
     // A failing batch changes nothing and says why.
     let bad = vec![
-        Elem::Add { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 9) },
-        Elem::Del { set: "peers".into(), key: Ipv4Addr::new(10, 0, 1, 77) },
+        Elem::Add {
+            set: "peers".into(),
+            key: Ipv4Addr::new(10, 0, 1, 9),
+        },
+        Elem::Del {
+            set: "peers".into(),
+            key: Ipv4Addr::new(10, 0, 1, 77),
+        },
     ];
-    let e = netns::run_in(&ns, move || apply("t", &bad)).unwrap().unwrap_err();
-    assert!(e.to_string().starts_with("nftables elements of t:") && e.kind() == std::io::ErrorKind::NotFound, "{e}");
-    assert!(!nft("list set inet t peers").contains("10.0.1.9"), "the batch is atomic");
+    let e = netns::run_in(&ns, move || apply("t", &bad))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("nftables elements of t:")
+            && e.kind() == std::io::ErrorKind::NotFound,
+        "{e}"
+    );
+    assert!(
+        !nft("list set inet t peers").contains("10.0.1.9"),
+        "the batch is atomic"
+    );
 }

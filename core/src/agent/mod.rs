@@ -11,8 +11,11 @@ use tokio::sync::Mutex;
 use weir_proto::v1 as pb;
 
 use crate::dataplane::attach::{self, WorkloadIface};
+use crate::dataplane::firewall::{self, Firewall};
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::runner::{RunnerDataplane, RunnerNetwork, RunnerTunnel};
+use crate::dataplane::runner::{
+    DirectPeer, RouteConfig, RunnerDataplane, RunnerNetwork, RunnerTunnel,
+};
 
 /// A value the runner's own configuration sets explicitly; the host must agree with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,11 @@ pub struct Agent {
     dp: RunnerDataplane,
     uplink: Option<String>,
     networks: Mutex<BTreeMap<String, RunnerNetwork>>,
+    firewall: Mutex<Firewall>,
+    /// The address of each local workload, by (network, workload id).
+    addresses: Mutex<BTreeMap<(String, String), Ipv4Addr>>,
+    /// This runner's id and the host's last route plan (re-applied after a rebuild).
+    routes: Mutex<(u32, Option<pb::RoutePlan>)>,
 }
 
 impl Agent {
@@ -37,6 +45,9 @@ impl Agent {
             dp: RunnerDataplane::new(nl),
             uplink,
             networks: Mutex::new(BTreeMap::new()),
+            firewall: Mutex::new(Firewall::new()),
+            addresses: Mutex::new(BTreeMap::new()),
+            routes: Mutex::new((0, None)),
         }
     }
 
@@ -52,9 +63,82 @@ impl Agent {
             .map(|n| runner_network(a, n, &uplink, local))
             .collect::<Result<Vec<_>, _>>()?;
         self.dp.apply(&nets).await.map_err(|e| e.to_string())?;
-        let mut current = self.networks.lock().await;
-        *current = nets.into_iter().map(|n| (n.name.clone(), n)).collect();
+        // The firewall's view of the host's addresses and the overlays.
+        let mut ctx = firewall::Context::default();
+        for n in &a.networks {
+            if let Ok(h) = n.host_ip.parse::<Ipv4Net>() {
+                ctx.host_addrs.push(h.addr());
+            }
+            if let Ok(h) = n.host_ip_on_subnet.parse::<Ipv4Addr>() {
+                ctx.host_addrs.push(h);
+            }
+            if let Ok(o) = n.overlay_cidr.parse::<Ipv4Net>() {
+                ctx.overlays.push(o);
+            }
+        }
+        {
+            let mut fw = self.firewall.lock().await;
+            fw.set_context(ctx);
+            fw.commit().await.map_err(|e| e.to_string())?;
+        }
+        {
+            let mut current = self.networks.lock().await;
+            *current = nets.into_iter().map(|n| (n.name.clone(), n)).collect();
+        }
+        let plan = {
+            let mut r = self.routes.lock().await;
+            r.0 = a.runner_id;
+            r.1.clone()
+        };
+        if let Some(plan) = plan {
+            self.routes(plan).await?;
+        }
         Ok(())
+    }
+
+    /// Reach some peer runners directly (not through the host) and steer egress.
+    async fn routes(&self, plan: pb::RoutePlan) -> Result<(), String> {
+        let me = {
+            let mut r = self.routes.lock().await;
+            r.1 = Some(plan.clone());
+            r.0
+        };
+        let nets = self.networks.lock().await.clone();
+        for net in nets.values() {
+            let direct = plan
+                .direct
+                .iter()
+                .filter(|p| p.network == net.name)
+                .map(|p| {
+                    Ok(DirectPeer {
+                        runner_id: p.runner_id,
+                        physical_ip: parse(&p.physical_ip, "direct peer physical_ip")?,
+                        subnet: parse(&p.subnet, "direct peer subnet")?,
+                        vni: p.vni,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let cfg = RouteConfig {
+                me,
+                direct,
+                via_host_egress: plan.egress == "via-host",
+            };
+            self.dp
+                .apply_routes(net, &cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The underlay addresses VXLAN may come from.
+    async fn underlay(&self, u: pb::UnderlayPeers) -> Result<(), String> {
+        let peers = u
+            .addresses
+            .iter()
+            .map(|a| parse::<Ipv4Addr>(a, "underlay address"))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.dp.set_underlay(peers).await.map_err(|e| e.to_string())
     }
 
     /// Remove everything: workload interfaces, bridges, tunnels, routes and rules (the
@@ -78,13 +162,32 @@ impl Agent {
     /// Carry out one command; `Err` carries the message sent back to the host.
     pub async fn handle(&self, op: pb::command::Op) -> Result<(), String> {
         match op {
-            pb::command::Op::Attach(spec) => self.attach(&spec).await,
+            pb::command::Op::Attach(spec) => {
+                self.attach(&spec).await?;
+                let mut fw = self.firewall.lock().await;
+                self.firewall_for(&mut fw, &spec).await?;
+                fw.commit().await.map_err(|e| e.to_string())
+            }
             pb::command::Op::Detach(r) => {
                 attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if let Some(ip) = self
+                    .addresses
+                    .lock()
+                    .await
+                    .remove(&(r.network.clone(), r.workload_id.clone()))
+                {
+                    let mut fw = self.firewall.lock().await;
+                    fw.remove_workload(ip);
+                    fw.commit().await.map_err(|e| e.to_string())?;
+                }
+                Ok(())
             }
             pb::command::Op::Sync(set) => self.sync(set).await,
+            pb::command::Op::Peers(d) => self.peers(d).await,
+            pb::command::Op::Routes(plan) => self.routes(plan).await,
+            pb::command::Op::Underlay(u) => self.underlay(u).await,
         }
     }
 
@@ -118,6 +221,49 @@ impl Agent {
             .map_err(|e| e.to_string())
     }
 
+    /// Record a local workload's address and give the firewall its policy.
+    async fn firewall_for(&self, fw: &mut Firewall, spec: &pb::WorkloadSpec) -> Result<(), String> {
+        let ip = parse::<Ipv4Net>(&spec.address, "address")?.addr();
+        self.addresses
+            .lock()
+            .await
+            .insert((spec.network.clone(), spec.workload_id.clone()), ip);
+        let policy = match &spec.firewall {
+            Some(d) => Some((
+                crate::policy::grpc::firewall_decision(d.clone())
+                    .map_err(|e| format!("firewall rules: {e}"))?,
+                spec.firewall_monitor,
+            )),
+            None => None,
+        };
+        fw.set_workload(ip, policy);
+        Ok(())
+    }
+
+    /// The workloads of the network, for firewall selectors.
+    async fn peers(&self, d: pb::PeerDirectory) -> Result<(), String> {
+        let mut fw = self.firewall.lock().await;
+        let entry =
+            |e: &pb::PeerEntry| -> Result<(Ipv4Addr, crate::policy::types::Labels), String> {
+                Ok((
+                    parse(&e.address, "peer address")?,
+                    e.labels.clone().into_iter().collect(),
+                ))
+            };
+        if d.full {
+            fw.set_peers(d.upsert.iter().map(entry).collect::<Result<_, _>>()?);
+        } else {
+            for e in &d.upsert {
+                let (ip, labels) = entry(e)?;
+                fw.upsert_peer(ip, labels);
+            }
+            for a in &d.remove {
+                fw.remove_peer(parse(a, "peer address")?);
+            }
+        }
+        fw.commit().await.map_err(|e| e.to_string())
+    }
+
     async fn bridge_of(&self, network: &str) -> Result<String, String> {
         let nets = self.networks.lock().await;
         nets.get(network)
@@ -148,11 +294,33 @@ impl Agent {
                 }
             }
         }
+        let mut fw = self.firewall.lock().await;
+        let mut keep = BTreeSet::new();
         for spec in &set.workloads {
             if let Err(e) = self.attach(spec).await {
                 tracing::warn!(workload = %spec.workload_id, error = %e, "cannot restore a workload interface");
                 errors.push(format!("{}: {e}", spec.workload_id));
+                continue;
             }
+            if let Err(e) = self.firewall_for(&mut fw, spec).await {
+                errors.push(format!("{}: {e}", spec.workload_id));
+            }
+            keep.insert((spec.network.clone(), spec.workload_id.clone()));
+        }
+        let gone: Vec<Ipv4Addr> = {
+            let mut addrs = self.addresses.lock().await;
+            let stale: Vec<_> = addrs
+                .keys()
+                .filter(|k| !keep.contains(*k))
+                .cloned()
+                .collect();
+            stale.iter().filter_map(|k| addrs.remove(k)).collect()
+        };
+        for ip in gone {
+            fw.remove_workload(ip);
+        }
+        if let Err(e) = fw.commit().await {
+            errors.push(format!("firewall: {e}"));
         }
         if errors.is_empty() {
             Ok(())

@@ -4,19 +4,24 @@
 //! it is and repaired in place (remote, local, MTU, address); only tunnels that cannot be
 //! changed in place (wrong VNI or port, id outside the plan) are deleted and re-created.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use super::firewalld::Firewalld;
 use super::netlink::{Link, Netlink, VxlanSpec};
-use super::nft::{Action, ChainSpec, Cond, RuleSpec, TableSpec};
+use super::nfnl::{self, Elem};
+use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
 use super::{DataplaneError, Result, nft, sysctl};
 use crate::plan::{self, Plan};
 
 /// Weir's nftables table on the host.
 pub const HOST_TABLE: &str = "weir_host";
+/// The set of underlay addresses VXLAN is accepted from (host and runners alike).
+pub const UNDERLAY_SET: &str = "vxlan_peers";
+/// The counter of VXLAN packets dropped for coming from elsewhere.
+pub const UNDERLAY_DROPS: &str = "vxlan_dropped";
 
 /// What the host builds for one overlay network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,8 @@ pub enum TunnelChange {
 pub struct HostDataplane {
     nl: Netlink,
     firewalld: tokio::sync::OnceCell<Option<Firewalld>>,
+    /// What the kernel's underlay set holds.
+    underlay: std::sync::Mutex<BTreeSet<Ipv4Addr>>,
 }
 
 impl HostDataplane {
@@ -58,6 +65,7 @@ impl HostDataplane {
         Self {
             nl,
             firewalld: tokio::sync::OnceCell::new(),
+            underlay: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -69,12 +77,60 @@ impl HostDataplane {
     }
 
     /// Forwarding, the host-IP device and Weir's forward rules for `networks`.
-    pub async fn setup(&self, networks: &[HostNetwork]) -> Result<()> {
+    /// Forwarding, the host-IP devices, and Weir's table (forward accept, VXLAN accepted only
+    /// from `underlay`, NAT for runners whose egress is via the host).
+    pub async fn setup(
+        &self,
+        networks: &[HostNetwork],
+        underlay: BTreeSet<Ipv4Addr>,
+    ) -> Result<()> {
         sysctl::enable_ip_forward()?;
         for net in networks {
             self.ensure_host_device(net).await?;
         }
-        nft::apply(&host_table(networks)).await
+        let uplink = self.uplink().await?;
+        nft::apply(&host_table(networks, &underlay, uplink.as_deref())).await?;
+        *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = underlay;
+        Ok(())
+    }
+
+    /// The interface of the default route (where via-host egress leaves), if any.
+    async fn uplink(&self) -> Result<Option<String>> {
+        let routes = self.nl.routes().await?;
+        let Some(oif) = routes
+            .iter()
+            .find(|r| r.destination.prefix_len() == 0)
+            .and_then(|r| r.oif)
+        else {
+            return Ok(None);
+        };
+        Ok(self.nl.link_by_index(oif).await?.map(|l| l.name))
+    }
+
+    /// Make the underlay set exactly `peers`, with one netlink element batch (no `nft` process).
+    pub async fn set_underlay(&self, peers: BTreeSet<Ipv4Addr>) -> Result<()> {
+        let ops: Vec<Elem> = {
+            let cur = self.underlay.lock().unwrap_or_else(|p| p.into_inner());
+            cur.difference(&peers)
+                .map(|a| Elem::Del {
+                    set: UNDERLAY_SET.into(),
+                    key: *a,
+                })
+                .chain(peers.difference(&cur).map(|a| Elem::Add {
+                    set: UNDERLAY_SET.into(),
+                    key: *a,
+                }))
+                .collect()
+        };
+        if ops.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || nfnl::apply(HOST_TABLE, &ops))
+            .await
+            .map_err(|e| DataplaneError::Nft(format!("underlay set: {e}")))?
+            .map_err(|e| DataplaneError::Nft(e.to_string()))?;
+        *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+        Ok(())
     }
 
     async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
@@ -261,8 +317,15 @@ fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, String> {
 
 /// The host's forward rules: traffic from or to any overlay passes, whatever the default policy
 /// of other tables' chains in this hook says about the rest.
-pub fn host_table(networks: &[HostNetwork]) -> TableSpec {
+pub fn host_table(
+    networks: &[HostNetwork],
+    underlay: &BTreeSet<Ipv4Addr>,
+    uplink: Option<&str>,
+) -> TableSpec {
     let mut rules = Vec::new();
+    let mut input = Vec::new();
+    let mut nat = Vec::new();
+    let mut ports = BTreeSet::new();
     for net in networks {
         let cidr = net.plan.overlay();
         let tag = format!("weir network {}", net.name);
@@ -276,9 +339,42 @@ pub fn host_table(networks: &[HostNetwork]) -> TableSpec {
             Action::Accept,
             &tag,
         ));
+        // Runners whose egress is via the host leave through the host's uplink, NATed.
+        if let Some(up) = uplink {
+            nat.push(RuleSpec::new(
+                vec![
+                    Cond::SaddrIn(cidr),
+                    Cond::DaddrNotIn(cidr),
+                    Cond::Oifname(up.to_string()),
+                ],
+                Action::Masquerade,
+                &tag,
+            ));
+        }
+        ports.insert(net.port);
+    }
+    // VXLAN is accepted only from the runners Weir knows; anything else is counted and dropped.
+    for port in ports {
+        input.push(RuleSpec::new(
+            vec![
+                Cond::UdpDport(port),
+                Cond::SaddrNotInSet(UNDERLAY_SET.into()),
+            ],
+            Action::CountDrop(UNDERLAY_DROPS),
+            "weir: VXLAN from an unknown underlay address",
+        ));
     }
     TableSpec {
         name: HOST_TABLE.into(),
-        chains: vec![ChainSpec::forward(rules)],
+        chains: vec![
+            ChainSpec::forward(rules),
+            ChainSpec::input(input),
+            ChainSpec::postrouting(nat),
+        ],
+        sets: vec![SetSpec {
+            name: UNDERLAY_SET.into(),
+            elements: underlay.iter().copied().collect(),
+        }],
+        counters: vec![UNDERLAY_DROPS],
     }
 }

@@ -8,6 +8,7 @@
 //! - [`attach`]: workload interfaces created inside the workload's namespace
 
 pub mod attach;
+pub mod firewall;
 pub mod firewalld;
 pub mod host;
 pub mod netlink;

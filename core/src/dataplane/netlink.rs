@@ -66,6 +66,14 @@ pub struct VxlanSpec {
     pub mtu: u32,
 }
 
+/// A policy routing rule (IPv4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingRule {
+    pub source: Option<Ipv4Net>,
+    pub table: u32,
+    pub priority: u32,
+}
+
 /// An IPv4 route in the main table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -160,7 +168,16 @@ impl Netlink {
 
     /// Create a VXLAN link with learning off (up).
     pub async fn add_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
-        let msg = LinkVxlan::new(&spec.name, spec.vni)
+        self.add_vxlan_with_mac(spec, None).await
+    }
+
+    /// Create a VXLAN link with learning off (up), with a chosen MAC address.
+    pub async fn add_vxlan_with_mac(&self, spec: &VxlanSpec, mac: Option<[u8; 6]>) -> Result<Link> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni);
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
+        let msg = b
             .remote(spec.remote)
             .local(spec.local)
             .port(spec.port)
@@ -370,6 +387,228 @@ impl Netlink {
         }
     }
 
+    /// The MAC address of a link.
+    pub async fn mac_of(&self, index: u32) -> Result<Option<[u8; 6]>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("get link #{index}"), e))?;
+        Ok(msgs.first().and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(v) if v.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(v);
+                    Some(mac)
+                }
+                _ => None,
+            })
+        }))
+    }
+
+    // ---- forwarding database (VXLAN) ---------------------------------------------------
+
+    /// `bridge fdb replace MAC dev <vxlan> dst IP`: frames for `mac` go to the VTEP `dst`.
+    pub async fn fdb_replace(&self, vxlan: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(vxlan, &mac)
+            .flags(rtnetlink::packet_route::neighbour::NeighbourFlags::Own)
+            .destination(dst.into())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("fdb entry on link #{vxlan}"), e))
+    }
+
+    /// Static FDB entries of a VXLAN link: (MAC, destination).
+    pub async fn fdb_entries(&self, vxlan: u32) -> Result<Vec<([u8; 6], Ipv4Addr)>> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list fdb entries", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == vxlan)
+            .filter_map(|m| {
+                let mut mac = None;
+                let mut dst = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(v) if v.len() == 6 => {
+                            let mut x = [0u8; 6];
+                            x.copy_from_slice(v);
+                            mac = Some(x);
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                            dst = Some(*ip)
+                        }
+                        _ => {}
+                    }
+                }
+                Some((mac?, dst?))
+            })
+            .collect())
+    }
+
+    /// Delete a static FDB entry.
+    pub async fn fdb_del(&self, vxlan: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = vxlan;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete fdb entry on link #{vxlan}"),
+                e,
+            )),
+        }
+    }
+
+    // ---- policy routing ----------------------------------------------------------------
+
+    /// IPv4 rules that look up `table`.
+    pub async fn rules_for_table(&self, table: u32) -> Result<Vec<RoutingRule>> {
+        use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
+        let msgs: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(rtnetlink::IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list rules", e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                let mut t = u32::from(m.header.table);
+                let mut prio = 0;
+                let mut src = None;
+                for a in &m.attributes {
+                    match a {
+                        RuleAttribute::Table(x) => t = *x,
+                        RuleAttribute::Priority(p) => prio = *p,
+                        RuleAttribute::Source(std::net::IpAddr::V4(ip)) => {
+                            src = Ipv4Net::new(*ip, m.header.src_len).ok();
+                        }
+                        _ => {}
+                    }
+                }
+                (t == table).then_some(RoutingRule {
+                    source: src,
+                    table: t,
+                    priority: prio,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn add_rule(&self, rule: &RoutingRule) -> Result<()> {
+        let mut req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(rule.table)
+            .priority(rule.priority);
+        if let Some(src) = rule.source {
+            req = req.source_prefix(src.network(), src.prefix_len());
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("add rule to table {}", rule.table),
+                e,
+            )),
+        }
+    }
+
+    pub async fn del_rule(&self, rule: &RoutingRule) -> Result<()> {
+        use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.table = 0;
+        msg.attributes.push(RuleAttribute::Table(rule.table));
+        msg.attributes.push(RuleAttribute::Priority(rule.priority));
+        if let Some(src) = rule.source {
+            msg.header.src_len = src.prefix_len();
+            msg.attributes
+                .push(RuleAttribute::Source(src.network().into()));
+        }
+        match self.handle.rule().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete rule to table {}", rule.table),
+                e,
+            )),
+        }
+    }
+
+    /// Replace the default route of routing table `table` (tagged as Weir's).
+    pub async fn replace_default_in_table(
+        &self,
+        table: u32,
+        gateway: Ipv4Addr,
+        oif: u32,
+    ) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(oif)
+            .table_id(table)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("add default route to table {table}"), e))
+    }
+
+    /// Routes of routing table `table`.
+    pub async fn routes_in_table(&self, table: u32) -> Result<Vec<Route>> {
+        let mut req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        req.header.table = 0;
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(parse_route)
+            .filter(|r| r.table == table)
+            .collect())
+    }
+
     // ---- routes ------------------------------------------------------------------------
 
     /// IPv4 unicast routes of the main table.
@@ -440,6 +679,9 @@ impl Netlink {
         }
         if let Some(oif) = route.oif {
             b = b.output_interface(oif);
+        }
+        if route.table != 254 {
+            b = b.table_id(route.table);
         }
         match self.handle.route().del(b.build()).execute().await {
             Ok(()) => Ok(()),

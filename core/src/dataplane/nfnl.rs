@@ -44,7 +44,11 @@ pub enum Elem {
     /// Add an address to a set.
     Add { set: String, key: Ipv4Addr },
     /// Add `key : jump chain` to a verdict map.
-    AddJump { map: String, key: Ipv4Addr, chain: String },
+    AddJump {
+        map: String,
+        key: Ipv4Addr,
+        chain: String,
+    },
     /// Remove an element (it must exist).
     Del { set: String, key: Ipv4Addr },
 }
@@ -85,13 +89,15 @@ pub fn apply(table: &str, ops: &[Elem]) -> io::Result<()> {
         let (data, _) = sock.recv_from_full()?;
         let mut off = 0;
         while off + 16 <= data.len() {
-            let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
+            let len =
+                u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
             let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap_or_default());
             if len < 16 || off + len > data.len() {
                 break;
             }
             if ty == NLMSG_ERROR && len >= 20 {
-                let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
+                let code =
+                    i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
                 pending = pending.saturating_sub(1);
                 if code != 0 && first_err.is_none() {
                     first_err = Some(io::Error::from_raw_os_error(-code));
@@ -104,7 +110,10 @@ pub fn apply(table: &str, ops: &[Elem]) -> io::Result<()> {
         }
     }
     match first_err {
-        Some(e) => Err(io::Error::new(e.kind(), format!("nftables elements of {table}: {e}"))),
+        Some(e) => Err(io::Error::new(
+            e.kind(),
+            format!("nftables elements of {table}: {e}"),
+        )),
         None => Ok(()),
     }
 }
@@ -178,7 +187,13 @@ fn pad(buf: &mut Vec<u8>) {
 }
 
 fn elements_msg(buf: &mut Vec<u8>, seq: u32, table: &str, set: &str, kind: u16, ops: &[Elem]) {
-    let flags = NLM_F_REQUEST | NLM_F_ACK | if kind == NFT_MSG_NEWSETELEM { NLM_F_CREATE } else { 0 };
+    let flags = NLM_F_REQUEST
+        | NLM_F_ACK
+        | if kind == NFT_MSG_NEWSETELEM {
+            NLM_F_CREATE
+        } else {
+            0
+        };
     let start = nlmsg_header(buf, (NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq);
     nfgenmsg(buf, FAMILY_INET, 0);
     attr_str(buf, NFTA_SET_ELEM_LIST_TABLE, table);
@@ -235,6 +250,9 @@ mod tests {
         // Both keys and both chain names are in the payload.
         let hay = String::from_utf8_lossy(&buf);
         assert_eq!(hay.matches("g1_out").count(), 2);
-        assert!(buf.windows(4).any(|w| w == [10, 0, 1, 2]) && buf.windows(4).any(|w| w == [10, 0, 1, 3]));
+        assert!(
+            buf.windows(4).any(|w| w == [10, 0, 1, 2])
+                && buf.windows(4).any(|w| w == [10, 0, 1, 3])
+        );
     }
 }

@@ -27,6 +27,10 @@ pub enum Cond {
     DaddrNotIn(Ipv4Net),
     Iifname(String),
     Oifname(String),
+    OifnameNot(String),
+    /// Source address not in the named set.
+    SaddrNotInSet(String),
+    UdpDport(u16),
 }
 
 /// What a rule does when its conditions hold.
@@ -34,6 +38,8 @@ pub enum Cond {
 pub enum Action {
     Accept,
     Masquerade,
+    /// Count in the named counter and drop.
+    CountDrop(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +80,16 @@ impl ChainSpec {
             rules,
         }
     }
+    /// A filter chain on the input hook (policy accept).
+    pub fn input(rules: Vec<RuleSpec>) -> Self {
+        Self {
+            name: "input".into(),
+            kind: NfChainType::Filter,
+            hook: NfHook::Input,
+            priority: 0,
+            rules,
+        }
+    }
     /// A source-NAT chain on the postrouting hook.
     pub fn postrouting(rules: Vec<RuleSpec>) -> Self {
         Self {
@@ -86,11 +102,20 @@ impl ChainSpec {
     }
 }
 
+/// A named set of IPv4 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: String,
+    pub elements: Vec<std::net::Ipv4Addr>,
+}
+
 /// A whole table as Weir wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
     pub name: String,
     pub chains: Vec<ChainSpec>,
+    pub sets: Vec<SetSpec>,
+    pub counters: Vec<&'static str>,
 }
 
 impl TableSpec {
@@ -110,6 +135,33 @@ impl TableSpec {
         batch.add(NfListObject::Table(table.clone()));
         batch.delete(NfListObject::Table(table.clone()));
         batch.add(NfListObject::Table(table));
+        for c in &self.counters {
+            batch.add(NfListObject::Counter(nftables::schema::Counter {
+                family: FAMILY,
+                table: Cow::Owned(self.name.clone()),
+                name: Cow::Borrowed(c),
+                handle: None,
+                packets: None,
+                bytes: None,
+            }));
+        }
+        for s in &self.sets {
+            let elem: Vec<Expression<'static>> = s
+                .elements
+                .iter()
+                .map(|a| Expression::String(Cow::Owned(a.to_string())))
+                .collect();
+            batch.add(NfListObject::Set(Box::new(nftables::schema::Set {
+                family: FAMILY,
+                table: Cow::Owned(self.name.clone()),
+                name: Cow::Owned(s.name.clone()),
+                set_type: nftables::schema::SetTypeValue::Single(
+                    nftables::schema::SetType::Ipv4Addr,
+                ),
+                elem: (!elem.is_empty()).then(|| Cow::Owned(elem)),
+                ..nftables::schema::Set::default()
+            })));
+        }
         for chain in &self.chains {
             batch.add(NfListObject::Chain(Chain {
                 family: FAMILY,
@@ -138,11 +190,20 @@ impl TableSpec {
 
 fn statements(rule: &RuleSpec) -> Vec<Statement<'static>> {
     let mut out: Vec<Statement<'static>> = rule.conds.iter().map(cond).collect();
-    out.push(Statement::Counter(Counter::Anonymous(None)));
-    out.push(match rule.action {
-        Action::Accept => Statement::Accept(None),
-        Action::Masquerade => Statement::Masquerade(None),
-    });
+    match rule.action {
+        Action::Accept => {
+            out.push(Statement::Counter(Counter::Anonymous(None)));
+            out.push(Statement::Accept(None));
+        }
+        Action::Masquerade => {
+            out.push(Statement::Counter(Counter::Anonymous(None)));
+            out.push(Statement::Masquerade(None));
+        }
+        Action::CountDrop(name) => {
+            out.push(Statement::Counter(Counter::Named(Cow::Borrowed(name))));
+            out.push(Statement::Drop(None));
+        }
+    }
     out
 }
 
@@ -176,6 +237,26 @@ fn cond(c: &Cond) -> Statement<'static> {
             Expression::String(Cow::Owned(i.clone())),
             Operator::EQ,
         ),
+        Cond::OifnameNot(i) => (
+            meta(MetaKey::Oifname),
+            Expression::String(Cow::Owned(i.clone())),
+            Operator::NEQ,
+        ),
+        Cond::SaddrNotInSet(s) => (
+            ip("saddr"),
+            Expression::String(Cow::Owned(format!("@{s}"))),
+            Operator::NEQ,
+        ),
+        Cond::UdpDport(port) => (
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                PayloadField {
+                    protocol: Cow::Borrowed("udp"),
+                    field: Cow::Borrowed("dport"),
+                },
+            ))),
+            Expression::Number(u32::from(*port)),
+            Operator::EQ,
+        ),
     };
     Statement::Match(Match { left, right, op })
 }
@@ -188,6 +269,46 @@ pub async fn apply(spec: &TableSpec) -> Result<()> {
         .await
         .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?
         .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {}", nft_error(e))))
+}
+
+/// Apply an `nft -f` script (one transaction). For tables whose text form is clearer than the
+/// JSON schema (the firewall); runs on a blocking thread.
+pub async fn apply_script(script: &str) -> Result<()> {
+    let script = script.to_string();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                DataplaneError::Nft(if e.kind() == std::io::ErrorKind::NotFound {
+                    "the nft program is not installed (Debian package nftables)".into()
+                } else {
+                    format!("run nft: {e}")
+                })
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| DataplaneError::Nft(format!("write to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| DataplaneError::Nft(format!("wait for nft: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Nft(format!(
+                "nft refused the script: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    })
+    .await
+    .map_err(|e| DataplaneError::Nft(format!("nft task: {e}")))?
 }
 
 /// Delete Weir's table `name` if it exists.

@@ -5,12 +5,14 @@
 //! older plan are removed, a tunnel whose VNI or port changed is re-created, one whose remote
 //! or local address changed is modified. Isolated mode removes every overlay object.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, VxlanSpec};
-use super::nft::{Action, ChainSpec, Cond, RuleSpec, TableSpec};
+use super::host::{UNDERLAY_DROPS, UNDERLAY_SET};
+use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, RoutingRule, VxlanSpec};
+use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
 use super::{DataplaneError, Result, nft, sysctl};
 
 /// Weir's nftables table on a runner.
@@ -60,11 +62,154 @@ impl RunnerNetwork {
 
 pub struct RunnerDataplane {
     nl: Netlink,
+    /// What the table was last built from, to rebuild it when the underlay peers change.
+    last: std::sync::Mutex<(Vec<RunnerNetwork>, Vec<Ipv4Addr>)>,
 }
 
 impl RunnerDataplane {
     pub fn new(nl: Netlink) -> Self {
-        Self { nl }
+        Self {
+            nl,
+            last: std::sync::Mutex::new((Vec::new(), Vec::new())),
+        }
+    }
+
+    /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
+    pub async fn set_underlay(&self, peers: Vec<Ipv4Addr>) -> Result<()> {
+        let networks = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.1 == peers {
+                return Ok(());
+            }
+            last.1 = peers.clone();
+            last.0.clone()
+        };
+        if networks.is_empty() {
+            return Ok(());
+        }
+        nft::apply(&runner_table(&networks, &peers)).await
+    }
+
+    /// Reach `cfg.direct` peers over their own tunnels instead of the host, and steer egress.
+    /// Idempotent; stale direct tunnels, routes, FDB entries and egress rules are removed.
+    pub async fn apply_routes(&self, net: &RunnerNetwork, cfg: &RouteConfig) -> Result<()> {
+        let Some(t) = &net.tunnel else {
+            return Ok(());
+        };
+        let alias = format!("{DIRECT_ALIAS_PREFIX}{}", net.name);
+        let mut wanted_links = BTreeSet::new();
+        let mut wanted_routes = Vec::new();
+        for p in &cfg.direct {
+            let name = crate::plan::tunnel_name(DIRECT_PREFIX, p.runner_id);
+            let mac = direct_mac(cfg.me, p.runner_id);
+            let link = match self.nl.link(&name).await? {
+                Some(l)
+                    if l.vxlan
+                        .as_ref()
+                        .is_some_and(|v| v.vni == p.vni && v.port == t.port)
+                        && self.nl.mac_of(l.index).await? == Some(mac) =>
+                {
+                    let v = l.vxlan.clone().unwrap_or_default();
+                    if v.remote != Some(p.physical_ip) || v.local != Some(t.local) || v.learning {
+                        self.nl
+                            .set_vxlan_endpoints(l.index, p.physical_ip, t.local)
+                            .await?;
+                    }
+                    l
+                }
+                other => {
+                    if let Some(old) = other {
+                        self.nl.del_link(old.index).await?;
+                    }
+                    let spec = VxlanSpec {
+                        name: name.clone(),
+                        vni: p.vni,
+                        remote: p.physical_ip,
+                        local: t.local,
+                        port: t.port,
+                        mtu: net.mtu,
+                    };
+                    let l = self.nl.add_vxlan_with_mac(&spec, Some(mac)).await?;
+                    self.nl.set_alias(l.index, &alias).await?;
+                    l
+                }
+            };
+            if link.mtu != net.mtu {
+                self.nl.set_mtu(link.index, net.mtu).await?;
+            }
+            if !link.up {
+                self.nl.set_up(link.index).await?;
+            }
+            self.nl
+                .replace_route_as(p.subnet, None, Some(link.index), DIRECT_ROUTE_PROTOCOL)
+                .await?;
+            wanted_links.insert(name);
+            wanted_routes.push(p.subnet);
+        }
+        for route in self.nl.routes().await? {
+            if route.protocol == DIRECT_ROUTE_PROTOCOL
+                && !wanted_routes.contains(&route.destination)
+            {
+                self.nl.del_route(&route).await?;
+            }
+        }
+        for l in self.nl.links().await? {
+            if l.alias.as_deref() == Some(alias.as_str()) && !wanted_links.contains(&l.name) {
+                self.nl.del_link(l.index).await?;
+            }
+        }
+        // Frames for a direct peer's tunnel MAC go straight back to that peer.
+        if let Some(vx) = self.nl.link(&t.name).await? {
+            let want: Vec<([u8; 6], Ipv4Addr)> = cfg
+                .direct
+                .iter()
+                .map(|p| (direct_mac(p.runner_id, cfg.me), p.physical_ip))
+                .collect();
+            for (mac, dst) in &want {
+                self.nl.fdb_replace(vx.index, *mac, *dst).await?;
+            }
+            for (mac, dst) in self.nl.fdb_entries(vx.index).await? {
+                if mac[0] == 0x02 && mac[1] == 0x77 && !want.contains(&(mac, dst)) {
+                    self.nl.fdb_del(vx.index, mac, dst).await?;
+                }
+            }
+        }
+        self.apply_egress(net, t, cfg.via_host_egress).await
+    }
+
+    /// Via-host egress: traffic from the runner's subnet looks up a table whose default route
+    /// is the host (on this subnet); the host NATs it. Runner-NAT: no rule.
+    async fn apply_egress(
+        &self,
+        net: &RunnerNetwork,
+        t: &RunnerTunnel,
+        via_host: bool,
+    ) -> Result<()> {
+        let rule = RoutingRule {
+            source: Some(net.subnet),
+            table: EGRESS_TABLE,
+            priority: EGRESS_TABLE,
+        };
+        let existing = self.nl.rules_for_table(EGRESS_TABLE).await?;
+        for r in existing.iter().filter(|r| !via_host || **r != rule) {
+            self.nl.del_rule(r).await?;
+        }
+        if via_host {
+            let bridge = self.nl.link(&net.bridge).await?.ok_or_else(|| {
+                DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
+            })?;
+            self.nl
+                .replace_default_in_table(EGRESS_TABLE, t.via, bridge.index)
+                .await?;
+            if !existing.contains(&rule) {
+                self.nl.add_rule(&rule).await?;
+            }
+        } else {
+            for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
+                self.nl.del_route(&r).await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn netlink(&self) -> &Netlink {
@@ -106,7 +251,12 @@ impl RunnerDataplane {
                 self.nl.del_route(&route).await?;
             }
         }
-        nft::apply(&runner_table(networks)).await
+        let underlay = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.0 = networks.to_vec();
+            last.1.clone()
+        };
+        nft::apply(&runner_table(networks, &underlay)).await
     }
 
     async fn ensure_bridge(&self, net: &RunnerNetwork) -> Result<u32> {
@@ -219,21 +369,33 @@ impl RunnerDataplane {
 
     /// Remove every bridge, tunnel, route and rule Weir made (the runner lost its allocation).
     pub async fn teardown(&self) -> Result<()> {
-        for link in self.own_links().await? {
-            self.nl.del_link(link.index).await?;
+        for link in self.nl.links().await? {
+            let ours = link.alias.as_deref().is_some_and(|a| {
+                a.starts_with(NETWORK_ALIAS_PREFIX) || a.starts_with(DIRECT_ALIAS_PREFIX)
+            });
+            if ours {
+                self.nl.del_link(link.index).await?;
+            }
         }
         for route in self.nl.routes().await? {
-            if route.protocol == ROUTE_PROTOCOL {
+            if route.protocol == ROUTE_PROTOCOL || route.protocol == DIRECT_ROUTE_PROTOCOL {
                 self.nl.del_route(&route).await?;
             }
         }
+        for r in self.nl.rules_for_table(EGRESS_TABLE).await? {
+            self.nl.del_rule(&r).await?;
+        }
+        for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
+            self.nl.del_route(&r).await?;
+        }
+        nft::delete(super::firewall::FIREWALL_TABLE).await?;
         nft::delete(RUNNER_TABLE).await
     }
 }
 
 /// The runner's rules: forward everything of each network, and masquerade what leaves it
 /// through the uplink.
-pub fn runner_table(networks: &[RunnerNetwork]) -> TableSpec {
+pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableSpec {
     let mut forward = Vec::new();
     let mut nat = Vec::new();
     for net in networks {
@@ -261,8 +423,75 @@ pub fn runner_table(networks: &[RunnerNetwork]) -> TableSpec {
             ));
         }
     }
+    // VXLAN only from the host and the other runners (the tunnel's remote is always allowed).
+    let mut peers: BTreeSet<Ipv4Addr> = underlay.iter().copied().collect();
+    let mut input = Vec::new();
+    let mut ports = BTreeSet::new();
+    for t in networks.iter().filter_map(|n| n.tunnel.as_ref()) {
+        peers.insert(t.remote);
+        ports.insert(t.port);
+    }
+    for port in ports {
+        input.push(RuleSpec::new(
+            vec![
+                Cond::UdpDport(port),
+                Cond::SaddrNotInSet(UNDERLAY_SET.into()),
+            ],
+            Action::CountDrop(UNDERLAY_DROPS),
+            "weir: VXLAN from an unknown underlay address",
+        ));
+    }
     TableSpec {
         name: RUNNER_TABLE.into(),
-        chains: vec![ChainSpec::forward(forward), ChainSpec::postrouting(nat)],
+        chains: vec![
+            ChainSpec::forward(forward),
+            ChainSpec::input(input),
+            ChainSpec::postrouting(nat),
+        ],
+        sets: vec![SetSpec {
+            name: UNDERLAY_SET.into(),
+            elements: peers.into_iter().collect(),
+        }],
+        counters: vec![UNDERLAY_DROPS],
     }
+}
+
+/// Direct tunnels are named `vxd` + the peer's id in base 36.
+pub const DIRECT_PREFIX: &str = "vxd";
+/// Direct tunnels carry this alias prefix (+ network), so stale ones are found and removed.
+pub const DIRECT_ALIAS_PREFIX: &str = "weir-direct:";
+/// Routes to directly reached peers carry their own protocol number (not [`ROUTE_PROTOCOL`]).
+pub const DIRECT_ROUTE_PROTOCOL: u8 = 88;
+/// The routing table (and rule priority) of via-host egress.
+pub const EGRESS_TABLE: u32 = 87;
+
+/// The MAC of runner `from`'s direct tunnel to runner `to`: locally administered and derived
+/// from both ids, so the receiving runner can point it back without asking anybody.
+pub fn direct_mac(from: u32, to: u32) -> [u8; 6] {
+    [
+        0x02,
+        0x77,
+        (from >> 8) as u8,
+        from as u8,
+        (to >> 8) as u8,
+        to as u8,
+    ]
+}
+
+/// A peer runner reached without the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectPeer {
+    pub runner_id: u32,
+    pub physical_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub vni: u32,
+}
+
+/// Which peers are direct and where workloads egress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// This runner's id.
+    pub me: u32,
+    pub direct: Vec<DirectPeer>,
+    pub via_host_egress: bool,
 }

@@ -16,3 +16,18 @@ pub fn enable_ip_forward() -> Result<()> {
     std::fs::write(PATH, b"1")
         .map_err(|e: io::Error| DataplaneError::io("enable net.ipv4.ip_forward", e))
 }
+
+/// Let bridged IPv4 traffic through the inet hooks (and connection tracking), so the firewall
+/// sees workload traffic that never gets routed (same bridge, or arriving over `vxlan0`).
+pub fn enable_bridge_netfilter() -> Result<()> {
+    const PATH: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    match std::fs::read_to_string(PATH) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => std::fs::write(PATH, b"1")
+            .map_err(|e| DataplaneError::io("enable bridge-nf-call-iptables", e)),
+        Err(e) => Err(DataplaneError::io(
+            "read net.bridge.bridge-nf-call-iptables (this kernel needs br_netfilter for workload firewalls)",
+            e,
+        )),
+    }
+}

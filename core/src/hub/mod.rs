@@ -18,6 +18,7 @@ mod events;
 mod reservations;
 mod runners;
 mod session;
+mod topology;
 mod workloads;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -364,7 +365,7 @@ impl Hub {
         }
         if let Some(dp) = &self.dataplane {
             let nets = self.host_networks();
-            dp.setup(&nets).await?;
+            dp.setup(&nets, self.underlay_peers(&st)).await?;
             for net in &nets {
                 let found = dp.scan_tunnels(net).await?;
                 let held = |st: &State, id: u32| {
@@ -407,6 +408,7 @@ impl Hub {
                 }
                 tracing::info!(network = %net.name, adopted = kept, "tunnels reconciled");
             }
+            dp.set_underlay(self.underlay_peers(&st)).await?;
         }
         // Reservations first (they hold pool addresses), then workloads.
         for (id, r) in snap.reservations {

@@ -2,6 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use std::sync::Arc;
+
 use weir_proto::v1 as pb;
 
 use super::{Hub, HubError, RunnerState, State, Txn};
@@ -16,7 +18,7 @@ use crate::store::{Change, RunnerRecord, now_ms};
 impl Hub {
     /// A runner joins. Returns everything it needs to build its side.
     pub async fn register(
-        &self,
+        self: &Arc<Self>,
         req: pb::RegisterRequest,
     ) -> Result<pb::RegisterResponse, HubError> {
         let name = check_runner_name(&req.name)?;
@@ -145,7 +147,21 @@ impl Hub {
         entry.rec = rec;
         entry.last_seen_ms = now;
         tracing::info!(runner = %name, id = ?id, %physical_ip, "runner registered");
-        Ok(self.assignment(&st.runners[&name].rec))
+        let answer = self.assignment(&st.runners[&name].rec);
+        // The host accepts the runner's VXLAN before it answers; the other runners learn of it
+        // in the background.
+        if let Some(dp) = &self.dataplane {
+            dp.set_underlay(self.underlay_peers(&st)).await?;
+        }
+        drop(st);
+        self.spawn_publish();
+        Ok(answer)
+    }
+
+    /// Tell every runner about a change of the runner set, without waiting.
+    pub(super) fn spawn_publish(self: &Arc<Self>) {
+        let hub = self.clone();
+        tokio::spawn(async move { hub.publish_topology().await });
     }
 
     /// Remove a runner's allocation, workloads, reservations and pools (memory and `txn`).
@@ -285,7 +301,7 @@ impl Hub {
     /// Release a runner (by name, or a placeholder by `#id`): its tunnel, allocation,
     /// reservations and workloads go; a connected runner is told and registers again.
     pub async fn release_runner(
-        &self,
+        self: &Arc<Self>,
         runner: &str,
     ) -> Result<pb::ReleaseRunnerResponse, HubError> {
         let runner = runner.trim();
@@ -313,6 +329,8 @@ impl Hub {
                 e.detail = "placeholder released".into();
             });
             self.commit(&mut st, txn)?;
+            drop(st);
+            self.spawn_publish();
             return Ok(pb::ReleaseRunnerResponse {
                 released_id: id,
                 workloads_removed: 0,
@@ -330,6 +348,8 @@ impl Hub {
         }
         self.forget_runner(&mut st, runner, &mut txn, "released by an operator");
         self.commit(&mut st, txn)?;
+        drop(st);
+        self.spawn_publish();
         tracing::info!(runner, id = ?id, workloads, "runner released");
         Ok(pb::ReleaseRunnerResponse {
             released_id: id.unwrap_or(0),
@@ -338,7 +358,9 @@ impl Hub {
     }
 
     /// Release every inactive runner and every placeholder whose grace period is over.
-    pub async fn cleanup_inactive(&self) -> Result<pb::CleanupInactiveResponse, HubError> {
+    pub async fn cleanup_inactive(
+        self: &Arc<Self>,
+    ) -> Result<pb::CleanupInactiveResponse, HubError> {
         let mut st = self.state.lock().await;
         let now = now_ms();
         let timeout = self.timeout_ms();
@@ -374,6 +396,10 @@ impl Hub {
             released.push(format!("#{id}"));
         }
         self.commit(&mut st, txn)?;
+        drop(st);
+        if !released.is_empty() {
+            self.spawn_publish();
+        }
         Ok(pb::CleanupInactiveResponse {
             released: released.len() as u32,
             runners: released,

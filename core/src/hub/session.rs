@@ -28,6 +28,12 @@ pub struct SessionHandle {
     next_command: Arc<AtomicU64>,
 }
 
+/// A queued command awaiting its answer.
+pub struct Pending {
+    id: u64,
+    rx: oneshot::Receiver<String>,
+}
+
 /// What the API layer needs to serve a freshly opened session.
 pub struct SessionStart {
     pub handle: SessionHandle,
@@ -52,6 +58,12 @@ impl SessionHandle {
 
     /// Send a command and wait for the runner's answer.
     pub async fn command(&self, op: pb::command::Op, timeout: Duration) -> Result<(), HubError> {
+        let pending = self.enqueue(op).await?;
+        self.wait(pending, timeout).await
+    }
+
+    /// Queue a command (its place in the runner's order is fixed now); await it with [`wait`].
+    pub async fn enqueue(&self, op: pb::command::Op) -> Result<Pending, HubError> {
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending_map().insert(id, tx);
@@ -68,6 +80,12 @@ impl SessionHandle {
                 self.runner
             )));
         }
+        Ok(Pending { id, rx })
+    }
+
+    /// Wait for the runner's answer to a queued command.
+    pub async fn wait(&self, pending: Pending, timeout: Duration) -> Result<(), HubError> {
+        let Pending { id, rx } = pending;
         let answer = tokio::time::timeout(timeout, rx).await;
         self.pending_map().remove(&id);
         match answer {
@@ -144,36 +162,9 @@ impl Hub {
             msg: Some(pb::host_message::Msg::Accepted(pb::SessionAccepted {})),
         };
         let _ = handle.tx.try_send(accepted);
-        // The runner's full desired state, so it can repair and remove whatever drifted.
-        let workloads: Vec<pb::WorkloadSpec> = st
-            .workloads
-            .values()
-            .filter(|w| w.runner == hello.name)
-            .filter_map(|w| {
-                let net = self.network(&w.network).ok()?;
-                let sub = net.runner_subnet(st.runners.get(&w.runner)?.rec.id)?;
-                Some(super::workloads::workload_spec(w, net, sub))
-            })
-            .collect();
         drop(st);
-        let sync = handle.clone();
-        tokio::spawn(async move {
-            let n = workloads.len();
-            match sync
-                .command(
-                    pb::command::Op::Sync(pb::WorkloadSet { workloads }),
-                    super::COMMAND_TIMEOUT * 3,
-                )
-                .await
-            {
-                Ok(()) => {
-                    tracing::debug!(runner = %sync.runner, workloads = n, "runner synchronised")
-                }
-                Err(e) => {
-                    tracing::warn!(runner = %sync.runner, error = %e, "runner synchronisation failed")
-                }
-            }
-        });
+        let (hub, s) = (self.clone(), handle.clone());
+        tokio::spawn(async move { hub.prime_session(s).await });
         tracing::info!(runner = %hello.name, session = sid, "session opened");
         Ok(SessionStart { handle, outbound })
     }

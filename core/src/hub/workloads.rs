@@ -147,6 +147,7 @@ impl Hub {
         }
         if fresh {
             self.record_attach(&rec).await?;
+            self.publish_peer(Some(&rec), None).await;
         }
         tracing::info!(workload = %workload_id, runner = %req.runner, ip = %rec.ip, vm, "workload attached");
         Ok(pb::AttachWorkloadResponse {
@@ -234,6 +235,7 @@ impl Hub {
             mac,
             reservation,
             firewall: None,
+            firewall_monitor: false,
         };
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(rec.clone()));
@@ -325,9 +327,9 @@ impl Hub {
             address: rec.ip.addr().to_string(),
             groups,
         });
-        let decision = match self.policy.decide(&req).await? {
-            Some(Decision::Firewall(d)) => Some(d),
-            _ => None,
+        let (decision, monitor) = match self.policy.decide_or_monitor(&req).await? {
+            Some((Decision::Firewall(d), monitor)) => (Some(d), monitor),
+            _ => (None, false),
         };
         let mut st = self.state.lock().await;
         let Some(w) = st.workloads.get_mut(&rec.key()) else {
@@ -336,6 +338,7 @@ impl Hub {
             ));
         };
         w.firewall = decision;
+        w.firewall_monitor = monitor;
         let updated = w.clone();
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(updated.clone()));
@@ -472,6 +475,8 @@ impl Hub {
             e.ip = rec.ip.to_string();
         });
         self.commit(&mut st, txn)?;
+        drop(st);
+        self.publish_peer(None, Some(rec.ip.addr())).await;
         tracing::info!(workload = %workload_id, "workload detached");
         Ok(())
     }
@@ -533,5 +538,10 @@ pub(super) fn workload_spec(
         mtu: net.mtu,
         default_route: true,
         vm: w.vm,
+        firewall: w
+            .firewall
+            .as_ref()
+            .map(crate::policy::grpc::firewall_decision_pb),
+        firewall_monitor: w.firewall_monitor,
     }
 }

@@ -187,7 +187,58 @@ fn verdict(s: &str) -> Result<t::Verdict, Fault> {
     }
 }
 
-fn firewall_decision(d: pb::FirewallDecision) -> Result<t::FirewallDecision, Fault> {
+/// A firewall decision as its `weir.v1` message (the host sends it to runners this way).
+pub fn firewall_decision_pb(d: &t::FirewallDecision) -> pb::FirewallDecision {
+    use pb::peer::Peer as P;
+    let verdict = |v: t::Verdict| match v {
+        t::Verdict::Allow => "allow".to_string(),
+        t::Verdict::Deny => "deny".to_string(),
+    };
+    pb::FirewallDecision {
+        rules: d
+            .rules
+            .iter()
+            .map(|r| pb::Rule {
+                direction: match r.direction {
+                    t::Direction::Ingress => "ingress",
+                    t::Direction::Egress => "egress",
+                }
+                .into(),
+                peer: Some(pb::Peer {
+                    peer: Some(match &r.peer {
+                        t::Peer::Labels(l) => P::Labels(pb::LabelSet {
+                            labels: l.clone().into_iter().collect(),
+                        }),
+                        t::Peer::Cidr(c) => P::Cidr(c.clone()),
+                        t::Peer::Host => P::Host(true),
+                        t::Peer::Wan => P::Wan(true),
+                        t::Peer::Any => P::Any(true),
+                    }),
+                }),
+                protocol: match r.protocol {
+                    t::Protocol::Any => "any",
+                    t::Protocol::Tcp => "tcp",
+                    t::Protocol::Udp => "udp",
+                    t::Protocol::Icmp => "icmp",
+                }
+                .into(),
+                ports: r
+                    .ports
+                    .iter()
+                    .map(|p| pb::PortRange {
+                        first: u32::from(p.first),
+                        last: u32::from(p.last),
+                    })
+                    .collect(),
+                verdict: verdict(r.verdict),
+            })
+            .collect(),
+        default_verdict: verdict(d.default_verdict),
+    }
+}
+
+/// A firewall decision from its `weir.v1` message.
+pub fn firewall_decision(d: pb::FirewallDecision) -> Result<t::FirewallDecision, Fault> {
     use pb::peer::Peer as P;
     let rules = d
         .rules

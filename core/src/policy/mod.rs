@@ -273,6 +273,67 @@ impl PolicyHost {
         result
     }
 
+    /// For hooks whose monitor mode still acts (the firewall installs a monitor plugin's rules
+    /// in count-only mode): the enforcing decision, or else the first monitor plugin's decision
+    /// marked `true` (monitor).
+    pub async fn decide_or_monitor(
+        &self,
+        request: &Request,
+    ) -> Result<Option<(Decision, bool)>, Refusal> {
+        if self.enforcer(request.hook()).is_some() {
+            return Ok(self.decide(request).await?.map(|d| (d, false)));
+        }
+        let Some(slot) = self.monitors(request.hook()).into_iter().next() else {
+            return Ok(None);
+        };
+        let (outcome, version, latency) = call(&slot, request).await;
+        slot.decisions.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(d) => {
+                if let Some(a) = &self.audit {
+                    a.record(
+                        &slot.spec.name,
+                        &version,
+                        "monitor",
+                        request,
+                        Ok(&d),
+                        latency,
+                        true,
+                        None,
+                    );
+                }
+                Ok(Some((d, true)))
+            }
+            Err(fault) => {
+                // A monitor never refuses: without its rules the workload is simply open.
+                slot.faults.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %slot.spec.name, cause = fault.cause(), fault = %fault, "monitor plugin fault (nothing applied)");
+                if let Some(a) = &self.audit {
+                    a.record(
+                        &slot.spec.name,
+                        &version,
+                        "monitor",
+                        request,
+                        Err(&fault),
+                        latency,
+                        false,
+                        None,
+                    );
+                }
+                if let Some(tx) = &self.faults {
+                    let _ = tx.send(FaultReport {
+                        plugin: slot.spec.name.clone(),
+                        version,
+                        hook: request.hook(),
+                        fault,
+                        applied: "none (monitor)",
+                    });
+                }
+                Ok(None)
+            }
+        }
+    }
+
     async fn run_enforcing(
         &self,
         slot: &Arc<Slot>,
