@@ -455,6 +455,12 @@ impl Netlink {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
                             dst = Some(*ip)
                         }
+                        // In the bridge family the kernel's address comes back untyped.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(v))
+                            if v.len() == 4 =>
+                        {
+                            dst = Some(Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+                        }
                         _ => {}
                     }
                 }
@@ -531,7 +537,8 @@ impl Netlink {
             .add()
             .v4()
             .table_id(rule.table)
-            .priority(rule.priority);
+            .priority(rule.priority)
+            .action(rtnetlink::packet_route::rule::RuleAction::ToTable);
         if let Some(src) = rule.source {
             req = req.source_prefix(src.network(), src.prefix_len());
         }

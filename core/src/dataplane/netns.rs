@@ -39,7 +39,9 @@ where
         .map_err(|_| io::Error::other("thread inside a network namespace panicked"))?
 }
 
-/// Create a named network namespace (like `ip netns add`). Fails if it exists.
+/// Create a named network namespace (like `ip netns add`), with loopback up and IPv6 off (the
+/// lab and the tests are IPv4; IPv6 autoconfiguration would only add noise to counters).
+/// Fails if it exists.
 pub fn create(name: &str) -> io::Result<PathBuf> {
     validate_name(name)?;
     std::fs::create_dir_all(NETNS_RUN_DIR)?;
@@ -71,7 +73,13 @@ pub fn create(name: &str) -> io::Result<PathBuf> {
         return Err(with_path(e, "bind-mount new namespace", &path));
     }
     // A new namespace's loopback is down; nearly everything expects it up.
-    run_in(&path, set_loopback_up)??;
+    run_in(&path, || {
+        set_loopback_up()?;
+        for knob in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6"), b"1");
+        }
+        Ok::<(), io::Error>(())
+    })??;
     Ok(path)
 }
 

@@ -232,6 +232,7 @@ impl RunnerDataplane {
         let mut want_routes = Vec::new();
         for net in networks {
             let bridge = self.ensure_bridge(net).await?;
+            sysctl::disable_redirects(&net.bridge)?;
             if let Some(t) = &net.tunnel {
                 self.ensure_tunnel(net, t, bridge).await?;
                 self.nl

@@ -31,3 +31,21 @@ pub fn enable_bridge_netfilter() -> Result<()> {
         )),
     }
 }
+
+/// Stop sending ICMP redirects (globally and on `ifname`): a runner routing a workload's
+/// packet back out of its bridge must not teach the workload to bypass it — the runner's
+/// forward hook is where its firewall and routing decisions apply.
+pub fn disable_redirects(ifname: &str) -> Result<()> {
+    for conf in ["all", ifname] {
+        let path = format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects");
+        if std::fs::read_to_string(&path)
+            .map(|v| v.trim() == "0")
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        std::fs::write(&path, b"0")
+            .map_err(|e| DataplaneError::io(format!("disable {path}"), e))?;
+    }
+    Ok(())
+}

@@ -199,9 +199,19 @@ impl Hub {
                     }
                 }
                 let Some(h) = hub.upgrade() else { return };
-                let mut st = h.state.lock().await;
-                if let Err(e) = h.commit(&mut st, txn) {
-                    tracing::error!(error = %e, "recording a plugin event failed");
+                let reloaded = txn.events.iter().any(|e| {
+                    e.kind == pb::EventKind::PluginReloaded as i32
+                        && e.detail.starts_with("reloaded")
+                });
+                {
+                    let mut st = h.state.lock().await;
+                    if let Err(e) = h.commit(&mut st, txn) {
+                        tracing::error!(error = %e, "recording a plugin event failed");
+                    }
+                }
+                // A new router version may route runner pairs differently: tell the runners.
+                if reloaded && h.policy.has(crate::policy::types::Hook::Router) {
+                    h.publish_topology().await;
                 }
             }
         });
