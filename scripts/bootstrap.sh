@@ -17,9 +17,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-# The Python scheduler example and its test need grpcio and grpcio-tools.
-if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
-  echo "bootstrap: installing grpcio and grpcio-tools" >&2
+# The Python scheduler example and its tests need grpcio, grpcio-tools and (for traces) the
+# OpenTelemetry SDK with its OTLP/gRPC exporter.
+if ! python3 -c "import grpc, grpc_tools, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc" >/dev/null 2>&1; then
+  echo "bootstrap: installing grpcio, grpcio-tools and the OpenTelemetry SDK" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     -r examples/python-scheduler/requirements.txt
 fi

@@ -387,10 +387,42 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Logs, traces and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Traces and metrics (logs are `WEIR_LOG` / `--log-format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {}
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector, e.g. `"http://127.0.0.1:4317"`. Unset: nothing is exported
+    /// (trace context is still propagated and logged; Prometheus is still served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of traces and metrics (default `weir-host` / `weir-runner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The share of new traces recorded, 0.0 to 1.0. A trace the caller sampled is always
+    /// continued (parent-based), so a scheduler's sampling decision wins.
+    pub sampling_ratio: f64,
+    /// How often spans and metrics are pushed to the OTLP endpoint.
+    pub export_interval: Duration,
+    /// Serve Prometheus text at `http://<prometheus_listen>/metrics`.
+    pub prometheus: bool,
+    /// Where (default `127.0.0.1:9464` for the host, `127.0.0.1:9465` for a runner: loopback
+    /// only, so metrics are not published by accident).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus_listen: Option<SocketAddr>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: None,
+            sampling_ratio: 1.0,
+            export_interval: Duration::from_secs(5),
+            prometheus: true,
+            prometheus_listen: None,
+        }
+    }
+}
 
 /// A duration written like `"500ms"`, `"5s"`, `"2m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -727,6 +759,7 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             r.max_ttl
         ));
     }
+    problems.extend(validate_telemetry(loaded));
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
     {
@@ -739,6 +772,60 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// Telemetry: a ratio in range, a usable collector URL, a non-zero export interval.
+fn validate_telemetry(loaded: &LoadedConfig) -> Vec<String> {
+    let t = &loaded.config.telemetry;
+    let mut problems = Vec::new();
+    if !(0.0..=1.0).contains(&t.sampling_ratio) {
+        problems.push(format!(
+            "telemetry.sampling_ratio ({}): {} must lie between 0.0 (record no new trace) and 1.0 (record all)",
+            loaded.source_of("telemetry.sampling_ratio"),
+            t.sampling_ratio
+        ));
+    }
+    if let Some(url) = &t.otlp_endpoint
+        && let Err(why) = check_otlp_endpoint(url)
+    {
+        problems.push(format!(
+            "telemetry.otlp_endpoint ({}): {url:?} {why}",
+            loaded.source_of("telemetry.otlp_endpoint")
+        ));
+    }
+    if t.export_interval.get().is_zero() {
+        problems.push(format!(
+            "telemetry.export_interval ({}): must be above zero (e.g. \"5s\")",
+            loaded.source_of("telemetry.export_interval")
+        ));
+    }
+    if let Some(name) = &t.service_name
+        && name.trim().is_empty()
+    {
+        problems.push(format!(
+            "telemetry.service_name ({}): must not be empty",
+            loaded.source_of("telemetry.service_name")
+        ));
+    }
+    problems
+}
+
+/// An OTLP/gRPC endpoint: `http://` or `https://`, a host, optionally a port.
+pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or(
+            "must start with http:// or https:// (OTLP over gRPC, e.g. \"http://127.0.0.1:4317\")",
+        )?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("names no host".into());
+    }
+    match url.parse::<http::Uri>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("is not a valid URL: {e}")),
     }
 }
 
@@ -1042,6 +1129,34 @@ mod tests {
             assert!(e.contains("overlay.tunnel_prefix"), "{e}");
             let e = error_of(jail, "[overlay]\nrunner_bridge = \"vxlan0\"\n");
             assert!(e.contains("already used"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            let e = error_of(jail, "[telemetry]\nsampling_ratio = 1.5\n");
+            assert!(
+                e.contains("telemetry.sampling_ratio") && e.contains("between 0.0"),
+                "{e}"
+            );
+            let e = error_of(jail, "[telemetry]\notlp_endpoint = \"collector:4317\"\n");
+            assert!(
+                e.contains("telemetry.otlp_endpoint") && e.contains("http://"),
+                "{e}"
+            );
+            let e = error_of(jail, "[telemetry]\nexport_interval = \"0s\"\n");
+            assert!(e.contains("telemetry.export_interval"), "{e}");
+            let e = error_of(jail, "[telemetry]\nprometheus_listen = \"localhost\"\n");
+            assert!(e.contains("telemetry.prometheus_listen"), "{e}");
+            jail.create_file(
+                "ok.toml",
+                "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\nprometheus_listen = \"127.0.0.1:19464\"\n",
+            )?;
+            let c = load_in_jail(jail, Some("ok.toml")).unwrap().config.telemetry;
+            assert_eq!(c.sampling_ratio, 0.25);
+            assert_eq!(c.prometheus_listen, Some("127.0.0.1:19464".parse().unwrap()));
             Ok(())
         });
     }

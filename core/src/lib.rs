@@ -19,3 +19,4 @@ pub mod notify;
 pub mod plan;
 pub mod policy;
 pub mod store;
+pub mod telemetry;

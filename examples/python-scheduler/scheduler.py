@@ -13,6 +13,11 @@ Stubs are generated from ../../proto at start with grpcio-tools into a temporary
 
   scheduler.py --host unix:///run/weir-lab/lab/host.sock --token-file control.token \
       --master r1=/run/netns/m --worker r2=/run/netns/w1 --worker r3=/run/netns/w2
+
+With --otlp-endpoint (OpenTelemetry SDK and OTLP exporter installed), every call is a client
+span whose W3C trace context travels in the call's metadata: Weir's host continues the trace,
+and its runners continue the host's, so one attach is one trace from this script to the kernel.
+The summary lists each call's trace id.
 """
 
 import argparse
@@ -48,6 +53,46 @@ def load_stubs():
             importlib.import_module("weir.v1.control_pb2_grpc"))
 
 
+class Tracing:
+    """Client spans around calls, with W3C trace context in the metadata (when enabled)."""
+
+    def __init__(self, endpoint):
+        self.traces = {}
+        self.tracer = None
+        if not endpoint:
+            return
+        try:
+            from opentelemetry import propagate, trace
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError as e:
+            sys.exit(f"--otlp-endpoint needs opentelemetry-sdk and "
+                     f"opentelemetry-exporter-otlp-proto-grpc ({e})")
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "python-scheduler"}))
+        insecure = endpoint.startswith("http://")
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure)))
+        self.tracer = self.provider.get_tracer("weir-example-scheduler")
+        self.propagate, self.trace = propagate, trace
+
+    def call(self, method, name, subject, request, auth):
+        """Call `method`; traced, each call is the root of its own trace."""
+        if self.tracer is None:
+            return method(request, metadata=auth)
+        kind = self.trace.SpanKind.CLIENT
+        with self.tracer.start_as_current_span(f"weir.v1.Control/{name}", kind=kind,
+                                               attributes={"rpc.system": "grpc", "weir.subject": subject}) as span:
+            carrier = {}
+            self.propagate.inject(carrier)
+            self.traces[f"{name} {subject}"] = format(span.get_span_context().trace_id, "032x")
+            return method(request, metadata=auth + list(carrier.items()))
+
+    def shutdown(self):
+        if self.tracer is not None:
+            self.provider.shutdown()
+
+
 def parse_placement(text):
     runner, _, netns = text.partition("=")
     if not runner or not netns:
@@ -62,11 +107,15 @@ def main():
     ap.add_argument("--master", required=True, type=parse_placement, help="RUNNER=NETNS of the master")
     ap.add_argument("--worker", action="append", default=[], type=parse_placement, help="RUNNER=NETNS of a worker")
     ap.add_argument("--job", default="job1", help="job name (workload ids derive from it)")
+    ap.add_argument("--otlp-endpoint", help="send this script's spans to an OTLP/gRPC collector, "
+                    "e.g. http://127.0.0.1:4317 (needs opentelemetry-sdk and "
+                    "opentelemetry-exporter-otlp-proto-grpc)")
     args = ap.parse_args()
 
     pb, rpc = load_stubs()
     with open(args.token_file) as f:
         auth = [("authorization", "Bearer " + f.read().strip())]
+    tracing = Tracing(args.otlp_endpoint)
     target = args.host[len("http://"):] if args.host.startswith("http://") else args.host
     # Over a unix socket grpcio would send the socket path as :authority, which is not a valid
     # HTTP/2 authority; name the host plainly.
@@ -100,27 +149,31 @@ def main():
     ready.wait(5)
 
     master_runner, master_netns = args.master
-    res = control.ReserveAddress(pb.ReserveAddressRequest(runner=master_runner, ttl_seconds=300), metadata=auth)
-    master = control.AttachWorkload(pb.AttachWorkloadRequest(
+    res = tracing.call(control.ReserveAddress, "ReserveAddress", "master",
+                       pb.ReserveAddressRequest(runner=master_runner, ttl_seconds=300), auth)
+    master = tracing.call(control.AttachWorkload, "AttachWorkload", f"{args.job}-master", pb.AttachWorkloadRequest(
         runner=master_runner, workload_id=f"{args.job}-master", netns=master_netns,
-        reservation_token=res.token, labels={"job": args.job, "role": "master"}), metadata=auth)
+        reservation_token=res.token, labels={"job": args.job, "role": "master"}), auth)
     master_ip = master.ip.split("/")[0]
     if master_ip != res.ip:
         sys.exit(f"the master got {master_ip}, not the reserved {res.ip}")
 
     workers = []
     for i, (runner, netns) in enumerate(args.worker):
-        w = control.AttachWorkload(pb.AttachWorkloadRequest(
-            runner=runner, workload_id=f"{args.job}-worker{i}", netns=netns,
-            labels={"job": args.job, "role": "worker", "master_addr": master_ip}), metadata=auth)
+        wid = f"{args.job}-worker{i}"
+        w = tracing.call(control.AttachWorkload, "AttachWorkload", wid, pb.AttachWorkloadRequest(
+            runner=runner, workload_id=wid, netns=netns,
+            labels={"job": args.job, "role": "worker", "master_addr": master_ip}), auth)
         workers.append({"id": w.workload_id, "runner": runner, "ip": w.ip})
 
     listed = control.ListWorkloads(pb.ListWorkloadsRequest(labels={"job": args.job}), metadata=auth)
     in_job = sorted(w.workload_id for w in listed.workloads)
 
     for wid in sorted(mine):
-        control.DetachWorkload(pb.DetachWorkloadRequest(workload_id=wid), metadata=auth)
+        tracing.call(control.DetachWorkload, "DetachWorkload", wid,
+                     pb.DetachWorkloadRequest(workload_id=wid), auth)
     done.wait(10)
+    tracing.shutdown()
 
     print(json.dumps({
         "plan": status.plan,
@@ -129,6 +182,7 @@ def main():
         "workers": workers,
         "listed": in_job,
         "events": seen,
+        "traces": tracing.traces,
     }, indent=2))
 
 

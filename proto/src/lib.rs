@@ -5,4 +5,18 @@ pub mod v1 {
 
     /// The encoded descriptors of every `weir.v1` file, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weir_descriptor");
+
+    impl command::Op {
+        /// The command's name, for spans, metrics and logs.
+        pub fn name(&self) -> &'static str {
+            match self {
+                command::Op::Attach(_) => "attach",
+                command::Op::Detach(_) => "detach",
+                command::Op::Sync(_) => "sync",
+                command::Op::Peers(_) => "peers",
+                command::Op::Routes(_) => "routes",
+                command::Op::Underlay(_) => "underlay",
+            }
+        }
+    }
 }

@@ -184,7 +184,9 @@ impl Agent {
                 }
                 Ok(())
             }
-            pb::command::Op::Sync(set) => self.sync(set).await,
+            pb::command::Op::Sync(set) => {
+                crate::telemetry::metrics::reconcile("runner-sync", self.sync(set)).await
+            }
             pb::command::Op::Peers(d) => self.peers(d).await,
             pb::command::Op::Routes(plan) => self.routes(plan).await,
             pb::command::Op::Underlay(u) => self.underlay(u).await,

@@ -8,6 +8,7 @@ pub mod client;
 pub mod control;
 pub mod runner;
 pub mod server;
+pub mod telemetry;
 
 use tonic::{Code, Status};
 

@@ -14,12 +14,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tracing::Instrument;
 use weir_proto::v1 as pb;
 use weir_proto::v1::agent_client::AgentClient;
 
 use super::auth::Bearer;
 use super::client::{ChannelOptions, ClientTls, code_name, connect_tls};
 use crate::agent::{Agent, Expectation, contradictions};
+use crate::telemetry::propagation::continue_trace;
 
 /// What the runner loop needs from the configuration.
 #[derive(Debug, Clone)]
@@ -151,8 +153,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
     if !problems.is_empty() {
         return Err(Fail::Fatal(RunnerError::Contradiction(problems)));
     }
-    agent
-        .apply(&assignment, physical_ip)
+    crate::telemetry::metrics::reconcile("runner-register", agent.apply(&assignment, physical_ip))
         .await
         .map_err(|e| Fail::Retry(format!("building the data plane failed: {e}")))?;
     tracing::info!(id = assignment.runner_id, %physical_ip, "registered and data plane built");
@@ -186,7 +187,26 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
         tokio::spawn(async move {
             while let Some(cmd) = cmd_rx.recv().await {
                 let error = match cmd.op {
-                    Some(op) => agent_ref.handle(op).await.err().unwrap_or_default(),
+                    Some(op) => {
+                        // The host's span for this command is the parent: one trace from the
+                        // scheduler's call down to this runner's kernel batches.
+                        let name = op.name();
+                        let span = tracing::info_span!(
+                            "command",
+                            otel.name = format!("apply {name}"),
+                            otel.kind = "server",
+                            command.id = cmd.id,
+                            command.op = name,
+                            trace_id = tracing::field::Empty,
+                        );
+                        continue_trace(&span, &cmd.trace_context);
+                        agent_ref
+                            .handle(op)
+                            .instrument(span)
+                            .await
+                            .err()
+                            .unwrap_or_default()
+                    }
                     None => "empty command".into(),
                 };
                 if !error.is_empty() {

@@ -14,6 +14,7 @@ use weir_proto::v1::control_server::ControlServer;
 use super::agent::AgentService;
 use super::auth::{Gate, Role};
 use super::control::ControlService;
+use super::telemetry::GrpcTelemetryLayer;
 use crate::hub::Hub;
 
 /// How long a stopping host waits for in-flight calls.
@@ -67,6 +68,7 @@ pub async fn serve_local((listener, path): (UnixListener, PathBuf)) {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     if let Err(e) = Server::builder()
+        .layer(GrpcTelemetryLayer)
         .add_service(service)
         .serve_with_incoming(UnixListenerStream::new(listener))
         .await
@@ -113,6 +115,7 @@ pub async fn serve(
                 builder = builder.tls_config(tls)?;
             }
             Ok(builder
+                .layer(GrpcTelemetryLayer)
                 .add_service(AgentServer::with_interceptor(
                     AgentService::new(hub.clone()),
                     gate.guard(Role::Join),

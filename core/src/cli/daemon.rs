@@ -16,18 +16,29 @@ use crate::config::{LoadedConfig, Mtu};
 use crate::dataplane::host::HostDataplane;
 use crate::dataplane::netlink::Netlink;
 use crate::hub::{Hub, HubSettings, TtlBounds};
+use crate::logging::LogFormat;
 use crate::network::NetworkDef;
 use crate::store::Store;
+use crate::telemetry::{Role, Telemetry};
 
 /// Run the hub.
-pub fn host(file: Option<&Path>) -> Result<(), CliError> {
+pub fn host(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> {
     let loaded = crate::config::load(file)?;
-    let reachable = check_reachable(&loaded)?;
-    let gate = load_gate(&loaded)?;
-    let tls = server_tls(&loaded)?;
     runtime()?.block_on(async move {
+        let telemetry = start_telemetry(&loaded, Role::Host, log_format).await?;
+        let result = run_host(&loaded).await;
+        stop_telemetry(telemetry).await;
+        result
+    })
+}
+
+async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
+    let reachable = check_reachable(loaded)?;
+    let gate = load_gate(loaded)?;
+    let tls = server_tls(loaded)?;
+    {
         let nl = Netlink::current().map_err(fail)?;
-        let mtu = resolve_mtu(&loaded, &nl, reachable).await?;
+        let mtu = resolve_mtu(loaded, &nl, reachable).await?;
         let c = &loaded.config;
         let networks = NetworkDef::from_config(c, mtu);
         let store = Store::open(&c.host.state_dir).map_err(fail)?;
@@ -100,12 +111,41 @@ pub fn host(file: Option<&Path>) -> Result<(), CliError> {
         })?;
         tracing::info!("host stopped");
         Ok(())
-    })
+    }
+}
+
+/// Install logging, traces and metrics; a bad `[telemetry]` stops the daemon before it acts.
+async fn start_telemetry(
+    loaded: &LoadedConfig,
+    role: Role,
+    log_format: LogFormat,
+) -> Result<Telemetry, CliError> {
+    let t = crate::telemetry::init(&loaded.config.telemetry, role, log_format)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(addr) = t.prometheus_addr() {
+        tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+    }
+    Ok(t)
+}
+
+/// Flush buffered spans and metrics (off the async workers: the exporters block).
+async fn stop_telemetry(t: Telemetry) {
+    let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
 }
 
 /// Run a runner agent.
-pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
+pub fn runner(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> {
     let loaded = crate::config::load(file)?;
+    runtime()?.block_on(async move {
+        let telemetry = start_telemetry(&loaded, Role::Runner, log_format).await?;
+        let result = run_runner(&loaded).await;
+        stop_telemetry(telemetry).await;
+        result
+    })
+}
+
+async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
     let c = &loaded.config;
     let host_url = c.runner.host.clone().ok_or_else(|| {
         CliError::Usage(format!(
@@ -160,10 +200,10 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
         physical_ip: c.runner.physical_ip,
         heartbeat_interval: c.runner.heartbeat_interval.get(),
         labels: c.runner.labels.clone(),
-        expectations: expectations(&loaded),
+        expectations: expectations(loaded),
     };
     let uplink = c.runner.uplink.as_ref().map(|u| u.to_string());
-    runtime()?.block_on(async move {
+    {
         let nl = Netlink::current().map_err(fail)?;
         let agent = Arc::new(Agent::new(nl, uplink));
         let local = crate::api::server::bind_unix(&socket).await.map_err(fail)?;
@@ -174,7 +214,7 @@ pub fn runner(file: Option<&Path>) -> Result<(), CliError> {
             .map_err(|e| CliError::Usage(e.to_string()))?;
         tracing::info!("runner stopped");
         Ok(())
-    })
+    }
 }
 
 /// The overlay settings a runner's configuration sets explicitly (the host must agree).

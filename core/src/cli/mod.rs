@@ -96,7 +96,10 @@ impl From<crate::config::ConfigError> for CliError {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // Daemons install logging together with traces and metrics, once their config is loaded.
+    if !matches!(cli.command, Command::Host | Command::Runner) {
+        logging::init(cli.log_format);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -110,8 +113,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Plan(args) => plan_cmd::run(args, cli.conn.json),
         Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
-        Command::Host => daemon::host(cli.config.as_deref()),
-        Command::Runner => daemon::runner(cli.config.as_deref()),
+        Command::Host => daemon::host(cli.config.as_deref(), cli.log_format),
+        Command::Runner => daemon::runner(cli.config.as_deref(), cli.log_format),
         Command::Client(cmd) => client_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Lab(cmd) => lab_cmd::run(cmd),
         Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),

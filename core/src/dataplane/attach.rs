@@ -77,38 +77,41 @@ pub async fn attach_tap(
     bridge: &str,
     mtu: u32,
 ) -> Result<()> {
-    let bridge = nl
-        .link(bridge)
-        .await?
-        .ok_or_else(|| DataplaneError::Invalid(format!("bridge {bridge} does not exist")))?;
-    let link = match nl.link(name).await? {
-        Some(l) if l.alias.as_deref() == Some(alias) => l,
-        Some(l) => {
-            return Err(DataplaneError::Invalid(format!(
-                "interface {name} belongs to {}, not {alias}",
-                l.alias.unwrap_or_else(|| "something else".into())
-            )));
+    crate::telemetry::kernel("netlink.attach_tap", async {
+        let bridge = nl
+            .link(bridge)
+            .await?
+            .ok_or_else(|| DataplaneError::Invalid(format!("bridge {bridge} does not exist")))?;
+        let link = match nl.link(name).await? {
+            Some(l) if l.alias.as_deref() == Some(alias) => l,
+            Some(l) => {
+                return Err(DataplaneError::Invalid(format!(
+                    "interface {name} belongs to {}, not {alias}",
+                    l.alias.unwrap_or_else(|| "something else".into())
+                )));
+            }
+            None => {
+                super::tap::create_persistent(name)
+                    .map_err(|e| DataplaneError::io(format!("create tap {name}"), e))?;
+                let l = nl.link(name).await?.ok_or_else(|| {
+                    DataplaneError::Invalid(format!("tap {name} vanished after creation"))
+                })?;
+                nl.set_alias(l.index, alias).await?;
+                l
+            }
+        };
+        if link.master != Some(bridge.index) {
+            nl.set_master(link.index, bridge.index).await?;
         }
-        None => {
-            super::tap::create_persistent(name)
-                .map_err(|e| DataplaneError::io(format!("create tap {name}"), e))?;
-            let l = nl.link(name).await?.ok_or_else(|| {
-                DataplaneError::Invalid(format!("tap {name} vanished after creation"))
-            })?;
-            nl.set_alias(l.index, alias).await?;
-            l
+        if link.mtu != mtu {
+            nl.set_mtu(link.index, mtu).await?;
         }
-    };
-    if link.master != Some(bridge.index) {
-        nl.set_master(link.index, bridge.index).await?;
-    }
-    if link.mtu != mtu {
-        nl.set_mtu(link.index, mtu).await?;
-    }
-    if !link.up {
-        nl.set_up(link.index).await?;
-    }
-    Ok(())
+        if !link.up {
+            nl.set_up(link.index).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 pub fn alias(network: &str, workload: &str) -> String {
@@ -117,52 +120,54 @@ pub fn alias(network: &str, workload: &str) -> String {
 
 /// Create (or repair) a workload interface. Idempotent.
 pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
-    let ns_file = std::fs::File::open(&w.netns).map_err(|e| {
-        DataplaneError::io(format!("open network namespace {}", w.netns.display()), e)
-    })?;
-    let bridge = nl
-        .link(&w.bridge)
-        .await?
-        .ok_or_else(|| DataplaneError::Invalid(format!("bridge {} does not exist", w.bridge)))?;
-    let name = w.host_ifname();
-    let host = match nl.link(&name).await? {
-        Some(link) => {
-            if link.alias.as_deref() != Some(w.alias().as_str()) {
-                return Err(DataplaneError::Invalid(format!(
-                    "interface {name} belongs to {}, not {}",
-                    link.alias
-                        .clone()
-                        .unwrap_or_else(|| "something else".into()),
-                    w.alias()
-                )));
+    crate::telemetry::kernel("netlink.attach", async {
+        let ns_file = std::fs::File::open(&w.netns).map_err(|e| {
+            DataplaneError::io(format!("open network namespace {}", w.netns.display()), e)
+        })?;
+        let bridge = nl.link(&w.bridge).await?.ok_or_else(|| {
+            DataplaneError::Invalid(format!("bridge {} does not exist", w.bridge))
+        })?;
+        let name = w.host_ifname();
+        let host = match nl.link(&name).await? {
+            Some(link) => {
+                if link.alias.as_deref() != Some(w.alias().as_str()) {
+                    return Err(DataplaneError::Invalid(format!(
+                        "interface {name} belongs to {}, not {}",
+                        link.alias
+                            .clone()
+                            .unwrap_or_else(|| "something else".into()),
+                        w.alias()
+                    )));
+                }
+                link
             }
-            link
+            None => {
+                let link = nl
+                    .add_veth_into(&name, &w.ifname, &ns_file, w.mtu)
+                    .await
+                    .map_err(|e| {
+                        DataplaneError::Invalid(format!(
+                            "create {name} with peer {} in {}: {e}",
+                            w.ifname,
+                            w.netns.display()
+                        ))
+                    })?;
+                nl.set_alias(link.index, &w.alias()).await?;
+                link
+            }
+        };
+        if host.master != Some(bridge.index) {
+            nl.set_master(host.index, bridge.index).await?;
         }
-        None => {
-            let link = nl
-                .add_veth_into(&name, &w.ifname, &ns_file, w.mtu)
-                .await
-                .map_err(|e| {
-                    DataplaneError::Invalid(format!(
-                        "create {name} with peer {} in {}: {e}",
-                        w.ifname,
-                        w.netns.display()
-                    ))
-                })?;
-            nl.set_alias(link.index, &w.alias()).await?;
-            link
+        if host.mtu != w.mtu {
+            nl.set_mtu(host.index, w.mtu).await?;
         }
-    };
-    if host.master != Some(bridge.index) {
-        nl.set_master(host.index, bridge.index).await?;
-    }
-    if host.mtu != w.mtu {
-        nl.set_mtu(host.index, w.mtu).await?;
-    }
-    if !host.up {
-        nl.set_up(host.index).await?;
-    }
-    configure_inside(&w.netns, w).await
+        if !host.up {
+            nl.set_up(host.index).await?;
+        }
+        configure_inside(&w.netns, w).await
+    })
+    .await
 }
 
 async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
@@ -197,18 +202,21 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
 /// Remove a workload interface (a veth's peer inside the namespace goes with it; a VM's tap
 /// goes). Missing is fine.
 pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
-    let owner = alias(network, workload);
-    for name in [
-        host_ifname(network, workload),
-        tap_ifname(network, workload),
-    ] {
-        if let Some(link) = nl.link(&name).await?
-            && link.alias.as_deref() == Some(owner.as_str())
-        {
-            nl.del_link(link.index).await?;
+    crate::telemetry::kernel("netlink.detach", async {
+        let owner = alias(network, workload);
+        for name in [
+            host_ifname(network, workload),
+            tap_ifname(network, workload),
+        ] {
+            if let Some(link) = nl.link(&name).await?
+                && link.alias.as_deref() == Some(owner.as_str())
+            {
+                nl.del_link(link.index).await?;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }
 
 /// Weir's workload interfaces present on this runner: (alias, ifindex).

@@ -84,14 +84,17 @@ impl HostDataplane {
         networks: &[HostNetwork],
         underlay: BTreeSet<Ipv4Addr>,
     ) -> Result<()> {
-        sysctl::enable_ip_forward()?;
-        for net in networks {
-            self.ensure_host_device(net).await?;
-        }
-        let uplink = self.uplink().await?;
-        nft::apply(&host_table(networks, &underlay, uplink.as_deref())).await?;
-        *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = underlay;
-        Ok(())
+        crate::telemetry::kernel("netlink.host_setup", async {
+            sysctl::enable_ip_forward()?;
+            for net in networks {
+                self.ensure_host_device(net).await?;
+            }
+            let uplink = self.uplink().await?;
+            nft::apply(&host_table(networks, &underlay, uplink.as_deref())).await?;
+            *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = underlay;
+            Ok(())
+        })
+        .await
     }
 
     /// The interface of the default route (where via-host egress leaves), if any.
@@ -109,28 +112,31 @@ impl HostDataplane {
 
     /// Make the underlay set exactly `peers`, with one netlink element batch (no `nft` process).
     pub async fn set_underlay(&self, peers: BTreeSet<Ipv4Addr>) -> Result<()> {
-        let ops: Vec<Elem> = {
-            let cur = self.underlay.lock().unwrap_or_else(|p| p.into_inner());
-            cur.difference(&peers)
-                .map(|a| Elem::Del {
-                    set: UNDERLAY_SET.into(),
-                    key: *a,
-                })
-                .chain(peers.difference(&cur).map(|a| Elem::Add {
-                    set: UNDERLAY_SET.into(),
-                    key: *a,
-                }))
-                .collect()
-        };
-        if ops.is_empty() {
-            return Ok(());
-        }
-        tokio::task::spawn_blocking(move || nfnl::apply(HOST_TABLE, &ops))
-            .await
-            .map_err(|e| DataplaneError::Nft(format!("underlay set: {e}")))?
-            .map_err(|e| DataplaneError::Nft(e.to_string()))?;
-        *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = peers;
-        Ok(())
+        crate::telemetry::kernel("nftables.host_underlay", async {
+            let ops: Vec<Elem> = {
+                let cur = self.underlay.lock().unwrap_or_else(|p| p.into_inner());
+                cur.difference(&peers)
+                    .map(|a| Elem::Del {
+                        set: UNDERLAY_SET.into(),
+                        key: *a,
+                    })
+                    .chain(peers.difference(&cur).map(|a| Elem::Add {
+                        set: UNDERLAY_SET.into(),
+                        key: *a,
+                    }))
+                    .collect()
+            };
+            if ops.is_empty() {
+                return Ok(());
+            }
+            tokio::task::spawn_blocking(move || nfnl::apply(HOST_TABLE, &ops))
+                .await
+                .map_err(|e| DataplaneError::Nft(format!("underlay set: {e}")))?
+                .map_err(|e| DataplaneError::Nft(e.to_string()))?;
+            *self.underlay.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+            Ok(())
+        })
+        .await
     }
 
     async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
@@ -186,6 +192,7 @@ impl HostDataplane {
         id: u32,
         remote: Ipv4Addr,
     ) -> Result<(u32, TunnelChange)> {
+        crate::telemetry::kernel("netlink.ensure_tunnel", async {
         let block = net
             .plan
             .runner(id)
@@ -235,6 +242,8 @@ impl HostDataplane {
         // firewalld forgets runtime zone members when it restarts: re-assert every time.
         self.trust(&name).await;
         Ok((link.index, change))
+        })
+        .await
     }
 
     async fn create_tunnel(
@@ -258,11 +267,14 @@ impl HostDataplane {
 
     /// Remove runner `id`'s tunnel if it exists.
     pub async fn remove_tunnel(&self, net: &HostNetwork, id: u32) -> Result<()> {
-        let name = plan::tunnel_name(&net.tunnel_prefix, id);
-        if let Some(link) = self.nl.link(&name).await? {
-            self.nl.del_link(link.index).await?;
-        }
-        Ok(())
+        crate::telemetry::kernel("netlink.remove_tunnel", async {
+            let name = plan::tunnel_name(&net.tunnel_prefix, id);
+            if let Some(link) = self.nl.link(&name).await? {
+                self.nl.del_link(link.index).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The ifindex of each tunnel of `net` (for tests and status).

@@ -55,67 +55,69 @@ pub enum Elem {
 
 /// Apply element operations on `table` (family inet) in one atomic batch.
 pub fn apply(table: &str, ops: &[Elem]) -> io::Result<()> {
-    if ops.is_empty() {
-        return Ok(());
-    }
-    let mut buf = Vec::with_capacity(256 + ops.len() * 48);
-    let mut seq: u32 = 1;
-    batch_marker(&mut buf, NFNL_MSG_BATCH_BEGIN, seq);
-    let mut acks = Vec::new();
-    // Consecutive operations of one kind on one set share a message.
-    let mut i = 0;
-    while i < ops.len() {
-        let (kind, set) = key_of(&ops[i]);
-        let mut j = i;
-        while j < ops.len() && key_of(&ops[j]) == (kind, set) {
-            j += 1;
+    crate::telemetry::kernel_sync("nftables.elements", || {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(256 + ops.len() * 48);
+        let mut seq: u32 = 1;
+        batch_marker(&mut buf, NFNL_MSG_BATCH_BEGIN, seq);
+        let mut acks = Vec::new();
+        // Consecutive operations of one kind on one set share a message.
+        let mut i = 0;
+        while i < ops.len() {
+            let (kind, set) = key_of(&ops[i]);
+            let mut j = i;
+            while j < ops.len() && key_of(&ops[j]) == (kind, set) {
+                j += 1;
+            }
+            seq += 1;
+            acks.push(seq);
+            elements_msg(&mut buf, seq, table, set, kind, &ops[i..j]);
+            i = j;
         }
         seq += 1;
-        acks.push(seq);
-        elements_msg(&mut buf, seq, table, set, kind, &ops[i..j]);
-        i = j;
-    }
-    seq += 1;
-    batch_marker(&mut buf, NFNL_MSG_BATCH_END, seq);
+        batch_marker(&mut buf, NFNL_MSG_BATCH_END, seq);
 
-    let mut sock = Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
-    sock.send(&buf, 0)?;
-    // One answer per acked message; the first error wins (the batch is then rolled back).
-    let mut pending = acks.len();
-    let mut first_err: Option<io::Error> = None;
-    while pending > 0 {
-        let (data, _) = sock.recv_from_full()?;
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let len =
-                u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
-            let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap_or_default());
-            if len < 16 || off + len > data.len() {
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        sock.send(&buf, 0)?;
+        // One answer per acked message; the first error wins (the batch is then rolled back).
+        let mut pending = acks.len();
+        let mut first_err: Option<io::Error> = None;
+        while pending > 0 {
+            let (data, _) = sock.recv_from_full()?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len =
+                    u32::from_ne_bytes(data[off..off + 4].try_into().unwrap_or_default()) as usize;
+                let ty = u16::from_ne_bytes(data[off + 4..off + 6].try_into().unwrap_or_default());
+                if len < 16 || off + len > data.len() {
+                    break;
+                }
+                if ty == NLMSG_ERROR && len >= 20 {
+                    let code =
+                        i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
+                    pending = pending.saturating_sub(1);
+                    if code != 0 && first_err.is_none() {
+                        first_err = Some(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+            if first_err.is_some() {
                 break;
             }
-            if ty == NLMSG_ERROR && len >= 20 {
-                let code =
-                    i32::from_ne_bytes(data[off + 16..off + 20].try_into().unwrap_or_default());
-                pending = pending.saturating_sub(1);
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(io::Error::from_raw_os_error(-code));
-                }
-            }
-            off += (len + 3) & !3;
         }
-        if first_err.is_some() {
-            break;
+        match first_err {
+            Some(e) => Err(io::Error::new(
+                e.kind(),
+                format!("nftables elements of {table}: {e}"),
+            )),
+            None => Ok(()),
         }
-    }
-    match first_err {
-        Some(e) => Err(io::Error::new(
-            e.kind(),
-            format!("nftables elements of {table}: {e}"),
-        )),
-        None => Ok(()),
-    }
+    })
 }
 
 fn key_of(op: &Elem) -> (u16, &str) {

@@ -263,70 +263,79 @@ fn cond(c: &Cond) -> Statement<'static> {
 
 /// Replace the table atomically with `spec`. Runs `nft` on a blocking thread.
 pub async fn apply(spec: &TableSpec) -> Result<()> {
-    let batch = spec.batch().to_nftables();
-    let name = spec.name.clone();
-    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&batch))
-        .await
-        .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?
-        .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {}", nft_error(e))))
+    crate::telemetry::kernel("nftables.apply", async {
+        let batch = spec.batch().to_nftables();
+        let name = spec.name.clone();
+        tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&batch))
+            .await
+            .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?
+            .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {}", nft_error(e))))
+    })
+    .await
 }
 
 /// Apply an `nft -f` script (one transaction). For tables whose text form is clearer than the
 /// JSON schema (the firewall); runs on a blocking thread.
 pub async fn apply_script(script: &str) -> Result<()> {
-    let script = script.to_string();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        use std::io::Write;
-        let mut child = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                DataplaneError::Nft(if e.kind() == std::io::ErrorKind::NotFound {
-                    "the nft program is not installed (Debian package nftables)".into()
-                } else {
-                    format!("run nft: {e}")
-                })
-            })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .map_err(|e| DataplaneError::Nft(format!("write to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| DataplaneError::Nft(format!("wait for nft: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(DataplaneError::Nft(format!(
-                "nft refused the script: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+    crate::telemetry::kernel("nftables.script", async {
+        let script = script.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            let mut child = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    DataplaneError::Nft(if e.kind() == std::io::ErrorKind::NotFound {
+                        "the nft program is not installed (Debian package nftables)".into()
+                    } else {
+                        format!("run nft: {e}")
+                    })
+                })?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin
+                    .write_all(script.as_bytes())
+                    .map_err(|e| DataplaneError::Nft(format!("write to nft: {e}")))?;
+            }
+            let out = child
+                .wait_with_output()
+                .map_err(|e| DataplaneError::Nft(format!("wait for nft: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(DataplaneError::Nft(format!(
+                    "nft refused the script: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+        })
+        .await
+        .map_err(|e| DataplaneError::Nft(format!("nft task: {e}")))?
     })
     .await
-    .map_err(|e| DataplaneError::Nft(format!("nft task: {e}")))?
 }
 
 /// Delete Weir's table `name` if it exists.
 pub async fn delete(name: &str) -> Result<()> {
-    let table = Table {
-        family: FAMILY,
-        name: Cow::Owned(name.to_string()),
-        handle: None,
-    };
-    let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table.clone()));
-    batch.delete(NfListObject::Table(table));
-    let nft = batch.to_nftables();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&nft))
-        .await
-        .map_err(|e| DataplaneError::Nft(format!("delete table {name}: {e}")))?
-        .map_err(|e| DataplaneError::Nft(format!("delete table {name}: {}", nft_error(e))))
+    crate::telemetry::kernel("nftables.delete", async {
+        let table = Table {
+            family: FAMILY,
+            name: Cow::Owned(name.to_string()),
+            handle: None,
+        };
+        let mut batch = Batch::new();
+        batch.add(NfListObject::Table(table.clone()));
+        batch.delete(NfListObject::Table(table));
+        let nft = batch.to_nftables();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&nft))
+            .await
+            .map_err(|e| DataplaneError::Nft(format!("delete table {name}: {e}")))?
+            .map_err(|e| DataplaneError::Nft(format!("delete table {name}: {}", nft_error(e))))
+    })
+    .await
 }
 
 fn nft_error(e: nftables::helper::NftablesError) -> String {

@@ -76,105 +76,112 @@ impl RunnerDataplane {
 
     /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
     pub async fn set_underlay(&self, peers: Vec<Ipv4Addr>) -> Result<()> {
-        let networks = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.1 == peers {
+        crate::telemetry::kernel("nftables.runner_underlay", async {
+            let networks = {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.1 == peers {
+                    return Ok(());
+                }
+                last.1 = peers.clone();
+                last.0.clone()
+            };
+            if networks.is_empty() {
                 return Ok(());
             }
-            last.1 = peers.clone();
-            last.0.clone()
-        };
-        if networks.is_empty() {
-            return Ok(());
-        }
-        nft::apply(&runner_table(&networks, &peers)).await
+            nft::apply(&runner_table(&networks, &peers)).await
+        })
+        .await
     }
 
     /// Reach `cfg.direct` peers over their own tunnels instead of the host, and steer egress.
     /// Idempotent; stale direct tunnels, routes, FDB entries and egress rules are removed.
     pub async fn apply_routes(&self, net: &RunnerNetwork, cfg: &RouteConfig) -> Result<()> {
-        let Some(t) = &net.tunnel else {
-            return Ok(());
-        };
-        let alias = format!("{DIRECT_ALIAS_PREFIX}{}", net.name);
-        let mut wanted_links = BTreeSet::new();
-        let mut wanted_routes = Vec::new();
-        for p in &cfg.direct {
-            let name = crate::plan::tunnel_name(DIRECT_PREFIX, p.runner_id);
-            let mac = direct_mac(cfg.me, p.runner_id);
-            let link = match self.nl.link(&name).await? {
-                Some(l)
-                    if l.vxlan
-                        .as_ref()
-                        .is_some_and(|v| v.vni == p.vni && v.port == t.port)
-                        && self.nl.mac_of(l.index).await? == Some(mac) =>
-                {
-                    let v = l.vxlan.clone().unwrap_or_default();
-                    if v.remote != Some(p.physical_ip) || v.local != Some(t.local) || v.learning {
-                        self.nl
-                            .set_vxlan_endpoints(l.index, p.physical_ip, t.local)
-                            .await?;
-                    }
-                    l
-                }
-                other => {
-                    if let Some(old) = other {
-                        self.nl.del_link(old.index).await?;
-                    }
-                    let spec = VxlanSpec {
-                        name: name.clone(),
-                        vni: p.vni,
-                        remote: p.physical_ip,
-                        local: t.local,
-                        port: t.port,
-                        mtu: net.mtu,
-                    };
-                    let l = self.nl.add_vxlan_with_mac(&spec, Some(mac)).await?;
-                    self.nl.set_alias(l.index, &alias).await?;
-                    l
-                }
+        crate::telemetry::kernel("netlink.routes", async {
+            let Some(t) = &net.tunnel else {
+                return Ok(());
             };
-            if link.mtu != net.mtu {
-                self.nl.set_mtu(link.index, net.mtu).await?;
+            let alias = format!("{DIRECT_ALIAS_PREFIX}{}", net.name);
+            let mut wanted_links = BTreeSet::new();
+            let mut wanted_routes = Vec::new();
+            for p in &cfg.direct {
+                let name = crate::plan::tunnel_name(DIRECT_PREFIX, p.runner_id);
+                let mac = direct_mac(cfg.me, p.runner_id);
+                let link = match self.nl.link(&name).await? {
+                    Some(l)
+                        if l.vxlan
+                            .as_ref()
+                            .is_some_and(|v| v.vni == p.vni && v.port == t.port)
+                            && self.nl.mac_of(l.index).await? == Some(mac) =>
+                    {
+                        let v = l.vxlan.clone().unwrap_or_default();
+                        if v.remote != Some(p.physical_ip) || v.local != Some(t.local) || v.learning
+                        {
+                            self.nl
+                                .set_vxlan_endpoints(l.index, p.physical_ip, t.local)
+                                .await?;
+                        }
+                        l
+                    }
+                    other => {
+                        if let Some(old) = other {
+                            self.nl.del_link(old.index).await?;
+                        }
+                        let spec = VxlanSpec {
+                            name: name.clone(),
+                            vni: p.vni,
+                            remote: p.physical_ip,
+                            local: t.local,
+                            port: t.port,
+                            mtu: net.mtu,
+                        };
+                        let l = self.nl.add_vxlan_with_mac(&spec, Some(mac)).await?;
+                        self.nl.set_alias(l.index, &alias).await?;
+                        l
+                    }
+                };
+                if link.mtu != net.mtu {
+                    self.nl.set_mtu(link.index, net.mtu).await?;
+                }
+                if !link.up {
+                    self.nl.set_up(link.index).await?;
+                }
+                self.nl
+                    .replace_route_as(p.subnet, None, Some(link.index), DIRECT_ROUTE_PROTOCOL)
+                    .await?;
+                wanted_links.insert(name);
+                wanted_routes.push(p.subnet);
             }
-            if !link.up {
-                self.nl.set_up(link.index).await?;
-            }
-            self.nl
-                .replace_route_as(p.subnet, None, Some(link.index), DIRECT_ROUTE_PROTOCOL)
-                .await?;
-            wanted_links.insert(name);
-            wanted_routes.push(p.subnet);
-        }
-        for route in self.nl.routes().await? {
-            if route.protocol == DIRECT_ROUTE_PROTOCOL
-                && !wanted_routes.contains(&route.destination)
-            {
-                self.nl.del_route(&route).await?;
-            }
-        }
-        for l in self.nl.links().await? {
-            if l.alias.as_deref() == Some(alias.as_str()) && !wanted_links.contains(&l.name) {
-                self.nl.del_link(l.index).await?;
-            }
-        }
-        // Frames for a direct peer's tunnel MAC go straight back to that peer.
-        if let Some(vx) = self.nl.link(&t.name).await? {
-            let want: Vec<([u8; 6], Ipv4Addr)> = cfg
-                .direct
-                .iter()
-                .map(|p| (direct_mac(p.runner_id, cfg.me), p.physical_ip))
-                .collect();
-            for (mac, dst) in &want {
-                self.nl.fdb_replace(vx.index, *mac, *dst).await?;
-            }
-            for (mac, dst) in self.nl.fdb_entries(vx.index).await? {
-                if mac[0] == 0x02 && mac[1] == 0x77 && !want.contains(&(mac, dst)) {
-                    self.nl.fdb_del(vx.index, mac, dst).await?;
+            for route in self.nl.routes().await? {
+                if route.protocol == DIRECT_ROUTE_PROTOCOL
+                    && !wanted_routes.contains(&route.destination)
+                {
+                    self.nl.del_route(&route).await?;
                 }
             }
-        }
-        self.apply_egress(net, t, cfg.via_host_egress).await
+            for l in self.nl.links().await? {
+                if l.alias.as_deref() == Some(alias.as_str()) && !wanted_links.contains(&l.name) {
+                    self.nl.del_link(l.index).await?;
+                }
+            }
+            // Frames for a direct peer's tunnel MAC go straight back to that peer.
+            if let Some(vx) = self.nl.link(&t.name).await? {
+                let want: Vec<([u8; 6], Ipv4Addr)> = cfg
+                    .direct
+                    .iter()
+                    .map(|p| (direct_mac(p.runner_id, cfg.me), p.physical_ip))
+                    .collect();
+                for (mac, dst) in &want {
+                    self.nl.fdb_replace(vx.index, *mac, *dst).await?;
+                }
+                for (mac, dst) in self.nl.fdb_entries(vx.index).await? {
+                    if mac[0] == 0x02 && mac[1] == 0x77 && !want.contains(&(mac, dst)) {
+                        self.nl.fdb_del(vx.index, mac, dst).await?;
+                    }
+                }
+            }
+            self.apply_egress(net, t, cfg.via_host_egress).await
+        })
+        .await
     }
 
     /// Via-host egress: traffic from the runner's subnet looks up a table whose default route
@@ -219,45 +226,48 @@ impl RunnerDataplane {
     /// Build or repair everything for `networks`, and remove Weir's bridges and tunnels that
     /// no network uses any more (e.g. the overlay's in isolated mode).
     pub async fn apply(&self, networks: &[RunnerNetwork]) -> Result<()> {
-        sysctl::enable_ip_forward()?;
-        for link in self.own_links().await? {
-            let wanted = networks.iter().any(|n| {
-                n.bridge == link.name || n.tunnel.as_ref().is_some_and(|t| t.name == link.name)
-            });
-            if !wanted {
-                tracing::info!(link = %link.name, "removing a link no network uses any more");
-                self.nl.del_link(link.index).await?;
+        crate::telemetry::kernel("netlink.runner_networks", async {
+            sysctl::enable_ip_forward()?;
+            for link in self.own_links().await? {
+                let wanted = networks.iter().any(|n| {
+                    n.bridge == link.name || n.tunnel.as_ref().is_some_and(|t| t.name == link.name)
+                });
+                if !wanted {
+                    tracing::info!(link = %link.name, "removing a link no network uses any more");
+                    self.nl.del_link(link.index).await?;
+                }
             }
-        }
-        let mut want_routes = Vec::new();
-        for net in networks {
-            let bridge = self.ensure_bridge(net).await?;
-            sysctl::disable_redirects(&net.bridge)?;
-            if let Some(t) = &net.tunnel {
-                self.ensure_tunnel(net, t, bridge).await?;
-                self.nl
-                    .replace_route(t.overlay, Some(t.via), Some(bridge))
-                    .await?;
-                want_routes.push((t.overlay, t.via));
+            let mut want_routes = Vec::new();
+            for net in networks {
+                let bridge = self.ensure_bridge(net).await?;
+                sysctl::disable_redirects(&net.bridge)?;
+                if let Some(t) = &net.tunnel {
+                    self.ensure_tunnel(net, t, bridge).await?;
+                    self.nl
+                        .replace_route(t.overlay, Some(t.via), Some(bridge))
+                        .await?;
+                    want_routes.push((t.overlay, t.via));
+                }
             }
-        }
-        // Weir-owned routes that no network wants any more (an older plan) go away.
-        for route in self.nl.routes().await? {
-            if route.protocol == ROUTE_PROTOCOL
-                && !want_routes
-                    .iter()
-                    .any(|(d, gw)| route.destination == *d && route.gateway == Some(*gw))
-            {
-                tracing::info!(route = %route.destination, "removing stale overlay route");
-                self.nl.del_route(&route).await?;
+            // Weir-owned routes that no network wants any more (an older plan) go away.
+            for route in self.nl.routes().await? {
+                if route.protocol == ROUTE_PROTOCOL
+                    && !want_routes
+                        .iter()
+                        .any(|(d, gw)| route.destination == *d && route.gateway == Some(*gw))
+                {
+                    tracing::info!(route = %route.destination, "removing stale overlay route");
+                    self.nl.del_route(&route).await?;
+                }
             }
-        }
-        let underlay = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            last.0 = networks.to_vec();
-            last.1.clone()
-        };
-        nft::apply(&runner_table(networks, &underlay)).await
+            let underlay = {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                last.0 = networks.to_vec();
+                last.1.clone()
+            };
+            nft::apply(&runner_table(networks, &underlay)).await
+        })
+        .await
     }
 
     async fn ensure_bridge(&self, net: &RunnerNetwork) -> Result<u32> {
@@ -370,27 +380,30 @@ impl RunnerDataplane {
 
     /// Remove every bridge, tunnel, route and rule Weir made (the runner lost its allocation).
     pub async fn teardown(&self) -> Result<()> {
-        for link in self.nl.links().await? {
-            let ours = link.alias.as_deref().is_some_and(|a| {
-                a.starts_with(NETWORK_ALIAS_PREFIX) || a.starts_with(DIRECT_ALIAS_PREFIX)
-            });
-            if ours {
-                self.nl.del_link(link.index).await?;
+        crate::telemetry::kernel("netlink.teardown", async {
+            for link in self.nl.links().await? {
+                let ours = link.alias.as_deref().is_some_and(|a| {
+                    a.starts_with(NETWORK_ALIAS_PREFIX) || a.starts_with(DIRECT_ALIAS_PREFIX)
+                });
+                if ours {
+                    self.nl.del_link(link.index).await?;
+                }
             }
-        }
-        for route in self.nl.routes().await? {
-            if route.protocol == ROUTE_PROTOCOL || route.protocol == DIRECT_ROUTE_PROTOCOL {
-                self.nl.del_route(&route).await?;
+            for route in self.nl.routes().await? {
+                if route.protocol == ROUTE_PROTOCOL || route.protocol == DIRECT_ROUTE_PROTOCOL {
+                    self.nl.del_route(&route).await?;
+                }
             }
-        }
-        for r in self.nl.rules_for_table(EGRESS_TABLE).await? {
-            self.nl.del_rule(&r).await?;
-        }
-        for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
-            self.nl.del_route(&r).await?;
-        }
-        nft::delete(super::firewall::FIREWALL_TABLE).await?;
-        nft::delete(RUNNER_TABLE).await
+            for r in self.nl.rules_for_table(EGRESS_TABLE).await? {
+                self.nl.del_rule(&r).await?;
+            }
+            for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
+                self.nl.del_route(&r).await?;
+            }
+            nft::delete(super::firewall::FIREWALL_TABLE).await?;
+            nft::delete(RUNNER_TABLE).await
+        })
+        .await
     }
 }
 

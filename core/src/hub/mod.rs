@@ -24,6 +24,7 @@ mod workloads;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, broadcast, mpsc};
@@ -41,6 +42,7 @@ use crate::policy::{FaultReport, PolicyHost, ReloadOutcome};
 use crate::store::{
     Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord, now_ms,
 };
+use crate::telemetry::metrics::ClusterCounts;
 
 /// How long the hub waits for a runner to carry out a command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,6 +87,8 @@ pub struct Hub {
     policy: Arc<PolicyHost>,
     state: Mutex<State>,
     events: broadcast::Sender<pb::Event>,
+    /// Something committed since the gauges' counts were last published.
+    counts_dirty: AtomicBool,
 }
 
 #[derive(Default)]
@@ -156,8 +160,10 @@ impl Hub {
             policy: Arc::new(policy),
             state: Mutex::new(State::default()),
             events,
+            counts_dirty: AtomicBool::new(true),
         };
-        hub.recover(snap).await?;
+        crate::telemetry::metrics::reconcile("host-start", hub.recover(snap)).await?;
+        hub.publish_counts().await;
         let hub = Arc::new(hub);
         hub.clone().forward_policy_reports(fault_rx, reload_rx);
         Ok(hub)
@@ -294,6 +300,9 @@ impl Hub {
             // Nothing was written: hand the sequence numbers back.
             st.next_event -= txn.events.len() as u64;
             return Err(e.into());
+        }
+        if !txn.changes.is_empty() {
+            self.counts_dirty.store(true, Ordering::Relaxed);
         }
         for e in txn.events {
             st.history.push_back(e.clone());
@@ -516,10 +525,50 @@ impl Hub {
         out
     }
 
-    /// Periodic work: liveness transitions and reservation expiry.
+    /// Periodic work: liveness transitions, reservation expiry, and the gauges' counts.
     pub async fn tick(&self) {
         self.check_liveness().await;
         self.expire_reservations().await;
+        self.publish_counts().await;
+    }
+
+    /// Hand the metrics gauges fresh counts when anything changed: at most once per tick, so
+    /// an attach never pays for counting ten thousand workloads.
+    async fn publish_counts(&self) {
+        if !self.counts_dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let st = self.state.lock().await;
+        let mut c = ClusterCounts::default();
+        for (name, r) in &st.runners {
+            if r.was_active {
+                c.runners_active += 1;
+            } else {
+                c.runners_inactive += 1;
+            }
+            if r.rec.id.is_some() {
+                for net in &self.settings.networks {
+                    c.workloads.insert((name.clone(), net.name.clone()), 0);
+                }
+            }
+        }
+        for w in st.workloads.values() {
+            *c.workloads
+                .entry((w.runner.clone(), w.network.clone()))
+                .or_default() += 1;
+        }
+        for r in st.reservations.values() {
+            let state = if r.used_by.is_some() {
+                "used"
+            } else {
+                "unused"
+            };
+            *c.reservations.entry(state).or_default() += 1;
+        }
+        for state in ["used", "unused"] {
+            c.reservations.entry(state).or_default();
+        }
+        crate::telemetry::metrics::publish_cluster(c);
     }
 }
 

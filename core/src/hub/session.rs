@@ -7,13 +7,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use weir_proto::v1 as pb;
 
 use super::{Hub, HubError};
 use crate::store::now_ms;
+use crate::telemetry::metrics::{metrics, outcome};
+use crate::telemetry::propagation;
 
 /// Messages queued to one runner before the sender waits.
 const SESSION_QUEUE: usize = 1024;
@@ -32,6 +36,10 @@ pub struct SessionHandle {
 pub struct Pending {
     id: u64,
     rx: oneshot::Receiver<String>,
+    /// Open from queuing to the answer; the runner's work is its child.
+    span: tracing::Span,
+    op: &'static str,
+    queued: Instant,
 }
 
 /// What the API layer needs to serve a freshly opened session.
@@ -65,12 +73,23 @@ impl SessionHandle {
     /// Queue a command (its place in the runner's order is fixed now); await it with [`wait`].
     pub async fn enqueue(&self, op: pb::command::Op) -> Result<Pending, HubError> {
         let id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let name = op.name();
+        let span = tracing::info_span!(
+            "runner.command",
+            otel.name = format!("command {name}"),
+            otel.kind = "client",
+            runner = %self.runner,
+            command.id = id,
+            command.op = name,
+            error = tracing::field::Empty,
+        );
         let (tx, rx) = oneshot::channel();
         self.pending_map().insert(id, tx);
         let msg = pb::HostMessage {
             msg: Some(pb::host_message::Msg::Command(pb::Command {
                 id,
                 op: Some(op),
+                trace_context: propagation::inject(&span),
             })),
         };
         if self.tx.send(msg).await.is_err() {
@@ -80,15 +99,29 @@ impl SessionHandle {
                 self.runner
             )));
         }
-        Ok(Pending { id, rx })
+        Ok(Pending {
+            id,
+            rx,
+            span,
+            op: name,
+            queued: Instant::now(),
+        })
     }
 
     /// Wait for the runner's answer to a queued command.
     pub async fn wait(&self, pending: Pending, timeout: Duration) -> Result<(), HubError> {
-        let Pending { id, rx } = pending;
-        let answer = tokio::time::timeout(timeout, rx).await;
+        let Pending {
+            id,
+            rx,
+            span,
+            op,
+            queued,
+        } = pending;
+        let answer = tokio::time::timeout(timeout, rx)
+            .instrument(span.clone())
+            .await;
         self.pending_map().remove(&id);
-        match answer {
+        let result = match answer {
             Ok(Ok(err)) if err.is_empty() => Ok(()),
             Ok(Ok(err)) => Err(HubError::Runner(err)),
             Ok(Err(_)) => Err(HubError::Unavailable(format!(
@@ -100,7 +133,18 @@ impl SessionHandle {
                 self.runner,
                 timeout.as_secs()
             ))),
+        };
+        if let Err(e) = &result {
+            span.record("error", tracing::field::display(e));
         }
+        metrics().command_duration.record(
+            queued.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new("op", op),
+                KeyValue::new("outcome", outcome(&result)),
+            ],
+        );
+        result
     }
 
     /// Deliver a runner's answer to the command waiting for it.

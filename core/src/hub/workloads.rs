@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use opentelemetry::KeyValue;
 use weir_proto::v1 as pb;
 
 use super::{COMMAND_TIMEOUT, Hub, HubError, State, Txn, check_labels, check_workload_id};
@@ -14,6 +16,7 @@ use crate::policy::types::{
     AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request,
 };
 use crate::store::{Change, WorkloadRecord, now_ms, workload_key};
+use crate::telemetry::metrics::{metrics, outcome};
 
 /// Where a new workload's address comes from.
 enum Source {
@@ -23,8 +26,43 @@ enum Source {
 }
 
 impl Hub {
-    /// Give a workload an interface on its runner's network.
+    /// Give a workload an interface on its runner's network (timed as `weir.attach.duration`).
     pub async fn attach(
+        &self,
+        req: pb::AttachWorkloadRequest,
+    ) -> Result<pb::AttachWorkloadResponse, HubError> {
+        let network = self.network_attr(&req.network);
+        let started = Instant::now();
+        let r = self.attach_workload(req).await;
+        metrics().attach_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[network, KeyValue::new("outcome", outcome(&r))],
+        );
+        r
+    }
+
+    /// Remove a workload's interface and free its address (timed as `weir.detach.duration`).
+    pub async fn detach(&self, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
+        let network = self.network_attr(&req.network);
+        let started = Instant::now();
+        let r = self.detach_workload(req).await;
+        metrics().detach_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[network, KeyValue::new("outcome", outcome(&r))],
+        );
+        r
+    }
+
+    /// The `network` metric attribute: a configured network's name, never a caller's string.
+    fn network_attr(&self, requested: &str) -> KeyValue {
+        let name = self
+            .network(requested)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|_| "unknown".into());
+        KeyValue::new("network", name)
+    }
+
+    async fn attach_workload(
         &self,
         req: pb::AttachWorkloadRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
@@ -421,7 +459,7 @@ impl Hub {
     }
 
     /// Remove a workload's interface and free its address (and its reservation).
-    pub async fn detach(&self, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
+    async fn detach_workload(&self, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
         let workload_id = check_workload_id(&req.workload_id)?;
         let net = self.network(&req.network)?.clone();
         let key = workload_key(&net.name, &workload_id);

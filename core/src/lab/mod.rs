@@ -66,6 +66,8 @@ pub struct LabSpec {
     pub runner_keys: String,
     /// Extra sections of the host's configuration (e.g. `[reservations]`).
     pub host_extra: String,
+    /// Extra sections of every runner's configuration (e.g. `[telemetry]`).
+    pub runner_extra: String,
     /// The URL runners reach the host at.
     pub host_url: String,
     /// How long to wait for a daemon's `READY=1`.
@@ -86,6 +88,7 @@ impl LabSpec {
             host_keys: String::new(),
             runner_keys: String::new(),
             host_extra: String::new(),
+            runner_extra: String::new(),
             host_url: format!("http://{HOST_IP}:{HOST_PORT}"),
             ready_timeout: READY_TIMEOUT,
             detached: false,
@@ -294,8 +297,8 @@ impl Lab {
     fn runner_config(&self, i: u32) -> String {
         let d = self.dir.display();
         format!(
-            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n",
-            self.spec.host_url, self.spec.runner_keys
+            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n{}\n",
+            self.spec.host_url, self.spec.runner_keys, self.spec.runner_extra
         )
     }
 

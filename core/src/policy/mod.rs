@@ -28,7 +28,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use opentelemetry::KeyValue;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::config::{OnError, PluginConfig, PluginMode};
 use types::{AddressDecision, Decision, Hook, Request, RunnerDecision};
@@ -264,11 +266,15 @@ impl PolicyHost {
             let req = request.clone();
             let audit = self.audit.clone();
             let faults = self.faults.clone();
-            tokio::spawn(async move {
-                for m in monitors {
-                    run_monitor(&m, &req, &applied, audit.as_ref(), faults.as_ref()).await;
+            // In the caller's trace, though the caller does not wait for them.
+            tokio::spawn(
+                async move {
+                    for m in monitors {
+                        run_monitor(&m, &req, &applied, audit.as_ref(), faults.as_ref()).await;
+                    }
                 }
-            });
+                .instrument(tracing::Span::current()),
+            );
         }
         result
     }
@@ -617,7 +623,66 @@ async fn run_monitor(
 }
 
 /// Run one decision on the slot's current version and validate it.
+/// One plugin call in a `policy.decide` span (hook, plugin, version, outcome, latency), counted
+/// in `weir.policy.decisions` and, when it fails, `weir.policy.faults`.
 async fn call(slot: &Arc<Slot>, request: &Request) -> (Result<Decision, Fault>, String, Duration) {
+    let call = request.call_name();
+    let plugin = slot.spec.name.as_str();
+    let mode = match slot.spec.mode {
+        PluginMode::Enforce => "enforce",
+        PluginMode::Monitor => "monitor",
+    };
+    let span = tracing::info_span!(
+        "policy.decide",
+        otel.name = format!("decide {call}"),
+        policy.hook = call,
+        policy.plugin = plugin,
+        policy.mode = mode,
+        policy.version = tracing::field::Empty,
+        policy.outcome = tracing::field::Empty,
+        policy.latency_us = tracing::field::Empty,
+        policy.fault = tracing::field::Empty,
+    );
+    let (result, version, latency) = call_plugin(slot, request).instrument(span.clone()).await;
+    let outcome = match &result {
+        Ok(d) => d.kind(),
+        Err(_) => "fault",
+    };
+    span.record("policy.version", version.as_str());
+    span.record("policy.outcome", outcome);
+    span.record("policy.latency_us", latency.as_micros() as u64);
+    let m = crate::telemetry::metrics();
+    let hook_attr = KeyValue::new("hook", call);
+    let plugin_attr = KeyValue::new("plugin", plugin.to_string());
+    if let Err(fault) = &result {
+        span.record("policy.fault", tracing::field::display(fault));
+        m.plugin_faults.add(
+            1,
+            &[
+                hook_attr.clone(),
+                plugin_attr.clone(),
+                KeyValue::new("cause", fault.cause()),
+            ],
+        );
+    }
+    m.decisions.add(
+        1,
+        &[
+            hook_attr.clone(),
+            plugin_attr.clone(),
+            KeyValue::new("mode", mode),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
+    m.decision_duration
+        .record(latency.as_secs_f64(), &[hook_attr, plugin_attr]);
+    (result, version, latency)
+}
+
+async fn call_plugin(
+    slot: &Arc<Slot>,
+    request: &Request,
+) -> (Result<Decision, Fault>, String, Duration) {
     let loaded = slot
         .current
         .read()

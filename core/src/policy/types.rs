@@ -246,3 +246,20 @@ pub enum Decision {
     Firewall(FirewallDecision),
     Route(RouteDecision),
 }
+
+impl Decision {
+    /// What kind of answer this is (`chosen`, `builtin`, `deny`, `rules`, `routes`), for
+    /// spans and metrics; never the chosen value itself.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Runner(RunnerDecision::Id(_))
+            | Decision::Address(AddressDecision::Address(_)) => "chosen",
+            Decision::Runner(RunnerDecision::Builtin)
+            | Decision::Address(AddressDecision::NextFree) => "builtin",
+            Decision::Runner(RunnerDecision::Deny(_))
+            | Decision::Address(AddressDecision::Deny(_)) => "deny",
+            Decision::Firewall(_) => "rules",
+            Decision::Route(_) => "routes",
+        }
+    }
+}
