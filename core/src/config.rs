@@ -35,6 +35,217 @@ pub struct Config {
     pub reservations: ReservationConfig,
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
+    /// Several overlay networks (`[[networks]]`). Empty: `[overlay]` defines the one network
+    /// `default`. When set, these are the networks, in order (the first is the primary one:
+    /// it gives workloads their default route and serves calls that name no network).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// One overlay network of several. Its MTU and VXLAN port are `overlay.mtu` and
+/// `overlay.vxlan_port`; its interface names derive from its name unless given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// 1 to 10 characters of `[a-z0-9]`, starting with a letter (names derive from it).
+    pub name: NetworkName,
+    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+    pub subnet: Plan,
+    /// VNI of runner r on this network is `vxlan_id_base + r`.
+    pub vxlan_id_base: u32,
+    /// Masquerade the network's traffic where it leaves (the runner's uplink for
+    /// `runner-nat`, the host's uplink for `via-host`); false keeps the workload's own address.
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Where traffic to the outside leaves: `runner-nat` (the runner's uplink) or `via-host`
+    /// (steered to the host by source address; the host forwards it out of its uplink).
+    #[serde(default)]
+    pub egress: EgressMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_device: Option<IfName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_tunnel: Option<IfName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_bridge: Option<IfName>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a network's traffic to the outside leaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressMode {
+    #[default]
+    RunnerNat,
+    ViaHost,
+}
+
+impl EgressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressMode::RunnerNat => "runner-nat",
+            EgressMode::ViaHost => "via-host",
+        }
+    }
+}
+
+/// A network's name: 1 to 10 characters of `[a-z0-9]`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetworkName(String);
+
+impl NetworkName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for NetworkName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = (1..=10).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "network name {s:?} must be 1 to 10 characters of a-z and 0-9, starting with a letter (interface names derive from it)"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for NetworkName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The name of the network `[overlay]` defines, with KohakuRiver's interface names.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// A network as the configuration resolves it: settings and interface names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedNetwork {
+    pub name: String,
+    /// `None`: isolated mode (only the default network, with `overlay.enabled = false`).
+    pub plan: Option<Plan>,
+    pub vxlan_id_base: u32,
+    pub masquerade: bool,
+    pub egress: EgressMode,
+    pub names: NetworkNames,
+}
+
+/// The interfaces a network uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkNames {
+    /// Host: the device holding the host's overlay address.
+    pub host_device: String,
+    /// Host: tunnel to runner r is `tunnel_prefix` + r in base 36.
+    pub tunnel_prefix: String,
+    /// Runner: the tunnel to the host.
+    pub runner_tunnel: String,
+    /// Runner: the workload bridge.
+    pub runner_bridge: String,
+    /// Runner: a direct tunnel to peer runner r is `direct_prefix` + r in base 36.
+    pub direct_prefix: String,
+}
+
+impl NetworkNames {
+    /// Names derived from a network's name: `wh-NAME`, `vx-NAME-<id>`, `vx-NAME`, `wb-NAME`,
+    /// `vd-NAME-<id>`.
+    pub fn derived(name: &str) -> Self {
+        Self {
+            host_device: format!("wh-{name}"),
+            tunnel_prefix: format!("vx-{name}-"),
+            runner_tunnel: format!("vx-{name}"),
+            runner_bridge: format!("wb-{name}"),
+            direct_prefix: format!("vd-{name}-"),
+        }
+    }
+}
+
+impl Config {
+    /// The networks this configuration defines, in order (the first is the primary one).
+    pub fn resolved_networks(&self) -> Vec<ResolvedNetwork> {
+        let o = &self.overlay;
+        if self.networks.is_empty() {
+            let (plan, bridge) = if o.enabled {
+                (Some(o.subnet), o.runner_bridge.to_string())
+            } else {
+                (None, o.isolated_bridge.to_string())
+            };
+            return vec![ResolvedNetwork {
+                name: DEFAULT_NETWORK.into(),
+                plan,
+                vxlan_id_base: o.vxlan_id_base,
+                masquerade: true,
+                egress: EgressMode::RunnerNat,
+                names: NetworkNames {
+                    host_device: o.host_device.to_string(),
+                    tunnel_prefix: o.tunnel_prefix.clone(),
+                    runner_tunnel: o.runner_tunnel.to_string(),
+                    runner_bridge: bridge,
+                    direct_prefix: "vxd".into(),
+                },
+            }];
+        }
+        self.networks
+            .iter()
+            .map(|n| {
+                let mut names = if n.name.as_str() == DEFAULT_NETWORK {
+                    NetworkNames {
+                        host_device: o.host_device.to_string(),
+                        tunnel_prefix: o.tunnel_prefix.clone(),
+                        runner_tunnel: o.runner_tunnel.to_string(),
+                        runner_bridge: o.runner_bridge.to_string(),
+                        direct_prefix: "vxd".into(),
+                    }
+                } else {
+                    NetworkNames::derived(n.name.as_str())
+                };
+                if let Some(d) = &n.host_device {
+                    names.host_device = d.to_string();
+                }
+                if let Some(p) = &n.tunnel_prefix {
+                    names.tunnel_prefix = p.clone();
+                }
+                if let Some(t) = &n.runner_tunnel {
+                    names.runner_tunnel = t.to_string();
+                }
+                if let Some(b) = &n.runner_bridge {
+                    names.runner_bridge = b.to_string();
+                }
+                ResolvedNetwork {
+                    name: n.name.to_string(),
+                    plan: Some(n.subnet),
+                    vxlan_id_base: n.vxlan_id_base,
+                    masquerade: n.masquerade,
+                    egress: n.egress,
+                    names,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Who may call the host.
@@ -716,38 +927,7 @@ fn load_from(file: Option<&Path>, default_path: &Path) -> Result<LoadedConfig, C
 
 /// Checks that involve more than one key.
 fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
-    let o = &loaded.config.overlay;
-    let mut problems = Vec::new();
-    if let Err(e) = o.subnet.check_vni_base(o.vxlan_id_base) {
-        problems.push(format!(
-            "overlay.vxlan_id_base ({}): {e}",
-            loaded.source_of("overlay.vxlan_id_base")
-        ));
-    }
-    let longest = plan::tunnel_name(&o.tunnel_prefix, o.subnet.max_runners());
-    if o.tunnel_prefix.is_empty() || check_ifname(&longest).is_err() {
-        problems.push(format!(
-            "overlay.tunnel_prefix ({}): {:?} gives tunnel names up to {longest:?}, which must be 1 to {} bytes without '/', ':' or whitespace",
-            loaded.source_of("overlay.tunnel_prefix"),
-            o.tunnel_prefix,
-            plan::MAX_IFNAME_LEN
-        ));
-    }
-    let names = [
-        ("overlay.host_device", &o.host_device),
-        ("overlay.runner_tunnel", &o.runner_tunnel),
-        ("overlay.runner_bridge", &o.runner_bridge),
-        ("overlay.isolated_bridge", &o.isolated_bridge),
-    ];
-    let mut seen = BTreeSet::new();
-    for (key, name) in names {
-        if !seen.insert(name.as_str()) {
-            problems.push(format!(
-                "{key} ({}): {name:?} is already used by another overlay interface name",
-                loaded.source_of(key)
-            ));
-        }
-    }
+    let mut problems = validate_networks(loaded);
     problems.extend(validate_plugins(loaded));
     let r = &loaded.config.reservations;
     if !(r.min_ttl <= r.default_ttl && r.default_ttl <= r.max_ttl) {
@@ -773,6 +953,185 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// A network's interface names as patterns: an exact name, or a prefix + a base-36 id.
+#[derive(Debug, Clone, Copy)]
+enum NamePattern<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+}
+
+impl fmt::Display for NamePattern<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamePattern::Exact(n) => write!(f, "{n:?}"),
+            NamePattern::Prefix(p) => write!(f, "\"{p}<id>\""),
+        }
+    }
+}
+
+impl NamePattern<'_> {
+    fn clashes(self, other: NamePattern<'_>) -> bool {
+        use NamePattern::*;
+        let id_after = |name: &str, prefix: &str| {
+            name.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+            })
+        };
+        match (self, other) {
+            (Exact(a), Exact(b)) => a == b,
+            (Exact(n), Prefix(p)) | (Prefix(p), Exact(n)) => id_after(n, p),
+            (Prefix(p), Prefix(q)) => p.starts_with(q) || q.starts_with(p),
+        }
+    }
+}
+
+/// Networks: `[[networks]]` or `[overlay]` (not both), unique names, VNIs that fit, and no two
+/// networks sharing addresses, VNIs or interface names. Every message names both networks.
+fn validate_networks(loaded: &LoadedConfig) -> Vec<String> {
+    let c = &loaded.config;
+    let mut problems = Vec::new();
+    let from_overlay = c.networks.is_empty();
+    let key = |net: &str, field: &str| {
+        if from_overlay {
+            format!(
+                "overlay.{field} ({})",
+                loaded.source_of(&format!("overlay.{field}"))
+            )
+        } else {
+            format!(
+                "networks {net:?} {field} ({})",
+                loaded.source_of("networks")
+            )
+        }
+    };
+    if !from_overlay {
+        for k in ["overlay.enabled", "overlay.subnet", "overlay.vxlan_id_base"] {
+            if loaded.is_explicit(k) {
+                problems.push(format!(
+                    "{k} ({}): not used when [[networks]] is set: give each network its own subnet and vxlan_id_base there (one named \"default\" keeps KohakuRiver's interface names)",
+                    loaded.source_of(k)
+                ));
+            }
+        }
+    }
+    let nets = c.resolved_networks();
+    let mut patterns: Vec<(&str, &str, NamePattern<'_>)> = Vec::new();
+    for n in &nets {
+        let names = &n.names;
+        if let Some(plan) = &n.plan {
+            if let Err(e) = plan.check_vni_base(n.vxlan_id_base) {
+                problems.push(format!("{}: {e}", key(&n.name, "vxlan_id_base")));
+            }
+            for (field, prefix) in [
+                ("tunnel_prefix", &names.tunnel_prefix),
+                ("direct_prefix", &names.direct_prefix),
+            ] {
+                let longest = plan::tunnel_name(prefix, plan.max_runners());
+                if prefix.is_empty() || check_ifname(&longest).is_err() {
+                    problems.push(format!(
+                        "{}: {prefix:?} gives interface names up to {longest:?}, which must be 1 to {} bytes without '/', ':' or whitespace{}",
+                        key(&n.name, field),
+                        plan::MAX_IFNAME_LEN,
+                        if from_overlay { "" } else { "; give the network a shorter name or set tunnel_prefix" }
+                    ));
+                }
+                patterns.push((&n.name, field, NamePattern::Prefix(prefix)));
+            }
+            patterns.push((
+                &n.name,
+                "host_device",
+                NamePattern::Exact(&names.host_device),
+            ));
+            patterns.push((
+                &n.name,
+                "runner_tunnel",
+                NamePattern::Exact(&names.runner_tunnel),
+            ));
+        }
+        patterns.push((
+            &n.name,
+            "runner_bridge",
+            NamePattern::Exact(&names.runner_bridge),
+        ));
+        for (field, name) in [
+            ("host_device", &names.host_device),
+            ("runner_tunnel", &names.runner_tunnel),
+            ("runner_bridge", &names.runner_bridge),
+        ] {
+            if let Err(e) = check_ifname(name) {
+                problems.push(format!("{}: {e}", key(&n.name, field)));
+            }
+        }
+    }
+    if from_overlay && c.overlay.enabled {
+        // Switching to isolated mode later must not collide either.
+        patterns.push((
+            DEFAULT_NETWORK,
+            "isolated_bridge",
+            NamePattern::Exact(c.overlay.isolated_bridge.as_str()),
+        ));
+    }
+    for (i, (na, fa, pa)) in patterns.iter().enumerate() {
+        for (nb, fb, pb) in &patterns[i + 1..] {
+            if !pa.clashes(*pb) {
+                continue;
+            }
+            problems.push(if na == nb {
+                format!(
+                    "{}: {pb} is already used by {} {pa}: every interface name must be distinct",
+                    key(nb, fb),
+                    key(na, fa)
+                )
+            } else {
+                format!(
+                    "networks {na:?} and {nb:?}: {na}'s {fa} {pa} clashes with {nb}'s {fb} {pb} ({}): interface names must not overlap",
+                    loaded.source_of("networks")
+                )
+            });
+        }
+    }
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            let src = loaded.source_of("networks");
+            if a.name == b.name {
+                problems.push(format!(
+                    "networks ({src}): two networks are named {:?}; names must be unique",
+                    a.name
+                ));
+                continue;
+            }
+            let (Some(pa), Some(pb)) = (&a.plan, &b.plan) else {
+                continue;
+            };
+            let (ca, cb) = (pa.overlay(), pb.overlay());
+            if ca.contains(&cb.network()) || cb.contains(&ca.network()) {
+                problems.push(format!(
+                    "networks {:?} and {:?} ({src}): subnets {ca} and {cb} overlap; every network needs its own addresses",
+                    a.name, b.name
+                ));
+            }
+            let ra = (
+                a.vxlan_id_base.saturating_add(1),
+                a.vxlan_id_base.saturating_add(pa.max_runners()),
+            );
+            let rb = (
+                b.vxlan_id_base.saturating_add(1),
+                b.vxlan_id_base.saturating_add(pb.max_runners()),
+            );
+            if ra.0 <= rb.1 && rb.0 <= ra.1 {
+                problems.push(format!(
+                    "networks {:?} and {:?} ({src}): VNI ranges {}-{} and {}-{} overlap (VNI = vxlan_id_base + runner id); move one vxlan_id_base",
+                    a.name, b.name, ra.0, ra.1, rb.0, rb.1
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Telemetry: a ratio in range, a usable collector URL, a non-zero export interval.
@@ -1133,6 +1492,108 @@ mod tests {
         });
     }
 
+    const TWO_NETWORKS: &str = "[[networks]]\nname = \"private\"\nsubnet = \"10.128.0.0/12/6/14\"\nvxlan_id_base = 100\n[[networks]]\nname = \"public\"\nsubnet = \"198.51.100.0/22/2/8\"\nvxlan_id_base = 1000\nmasquerade = false\negress = \"via-host\"\n";
+
+    #[test]
+    fn several_networks_resolve_with_derived_names() {
+        Jail::expect_with(|jail| {
+            jail.create_file("nets.toml", TWO_NETWORKS)?;
+            let c = load_in_jail(jail, Some("nets.toml")).unwrap().config;
+            let nets = c.resolved_networks();
+            assert_eq!(nets.len(), 2);
+            assert_eq!(nets[0].name, "private");
+            assert_eq!(nets[0].egress, EgressMode::RunnerNat);
+            assert!(nets[0].masquerade);
+            assert_eq!(nets[1].egress, EgressMode::ViaHost);
+            assert!(!nets[1].masquerade);
+            let n = &nets[1].names;
+            assert_eq!(
+                (
+                    n.host_device.as_str(),
+                    n.tunnel_prefix.as_str(),
+                    n.runner_tunnel.as_str(),
+                    n.runner_bridge.as_str(),
+                    n.direct_prefix.as_str()
+                ),
+                (
+                    "wh-public",
+                    "vx-public-",
+                    "vx-public",
+                    "wb-public",
+                    "vd-public-"
+                )
+            );
+            // A network named "default" keeps KohakuRiver's names.
+            jail.create_file(
+                "default.toml",
+                &TWO_NETWORKS.replace("\"private\"", "\"default\""),
+            )?;
+            let c = load_in_jail(jail, Some("default.toml")).unwrap().config;
+            let d = &c.resolved_networks()[0].names;
+            assert_eq!(
+                (
+                    d.host_device.as_str(),
+                    d.tunnel_prefix.as_str(),
+                    d.runner_tunnel.as_str(),
+                    d.runner_bridge.as_str()
+                ),
+                ("kohaku-host", "vxkr", "vxlan0", "kohaku-overlay")
+            );
+            // Without [[networks]], [overlay] is the one network "default".
+            let c = load_in_jail(jail, None).unwrap().config;
+            assert_eq!(c.resolved_networks().len(), 1);
+            assert_eq!(c.resolved_networks()[0].name, DEFAULT_NETWORK);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn conflicting_networks_are_refused_naming_both() {
+        Jail::expect_with(|jail| {
+            let overlap = TWO_NETWORKS.replace("198.51.100.0/22/2/8", "10.130.0.0/16/4/12");
+            let e = error_of(jail, &overlap);
+            assert!(
+                e.contains("\"private\" and \"public\"")
+                    && e.contains("overlap")
+                    && e.contains("10.128.0.0/12"),
+                "{e}"
+            );
+            let vnis = TWO_NETWORKS.replace("vxlan_id_base = 1000", "vxlan_id_base = 150");
+            let e = error_of(jail, &vnis);
+            assert!(
+                e.contains("\"private\" and \"public\"")
+                    && e.contains("VNI ranges 101-163 and 151-153"),
+                "{e}"
+            );
+            let names = format!("{TWO_NETWORKS}runner_bridge = \"wb-private\"\n");
+            let e = error_of(jail, &names);
+            assert!(
+                e.contains("\"private\" and \"public\"") && e.contains("wb-private"),
+                "{e}"
+            );
+            let twice = TWO_NETWORKS.replace("\"public\"", "\"private\"");
+            let e = error_of(jail, &twice);
+            assert!(e.contains("two networks are named \"private\""), "{e}");
+            let e = error_of(jail, &TWO_NETWORKS.replace("\"public\"", "\"Public-1\""));
+            assert!(e.contains("network name \"Public-1\""), "{e}");
+            let long = TWO_NETWORKS
+                .replace("\"public\"", "\"publicnet1\"")
+                .replace("/22/2/8", "/16/8/8");
+            let e = error_of(jail, &long.replace("198.51.100.0", "172.16.0.0"));
+            assert!(
+                e.contains("tunnel_prefix") && e.contains("shorter name"),
+                "{e}"
+            );
+            let both = format!("[overlay]\nsubnet = \"10.0.0.0/16/4/12\"\n{TWO_NETWORKS}");
+            let e = error_of(jail, &both);
+            assert!(
+                e.contains("overlay.subnet") && e.contains("[[networks]]"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
     #[test]
     fn telemetry_settings_are_checked() {
         Jail::expect_with(|jail| {
@@ -1154,9 +1615,15 @@ mod tests {
                 "ok.toml",
                 "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsampling_ratio = 0.25\nprometheus_listen = \"127.0.0.1:19464\"\n",
             )?;
-            let c = load_in_jail(jail, Some("ok.toml")).unwrap().config.telemetry;
+            let c = load_in_jail(jail, Some("ok.toml"))
+                .unwrap()
+                .config
+                .telemetry;
             assert_eq!(c.sampling_ratio, 0.25);
-            assert_eq!(c.prometheus_listen, Some("127.0.0.1:19464".parse().unwrap()));
+            assert_eq!(
+                c.prometheus_listen,
+                Some("127.0.0.1:19464".parse().unwrap())
+            );
             Ok(())
         });
     }

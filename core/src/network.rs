@@ -1,17 +1,17 @@
 //! Networks: the unit every allocation, workload, name and VNI belongs to.
 //!
-//! Today the configuration defines one network, `default` (KohakuRiver's plan and names), in
-//! overlay or isolated mode; the types already carry a name so that several can coexist.
+//! `[overlay]` defines one network, `default` (KohakuRiver's plan and names), in overlay or
+//! isolated mode; `[[networks]]` defines several overlays side by side. The first network is
+//! the primary one: calls that name no network use it, and workloads route by default through
+//! it. A runner has one id in every network whose plan has room for it.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use crate::config::Config;
+pub use crate::config::{DEFAULT_NETWORK, EgressMode};
 use crate::plan::{Plan, RunnerBlock};
-
-/// The name of the network the `[overlay]` section defines.
-pub const DEFAULT_NETWORK: &str = "default";
 
 /// How a network reaches other runners.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct OverlayDef {
     pub host_device: String,
     pub tunnel_prefix: String,
     pub runner_tunnel: String,
+    /// Runners' direct tunnels to each other are `direct_prefix` + peer id in base 36.
+    pub direct_prefix: String,
 }
 
 /// A network as the host defines it.
@@ -41,6 +43,7 @@ pub struct NetworkDef {
     pub mtu: u32,
     pub bridge: String,
     pub masquerade: bool,
+    pub egress: EgressMode,
 }
 
 /// A runner's share of a network: its subnet and the addresses around it.
@@ -53,36 +56,37 @@ pub struct RunnerSubnet {
 }
 
 impl NetworkDef {
-    /// The networks a configuration defines (today: the default one).
+    /// The networks a configuration defines, in order (the first is the primary one).
     pub fn from_config(config: &Config, mtu: u32) -> Vec<NetworkDef> {
         let o = &config.overlay;
-        let (kind, bridge) = if o.enabled {
-            (
-                NetworkKind::Overlay(OverlayDef {
-                    plan: o.subnet,
-                    vxlan_id_base: o.vxlan_id_base,
-                    port: o.vxlan_port,
-                    host_device: o.host_device.to_string(),
-                    tunnel_prefix: o.tunnel_prefix.clone(),
-                    runner_tunnel: o.runner_tunnel.to_string(),
-                }),
-                o.runner_bridge.to_string(),
-            )
-        } else {
-            (
-                NetworkKind::Isolated {
-                    subnet: o.isolated_subnet.trunc(),
-                },
-                o.isolated_bridge.to_string(),
-            )
-        };
-        vec![NetworkDef {
-            name: DEFAULT_NETWORK.into(),
-            kind,
-            mtu,
-            bridge,
-            masquerade: true,
-        }]
+        config
+            .resolved_networks()
+            .into_iter()
+            .map(|n| {
+                let kind = match n.plan {
+                    Some(plan) => NetworkKind::Overlay(OverlayDef {
+                        plan,
+                        vxlan_id_base: n.vxlan_id_base,
+                        port: o.vxlan_port,
+                        host_device: n.names.host_device,
+                        tunnel_prefix: n.names.tunnel_prefix,
+                        runner_tunnel: n.names.runner_tunnel,
+                        direct_prefix: n.names.direct_prefix,
+                    }),
+                    None => NetworkKind::Isolated {
+                        subnet: o.isolated_subnet.trunc(),
+                    },
+                };
+                NetworkDef {
+                    name: n.name,
+                    kind,
+                    mtu,
+                    bridge: n.names.runner_bridge,
+                    masquerade: n.masquerade,
+                    egress: n.egress,
+                }
+            })
+            .collect()
     }
 
     pub fn overlay(&self) -> Option<&OverlayDef> {

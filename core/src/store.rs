@@ -74,6 +74,13 @@ pub struct WorkloadRecord {
     /// The rules come from a monitor-mode plugin: count would-be drops, never drop.
     #[serde(default)]
     pub firewall_monitor: bool,
+    /// The workload's default route goes through this interface (its first network).
+    #[serde(default = "yes")]
+    pub default_route: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An address held for a workload that does not exist yet.
@@ -375,6 +382,7 @@ mod tests {
                         reservation: None,
                         firewall: None,
                         firewall_monitor: false,
+                        default_route: true,
                     }),
                     Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
                 ])

@@ -206,29 +206,20 @@ async fn one_attach_from_the_python_scheduler_is_one_trace_across_scheduler_host
         .expect("the scheduler reports the attach's trace id")
         .to_string();
 
-    // The runner exports last (its work ends last): wait for its kernel batch in this trace.
-    wait_until(
-        "the runner's spans of the attach reach the collector",
-        dur(30),
-        || {
-            collector.spans().iter().any(|s| {
-                s.trace == trace && s.service == "weir-runner" && s.name == "netlink.attach"
-            })
-        },
-    )
-    .await;
-    // The host's spans end before the runner's answer is handed back; wait for them too.
-    wait_until(
-        "the host's spans of the attach reach the collector",
-        dur(30),
-        || {
-            collector.spans().iter().any(|s| {
-                s.trace == trace
-                    && s.service == "weir-host"
-                    && s.name == "weir.v1.Control/AttachWorkload"
-            })
-        },
-    )
+    // Spans are exported when they end, parents after their children: wait for the last of
+    // each daemon (the runner's command span, the host's server span).
+    let arrived = |service: &str, name: &str| {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.trace == trace && s.service == service && s.name == name)
+    };
+    wait_until("the attach's spans reach the collector", dur(30), || {
+        arrived("weir-runner", "apply attach")
+            && arrived("weir-runner", "netlink.attach")
+            && arrived("weir-host", "command attach")
+            && arrived("weir-host", "weir.v1.Control/AttachWorkload")
+    })
     .await;
     let all = collector.spans();
     let spans: Vec<Span> = all.iter().filter(|s| s.trace == trace).cloned().collect();

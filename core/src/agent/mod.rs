@@ -118,10 +118,11 @@ impl Agent {
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
+            let egress = plan.network_egress.get(&net.name).unwrap_or(&plan.egress);
             let cfg = RouteConfig {
                 me,
                 direct,
-                via_host_egress: plan.egress == "via-host",
+                via_host_egress: egress == "via-host",
             };
             self.dp
                 .apply_routes(net, &cfg)
@@ -216,6 +217,12 @@ impl Agent {
                 mtu: spec.mtu,
                 bridge: net.bridge.clone(),
                 default_route: spec.default_route,
+                source_table: (spec.source_table != 0).then_some(spec.source_table),
+                overlay: if spec.overlay_cidr.is_empty() {
+                    None
+                } else {
+                    Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
+                },
             }
         };
         attach::attach(self.dp.netlink(), &iface)
@@ -391,6 +398,12 @@ fn runner_network(
         tunnel,
         masquerade: n.masquerade,
         uplink: uplink.to_string(),
+        direct_prefix: if n.direct_prefix.is_empty() {
+            "vxd".into()
+        } else {
+            n.direct_prefix.clone()
+        },
+        egress_table: crate::dataplane::runner::egress_table(&n.network, n.vxlan_id_base),
     })
 }
 

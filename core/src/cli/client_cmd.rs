@@ -86,16 +86,18 @@ pub struct AttachArgs {
     /// A VM: create a tap device on the runner's bridge and print what its cloud-init needs.
     #[arg(long)]
     pub vm: bool,
-    /// The network to join (default: "default").
-    #[arg(long)]
-    pub network: Option<String>,
+    /// A network to join (repeatable: one interface per network, eth0, eth1, … in this order;
+    /// the first carries the default route). Default: the host's primary network.
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
     /// A label KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// A specific free address of the runner's subnet.
+    /// A specific free address of the runner's subnet (on the first network).
     #[arg(long, conflicts_with = "token")]
     pub ip: Option<String>,
-    /// A reservation token from `weir reserve`: the workload gets the reserved address.
+    /// A reservation token from `weir reserve`: the workload gets the reserved address (on
+    /// the first network).
     #[arg(long)]
     pub token: Option<String>,
 }
@@ -106,8 +108,9 @@ pub struct DetachArgs {
     pub runner: Option<String>,
     #[arg(long = "id", value_name = "WORKLOAD")]
     pub id: String,
-    #[arg(long)]
-    pub network: Option<String>,
+    /// A network to leave (repeatable). Default: every network the workload is on.
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +254,11 @@ async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
             "max_runners": s.max_runners, "active_runners": s.active_runners,
             "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
             "workloads": s.workloads, "reservations": s.reservations,
+            "networks": s.networks.iter().map(|n| json!({"name": n.name, "mode": n.mode,
+                "plan": n.plan, "host_ip": n.host_ip, "vxlan_id_base": n.vxlan_id_base,
+                "masquerade": n.masquerade, "egress": n.egress, "runners": n.runners,
+                "max_runners": n.max_runners, "workloads": n.workloads,
+                "reservations": n.reservations})).collect::<Vec<_>>(),
             "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()}),
         );
     } else {
@@ -279,8 +287,43 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
             s.active_runners, s.inactive_runners, s.workloads, s.reservations
         )
     };
+    if s.networks.len() > 1 {
+        out.push_str(&network_table(&s.networks));
+        out.push('\n');
+    }
     out.push_str(&runner_table(&s.runners));
     out
+}
+
+fn network_table(networks: &[pb::NetworkStatus]) -> String {
+    let rows: Vec<[String; 8]> = networks
+        .iter()
+        .map(|n| {
+            [
+                n.name.clone(),
+                n.plan.clone(),
+                n.host_ip.clone(),
+                n.vxlan_id_base.to_string(),
+                format!("{}{}", n.egress, if n.masquerade { " (nat)" } else { "" }),
+                format!("{}/{}", n.runners, n.max_runners),
+                n.workloads.to_string(),
+                n.reservations.to_string(),
+            ]
+        })
+        .collect();
+    super::table(
+        &[
+            "Network",
+            "Plan",
+            "Host IP",
+            "VNI base",
+            "Egress",
+            "Runners",
+            "Workloads",
+            "Reservations",
+        ],
+        &rows,
+    )
 }
 
 fn runner_table(runners: &[pb::RunnerStatus]) -> String {
@@ -357,64 +400,132 @@ async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliErro
             "attach: give --netns PATH, --pid PID or --vm".into(),
         ));
     }
-    let r = c
-        .attach_workload(pb::AttachWorkloadRequest {
-            runner: a.runner,
-            workload_id: a.id,
-            netns: a.netns.unwrap_or_default(),
-            pid: a.pid.unwrap_or(0),
-            network: a.network.unwrap_or_default(),
-            labels: a.labels.into_iter().collect(),
-            requested_ip: a.ip.unwrap_or_default(),
-            reservation_token: a.token.unwrap_or_default(),
-            kind: if a.vm {
-                pb::WorkloadKind::Vm
-            } else {
-                pb::WorkloadKind::Container
-            } as i32,
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    if json {
-        let mut v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
-            "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname,
-            "prefix": r.prefix, "kind": kind_name(r.kind)});
-        if r.kind == pb::WorkloadKind::Vm as i32 {
-            v["mac"] = json!(r.mac);
-            v["dns"] = json!(r.dns);
+    let mut networks = a.networks.clone();
+    if networks.is_empty() {
+        networks.push(String::new());
+    }
+    if let Some(dup) = networks
+        .iter()
+        .enumerate()
+        .find(|(i, n)| networks[..*i].contains(n))
+    {
+        return Err(CliError::Usage(format!(
+            "attach: --network {:?} is given twice",
+            dup.1
+        )));
+    }
+    let mut done: Vec<pb::AttachWorkloadResponse> = Vec::new();
+    for (i, network) in networks.iter().enumerate() {
+        let first = i == 0;
+        let result = c
+            .attach_workload(pb::AttachWorkloadRequest {
+                runner: a.runner.clone(),
+                workload_id: a.id.clone(),
+                netns: a.netns.clone().unwrap_or_default(),
+                pid: a.pid.unwrap_or(0),
+                network: network.clone(),
+                labels: a.labels.iter().cloned().collect(),
+                requested_ip: if first { a.ip.clone() } else { None }.unwrap_or_default(),
+                reservation_token: if first { a.token.clone() } else { None }.unwrap_or_default(),
+                kind: if a.vm {
+                    pb::WorkloadKind::Vm
+                } else {
+                    pb::WorkloadKind::Container
+                } as i32,
+            })
+            .await;
+        match result {
+            Ok(r) => done.push(r.into_inner()),
+            Err(st) => {
+                // Nothing half-applied: leave the networks this command joined.
+                for r in done.iter().rev() {
+                    let _ = c
+                        .detach_workload(pb::DetachWorkloadRequest {
+                            runner: r.runner.clone(),
+                            workload_id: r.workload_id.clone(),
+                            network: r.network.clone(),
+                        })
+                        .await;
+                }
+                return Err(refused(st));
+            }
         }
+    }
+    if json {
+        let items: Vec<serde_json::Value> = done.iter().map(attach_json).collect();
+        let v = match items.as_slice() {
+            [one] => one.clone(),
+            _ => serde_json::Value::Array(items),
+        };
         println!("{}", serde_json::to_string(&v).unwrap_or_default());
     } else {
-        println!(
-            "attached {} on {} ({}): {} {} via {} mtu {}{}",
-            r.workload_id,
-            r.runner,
-            r.network,
-            r.ifname,
-            r.ip,
-            r.gateway,
-            r.mtu,
-            if r.mac.is_empty() {
-                String::new()
-            } else {
-                format!(" mac {}", r.mac)
-            }
-        );
+        for r in &done {
+            println!(
+                "attached {} on {} ({}): {} {} via {} mtu {}{}",
+                r.workload_id,
+                r.runner,
+                r.network,
+                r.ifname,
+                r.ip,
+                r.gateway,
+                r.mtu,
+                if r.mac.is_empty() {
+                    String::new()
+                } else {
+                    format!(" mac {}", r.mac)
+                }
+            );
+        }
     }
     Ok(())
 }
 
+fn attach_json(r: &pb::AttachWorkloadResponse) -> serde_json::Value {
+    let mut v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
+        "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname,
+        "prefix": r.prefix, "kind": kind_name(r.kind)});
+    if r.kind == pb::WorkloadKind::Vm as i32 {
+        v["mac"] = json!(r.mac);
+        v["dns"] = json!(r.dns);
+    }
+    v
+}
+
 async fn detach(c: &mut Client, a: DetachArgs, json: bool) -> Result<(), CliError> {
-    c.detach_workload(pb::DetachWorkloadRequest {
-        runner: a.runner.unwrap_or_default(),
-        workload_id: a.id.clone(),
-        network: a.network.unwrap_or_default(),
-    })
-    .await
-    .map_err(refused)?;
+    let mut networks = a.networks.clone();
+    if networks.is_empty() {
+        // Every network the workload is on (or the primary one, for the host's own refusal).
+        let listed = c
+            .list_workloads(pb::ListWorkloadsRequest {
+                runner: a.runner.clone().unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        networks = listed
+            .workloads
+            .into_iter()
+            .filter(|w| w.workload_id == a.id)
+            .map(|w| w.network)
+            .collect();
+        if networks.is_empty() {
+            networks.push(String::new());
+        }
+    }
+    let mut left = Vec::new();
+    for network in networks {
+        c.detach_workload(pb::DetachWorkloadRequest {
+            runner: a.runner.clone().unwrap_or_default(),
+            workload_id: a.id.clone(),
+            network: network.clone(),
+        })
+        .await
+        .map_err(refused)?;
+        left.push(network);
+    }
     if json {
-        println!("{}", json!({"detached": a.id}));
+        println!("{}", json!({"detached": a.id, "networks": left}));
     } else {
         println!("detached {}", a.id);
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use super::netlink::Netlink;
+use super::netlink::{Netlink, RoutingRule};
 use super::{DataplaneError, Result};
 
 /// Aliases of Weir's workload interfaces start with this.
@@ -31,6 +31,11 @@ pub struct WorkloadIface {
     pub bridge: String,
     /// Install the default route through this interface.
     pub default_route: bool,
+    /// A workload on several networks: the routing table for traffic from this interface's
+    /// address (so replies leave by the interface they came in on).
+    pub source_table: Option<u32>,
+    /// Without the default route: the network's whole overlay, routed through this gateway.
+    pub overlay: Option<Ipv4Net>,
 }
 
 impl WorkloadIface {
@@ -195,8 +200,38 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
         inner
             .replace_route(Ipv4Net::default(), Some(w.gateway), Some(link.index))
             .await?;
+    } else if let Some(overlay) = w.overlay {
+        inner
+            .replace_route(overlay, Some(w.gateway), Some(link.index))
+            .await?;
+    }
+    if let Some(table) = w.source_table {
+        source_route(&inner, w, link.index, table).await?;
     }
     Ok(())
+}
+
+/// Replies leave by the interface they came in on: traffic from this interface's address looks
+/// up its own table (the subnet on-link, everything else through the gateway).
+async fn source_route(inner: &Netlink, w: &WorkloadIface, oif: u32, table: u32) -> Result<()> {
+    inner
+        .replace_route_in_table(table, w.addr.trunc(), None, oif)
+        .await?;
+    inner
+        .replace_route_in_table(table, Ipv4Net::default(), Some(w.gateway), oif)
+        .await?;
+    let rule = RoutingRule {
+        source: Some(Ipv4Net::from(w.addr.addr())),
+        table,
+        priority: table,
+    };
+    // An older address of this interface must not keep its rule.
+    for old in inner.rules_for_table(table).await? {
+        if old != rule {
+            inner.del_rule(&old).await?;
+        }
+    }
+    inner.add_rule(&rule).await
 }
 
 /// Remove a workload interface (a veth's peer inside the namespace goes with it; a VM's tap

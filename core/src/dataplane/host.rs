@@ -13,6 +13,7 @@ use super::firewalld::Firewalld;
 use super::netlink::{Link, Netlink, VxlanSpec};
 use super::nfnl::{self, Elem};
 use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
+use super::runner::NETWORK_ALIAS_PREFIX;
 use super::{DataplaneError, Result, nft, sysctl};
 use crate::plan::{self, Plan};
 
@@ -27,6 +28,9 @@ pub const UNDERLAY_DROPS: &str = "vxlan_dropped";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostNetwork {
     pub name: String,
+    /// Masquerade the network's traffic leaving through the host's uplink (via-host egress);
+    /// false forwards it with the workload's own address.
+    pub masquerade: bool,
     pub plan: Plan,
     pub vxlan_id_base: u32,
     pub port: u16,
@@ -86,6 +90,7 @@ impl HostDataplane {
     ) -> Result<()> {
         crate::telemetry::kernel("netlink.host_setup", async {
             sysctl::enable_ip_forward()?;
+            self.remove_other_networks(networks).await?;
             for net in networks {
                 self.ensure_host_device(net).await?;
             }
@@ -139,12 +144,41 @@ impl HostDataplane {
         .await
     }
 
+    /// Delete the host devices and tunnels of networks no longer configured (found by their
+    /// alias), so removing a network from the configuration removes it from the kernel.
+    async fn remove_other_networks(&self, networks: &[HostNetwork]) -> Result<()> {
+        for link in self.nl.links().await? {
+            let Some(net) = link
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(NETWORK_ALIAS_PREFIX))
+            else {
+                continue;
+            };
+            if !networks.iter().any(|n| n.name == net) {
+                tracing::info!(link = %link.name, network = net, "removing a link of a network no longer configured");
+                self.nl.del_link(link.index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Label a link with its network, so it is found again after a configuration change.
+    async fn mark(&self, link: &Link, net: &HostNetwork) -> Result<()> {
+        let alias = format!("{NETWORK_ALIAS_PREFIX}{}", net.name);
+        if link.alias.as_deref() != Some(alias.as_str()) {
+            self.nl.set_alias(link.index, &alias).await?;
+        }
+        Ok(())
+    }
+
     async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
         let link = match self.nl.link(&net.host_device).await? {
             Some(l) => l,
             // This kernel may lack the dummy driver; an empty bridge carries an address as well.
             None => self.nl.add_bridge(&net.host_device, 1500).await?,
         };
+        self.mark(&link, net).await?;
         if !link.up {
             self.nl.set_up(link.index).await?;
         }
@@ -232,6 +266,7 @@ impl HostDataplane {
             self.nl.set_mtu(link.index, net.mtu).await?;
             change = change.max_with(TunnelChange::Repaired);
         }
+        self.mark(&link, net).await?;
         if self.nl.sync_addrs(link.index, &[want_addr]).await? {
             change = change.max_with(TunnelChange::Repaired);
         }
@@ -351,8 +386,11 @@ pub fn host_table(
             Action::Accept,
             &tag,
         ));
-        // Runners whose egress is via the host leave through the host's uplink, NATed.
-        if let Some(up) = uplink {
+        // Runners whose egress is via the host leave through the host's uplink: NATed, or for
+        // a routed network with the workloads' own addresses.
+        if let Some(up) = uplink
+            && net.masquerade
+        {
             nat.push(RuleSpec::new(
                 vec![
                     Cond::SaddrIn(cidr),

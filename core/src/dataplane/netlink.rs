@@ -496,6 +496,16 @@ impl Netlink {
 
     /// IPv4 rules that look up `table`.
     pub async fn rules_for_table(&self, table: u32) -> Result<Vec<RoutingRule>> {
+        Ok(self
+            .rules()
+            .await?
+            .into_iter()
+            .filter(|r| r.table == table)
+            .collect())
+    }
+
+    /// Every IPv4 policy routing rule.
+    pub async fn rules(&self) -> Result<Vec<RoutingRule>> {
         use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
         let msgs: Vec<RuleMessage> = self
             .handle
@@ -507,7 +517,7 @@ impl Netlink {
             .map_err(|e| DataplaneError::netlink("list rules", e))?;
         Ok(msgs
             .iter()
-            .filter_map(|m| {
+            .map(|m| {
                 let mut t = u32::from(m.header.table);
                 let mut prio = 0;
                 let mut src = None;
@@ -521,11 +531,11 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                (t == table).then_some(RoutingRule {
+                RoutingRule {
                     source: src,
                     table: t,
                     priority: prio,
-                })
+                }
             })
             .collect())
     }
@@ -595,6 +605,34 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| DataplaneError::netlink(format!("add default route to table {table}"), e))
+    }
+
+    /// Add (or replace) a Weir route in routing table `table`; no gateway: on-link.
+    pub async fn replace_route_in_table(
+        &self,
+        table: u32,
+        destination: Ipv4Net,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+    ) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .output_interface(oif)
+            .table_id(table)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        b = match gateway {
+            Some(gw) => b.gateway(gw),
+            None => b.scope(RouteScope::Link),
+        };
+        self.handle
+            .route()
+            .add(b.build())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                DataplaneError::netlink(format!("add route {destination} to table {table}"), e)
+            })
     }
 
     /// Routes of routing table `table`.

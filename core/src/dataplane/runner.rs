@@ -51,6 +51,10 @@ pub struct RunnerNetwork {
     /// Masquerade traffic leaving the network through `uplink`.
     pub masquerade: bool,
     pub uplink: String,
+    /// Direct tunnels to peer runners are `direct_prefix` + peer id in base 36.
+    pub direct_prefix: String,
+    /// The routing table of this network's via-host egress ([`egress_table`]).
+    pub egress_table: u32,
 }
 
 impl RunnerNetwork {
@@ -104,7 +108,7 @@ impl RunnerDataplane {
             let mut wanted_links = BTreeSet::new();
             let mut wanted_routes = Vec::new();
             for p in &cfg.direct {
-                let name = crate::plan::tunnel_name(DIRECT_PREFIX, p.runner_id);
+                let name = crate::plan::tunnel_name(&net.direct_prefix, p.runner_id);
                 let mac = direct_mac(cfg.me, p.runner_id);
                 let link = match self.nl.link(&name).await? {
                     Some(l)
@@ -151,8 +155,10 @@ impl RunnerDataplane {
                 wanted_links.insert(name);
                 wanted_routes.push(p.subnet);
             }
+            // This network's direct routes only: they lie inside its overlay.
             for route in self.nl.routes().await? {
                 if route.protocol == DIRECT_ROUTE_PROTOCOL
+                    && t.overlay.contains(&route.destination)
                     && !wanted_routes.contains(&route.destination)
                 {
                     self.nl.del_route(&route).await?;
@@ -194,10 +200,10 @@ impl RunnerDataplane {
     ) -> Result<()> {
         let rule = RoutingRule {
             source: Some(net.subnet),
-            table: EGRESS_TABLE,
-            priority: EGRESS_TABLE,
+            table: net.egress_table,
+            priority: EGRESS_PRIORITY,
         };
-        let existing = self.nl.rules_for_table(EGRESS_TABLE).await?;
+        let existing = self.nl.rules_for_table(net.egress_table).await?;
         for r in existing.iter().filter(|r| !via_host || **r != rule) {
             self.nl.del_rule(r).await?;
         }
@@ -206,14 +212,49 @@ impl RunnerDataplane {
                 DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
             })?;
             self.nl
-                .replace_default_in_table(EGRESS_TABLE, t.via, bridge.index)
+                .replace_default_in_table(net.egress_table, t.via, bridge.index)
                 .await?;
             if !existing.contains(&rule) {
                 self.nl.add_rule(&rule).await?;
             }
         } else {
-            for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
+            for r in self.nl.routes_in_table(net.egress_table).await? {
                 self.nl.del_route(&r).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the direct tunnels, direct routes and egress rules of networks not in
+    /// `networks` (removed from the host's configuration, or this runner left them).
+    async fn remove_other_networks(&self, networks: &[RunnerNetwork]) -> Result<()> {
+        for l in self.nl.links().await? {
+            let Some(net) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(DIRECT_ALIAS_PREFIX))
+            else {
+                continue;
+            };
+            if !networks.iter().any(|n| n.name == net) {
+                self.nl.del_link(l.index).await?;
+            }
+        }
+        for route in self.nl.routes().await? {
+            let inside = networks
+                .iter()
+                .any(|n| n.cidr().contains(&route.destination));
+            if route.protocol == DIRECT_ROUTE_PROTOCOL && !inside {
+                self.nl.del_route(&route).await?;
+            }
+        }
+        for r in self.nl.rules().await? {
+            if r.priority == EGRESS_PRIORITY && !networks.iter().any(|n| n.egress_table == r.table)
+            {
+                self.nl.del_rule(&r).await?;
+                for route in self.nl.routes_in_table(r.table).await? {
+                    self.nl.del_route(&route).await?;
+                }
             }
         }
         Ok(())
@@ -228,6 +269,7 @@ impl RunnerDataplane {
     pub async fn apply(&self, networks: &[RunnerNetwork]) -> Result<()> {
         crate::telemetry::kernel("netlink.runner_networks", async {
             sysctl::enable_ip_forward()?;
+            self.remove_other_networks(networks).await?;
             for link in self.own_links().await? {
                 let wanted = networks.iter().any(|n| {
                     n.bridge == link.name || n.tunnel.as_ref().is_some_and(|t| t.name == link.name)
@@ -394,12 +436,7 @@ impl RunnerDataplane {
                     self.nl.del_route(&route).await?;
                 }
             }
-            for r in self.nl.rules_for_table(EGRESS_TABLE).await? {
-                self.nl.del_rule(&r).await?;
-            }
-            for r in self.nl.routes_in_table(EGRESS_TABLE).await? {
-                self.nl.del_route(&r).await?;
-            }
+            self.remove_other_networks(&[]).await?;
             nft::delete(super::firewall::FIREWALL_TABLE).await?;
             nft::delete(RUNNER_TABLE).await
         })
@@ -470,14 +507,22 @@ pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableS
     }
 }
 
-/// Direct tunnels are named `vxd` + the peer's id in base 36.
-pub const DIRECT_PREFIX: &str = "vxd";
 /// Direct tunnels carry this alias prefix (+ network), so stale ones are found and removed.
 pub const DIRECT_ALIAS_PREFIX: &str = "weir-direct:";
 /// Routes to directly reached peers carry their own protocol number (not [`ROUTE_PROTOCOL`]).
 pub const DIRECT_ROUTE_PROTOCOL: u8 = 88;
-/// The routing table (and rule priority) of via-host egress.
-pub const EGRESS_TABLE: u32 = 87;
+/// The priority of every via-host egress rule (how Weir finds its own rules).
+pub const EGRESS_PRIORITY: u32 = 87;
+
+/// The routing table of a network's via-host egress: 87 for `default`, `1000 + vxlan_id_base`
+/// for the others (distinct: networks' VNI ranges do not overlap).
+pub fn egress_table(network: &str, vxlan_id_base: u32) -> u32 {
+    if network == crate::config::DEFAULT_NETWORK {
+        EGRESS_PRIORITY
+    } else {
+        1000u32.saturating_add(vxlan_id_base)
+    }
+}
 
 /// The MAC of runner `from`'s direct tunnel to runner `to`: locally administered and derived
 /// from both ids, so the receiving runner can point it back without asking anybody.

@@ -37,7 +37,7 @@ pub use session::{SessionHandle, SessionStart};
 use crate::auth::reservation::Signer;
 use crate::dataplane::host::{HostDataplane, HostNetwork};
 use crate::ipam::AddressPool;
-use crate::network::{DEFAULT_NETWORK, NetworkDef};
+use crate::network::NetworkDef;
 use crate::policy::{FaultReport, PolicyHost, ReloadOutcome};
 use crate::store::{
     Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord, now_ms,
@@ -128,9 +128,9 @@ impl Txn {
         self.changes.push(c);
     }
     fn event(&mut self, kind: pb::EventKind, fill: impl FnOnce(&mut pb::Event)) {
+        // Runner and plugin events concern every network: their `network` stays empty.
         let mut e = pb::Event {
             kind: kind as i32,
-            network: DEFAULT_NETWORK.into(),
             ..Default::default()
         };
         fill(&mut e);
@@ -234,6 +234,7 @@ impl Hub {
                 let o = n.overlay()?;
                 Some(HostNetwork {
                     name: n.name.clone(),
+                    masquerade: n.masquerade,
                     plan: o.plan,
                     vxlan_id_base: o.vxlan_id_base,
                     port: o.port,
@@ -246,12 +247,15 @@ impl Hub {
             .collect()
     }
 
+    /// A configured network by name; `""` is the primary (first) network.
     fn network(&self, name: &str) -> Result<&NetworkDef, HubError> {
-        let name = if name.is_empty() {
-            DEFAULT_NETWORK
-        } else {
-            name
-        };
+        if name.is_empty() {
+            return self
+                .settings
+                .networks
+                .first()
+                .ok_or_else(|| HubError::Internal("no network is configured".into()));
+        }
         self.settings
             .networks
             .iter()
@@ -392,7 +396,10 @@ impl Hub {
                         || st.placeholders.contains_key(&id)
                 };
                 for (id, tunnel) in &found {
+                    let in_primary =
+                        overlay_plan.is_some_and(|p| p.check_runner(u64::from(*id)).is_ok());
                     if !held(&st, *id)
+                        && in_primary
                         && let Some(remote) = tunnel.remote
                     {
                         tracing::info!(id, %remote, "adopting an unclaimed tunnel as a placeholder");
@@ -405,11 +412,13 @@ impl Hub {
                         st.placeholders.insert(*id, ph);
                     }
                 }
+                // Ids outside this network's plan (it has fewer node bits) get no tunnel here.
                 let wanted: Vec<(u32, Ipv4Addr)> = st
                     .runners
                     .values()
                     .filter_map(|r| Some((r.rec.id?, r.rec.physical_ip)))
                     .chain(st.placeholders.values().map(|p| (p.id, p.physical_ip)))
+                    .filter(|(id, _)| net.plan.check_runner(u64::from(*id)).is_ok())
                     .collect();
                 let mut kept = 0;
                 for (id, remote) in wanted {

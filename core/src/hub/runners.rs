@@ -8,7 +8,7 @@ use weir_proto::v1 as pb;
 
 use super::{Hub, HubError, RunnerState, State, Txn};
 use crate::ipam::{self, IdChoice, TakenId};
-use crate::network::{DEFAULT_NETWORK, NetworkKind};
+use crate::network::NetworkKind;
 use crate::policy::{
     self,
     types::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest},
@@ -33,6 +33,8 @@ impl Hub {
         let mut st = self.state.lock().await;
         let now = now_ms();
         let mut txn = Txn::default();
+        // Ids come from the primary overlay network's plan; a runner has the same id in every
+        // network whose plan has room for it.
         let overlay = self.settings.networks.iter().find_map(|n| n.overlay());
         let prior = st.runners.get(&name).map(|r| r.rec.clone());
         let (id, generation) = match overlay {
@@ -92,7 +94,9 @@ impl Hub {
         // Kernel first: if the tunnel cannot be built, nothing is recorded.
         if let (Some(id), Some(dp)) = (id, &self.dataplane) {
             for net in self.host_networks() {
-                dp.ensure_tunnel(&net, id, physical_ip).await?;
+                if net.plan.check_runner(u64::from(id)).is_ok() {
+                    dp.ensure_tunnel(&net, id, physical_ip).await?;
+                }
             }
         }
         let rec = RunnerRecord {
@@ -228,6 +232,7 @@ impl Hub {
                     mtu: n.mtu,
                     bridge_name: n.bridge.clone(),
                     masquerade: n.masquerade,
+                    egress: n.egress.as_str().into(),
                     ..Default::default()
                 };
                 match &n.kind {
@@ -243,6 +248,7 @@ impl Hub {
                         a.vxlan_id_base = o.vxlan_id_base;
                         a.vxlan_port = u32::from(o.port);
                         a.tunnel_name = o.runner_tunnel.clone();
+                        a.direct_prefix = o.direct_prefix.clone();
                     }
                     NetworkKind::Isolated { .. } => a.mode = pb::NetworkMode::Isolated as i32,
                 }
@@ -423,7 +429,7 @@ impl Hub {
     fn runner_statuses(&self, st: &State) -> Vec<pb::RunnerStatus> {
         let now = now_ms();
         let timeout = self.timeout_ms();
-        let default = self.network(DEFAULT_NETWORK).ok();
+        let default = self.network("").ok();
         let mut runners: Vec<pb::RunnerStatus> = st
             .runners
             .values()
@@ -471,7 +477,7 @@ impl Hub {
     pub async fn status(&self) -> pb::GetStatusResponse {
         let st = self.state.lock().await;
         let runners = self.runner_statuses(&st);
-        let overlay = self.network(DEFAULT_NETWORK).ok().and_then(|n| n.overlay());
+        let overlay = self.network("").ok().and_then(|n| n.overlay());
         pb::GetStatusResponse {
             plan: overlay.map(|o| o.plan.to_string()).unwrap_or_default(),
             host_ip: overlay
@@ -491,8 +497,44 @@ impl Hub {
                 .values()
                 .filter(|r| r.used_by.is_none())
                 .count() as u32,
+            networks: self.network_statuses(&st),
             runners,
         }
+    }
+
+    fn network_statuses(&self, st: &State) -> Vec<pb::NetworkStatus> {
+        self.settings
+            .networks
+            .iter()
+            .map(|n| {
+                let o = n.overlay();
+                pb::NetworkStatus {
+                    name: n.name.clone(),
+                    mode: if o.is_some() { "overlay" } else { "isolated" }.into(),
+                    plan: o.map(|o| o.plan.to_string()).unwrap_or_default(),
+                    host_ip: o.map(|o| o.plan.host_ip().to_string()).unwrap_or_default(),
+                    vxlan_id_base: o.map_or(0, |o| o.vxlan_id_base),
+                    masquerade: n.masquerade,
+                    egress: n.egress.as_str().into(),
+                    runners: st
+                        .runners
+                        .values()
+                        .filter(|r| n.runner_subnet(r.rec.id).is_some())
+                        .count() as u32,
+                    workloads: st
+                        .workloads
+                        .values()
+                        .filter(|w| w.network == n.name)
+                        .count() as u32,
+                    reservations: st
+                        .reservations
+                        .values()
+                        .filter(|r| r.network == n.name && r.used_by.is_none())
+                        .count() as u32,
+                    max_runners: o.map_or(0, |o| o.plan.max_runners()),
+                }
+            })
+            .collect()
     }
 }
 
@@ -510,7 +552,7 @@ impl Hub {
             return Ok(None);
         }
         let req = Request::AssignRunner(RunnerRequest {
-            network: DEFAULT_NETWORK.into(),
+            network: self.network("").map(|n| n.name.clone()).unwrap_or_default(),
             name: name.into(),
             physical_ip: physical_ip.to_string(),
             labels: labels.clone(),

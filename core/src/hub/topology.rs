@@ -9,7 +9,7 @@ use std::sync::Arc;
 use weir_proto::v1 as pb;
 
 use super::{COMMAND_TIMEOUT, Hub, SessionHandle, State};
-use crate::network::{DEFAULT_NETWORK, NetworkDef};
+use crate::network::{EgressMode, NetworkDef};
 use crate::policy::types::{Decision, Egress, Hook, PathKind, PeerRunner, Request, RouteRequest};
 use crate::store::WorkloadRecord;
 
@@ -101,7 +101,12 @@ impl Hub {
                 .filter_map(|w| {
                     let net = self.network(&w.network).ok()?;
                     let sub = net.runner_subnet(st.runners.get(&w.runner)?.rec.id)?;
-                    Some(super::workloads::workload_spec(w, net, sub))
+                    Some(super::workloads::workload_spec(
+                        w,
+                        net,
+                        sub,
+                        self.settings.networks.len() > 1,
+                    ))
                 })
                 .collect();
             let n = workloads.len();
@@ -157,16 +162,24 @@ impl Hub {
         futures::future::join_all(sends).await;
     }
 
-    /// The router policy's plan for one runner (the built-in: everything via the hub).
+    /// The router policy's plan for one runner (the built-in: everything via the hub). Each
+    /// network egresses as configured; the router plugin decides for the primary network
+    /// unless that network must egress via the host.
     async fn route_plan(&self, runner: &str) -> pb::RoutePlan {
         let empty = pb::RoutePlan {
             direct: vec![],
-            egress: "runner-nat".into(),
+            egress: EgressMode::RunnerNat.as_str().into(),
+            network_egress: self
+                .settings
+                .networks
+                .iter()
+                .map(|n| (n.name.clone(), n.egress.as_str().to_string()))
+                .collect(),
         };
         if !self.policy.has(Hook::Router) {
             return empty;
         }
-        let Ok(net) = self.network(DEFAULT_NETWORK).cloned() else {
+        let Ok(net) = self.network("").cloned() else {
             return empty;
         };
         let (me, peers) = {
@@ -209,14 +222,18 @@ impl Hub {
                 direct_peer(&net, peer.id?, peer.physical_ip)
             })
             .collect();
-        pb::RoutePlan {
-            direct,
-            egress: match decision.egress {
-                Egress::RunnerNat => "runner-nat",
-                Egress::ViaHost => "via-host",
-            }
-            .into(),
+        let mut plan = empty;
+        plan.direct = direct;
+        if net.egress == EgressMode::RunnerNat {
+            let chosen = match decision.egress {
+                Egress::RunnerNat => EgressMode::RunnerNat,
+                Egress::ViaHost => EgressMode::ViaHost,
+            };
+            plan.egress = chosen.as_str().into();
+            plan.network_egress
+                .insert(net.name.clone(), chosen.as_str().into());
         }
+        plan
     }
 }
 

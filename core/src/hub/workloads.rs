@@ -173,7 +173,7 @@ impl Hub {
             rec
         };
         let sub = self.subnet_of(&net, &rec.runner).await?;
-        let spec = workload_spec(&rec, &net, sub);
+        let spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
         if let Err(e) = session
             .command(pb::command::Op::Attach(spec.clone()), COMMAND_TIMEOUT)
             .await
@@ -252,14 +252,42 @@ impl Hub {
                 r.ip
             }
         };
+        // A workload on several networks has one interface per network: eth0, eth1, … in the
+        // order it joined them; the first carries the default route.
+        let siblings: Vec<&WorkloadRecord> = st
+            .workloads
+            .values()
+            .filter(|w| w.id == workload_id && w.network != net.name)
+            .collect();
+        if let Some(w) = siblings
+            .iter()
+            .find(|w| w.runner != runner || w.netns != netns || w.vm != vm)
+        {
+            return Err(HubError::AlreadyExists(format!(
+                "workload_id: {workload_id:?} is attached on network {} on runner {:?} ({}); all of a workload's networks must be on the same runner and {}",
+                w.network,
+                w.runner,
+                if w.vm {
+                    "a VM".to_string()
+                } else {
+                    w.netns.display().to_string()
+                },
+                if vm { "be VMs" } else { "namespace" }
+            )));
+        }
         let (ifname, mac) = if vm {
             (
                 attach::tap_ifname(&net.name, workload_id),
                 attach::vm_mac(&net.name, workload_id),
             )
         } else {
-            ("eth0".to_string(), String::new())
+            let free = (0..)
+                .map(|k| format!("eth{k}"))
+                .find(|name| !siblings.iter().any(|w| &w.ifname == name))
+                .unwrap_or_else(|| "eth0".into());
+            (free, String::new())
         };
+        let default_route = siblings.is_empty();
         let rec = WorkloadRecord {
             network: net.name.clone(),
             id: workload_id.to_string(),
@@ -274,6 +302,7 @@ impl Hub {
             reservation,
             firewall: None,
             firewall_monitor: false,
+            default_route,
         };
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(rec.clone()));
@@ -561,11 +590,26 @@ impl Hub {
 }
 
 /// What the runner needs to build a workload's interface.
+/// What a runner needs to build one workload interface. `several_networks`: the cluster has
+/// more than one network, so container interfaces route replies by source address.
 pub(super) fn workload_spec(
     w: &WorkloadRecord,
     net: &NetworkDef,
     sub: crate::network::RunnerSubnet,
+    several_networks: bool,
 ) -> pb::WorkloadSpec {
+    let source_table = match (several_networks, w.vm) {
+        (true, false) => w
+            .ifname
+            .strip_prefix("eth")
+            .and_then(|k| k.parse::<u32>().ok())
+            .map_or(0, |k| SOURCE_TABLE_BASE + k),
+        _ => 0,
+    };
+    let overlay_cidr = match (w.default_route, net.overlay()) {
+        (false, Some(o)) => o.plan.overlay().to_string(),
+        _ => String::new(),
+    };
     pb::WorkloadSpec {
         network: w.network.clone(),
         workload_id: w.id.clone(),
@@ -574,12 +618,17 @@ pub(super) fn workload_spec(
         address: w.ip.to_string(),
         gateway: sub.gateway.to_string(),
         mtu: net.mtu,
-        default_route: true,
+        default_route: w.default_route,
         vm: w.vm,
         firewall: w
             .firewall
             .as_ref()
             .map(crate::policy::grpc::firewall_decision_pb),
         firewall_monitor: w.firewall_monitor,
+        source_table,
+        overlay_cidr,
     }
 }
+
+/// Inside a workload, the routing table of `ethK` is `SOURCE_TABLE_BASE + K`.
+pub const SOURCE_TABLE_BASE: u32 = 100;

@@ -266,3 +266,21 @@ pub async fn events_of(lab: &Lab, kind: weir_proto::v1::EventKind) -> Vec<weir_p
     }
     out
 }
+
+/// Connect over TCP from lab member `from` to `ip` (bound inside member `to`); the source
+/// address `to` saw, or `None` when the connection failed.
+pub fn tcp_source(lab: &Lab, from: &str, to: &str, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let listener = weir::dataplane::netns::run_in(&lab.ns(to), move || TcpListener::bind((ip, 0)))
+        .ok()?
+        .ok()?;
+    let target = listener.local_addr().ok()?;
+    let connected = weir::dataplane::netns::run_in(&lab.ns(from), move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(3))
+    });
+    let _stream = connected.ok()?.ok()?;
+    match listener.accept().ok()?.1 {
+        SocketAddr::V4(v4) => Some(*v4.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
