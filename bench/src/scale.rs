@@ -1,0 +1,436 @@
+//! Scale: (a) 1,000 runners registering against one real host, (b) a host restart reconciling
+//! 255 tunnels without flapping one, (c) attach latency as workloads pile up on one runner with
+//! the `tenant-isolation` firewall loaded, and the firewall's rule count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use weir::lab::Lab;
+use weir_proto::v1 as pb;
+
+use crate::env::{self, Opts};
+use crate::report::{Report, RunInfo};
+use crate::stats::{Samples, dur_ratio, fmt_dur, mean};
+use crate::table::Table;
+
+pub const TITLE: &str = "Scale: registrations, host restart, attach with many workloads";
+
+/// A plan with room for 1,023 runners.
+pub const BIG_PLAN: &str = "10.0.0.0/8/10/14";
+/// Runners registered before the restart.
+const RESTART_RUNNERS: usize = 255;
+
+/// KohakuRiver's own figures (its Python host, in namespaces on a machine of this kind;
+/// /work/shared/STACK.md). Not measured by this suite.
+const KR_REGISTRATION_P50: &str = "85 ms (growing with the number of runners)";
+const KR_RESTART: &str = "0.95 s with 60 tunnels, none re-created";
+
+pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
+    let n_runners = opts.n(1_000, 100);
+    println!("scale: {n_runners} registrations …");
+    let reg = registrations(n_runners).await.context("registrations")?;
+    let restarts = opts.n(3, 1);
+    println!("scale: {restarts} host restart(s) with {RESTART_RUNNERS} tunnels …");
+    let rs = restart(RESTART_RUNNERS, restarts)
+        .await
+        .context("host restart")?;
+    let checkpoints = if opts.quick {
+        [10, 100, 1_000]
+    } else {
+        [10, 1_000, 10_000]
+    };
+    println!(
+        "scale: {} attaches on one runner with tenant-isolation …",
+        checkpoints[2]
+    );
+    let one = attach_scale(1, checkpoints)
+        .await
+        .context("attach on one runner")?;
+    // One runner's bridge takes at most 1,023 ports: past that, spread the same number of
+    // workloads over ten runners, so the host and its store still hold all of them.
+    let spread = if one.stopped.is_some() {
+        println!(
+            "scale: one runner stopped at {}; {} attaches over 10 runners …",
+            one.latencies.len(),
+            checkpoints[2]
+        );
+        Some(
+            attach_scale(10, checkpoints)
+                .await
+                .context("attach over ten runners")?,
+        )
+    } else {
+        None
+    };
+
+    let mut r = Report::new("scale", TITLE, opts, run);
+    r.text(&format!(
+        "**(a) Registration.** One real `weir host` in a lab (plan `{BIG_PLAN}`: 1,023 runner ids), \
+         `Agent.Register` called directly over gRPC with the lab's join token, one after another, for {n} \
+         distinct names and physical IPs from 198.18.0.0/15 — each registration allocates an id, commits to \
+         the store and creates the runner's real `vxkr` VXLAN link on the host before it answers. \
+         (No runner daemon answers on those addresses; no packet leaves the lab.)",
+        n = n_runners
+    ));
+    let mut t = Table::new(&["", "p50", "p95", "max", "total", "host tunnels after"]);
+    t.row([
+        format!("Weir, {n_runners} registrations"),
+        fmt_dur(reg.samples.median()),
+        fmt_dur(reg.samples.pct(0.95)),
+        fmt_dur(reg.samples.pct(1.0)),
+        fmt_dur(reg.total),
+        reg.tunnels.to_string(),
+    ]);
+    t.row([
+        "first 10% / last 10% (p50)".to_string(),
+        fmt_dur(reg.first_tenth_p50),
+        fmt_dur(reg.last_tenth_p50),
+    ]);
+    t.row([
+        "KohakuRiver — reference (published, not measured here)".to_string(),
+        KR_REGISTRATION_P50.to_string(),
+    ]);
+    r.table(&t);
+
+    r.text(&format!(
+        "**(b) Host restart.** {RESTART_RUNNERS} runners registered as in (a), then the host is killed with \
+         SIGKILL and started again (`lab.start_host()`: spawn → reconcile with the kernel and the store → \
+         `READY=1`), {restarts} time(s). *Flaps* = `vxkr*` links whose ifindex changed or that disappeared \
+         (it must be 0: valid tunnels are adopted in place)."
+    ));
+    let mut t = Table::new(&["", "time to ready (median)", "max", "tunnels", "flaps"]);
+    t.row([
+        format!("Weir, {RESTART_RUNNERS} tunnels"),
+        fmt_dur(rs.ready.median()),
+        fmt_dur(rs.ready.pct(1.0)),
+        rs.tunnels.to_string(),
+        rs.flaps.to_string(),
+    ]);
+    t.row([
+        "KohakuRiver — reference (published, not measured here)".to_string(),
+        KR_RESTART.to_string(),
+    ]);
+    r.table(&t);
+
+    r.text(&format!(
+        "**(c) Attach with many workloads.** A lab whose host loads `tenant-isolation` as its firewall \
+         (enforce; labels `tenant=a` / `tenant=b` alternating), `Control.AttachWorkload` one after another, \
+         each into a fresh namespace, up to {} workloads; the mean (and median) latency of the attaches in \
+         each window, and the number of rules in runner 1's table `inet weir_fw` (rules only: chains, sets, \
+         maps and named counters excluded). The project's target: the {}th attach costs at most 1.5× the \
+         {}th (the mean ratio), and the rule count does not grow. The first window also pays one-time costs \
+         (the first decision of the plugin, the first elements of each set), which the median shows apart.",
+        checkpoints[2], checkpoints[2], checkpoints[0]
+    ));
+    let mut t = Table::new(&[
+        "runners",
+        "attaches",
+        "mean",
+        "mean / 1–10",
+        "median",
+        "median / 1–10",
+        "weir_fw rules",
+    ]);
+    for s in std::iter::once(&one).chain(spread.as_ref()) {
+        s.rows(&mut t, checkpoints);
+    }
+    r.table(&t);
+    let medians: Vec<String> = std::iter::once(&one)
+        .chain(spread.as_ref())
+        .map(|s| format!("on {} runner(s), {}", s.runners, s.medians(checkpoints)))
+        .collect();
+    r.text(&format!(
+        "The medians, window by window (they leave the first window's one-time costs aside): {}.",
+        medians.join("; ")
+    ));
+    if let Some(stop) = &one.stopped {
+        r.text(&format!(
+            "**One runner stopped at {} workloads:** attach #{} failed: `{stop}`. A runner enslaves every \
+             workload's veth to its one bridge, and a Linux bridge takes at most 1,024 ports \
+             (`BR_MAX_PORTS`; `vxlan0` is one of them), so one runner cannot hold {} container workloads. \
+             The second measurement spreads the same number of workloads round-robin over 10 runners \
+             (1,000 each at the end): the host holds them all, each runner's bridge stays below its limit.",
+            one.latencies.len(),
+            one.latencies.len() + 1,
+            checkpoints[2]
+        ));
+    }
+    Ok(r)
+}
+
+struct Registrations {
+    samples: Samples,
+    total: Duration,
+    first_tenth_p50: Duration,
+    last_tenth_p50: Duration,
+    tunnels: usize,
+}
+
+/// The physical IP of synthetic runner `i` (0-based), from 198.18.0.0/15.
+fn synthetic_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)) + i as u32)
+}
+
+/// Register runners `from..to` directly through gRPC; their latencies.
+async fn register(lab: &Lab, from: usize, to: usize) -> Result<Vec<Duration>> {
+    let mut agent = env::agent(lab).await?;
+    let mut out = Vec::with_capacity(to - from);
+    for i in from..to {
+        let name = format!("s{i:04}");
+        let started = Instant::now();
+        let resp = agent
+            .register(pb::RegisterRequest {
+                name: name.clone(),
+                physical_ip: synthetic_ip(i).to_string(),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("register {name}"))?
+            .into_inner();
+        out.push(started.elapsed());
+        if resp.runner_id == 0 {
+            bail!("register {name}: no runner id in the answer");
+        }
+    }
+    Ok(out)
+}
+
+/// The host's `vxkr*` links: name → ifindex.
+async fn tunnels(lab: &Lab) -> Result<BTreeMap<String, u32>> {
+    let nl = weir::dataplane::netlink::Netlink::in_namespace(&lab.ns("host"))
+        .context("netlink in the host namespace")?;
+    Ok(nl
+        .links()
+        .await
+        .context("list the host's links")?
+        .into_iter()
+        .filter(|l| l.name.starts_with("vxkr"))
+        .map(|l| (l.name, l.index))
+        .collect())
+}
+
+async fn host_lab(tag: &str) -> Result<Lab> {
+    let mut spec = env::lab_spec(tag)?;
+    spec.overlay = format!("subnet = \"{BIG_PLAN}\"\n");
+    env::lab_up(spec).await
+}
+
+async fn registrations(n: usize) -> Result<Registrations> {
+    let lab = host_lab("sr").await?;
+    env::settle().await;
+    let started = Instant::now();
+    let lat = register(&lab, 0, n).await?;
+    let total = started.elapsed();
+    let tenth = (n / 10).max(1);
+    let tunnels = tunnels(&lab).await?.len();
+    if tunnels != n {
+        bail!("{n} runners registered but the host has {tunnels} vxkr links");
+    }
+    Ok(Registrations {
+        first_tenth_p50: Samples::new(lat[..tenth].to_vec()).median(),
+        last_tenth_p50: Samples::new(lat[n - tenth..].to_vec()).median(),
+        samples: Samples::new(lat),
+        total,
+        tunnels,
+    })
+}
+
+struct Restart {
+    ready: Samples,
+    tunnels: usize,
+    flaps: usize,
+}
+
+/// Register `n` runners, then SIGKILL and restart the host `times` times.
+async fn restart(n: usize, times: usize) -> Result<Restart> {
+    let mut lab = host_lab("rs").await?;
+    register(&lab, 0, n).await?;
+    let before = tunnels(&lab).await?;
+    if before.len() != n {
+        bail!(
+            "{n} runners registered but the host has {} vxkr links",
+            before.len()
+        );
+    }
+    let mut ready = Vec::new();
+    let mut flaps = 0;
+    env::settle().await;
+    let mut after = before.clone();
+    for _ in 0..times {
+        lab.host
+            .as_mut()
+            .context("the lab has no host")?
+            .stop(libc::SIGKILL)
+            .context("kill the host")?;
+        let started = Instant::now();
+        lab.start_host().await.context("restart the host")?;
+        ready.push(started.elapsed());
+        after = tunnels(&lab).await?;
+        flaps += before
+            .iter()
+            .filter(|(name, index)| after.get(*name) != Some(index))
+            .count();
+    }
+    Ok(Restart {
+        ready: Samples::new(ready),
+        tunnels: after.len(),
+        flaps,
+    })
+}
+
+/// Attach latencies as workloads accumulate.
+struct AttachScale {
+    runners: u32,
+    latencies: Vec<Duration>,
+    /// Rule count of `inet weir_fw` on runner 1 after each checkpoint reached.
+    rules: HashMap<usize, usize>,
+    /// Why it stopped before the last checkpoint.
+    stopped: Option<String>,
+}
+
+impl AttachScale {
+    /// Mean and median of attaches `end - 9 ..= end` (1-based), if that many were made.
+    fn window(&self, end: usize) -> Option<(Duration, Duration)> {
+        let w = self.latencies.get(end - 10..end)?;
+        Some((mean(w), Samples::new(w.to_vec()).median()))
+    }
+
+    /// The medians of each window reached, as `a (1–10) → b (991–1000) → …`.
+    fn medians(&self, checkpoints: [usize; 3]) -> String {
+        let mut ends: Vec<usize> = checkpoints.to_vec();
+        ends.push(self.latencies.len());
+        ends.sort_unstable();
+        ends.dedup();
+        ends.into_iter()
+            .filter_map(|end| {
+                let (_, md) = self.window(end)?;
+                Some(format!("{} ({}–{})", fmt_dur(md), end - 9, end))
+            })
+            .collect::<Vec<_>>()
+            .join(" → ")
+    }
+
+    fn rows(&self, t: &mut Table, checkpoints: [usize; 3]) {
+        let first = self.window(checkpoints[0]);
+        let cell = |end: usize| match (self.window(end), first) {
+            (Some((m, md)), Some((fm, fmd))) => [
+                fmt_dur(m),
+                dur_ratio(m, fm),
+                fmt_dur(md),
+                dur_ratio(md, fmd),
+            ],
+            _ => [
+                "not reached".to_string(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ],
+        };
+        let mut ends: Vec<usize> = checkpoints.to_vec();
+        let done = self.latencies.len();
+        if self.stopped.is_some() && done >= 10 && !ends.contains(&done) {
+            ends.push(done);
+            ends.sort_unstable();
+        }
+        for end in ends {
+            let [m, ratio, md, md_ratio] = cell(end);
+            let label = if self.stopped.is_some() && end == done {
+                format!("{}–{} (the last before the failure)", end - 9, end)
+            } else {
+                format!("{}–{}", end - 9, end)
+            };
+            t.row([
+                self.runners.to_string(),
+                label,
+                m,
+                ratio,
+                md,
+                md_ratio,
+                self.rules
+                    .get(&end)
+                    .map_or(String::new(), |n| n.to_string()),
+            ]);
+        }
+    }
+}
+
+/// Attach up to `checkpoints[2]` workloads round-robin over `runners` runners with the
+/// tenant-isolation firewall; stop at the first failure.
+async fn attach_scale(runners: u32, checkpoints: [usize; 3]) -> Result<AttachScale> {
+    let mut spec = env::lab_spec(&format!("sa{runners}"))?;
+    spec.runners = runners;
+    let path = env::plugin("tenant_isolation")?;
+    spec.host_extra = format!(
+        "{}mode = \"enforce\"\n[policy.plugins.config]\nuntenanted = \"allow\"\n",
+        env::plugin_toml("isolation", &path, "firewall", "deny", "")
+    );
+    let lab = env::lab_up(spec).await?;
+    let mut ctl = env::control(&lab).await?;
+    env::settle().await;
+    let n = checkpoints[2];
+    let mut out = AttachScale {
+        runners,
+        latencies: Vec::with_capacity(n),
+        rules: HashMap::new(),
+        stopped: None,
+    };
+    for i in 1..=n {
+        let id = format!("w{i}");
+        let ns = weir::dataplane::netns::create(&lab.ns_name(&id))
+            .with_context(|| format!("create namespace for {id}"))?;
+        let runner = (i as u32 - 1) % runners + 1;
+        // Alternate tenants on each runner (round-robin puts every `runners`-th one here).
+        let tenant = if ((i - 1) / runners as usize).is_multiple_of(2) {
+            "a"
+        } else {
+            "b"
+        };
+        let started = Instant::now();
+        let r = ctl
+            .attach_workload(pb::AttachWorkloadRequest {
+                runner: format!("r{runner}"),
+                workload_id: id.clone(),
+                netns: ns.display().to_string(),
+                labels: [("tenant".to_string(), tenant.to_string())].into(),
+                ..Default::default()
+            })
+            .await;
+        let took = started.elapsed();
+        if let Err(e) = r {
+            out.stopped = Some(format!("{}: {}", e.code(), e.message()));
+            println!("  attach #{i} failed: {}", e.message());
+            break;
+        }
+        out.latencies.push(took);
+        if checkpoints.contains(&i) {
+            out.rules.insert(i, fw_rules(&lab)?);
+            println!(
+                "  {i} attached, mean of the last 10: {}",
+                fmt_dur(mean(&out.latencies[i - 10..]))
+            );
+        } else if i % 1_000 == 0 {
+            println!("  {i} attached");
+        }
+    }
+    if out.stopped.is_some() && out.latencies.len() >= 10 {
+        let done = out.latencies.len();
+        out.rules.insert(done, fw_rules(&lab)?);
+    }
+    Ok(out)
+}
+
+/// Rules (not chains, sets, maps or named counters) in runner 1's table `inet weir_fw`.
+fn fw_rules(lab: &Lab) -> Result<usize> {
+    let out = env::run_in(
+        &lab.ns("r1"),
+        "nft",
+        &["-a", "list", "table", "inet", "weir_fw"],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // A table, chain, set, map or named counter opens a block: `… { # handle N`.
+        .filter(|l| l.contains("# handle") && !l.contains("{ # handle"))
+        .count())
+}
