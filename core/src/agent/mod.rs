@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 use weir_proto::v1 as pb;
 
+use crate::dataplane::DataplaneError;
 use crate::dataplane::attach::{self, WorkloadIface};
 use crate::dataplane::firewall::{self, Firewall};
 use crate::dataplane::netlink::Netlink;
@@ -170,9 +171,12 @@ impl Agent {
                 fw.commit().await.map_err(|e| e.to_string())
             }
             pb::command::Op::Detach(r) => {
-                attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
+                if let Some(bridge) = attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                {
+                    self.dp.port_freed(bridge).await;
+                }
                 if let Some(ip) = self
                     .addresses
                     .lock()
@@ -195,39 +199,70 @@ impl Agent {
     }
 
     async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<(), String> {
-        if spec.vm {
-            let bridge = self.bridge_of(&spec.network).await?;
-            let owner = attach::alias(&spec.network, &spec.workload_id);
-            return attach::attach_tap(self.dp.netlink(), &spec.ifname, &owner, &bridge, spec.mtu)
+        let net = self
+            .networks
+            .lock()
+            .await
+            .get(&spec.network)
+            .cloned()
+            .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
+        let port = if spec.vm {
+            spec.ifname.clone()
+        } else {
+            attach::host_ifname(&spec.network, &spec.workload_id)
+        };
+        // A bridge that refuses the port although counted with room: believe it, choose again.
+        let mut retried = false;
+        loop {
+            let bridge = self
+                .dp
+                .bridge_for(&net, &port)
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            let result = self.attach_to(spec, &bridge.name).await;
+            match result {
+                Err(DataplaneError::BridgeFull(i)) if !retried => {
+                    self.dp.bridge_full(i).await;
+                    retried = true;
+                }
+                Err(e) => {
+                    if bridge.counted {
+                        self.dp.port_freed(bridge.index).await;
+                    }
+                    return Err(e.to_string());
+                }
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    async fn attach_to(&self, spec: &pb::WorkloadSpec, bridge: &str) -> Result<(), DataplaneError> {
+        let bad = |e: String| DataplaneError::Invalid(e);
+        if spec.vm {
+            let owner = attach::alias(&spec.network, &spec.workload_id);
+            return attach::attach_tap(self.dp.netlink(), &spec.ifname, &owner, bridge, spec.mtu)
+                .await;
         }
         let iface = {
-            let nets = self.networks.lock().await;
-            let net = nets
-                .get(&spec.network)
-                .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
             WorkloadIface {
                 network: spec.network.clone(),
                 workload: spec.workload_id.clone(),
                 netns: PathBuf::from(&spec.netns),
                 ifname: spec.ifname.clone(),
-                addr: parse(&spec.address, "address")?,
-                gateway: parse(&spec.gateway, "gateway")?,
+                addr: parse(&spec.address, "address").map_err(bad)?,
+                gateway: parse(&spec.gateway, "gateway").map_err(bad)?,
                 mtu: spec.mtu,
-                bridge: net.bridge.clone(),
+                bridge: bridge.to_string(),
                 default_route: spec.default_route,
                 source_table: (spec.source_table != 0).then_some(spec.source_table),
                 overlay: if spec.overlay_cidr.is_empty() {
                     None
                 } else {
-                    Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
+                    Some(parse(&spec.overlay_cidr, "overlay_cidr").map_err(bad)?)
                 },
             }
         };
-        attach::attach(self.dp.netlink(), &iface)
-            .await
-            .map_err(|e| e.to_string())
+        attach::attach(self.dp.netlink(), &iface).await
     }
 
     /// Record a local workload's address and give the firewall its policy.
@@ -273,13 +308,6 @@ impl Agent {
         fw.commit().await.map_err(|e| e.to_string())
     }
 
-    async fn bridge_of(&self, network: &str) -> Result<String, String> {
-        let nets = self.networks.lock().await;
-        nets.get(network)
-            .map(|n| n.bridge.clone())
-            .ok_or_else(|| format!("network {network:?} is not built on this runner"))
-    }
-
     /// Make the runner's workload interfaces exactly `set`.
     async fn sync(&self, set: pb::WorkloadSet) -> Result<(), String> {
         let wanted: BTreeSet<String> = set
@@ -298,8 +326,10 @@ impl Agent {
                     .and_then(|r| r.split_once('/'))
             {
                 tracing::info!(%network, %workload, "removing a workload interface the host no longer knows");
-                if let Err(e) = attach::detach(self.dp.netlink(), network, workload).await {
-                    errors.push(e.to_string());
+                match attach::detach(self.dp.netlink(), network, workload).await {
+                    Ok(Some(bridge)) => self.dp.port_freed(bridge).await,
+                    Ok(None) => {}
+                    Err(e) => errors.push(e.to_string()),
                 }
             }
         }

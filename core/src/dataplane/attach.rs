@@ -235,10 +235,11 @@ async fn source_route(inner: &Netlink, w: &WorkloadIface, oif: u32, table: u32) 
 }
 
 /// Remove a workload interface (a veth's peer inside the namespace goes with it; a VM's tap
-/// goes). Missing is fine.
-pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
+/// goes). Missing is fine. Returns the bridge it was a port of, if any.
+pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<Option<u32>> {
     crate::telemetry::kernel("netlink.detach", async {
         let owner = alias(network, workload);
+        let mut master = None;
         for name in [
             host_ifname(network, workload),
             tap_ifname(network, workload),
@@ -247,9 +248,10 @@ pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<()> {
                 && link.alias.as_deref() == Some(owner.as_str())
             {
                 nl.del_link(link.index).await?;
+                master = master.or(link.master);
             }
         }
-        Ok(())
+        Ok(master)
     })
     .await
 }

@@ -36,6 +36,9 @@ pub enum DataplaneError {
     },
     #[error("nftables: {0}")]
     Nft(String),
+    /// A bridge has no free port (the kernel caps a bridge at 1023 ports).
+    #[error("bridge #{0} has no free port")]
+    BridgeFull(u32),
     #[error("{0}")]
     Invalid(String),
 }

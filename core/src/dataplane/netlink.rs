@@ -280,14 +280,17 @@ impl Netlink {
         .await
     }
 
-    /// Enslave a link to a bridge.
+    /// Enslave a link to a bridge; [`DataplaneError::BridgeFull`] when it has no free port.
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
-        self.set(
-            index,
-            LinkUnspec::new_with_index(index).controller(master).build(),
-            "set master of",
-        )
-        .await
+        let msg = LinkUnspec::new_with_index(index).controller(master).build();
+        match self.handle.link().set(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EXFULL) => Err(DataplaneError::BridgeFull(master)),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("set master of link #{index}"),
+                e,
+            )),
+        }
     }
 
     async fn set(&self, index: u32, msg: LinkMessage, what: &str) -> Result<()> {

@@ -68,14 +68,171 @@ pub struct RunnerDataplane {
     nl: Netlink,
     /// What the table was last built from, to rebuild it when the underlay peers change.
     last: std::sync::Mutex<(Vec<RunnerNetwork>, Vec<Ipv4Addr>)>,
+    /// Ports in use per bridge, and each network's overflow bridges.
+    bridges: tokio::sync::Mutex<BridgePorts>,
 }
+
+/// The kernel caps a bridge at 1023 ports, so a network's workloads spill over into overflow
+/// bridges (`wbx<k>`, alias `weir-ovf:<network>`), each patched into the network's bridge by a
+/// veth pair (`wbx<k>p` ↔ `wbx<k>q`): one layer-2 segment, the gateway on the main bridge.
+#[derive(Debug, Default)]
+struct BridgePorts {
+    /// Ports in use, by bridge ifindex (a cache: a refused enslave corrects it).
+    ports: std::collections::HashMap<u32, usize>,
+    /// Overflow bridges by network: (name, ifindex).
+    overflow: std::collections::HashMap<String, Vec<(String, u32)>>,
+}
+
+/// Where a workload interface goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeChoice {
+    pub name: String,
+    pub index: u32,
+    /// The port was counted now (give it back with [`RunnerDataplane::port_freed`] if the
+    /// attach fails).
+    pub counted: bool,
+}
+
+impl BridgeChoice {
+    fn existing(name: &str, index: u32) -> Self {
+        Self {
+            name: name.to_string(),
+            index,
+            counted: false,
+        }
+    }
+    fn counted(name: &str, index: u32) -> Self {
+        Self {
+            name: name.to_string(),
+            index,
+            counted: true,
+        }
+    }
+}
+
+/// Ports of a bridge the kernel allows.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+/// Ports kept free on a network's main bridge for overflow patches (16 × 1022 workloads).
+const PATCH_RESERVE: usize = 16;
+/// Alias prefix of overflow bridges and their patches (+ network name).
+pub const OVERFLOW_ALIAS_PREFIX: &str = "weir-ovf:";
 
 impl RunnerDataplane {
     pub fn new(nl: Netlink) -> Self {
         Self {
             nl,
             last: std::sync::Mutex::new((Vec::new(), Vec::new())),
+            bridges: tokio::sync::Mutex::new(BridgePorts::default()),
         }
+    }
+
+    /// Count every bridge's ports and find the overflow bridges (one link dump, at apply).
+    async fn count_ports(&self) -> Result<()> {
+        let mut b = BridgePorts::default();
+        for l in self.nl.links().await? {
+            if let Some(m) = l.master {
+                *b.ports.entry(m).or_default() += 1;
+            }
+            if l.kind.as_deref() == Some("bridge")
+                && let Some(net) = l
+                    .alias
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix(OVERFLOW_ALIAS_PREFIX))
+            {
+                b.overflow
+                    .entry(net.to_string())
+                    .or_default()
+                    .push((l.name.clone(), l.index));
+            }
+        }
+        *self.bridges.lock().await = b;
+        Ok(())
+    }
+
+    /// The bridge a workload interface `port` of `net` goes into: the bridge it already is in,
+    /// else the network's bridge while it has room, else an overflow bridge with room (created
+    /// and patched in when none has).
+    pub async fn bridge_for(&self, net: &RunnerNetwork, port: &str) -> Result<BridgeChoice> {
+        let mut b = self.bridges.lock().await;
+        let main = self.nl.link(&net.bridge).await?.ok_or_else(|| {
+            DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
+        })?;
+        let overflow = b.overflow.get(&net.name).cloned().unwrap_or_default();
+        if let Some(existing) = self.nl.link(port).await?
+            && let Some(m) = existing.master
+        {
+            if m == main.index {
+                return Ok(BridgeChoice::existing(&net.bridge, m));
+            }
+            if let Some((name, _)) = overflow.iter().find(|(_, i)| *i == m) {
+                return Ok(BridgeChoice::existing(name, m));
+            }
+        }
+        let used = |b: &BridgePorts, i: u32| b.ports.get(&i).copied().unwrap_or(0);
+        if used(&b, main.index) < BRIDGE_MAX_PORTS - PATCH_RESERVE {
+            *b.ports.entry(main.index).or_default() += 1;
+            return Ok(BridgeChoice::counted(&net.bridge, main.index));
+        }
+        if let Some((name, index)) = overflow
+            .iter()
+            .find(|(_, i)| used(&b, *i) < BRIDGE_MAX_PORTS)
+        {
+            *b.ports.entry(*index).or_default() += 1;
+            return Ok(BridgeChoice::counted(name, *index));
+        }
+        let (name, index) = self.add_overflow(net, main.index).await?;
+        *b.ports.entry(main.index).or_default() += 1;
+        b.ports.insert(index, 2);
+        b.overflow
+            .entry(net.name.clone())
+            .or_default()
+            .push((name.clone(), index));
+        Ok(BridgeChoice::counted(&name, index))
+    }
+
+    /// A bridge refused a port although the count said it had room: believe the kernel.
+    pub async fn bridge_full(&self, index: u32) {
+        self.bridges
+            .lock()
+            .await
+            .ports
+            .insert(index, BRIDGE_MAX_PORTS);
+    }
+
+    /// A port left bridge `index` (a workload interface was deleted).
+    pub async fn port_freed(&self, index: u32) {
+        if let Some(n) = self.bridges.lock().await.ports.get_mut(&index) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    async fn add_overflow(&self, net: &RunnerNetwork, main: u32) -> Result<(String, u32)> {
+        let mut k = 1;
+        let name = loop {
+            let name = format!("wbx{k}");
+            if self.nl.link(&name).await?.is_none() {
+                break name;
+            }
+            k += 1;
+        };
+        tracing::info!(network = %net.name, bridge = %name, "the network's bridge is full: adding an overflow bridge");
+        let alias = format!("{OVERFLOW_ALIAS_PREFIX}{}", net.name);
+        let bridge = self.nl.add_bridge(&name, net.mtu).await?;
+        self.nl.set_alias(bridge.index, &alias).await?;
+        let own = std::fs::File::open("/proc/self/ns/net")
+            .map_err(|e| DataplaneError::io("open this process's network namespace", e))?;
+        let (p, q) = (format!("{name}p"), format!("{name}q"));
+        let patch = self.nl.add_veth_into(&p, &q, &own, net.mtu).await?;
+        let peer = self.nl.link(&q).await?.ok_or_else(|| {
+            DataplaneError::Invalid(format!("the patch {q} vanished after creation"))
+        })?;
+        for (l, master) in [(patch.index, main), (peer.index, bridge.index)] {
+            self.nl.set_alias(l, &alias).await?;
+            self.nl.set_master(l, master).await?;
+            self.nl.set_up(l).await?;
+        }
+        self.nl.set_up(bridge.index).await?;
+        Ok((name, bridge.index))
     }
 
     /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
@@ -225,15 +382,15 @@ impl RunnerDataplane {
         Ok(())
     }
 
-    /// Remove the direct tunnels, direct routes and egress rules of networks not in
-    /// `networks` (removed from the host's configuration, or this runner left them).
+    /// Remove the direct tunnels, overflow bridges, direct routes and egress rules of
+    /// networks not in `networks` (removed from the host's configuration, or this runner left
+    /// them).
     async fn remove_other_networks(&self, networks: &[RunnerNetwork]) -> Result<()> {
         for l in self.nl.links().await? {
-            let Some(net) = l
-                .alias
-                .as_deref()
-                .and_then(|a| a.strip_prefix(DIRECT_ALIAS_PREFIX))
-            else {
+            let Some(net) = l.alias.as_deref().and_then(|a| {
+                a.strip_prefix(DIRECT_ALIAS_PREFIX)
+                    .or_else(|| a.strip_prefix(OVERFLOW_ALIAS_PREFIX))
+            }) else {
                 continue;
             };
             if !networks.iter().any(|n| n.name == net) {
@@ -307,6 +464,7 @@ impl RunnerDataplane {
                 last.0 = networks.to_vec();
                 last.1.clone()
             };
+            self.count_ports().await?;
             nft::apply(&runner_table(networks, &underlay)).await
         })
         .await

@@ -95,7 +95,12 @@ pub struct Hub {
 struct State {
     runners: BTreeMap<String, RunnerState>,
     placeholders: BTreeMap<u32, PlaceholderRecord>,
+    /// Change through [`State::insert_workload`] and [`State::remove_workload`] only: they
+    /// keep `label_sets` in step.
     workloads: BTreeMap<String, WorkloadRecord>,
+    /// Each network's distinct workload label sets, with how many workloads carry each (the
+    /// firewall hook's `groups`, without a scan of every workload per attach).
+    label_sets: HashMap<String, BTreeMap<BTreeMap<String, String>, usize>>,
     reservations: BTreeMap<String, ReservationRecord>,
     /// Address pools by (network, runner name).
     pools: HashMap<(String, String), AddressPool>,
@@ -475,7 +480,7 @@ impl Hub {
                     continue;
                 }
             }
-            st.workloads.insert(key, w);
+            st.insert_workload(key, w);
         }
         if let Some(plan) = overlay_plan {
             txn.change(Change::PutMeta("plan".into(), plan.to_string()));
@@ -582,6 +587,32 @@ impl Hub {
 }
 
 impl State {
+    fn insert_workload(&mut self, key: String, w: WorkloadRecord) {
+        self.remove_workload(&key);
+        if !w.labels.is_empty() {
+            *self
+                .label_sets
+                .entry(w.network.clone())
+                .or_default()
+                .entry(w.labels.clone())
+                .or_default() += 1;
+        }
+        self.workloads.insert(key, w);
+    }
+
+    fn remove_workload(&mut self, key: &str) -> Option<WorkloadRecord> {
+        let w = self.workloads.remove(key)?;
+        if let Some(sets) = self.label_sets.get_mut(&w.network)
+            && let Some(n) = sets.get_mut(&w.labels)
+        {
+            *n -= 1;
+            if *n == 0 {
+                sets.remove(&w.labels);
+            }
+        }
+        Some(w)
+    }
+
     fn take_generation(&mut self) -> u64 {
         let g = self.next_generation;
         self.next_generation += 1;

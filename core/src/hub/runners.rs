@@ -188,7 +188,7 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
-            if let Some(w) = st.workloads.remove(&k) {
+            if let Some(w) = st.remove_workload(&k) {
                 txn.change(Change::DeleteWorkload(k));
                 txn.event(pb::EventKind::WorkloadDetached, |e| {
                     e.runner = name.to_string();

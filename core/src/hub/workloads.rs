@@ -317,7 +317,7 @@ impl Hub {
             self.release_address(st, &rec);
             return Err(e);
         }
-        st.workloads.insert(rec.key(), rec.clone());
+        st.insert_workload(rec.key(), rec.clone());
         Ok(rec)
     }
 
@@ -378,13 +378,10 @@ impl Hub {
     async fn plugin_firewall(&self, rec: &WorkloadRecord) -> Result<WorkloadRecord, HubError> {
         let groups: Vec<BTreeMap<String, String>> = {
             let st = self.state.lock().await;
-            let mut seen: Vec<BTreeMap<String, String>> = Vec::new();
-            for w in st.workloads.values().filter(|w| w.network == rec.network) {
-                if !w.labels.is_empty() && !seen.contains(&w.labels) && seen.len() < 1000 {
-                    seen.push(w.labels.clone());
-                }
-            }
-            seen
+            st.label_sets
+                .get(&rec.network)
+                .map(|sets| sets.keys().take(1000).cloned().collect())
+                .unwrap_or_default()
         };
         let req = Request::Rules(FirewallRequest {
             network: rec.network.clone(),
@@ -444,7 +441,7 @@ impl Hub {
     /// Undo a failed attach: forget the record, give the address (or the reservation) back.
     async fn roll_back(&self, key: &str) {
         let mut st = self.state.lock().await;
-        let Some(w) = st.workloads.remove(key) else {
+        let Some(w) = st.remove_workload(key) else {
             return;
         };
         let mut txn = Txn::default();
@@ -524,7 +521,7 @@ impl Hub {
                 .await?;
         }
         let mut st = self.state.lock().await;
-        if st.workloads.remove(&key).is_none() {
+        if st.remove_workload(&key).is_none() {
             return Ok(()); // a concurrent detach won
         }
         let mut txn = Txn::default();
