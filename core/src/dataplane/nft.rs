@@ -40,6 +40,8 @@ pub enum Action {
     Masquerade,
     /// Count in the named counter and drop.
     CountDrop(&'static str),
+    /// Skip connection tracking (raw chains): traffic no stateful rule or NAT needs.
+    NoTrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,26 @@ impl ChainSpec {
             kind: NfChainType::Filter,
             hook: NfHook::Input,
             priority: 0,
+            rules,
+        }
+    }
+    /// A raw chain on the prerouting hook (before connection tracking).
+    pub fn raw_prerouting(rules: Vec<RuleSpec>) -> Self {
+        Self {
+            name: "raw_prerouting".into(),
+            kind: NfChainType::Filter,
+            hook: NfHook::Prerouting,
+            priority: -300,
+            rules,
+        }
+    }
+    /// A raw chain on the output hook (before connection tracking).
+    pub fn raw_output(rules: Vec<RuleSpec>) -> Self {
+        Self {
+            name: "raw_output".into(),
+            kind: NfChainType::Filter,
+            hook: NfHook::Output,
+            priority: -300,
             rules,
         }
     }
@@ -203,6 +225,7 @@ fn statements(rule: &RuleSpec) -> Vec<Statement<'static>> {
             out.push(Statement::Counter(Counter::Named(Cow::Borrowed(name))));
             out.push(Statement::Drop(None));
         }
+        Action::NoTrack => out.push(Statement::Notrack),
     }
     out
 }
@@ -261,15 +284,43 @@ fn cond(c: &Cond) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
+/// The `nftables` crate writes the `notrack` statement as the string `"notrack"`; `nft`
+/// wants `{"notrack": null}`.
+fn fix_notrack(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Array(items) => {
+            for item in items {
+                if item.as_str() == Some("notrack") {
+                    *item = serde_json::json!({ "notrack": null });
+                } else {
+                    fix_notrack(item);
+                }
+            }
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(fix_notrack),
+        _ => {}
+    }
+}
+
 /// Replace the table atomically with `spec`. Runs `nft` on a blocking thread.
 pub async fn apply(spec: &TableSpec) -> Result<()> {
     crate::telemetry::kernel("nftables.apply", async {
-        let batch = spec.batch().to_nftables();
         let name = spec.name.clone();
-        tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&batch))
-            .await
-            .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?
-            .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {}", nft_error(e))))
+        let mut json = serde_json::to_value(spec.batch().to_nftables())
+            .map_err(|e| DataplaneError::Nft(format!("encode table {name}: {e}")))?;
+        fix_notrack(&mut json);
+        let payload = json.to_string();
+        tokio::task::spawn_blocking(move || {
+            nftables::helper::apply_ruleset_raw(
+                &payload,
+                None::<&str>,
+                std::iter::empty::<&str>(),
+            )
+        })
+        .await
+        .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?
+        .map(|_| ())
+        .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {}", nft_error(e))))
     })
     .await
 }

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::host::{UNDERLAY_DROPS, UNDERLAY_SET};
+use super::host::{UNDERLAY_DROPS, UNDERLAY_SET, underlay_notrack};
 use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, RoutingRule, VxlanSpec};
 use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
 use super::{DataplaneError, Result, nft, sysctl};
@@ -635,10 +635,17 @@ pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableS
     // VXLAN only from the host and the other runners (the tunnel's remote is always allowed).
     let mut peers: BTreeSet<Ipv4Addr> = underlay.iter().copied().collect();
     let mut input = Vec::new();
+    let mut raw_in = Vec::new();
+    let mut raw_out = Vec::new();
     let mut ports = BTreeSet::new();
     for t in networks.iter().filter_map(|n| n.tunnel.as_ref()) {
         peers.insert(t.remote);
-        ports.insert(t.port);
+        if ports.insert(t.port) {
+            // The tunnels' own packets; the workloads' traffic inside stays tracked (NAT and
+            // the firewall's `ct state` need it).
+            raw_in.push(underlay_notrack(Cond::DaddrIn(t.local.into()), t.port));
+            raw_out.push(underlay_notrack(Cond::SaddrIn(t.local.into()), t.port));
+        }
     }
     for port in ports {
         input.push(RuleSpec::new(
@@ -653,6 +660,8 @@ pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableS
     TableSpec {
         name: RUNNER_TABLE.into(),
         chains: vec![
+            ChainSpec::raw_prerouting(raw_in),
+            ChainSpec::raw_output(raw_out),
             ChainSpec::forward(forward),
             ChainSpec::input(input),
             ChainSpec::postrouting(nat),
