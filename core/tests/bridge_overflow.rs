@@ -1,5 +1,6 @@
-//! A Linux bridge takes at most 1023 ports; a runner holds more workloads than that by
-//! spilling into overflow bridges patched into the network's bridge — one layer-2 segment.
+//! A Linux bridge takes at most 1023 ports, and adding one costs more the more it has; a runner
+//! keeps bridges at `PORTS_PER_BRIDGE` ports and holds more workloads by spilling into overflow
+//! bridges patched into the network's bridge — one layer-2 segment.
 
 mod common;
 
@@ -15,7 +16,7 @@ async fn a_runner_holds_more_workloads_than_one_bridge_has_ports() {
     let lab = must(Lab::up(s).await);
     let mut c = control(&lab).await;
     // VMs' taps are bridge ports too and need no namespace: fill the bridge with them.
-    let vms = weir::dataplane::runner::BRIDGE_MAX_PORTS + 10;
+    let vms = weir::dataplane::runner::PORTS_PER_BRIDGE + 10;
     for i in 0..vms {
         c.attach_workload(pb::AttachWorkloadRequest {
             runner: "r1".into(),
@@ -46,9 +47,14 @@ async fn a_runner_holds_more_workloads_than_one_bridge_has_ports() {
     assert_eq!(overflow.alias.as_deref(), Some("weir-ovf:default"));
     let main = r1.iter().find(|l| l.name == "kohaku-overlay").unwrap();
     let patch = r1.iter().find(|l| l.name == "wbx1p").unwrap();
-    assert_eq!(patch.master, Some(main.index), "the patch hangs off the main bridge");
+    assert_eq!(
+        patch.master,
+        Some(main.index),
+        "the patch hangs off the main bridge"
+    );
     let ports = |idx: u32| r1.iter().filter(|l| l.master == Some(idx)).count();
-    assert!(ports(main.index) <= weir::dataplane::runner::BRIDGE_MAX_PORTS);
+    assert!(ports(main.index) <= weir::dataplane::runner::PORTS_PER_BRIDGE);
+    assert!(ports(overflow.index) <= weir::dataplane::runner::PORTS_PER_BRIDGE);
     let late_port = r1
         .iter()
         .find(|l| l.alias.as_deref() == Some("weir:default/late"))

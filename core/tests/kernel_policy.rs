@@ -197,17 +197,53 @@ async fn the_firewall_rule_count_does_not_grow_with_workloads() {
         attach(&lab, 1, &format!("t{i}"), &[("tenant", t)]).await;
     }
     assert_eq!(rules(&lab), few, "30 workloads, same rules as 2");
-    let listing = String::from_utf8_lossy(
-        &lab.exec("r1", "nft", &["list", "map", "inet", "weir_fw", "egress"])
-            .unwrap()
-            .stdout,
-    )
-    .to_string();
-    assert_eq!(
-        listing.matches("jump").count(),
-        30,
-        "one map element per workload"
+    // Each workload is one element of its group's member set `m<N>`.
+    let out = lab
+        .exec("r1", "nft", &["-j", "list", "table", "inet", "weir_fw"])
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members: Vec<usize> = json["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with('m')))
+        .map(|s| s["elem"].as_array().map_or(0, |e| e.len()))
+        .collect();
+    assert_eq!(members, vec![15, 15], "two groups of 15 workloads each");
+
+    // Overlay traffic is connection-tracked exactly where a firewall table needs it.
+    let untracked = |r: &str| {
+        let out = lab
+            .exec(r, "nft", &["list", "table", "inet", "weir_runner"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("ip saddr 10.128.0.0/12 ip daddr 10.128.0.0/12 notrack"))
+    };
+    assert!(
+        !untracked("r1"),
+        "r1 has a firewall: overlay traffic stays tracked"
     );
+    assert!(
+        untracked("r2"),
+        "r2 has none: overlay traffic skips tracking"
+    );
+    let mut c = control(&lab).await;
+    for i in 0..30 {
+        c.detach_workload(pb::DetachWorkloadRequest {
+            workload_id: format!("t{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let tables = lab.exec("r1", "nft", &["list", "tables"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("weir_fw"),
+        "the last policy left with its workload"
+    );
+    assert!(untracked("r1"), "and tracking went with the table");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

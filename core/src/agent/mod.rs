@@ -80,7 +80,7 @@ impl Agent {
         {
             let mut fw = self.firewall.lock().await;
             fw.set_context(ctx);
-            fw.commit().await.map_err(|e| e.to_string())?;
+            self.commit_firewall(&mut fw).await?;
         }
         {
             let mut current = self.networks.lock().await;
@@ -168,7 +168,7 @@ impl Agent {
                 self.attach(&spec).await?;
                 let mut fw = self.firewall.lock().await;
                 self.firewall_for(&mut fw, &spec).await?;
-                fw.commit().await.map_err(|e| e.to_string())
+                self.commit_firewall(&mut fw).await
             }
             pb::command::Op::Detach(r) => {
                 if let Some(bridge) = attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
@@ -185,7 +185,7 @@ impl Agent {
                 {
                     let mut fw = self.firewall.lock().await;
                     fw.remove_workload(ip);
-                    fw.commit().await.map_err(|e| e.to_string())?;
+                    self.commit_firewall(&mut fw).await?;
                 }
                 Ok(())
             }
@@ -265,6 +265,27 @@ impl Agent {
         attach::attach(self.dp.netlink(), &iface).await
     }
 
+    /// Apply the firewall's changes. Overlay traffic is connection-tracked exactly while a
+    /// firewall table exists (its `ct state` rule needs it): tracking goes on before the table
+    /// is installed and off after it is gone, so no flow is ever judged without its state.
+    async fn commit_firewall(&self, fw: &mut Firewall) -> Result<(), String> {
+        let track = fw.needs_table();
+        if track {
+            self.dp
+                .set_overlay_tracking(true)
+                .await
+                .map_err(|e| format!("firewall: {e}"))?;
+        }
+        fw.commit().await.map_err(|e| format!("firewall: {e}"))?;
+        if !track {
+            self.dp
+                .set_overlay_tracking(false)
+                .await
+                .map_err(|e| format!("firewall: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Record a local workload's address and give the firewall its policy.
     async fn firewall_for(&self, fw: &mut Firewall, spec: &pb::WorkloadSpec) -> Result<(), String> {
         let ip = parse::<Ipv4Net>(&spec.address, "address")?.addr();
@@ -305,7 +326,7 @@ impl Agent {
                 fw.remove_peer(parse(a, "peer address")?);
             }
         }
-        fw.commit().await.map_err(|e| e.to_string())
+        self.commit_firewall(&mut fw).await
     }
 
     /// Make the runner's workload interfaces exactly `set`.
@@ -358,8 +379,8 @@ impl Agent {
         for ip in gone {
             fw.remove_workload(ip);
         }
-        if let Err(e) = fw.commit().await {
-            errors.push(format!("firewall: {e}"));
+        if let Err(e) = self.commit_firewall(&mut fw).await {
+            errors.push(e);
         }
         if errors.is_empty() {
             Ok(())

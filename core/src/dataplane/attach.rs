@@ -133,42 +133,43 @@ pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
             DataplaneError::Invalid(format!("bridge {} does not exist", w.bridge))
         })?;
         let name = w.host_ifname();
-        let host = match nl.link(&name).await? {
-            Some(link) => {
-                if link.alias.as_deref() != Some(w.alias().as_str()) {
-                    return Err(DataplaneError::Invalid(format!(
-                        "interface {name} belongs to {}, not {}",
-                        link.alias
-                            .clone()
-                            .unwrap_or_else(|| "something else".into()),
-                        w.alias()
-                    )));
-                }
-                link
+        // The usual case first: create the pair ready (up, MTU, on the bridge) in one request.
+        // Only when something is already there is it looked at and repaired.
+        let created = nl
+            .create_veth_port(&name, &w.ifname, &ns_file, w.mtu, bridge.index, &w.alias())
+            .await
+            .map_err(|e| match e {
+                DataplaneError::BridgeFull(_) => e,
+                e => DataplaneError::Invalid(format!(
+                    "create {name} with peer {} in {}: {e}",
+                    w.ifname,
+                    w.netns.display()
+                )),
+            })?;
+        if !created {
+            let Some(host) = nl.link(&name).await? else {
+                return Err(DataplaneError::Invalid(format!(
+                    "{} already exists inside {}",
+                    w.ifname,
+                    w.netns.display()
+                )));
+            };
+            if host.alias.as_deref() != Some(w.alias().as_str()) {
+                return Err(DataplaneError::Invalid(format!(
+                    "interface {name} belongs to {}, not {}",
+                    host.alias.unwrap_or_else(|| "something else".into()),
+                    w.alias()
+                )));
             }
-            None => {
-                let link = nl
-                    .add_veth_into(&name, &w.ifname, &ns_file, w.mtu)
-                    .await
-                    .map_err(|e| {
-                        DataplaneError::Invalid(format!(
-                            "create {name} with peer {} in {}: {e}",
-                            w.ifname,
-                            w.netns.display()
-                        ))
-                    })?;
-                nl.set_alias(link.index, &w.alias()).await?;
-                link
+            if host.master != Some(bridge.index) {
+                nl.set_master(host.index, bridge.index).await?;
             }
-        };
-        if host.master != Some(bridge.index) {
-            nl.set_master(host.index, bridge.index).await?;
-        }
-        if host.mtu != w.mtu {
-            nl.set_mtu(host.index, w.mtu).await?;
-        }
-        if !host.up {
-            nl.set_up(host.index).await?;
+            if host.mtu != w.mtu {
+                nl.set_mtu(host.index, w.mtu).await?;
+            }
+            if !host.up {
+                nl.set_up(host.index).await?;
+            }
         }
         configure_inside(&w.netns, w).await
     })

@@ -231,6 +231,50 @@ impl Netlink {
         self.add_link(name, msg).await
     }
 
+    /// Create a workload's veth pair in one request: `name` here, up, enslaved to `master`,
+    /// with `peer` created inside the namespace open at `peer_ns`; then label `name` with
+    /// `alias` (by name: no lookup). `Ok(false)` when `name` or, inside the namespace, `peer`
+    /// already exists (nothing was changed). Every message about a veth whose peer lives in
+    /// another namespace costs the kernel a walk over all namespace ids it knows, so with
+    /// thousands of workloads each round trip saved counts.
+    pub async fn create_veth_port(
+        &self,
+        name: &str,
+        peer: &str,
+        peer_ns: &impl AsRawFd,
+        mtu: u32,
+        master: u32,
+        alias: &str,
+    ) -> Result<bool> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(peer_ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(
+                rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
+            ))
+            .mtu(mtu)
+            .controller(master)
+            .up()
+            .build();
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::EEXIST) => return Ok(false),
+            Err(e) if is_errno(&e, libc::EXFULL) => return Err(DataplaneError::BridgeFull(master)),
+            Err(e) => return Err(DataplaneError::netlink(format!("create link {name}"), e)),
+        }
+        let msg = LinkUnspec::new_with_name(name).alias(alias).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("set alias of link {name}"), e))?;
+        Ok(true)
+    }
+
     /// Create a veth pair with both ends here (the lab moves nothing either: it creates the peer
     /// in place with [`Netlink::add_veth_into`]; this is for pairs inside one namespace).
     pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link> {

@@ -1,9 +1,9 @@
-//! Set and map elements through nftables' netlink interface, without an `nft` process.
+//! Set elements through nftables' netlink interface, without an `nft` process.
 //!
 //! Whole tables are replaced through the `nft` binary ([`super::nft`]); the hot path — a
-//! workload's address into a verdict map, a peer into a selector set — is a single netlink batch
-//! (`NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` between batch begin and end), tens of
-//! microseconds instead of a process start (~2.4 ms here). Only IPv4 keys and `jump` verdicts are
+//! workload's address into its group's member set, a peer into a selector set — is a single
+//! netlink batch (`NFT_MSG_NEWSETELEM` / `NFT_MSG_DELSETELEM` between batch begin and end), tens
+//! of microseconds instead of a process start (~2.4 ms here). Only IPv4 keys of plain sets are
 //! needed, so that is all this speaks.
 
 use std::io;
@@ -29,12 +29,7 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_JUMP: i32 = -3;
 /// `NFPROTO_INET`.
 pub const FAMILY_INET: u8 = 1;
 
@@ -43,12 +38,6 @@ pub const FAMILY_INET: u8 = 1;
 pub enum Elem {
     /// Add an address to a set.
     Add { set: String, key: Ipv4Addr },
-    /// Add `key : jump chain` to a verdict map.
-    AddJump {
-        map: String,
-        key: Ipv4Addr,
-        chain: String,
-    },
     /// Remove an element (it must exist).
     Del { set: String, key: Ipv4Addr },
 }
@@ -123,7 +112,6 @@ pub fn apply(table: &str, ops: &[Elem]) -> io::Result<()> {
 fn key_of(op: &Elem) -> (u16, &str) {
     match op {
         Elem::Add { set, .. } => (NFT_MSG_NEWSETELEM, set),
-        Elem::AddJump { map, .. } => (NFT_MSG_NEWSETELEM, map),
         Elem::Del { set, .. } => (NFT_MSG_DELSETELEM, set),
     }
 }
@@ -203,21 +191,10 @@ fn elements_msg(buf: &mut Vec<u8>, seq: u32, table: &str, set: &str, kind: u16, 
     let list = nest_start(buf, NFTA_SET_ELEM_LIST_ELEMENTS);
     for op in ops {
         let elem = nest_start(buf, NFTA_LIST_ELEM);
-        let (key, jump) = match op {
-            Elem::Add { key, .. } | Elem::Del { key, .. } => (key, None),
-            Elem::AddJump { key, chain, .. } => (key, Some(chain)),
-        };
+        let (Elem::Add { key, .. } | Elem::Del { key, .. }) = op;
         let k = nest_start(buf, NFTA_SET_ELEM_KEY);
         attr(buf, NFTA_DATA_VALUE, &key.octets());
         nest_end(buf, k);
-        if let Some(chain) = jump {
-            let data = nest_start(buf, NFTA_SET_ELEM_DATA);
-            let verdict = nest_start(buf, NFTA_DATA_VERDICT);
-            attr(buf, NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-            attr_str(buf, NFTA_VERDICT_CHAIN, chain);
-            nest_end(buf, verdict);
-            nest_end(buf, data);
-        }
         nest_end(buf, elem);
     }
     nest_end(buf, list);
@@ -232,26 +209,24 @@ mod tests {
     fn messages_are_well_formed() {
         let mut buf = Vec::new();
         let ops = [
-            Elem::AddJump {
-                map: "egress".into(),
+            Elem::Add {
+                set: "m1".into(),
                 key: Ipv4Addr::new(10, 0, 1, 2),
-                chain: "g1_out".into(),
             },
-            Elem::AddJump {
-                map: "egress".into(),
+            Elem::Add {
+                set: "m1".into(),
                 key: Ipv4Addr::new(10, 0, 1, 3),
-                chain: "g1_out".into(),
             },
         ];
-        elements_msg(&mut buf, 2, "weir_fw", "egress", NFT_MSG_NEWSETELEM, &ops);
+        elements_msg(&mut buf, 2, "weir_fw", "m1", NFT_MSG_NEWSETELEM, &ops);
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
         assert_eq!(len, buf.len(), "length covers the message");
         assert_eq!(len % 4, 0, "aligned");
         let ty = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
         assert_eq!(ty, (10 << 8) | 12);
-        // Both keys and both chain names are in the payload.
+        // The table, the set and both keys are in the payload.
         let hay = String::from_utf8_lossy(&buf);
-        assert_eq!(hay.matches("g1_out").count(), 2);
+        assert!(hay.contains("weir_fw\0") && hay.contains("m1\0"));
         assert!(
             buf.windows(4).any(|w| w == [10, 0, 1, 2])
                 && buf.windows(4).any(|w| w == [10, 0, 1, 3])

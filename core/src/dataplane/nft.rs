@@ -311,11 +311,7 @@ pub async fn apply(spec: &TableSpec) -> Result<()> {
         fix_notrack(&mut json);
         let payload = json.to_string();
         tokio::task::spawn_blocking(move || {
-            nftables::helper::apply_ruleset_raw(
-                &payload,
-                None::<&str>,
-                std::iter::empty::<&str>(),
-            )
+            nftables::helper::apply_ruleset_raw(&payload, None::<&str>, std::iter::empty::<&str>())
         })
         .await
         .map_err(|e| DataplaneError::Nft(format!("apply table {name}: {e}")))?

@@ -64,10 +64,27 @@ impl RunnerNetwork {
     }
 }
 
+/// The inputs of the runner's nftables table.
+#[derive(Debug, Clone)]
+struct TableInputs {
+    networks: Vec<RunnerNetwork>,
+    underlay: Vec<Ipv4Addr>,
+    /// Whether workload traffic inside an overlay needs connection tracking (a firewall's
+    /// `ct state` does; without one it is skipped). Tracked until told otherwise, so a
+    /// restarting runner never hides flows from a firewall table still in the kernel.
+    track_overlay: bool,
+}
+
+impl TableInputs {
+    fn table(&self) -> TableSpec {
+        runner_table(&self.networks, &self.underlay, self.track_overlay)
+    }
+}
+
 pub struct RunnerDataplane {
     nl: Netlink,
-    /// What the table was last built from, to rebuild it when the underlay peers change.
-    last: std::sync::Mutex<(Vec<RunnerNetwork>, Vec<Ipv4Addr>)>,
+    /// What the table was last built from, to rebuild it when one input changes.
+    last: std::sync::Mutex<TableInputs>,
     /// Ports in use per bridge, and each network's overflow bridges.
     bridges: tokio::sync::Mutex<BridgePorts>,
 }
@@ -112,8 +129,12 @@ impl BridgeChoice {
 
 /// Ports of a bridge the kernel allows.
 pub const BRIDGE_MAX_PORTS: usize = 1023;
-/// Ports kept free on a network's main bridge for overflow patches (16 × 1022 workloads).
-const PATCH_RESERVE: usize = 16;
+/// Ports Weir puts on one bridge. Adding a port costs the kernel more the more ports the bridge
+/// has (at ~1,000 ports creating a workload's veth took ~0.5 ms longer than at 10), so bridges
+/// are kept small and overflow early.
+pub const PORTS_PER_BRIDGE: usize = 256;
+/// Ports kept free on a network's main bridge for overflow patches (64 × 255 workloads).
+const PATCH_RESERVE: usize = 64;
 /// Alias prefix of overflow bridges and their patches (+ network name).
 pub const OVERFLOW_ALIAS_PREFIX: &str = "weir-ovf:";
 
@@ -121,7 +142,11 @@ impl RunnerDataplane {
     pub fn new(nl: Netlink) -> Self {
         Self {
             nl,
-            last: std::sync::Mutex::new((Vec::new(), Vec::new())),
+            last: std::sync::Mutex::new(TableInputs {
+                networks: Vec::new(),
+                underlay: Vec::new(),
+                track_overlay: true,
+            }),
             bridges: tokio::sync::Mutex::new(BridgePorts::default()),
         }
     }
@@ -169,13 +194,13 @@ impl RunnerDataplane {
             }
         }
         let used = |b: &BridgePorts, i: u32| b.ports.get(&i).copied().unwrap_or(0);
-        if used(&b, main.index) < BRIDGE_MAX_PORTS - PATCH_RESERVE {
+        if used(&b, main.index) < PORTS_PER_BRIDGE - PATCH_RESERVE {
             *b.ports.entry(main.index).or_default() += 1;
             return Ok(BridgeChoice::counted(&net.bridge, main.index));
         }
         if let Some((name, index)) = overflow
             .iter()
-            .find(|(_, i)| used(&b, *i) < BRIDGE_MAX_PORTS)
+            .find(|(_, i)| used(&b, *i) < PORTS_PER_BRIDGE)
         {
             *b.ports.entry(*index).or_default() += 1;
             return Ok(BridgeChoice::counted(name, *index));
@@ -238,18 +263,38 @@ impl RunnerDataplane {
     /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
     pub async fn set_underlay(&self, peers: Vec<Ipv4Addr>) -> Result<()> {
         crate::telemetry::kernel("nftables.runner_underlay", async {
-            let networks = {
+            let inputs = {
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-                if last.1 == peers {
+                if last.underlay == peers {
                     return Ok(());
                 }
-                last.1 = peers.clone();
-                last.0.clone()
+                last.underlay = peers;
+                last.clone()
             };
-            if networks.is_empty() {
+            if inputs.networks.is_empty() {
                 return Ok(());
             }
-            nft::apply(&runner_table(&networks, &peers)).await
+            nft::apply(&inputs.table()).await
+        })
+        .await
+    }
+
+    /// Track the workloads' traffic inside each overlay, or skip it (no firewall needs it; NAT
+    /// only concerns traffic leaving the overlay). Rebuilds the table only on a change.
+    pub async fn set_overlay_tracking(&self, track: bool) -> Result<()> {
+        crate::telemetry::kernel("nftables.runner_tracking", async {
+            let inputs = {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.track_overlay == track {
+                    return Ok(());
+                }
+                last.track_overlay = track;
+                last.clone()
+            };
+            if inputs.networks.is_empty() {
+                return Ok(());
+            }
+            nft::apply(&inputs.table()).await
         })
         .await
     }
@@ -459,13 +504,13 @@ impl RunnerDataplane {
                     self.nl.del_route(&route).await?;
                 }
             }
-            let underlay = {
+            let inputs = {
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-                last.0 = networks.to_vec();
-                last.1.clone()
+                last.networks = networks.to_vec();
+                last.clone()
             };
             self.count_ports().await?;
-            nft::apply(&runner_table(networks, &underlay)).await
+            nft::apply(&inputs.table()).await
         })
         .await
     }
@@ -603,13 +648,26 @@ impl RunnerDataplane {
 }
 
 /// The runner's rules: forward everything of each network, and masquerade what leaves it
-/// through the uplink.
-pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableSpec {
+/// through the uplink. Unless `track_overlay`, traffic inside a network skips connection
+/// tracking (the masquerade rule only concerns traffic leaving it).
+pub fn runner_table(
+    networks: &[RunnerNetwork],
+    underlay: &[Ipv4Addr],
+    track_overlay: bool,
+) -> TableSpec {
     let mut forward = Vec::new();
     let mut nat = Vec::new();
+    let mut raw_in = Vec::new();
     for net in networks {
         let cidr = net.cidr();
         let tag = format!("weir network {}", net.name);
+        if !track_overlay {
+            raw_in.push(RuleSpec::new(
+                vec![Cond::SaddrIn(cidr), Cond::DaddrIn(cidr)],
+                Action::NoTrack,
+                &tag,
+            ));
+        }
         forward.push(RuleSpec::new(
             vec![Cond::SaddrIn(cidr)],
             Action::Accept,
@@ -635,14 +693,12 @@ pub fn runner_table(networks: &[RunnerNetwork], underlay: &[Ipv4Addr]) -> TableS
     // VXLAN only from the host and the other runners (the tunnel's remote is always allowed).
     let mut peers: BTreeSet<Ipv4Addr> = underlay.iter().copied().collect();
     let mut input = Vec::new();
-    let mut raw_in = Vec::new();
     let mut raw_out = Vec::new();
     let mut ports = BTreeSet::new();
     for t in networks.iter().filter_map(|n| n.tunnel.as_ref()) {
         peers.insert(t.remote);
         if ports.insert(t.port) {
-            // The tunnels' own packets; the workloads' traffic inside stays tracked (NAT and
-            // the firewall's `ct state` need it).
+            // The tunnels' own packets need no connection state.
             raw_in.push(underlay_notrack(Cond::DaddrIn(t.local.into()), t.port));
             raw_out.push(underlay_notrack(Cond::SaddrIn(t.local.into()), t.port));
         }

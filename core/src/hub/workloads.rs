@@ -254,10 +254,14 @@ impl Hub {
         };
         // A workload on several networks has one interface per network: eth0, eth1, … in the
         // order it joined them; the first carries the default route.
-        let siblings: Vec<&WorkloadRecord> = st
-            .workloads
-            .values()
-            .filter(|w| w.id == workload_id && w.network != net.name)
+        // Looked up by key, network by network: a scan of every workload would make each
+        // attach cost more than the one before.
+        let siblings: Vec<&WorkloadRecord> = self
+            .settings
+            .networks
+            .iter()
+            .filter(|n| n.name != net.name)
+            .filter_map(|n| st.workloads.get(&workload_key(&n.name, workload_id)))
             .collect();
         if let Some(w) = siblings
             .iter()
