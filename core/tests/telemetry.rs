@@ -297,6 +297,51 @@ async fn one_attach_from_the_python_scheduler_is_one_trace_across_scheduler_host
         .as_str()
         .unwrap();
     assert_ne!(detach, trace);
+
+    // A scheduler that runs the CLI hands its context over in TRACEPARENT; the host continues it.
+    let (cli_trace, cli_parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let cli_ns = new_netns(&lab, "c");
+    let cli = |traceparent: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "attach", "--runner", "r1", "--id", "from-cli", "--netns", &cli_ns,
+            ])
+            .args(["--host", &lab.control_url(), "--token-file"])
+            .arg(lab.dir.join("control.token"))
+            .env("TRACEPARENT", traceparent)
+            .output()
+            .expect("run weir attach")
+    };
+    let bad = cli("00-not-a-trace-01");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed TRACEPARENT is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("TRACEPARENT"));
+    let out = cli(&format!("00-{cli_trace}-{cli_parent}-01"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the CLI's attach reaches the collector", dur(30), || {
+        collector.spans().iter().any(|s| {
+            s.trace == cli_trace
+                && s.service == "weir-host"
+                && s.name == "weir.v1.Control/AttachWorkload"
+        })
+    })
+    .await;
+    let spans = collector.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.trace == cli_trace && s.name == "weir.v1.Control/AttachWorkload")
+        .unwrap();
+    assert_eq!(
+        server.parent, cli_parent,
+        "the host continues the CLI's caller"
+    );
 }
 
 /// `GET /metrics` from inside a lab member's namespace.
