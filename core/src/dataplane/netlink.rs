@@ -84,6 +84,26 @@ pub struct Route {
     pub table: u32,
 }
 
+/// A veth pair `name` <-> `peer` with both ends at `mtu`, the peer created directly inside the
+/// namespace open at `peer_ns`.
+fn veth_into(
+    name: &str,
+    peer: &str,
+    peer_ns: &impl AsRawFd,
+    mtu: u32,
+) -> LinkMessageBuilder<LinkVeth> {
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
+        .name(peer.to_string())
+        .mtu(mtu)
+        .setns_by_fd(peer_ns.as_raw_fd())
+        .build();
+    LinkVeth::new(name, peer)
+        .set_info_data(InfoData::Veth(
+            rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
+        ))
+        .mtu(mtu)
+}
+
 impl Netlink {
     /// A connection in the calling process's own namespace. Needs a tokio runtime.
     pub fn current() -> Result<Self> {
@@ -216,18 +236,7 @@ impl Netlink {
         peer_ns: &impl AsRawFd,
         mtu: u32,
     ) -> Result<Link> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
-            .name(peer.to_string())
-            .mtu(mtu)
-            .setns_by_fd(peer_ns.as_raw_fd())
-            .build();
-        let msg = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(
-                rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
-            ))
-            .mtu(mtu)
-            .up()
-            .build();
+        let msg = veth_into(name, peer, peer_ns, mtu).up().build();
         self.add_link(name, msg).await
     }
 
@@ -246,16 +255,7 @@ impl Netlink {
         master: u32,
         alias: &str,
     ) -> Result<bool> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
-            .name(peer.to_string())
-            .mtu(mtu)
-            .setns_by_fd(peer_ns.as_raw_fd())
-            .build();
-        let msg = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(
-                rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
-            ))
-            .mtu(mtu)
+        let msg = veth_into(name, peer, peer_ns, mtu)
             .controller(master)
             .up()
             .build();

@@ -262,41 +262,39 @@ impl RunnerDataplane {
 
     /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
     pub async fn set_underlay(&self, peers: Vec<Ipv4Addr>) -> Result<()> {
-        crate::telemetry::kernel("nftables.runner_underlay", async {
-            let inputs = {
-                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-                if last.underlay == peers {
-                    return Ok(());
-                }
-                last.underlay = peers;
-                last.clone()
-            };
-            if inputs.networks.is_empty() {
-                return Ok(());
-            }
-            nft::apply(&inputs.table()).await
+        self.rebuild_table("nftables.runner_underlay", |t| {
+            std::mem::replace(&mut t.underlay, peers.clone()) != peers
         })
         .await
     }
 
     /// Track the workloads' traffic inside each overlay, or skip it (no firewall needs it; NAT
-    /// only concerns traffic leaving the overlay). Rebuilds the table only on a change.
+    /// only concerns traffic leaving the overlay).
     pub async fn set_overlay_tracking(&self, track: bool) -> Result<()> {
-        crate::telemetry::kernel("nftables.runner_tracking", async {
-            let inputs = {
-                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-                if last.track_overlay == track {
-                    return Ok(());
-                }
-                last.track_overlay = track;
-                last.clone()
-            };
-            if inputs.networks.is_empty() {
-                return Ok(());
-            }
-            nft::apply(&inputs.table()).await
+        self.rebuild_table("nftables.runner_tracking", |t| {
+            std::mem::replace(&mut t.track_overlay, track) != track
         })
         .await
+    }
+
+    /// Change the table's inputs with `change` (true: something changed) and rebuild the table
+    /// only then, and only once the networks are known.
+    async fn rebuild_table(
+        &self,
+        op: &'static str,
+        change: impl FnOnce(&mut TableInputs) -> bool,
+    ) -> Result<()> {
+        let inputs = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if !change(&mut last) {
+                return Ok(());
+            }
+            last.clone()
+        };
+        if inputs.networks.is_empty() {
+            return Ok(());
+        }
+        crate::telemetry::kernel(op, nft::apply(&inputs.table())).await
     }
 
     /// Reach `cfg.direct` peers over their own tunnels instead of the host, and steer egress.
