@@ -33,6 +33,21 @@ struct Pair {
     server_ip: String,
 }
 
+impl Pair {
+    /// The hub topology's members (`path` names their namespaces), from `r1-w1` to `r2-w1`.
+    fn of(path: impl Fn(&str) -> PathBuf, server_ip: String) -> Self {
+        Self {
+            namespaces: ["lan", "host", "r1", "r2", "r1-w1", "r2-w1"]
+                .iter()
+                .map(|m| path(m))
+                .collect(),
+            client: path("r1-w1"),
+            server: path("r2-w1"),
+            server_ip,
+        }
+    }
+}
+
 pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
     for tool in ["iperf3", "ethtool", "ip", "ping"] {
         if which(tool).is_none() {
@@ -142,15 +157,7 @@ async fn weir_hub(secs: u32, direct: bool) -> Result<(Throughput, Option<Through
         .context("r2-w1 has no address")?
         .addr()
         .to_string();
-    let pair = Pair {
-        namespaces: ["lan", "host", "r1", "r2", "r1-w1", "r2-w1"]
-            .iter()
-            .map(|m| lab.ns(m))
-            .collect(),
-        client: lab.ns("r1-w1"),
-        server: lab.ns("r2-w1"),
-        server_ip,
-    };
+    let pair = Pair::of(|m| lab.ns(m), server_ip);
     // Routes settle asynchronously after the runners' sessions start.
     let want_hops = if direct { 1 } else { 2 };
     env::wait_until(
@@ -291,15 +298,7 @@ async fn hand_built(secs: u32) -> Result<Throughput> {
         let gw_ip = gw.split('/').next().unwrap_or_default();
         ip(&wn, &format!("route add default via {gw_ip}"))?;
     }
-    let pair = Pair {
-        namespaces: ["lan", "host", "r1", "r2", "r1-w1", "r2-w1"]
-            .iter()
-            .map(|m| g.path(m))
-            .collect(),
-        client: g.path("r1-w1"),
-        server: g.path("r2-w1"),
-        server_ip: "10.128.128.2".into(),
-    };
+    let pair = Pair::of(|m| g.path(m), "10.128.128.2".into());
     env::wait_until(
         "the hand-built workloads reach each other",
         Duration::from_secs(10),

@@ -515,6 +515,16 @@ pub enum PluginMode {
     Monitor,
 }
 
+impl PluginMode {
+    /// The name used in the config, spans, the audit log and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginMode::Enforce => "enforce",
+            PluginMode::Monitor => "monitor",
+        }
+    }
+}
+
 /// When a plugin fails: `fallback` to the built-in policy, or `deny` the operation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

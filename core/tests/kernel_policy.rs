@@ -246,6 +246,17 @@ async fn the_firewall_rule_count_does_not_grow_with_workloads() {
     assert!(untracked("r1"), "and tracking went with the table");
 }
 
+/// Restart runner 2 in rack `rack` (`direct-routes` pairs the runners of one rack).
+async fn move_runner2(lab: &mut Lab, base: &str, rack: &str) {
+    lab.runners
+        .get_mut(&2)
+        .unwrap()
+        .stop(libc::SIGTERM)
+        .unwrap();
+    lab.spec.runner_keys = format!("{base}labels = {{ rack = \"{rack}\" }}\n");
+    lab.start_runner(2).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racked_runners_route_directly_and_flips_keep_pings() {
     let mut s = spec("dir");
@@ -327,13 +338,7 @@ async fn racked_runners_route_directly_and_flips_keep_pings() {
     // Flip to the hub (r2 leaves the rack) and back, under a 10/s ping.
     let ping = Pinger::start(&lab, "r1-w1", w2);
     tokio::time::sleep(dur(1)).await;
-    lab.runners
-        .get_mut(&2)
-        .unwrap()
-        .stop(libc::SIGTERM)
-        .unwrap();
-    lab.spec.runner_keys = format!("{base}labels = {{ rack = \"b\" }}\n");
-    lab.start_runner(2).await.unwrap();
+    move_runner2(&mut lab, &base, "b").await;
     wait_until(
         "the pair routes via the hub (two router hops)",
         dur(15),
@@ -341,13 +346,7 @@ async fn racked_runners_route_directly_and_flips_keep_pings() {
     )
     .await;
     tokio::time::sleep(dur(1)).await;
-    lab.runners
-        .get_mut(&2)
-        .unwrap()
-        .stop(libc::SIGTERM)
-        .unwrap();
-    lab.spec.runner_keys = format!("{base}labels = {{ rack = \"a\" }}\n");
-    lab.start_runner(2).await.unwrap();
+    move_runner2(&mut lab, &base, "a").await;
     wait_until("the pair routes directly again", dur(15), || {
         ttl(&lab) == Some(63)
     })

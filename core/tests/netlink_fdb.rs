@@ -1,31 +1,17 @@
 //! FDB entries and policy rules through netlink, checked with iproute2, inside a namespace.
 
-use std::net::Ipv4Addr;
-use std::process::Command;
+mod common;
 
+use std::net::Ipv4Addr;
+
+use common::ScratchNs;
 use weir::dataplane::netlink::{Netlink, RoutingRule, VxlanSpec};
-use weir::dataplane::netns;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdb_entries_and_rules_come_and_go() {
-    let name = format!("weir-fdb-{}", std::process::id());
-    let ns = netns::create(&name).unwrap();
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = netns::delete(&self.0);
-        }
-    }
-    let _gone = Gone(name.clone());
-    let sh = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &name])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let nl = Netlink::in_namespace(&ns).unwrap();
+    let ns = ScratchNs::new("fdb");
+    let sh = |args: &[&str]| ns.run(args[0], &args[1..]);
+    let nl = Netlink::in_namespace(&ns.path).unwrap();
     let vx = nl
         .add_vxlan(&VxlanSpec {
             name: "vxt".into(),

@@ -188,6 +188,28 @@ async fn a_workload_on_two_networks_reaches_each_through_its_own_interface() {
         !inside.iter().any(|l| l.name.starts_with("eth")),
         "a's interfaces are gone: {inside:?}"
     );
+
+    // A workload's networks must all be on one runner; the refusal holds no address.
+    let c_ns = new_netns(&lab, "c");
+    attach(&mut c, "r1", "c", &c_ns, "private").await;
+    let refused = c
+        .attach_workload(pb::AttachWorkloadRequest {
+            runner: "r2".into(),
+            workload_id: "c".into(),
+            netns: new_netns(&lab, "c2"),
+            network: "public".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    let q_ns = new_netns(&lab, "q");
+    let q_public = attach(&mut c, "r2", "q", &q_ns, "public").await;
+    assert_eq!(
+        u32::from(q_public),
+        u32::from(p_public) + 1,
+        "the refused attach gave its address back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

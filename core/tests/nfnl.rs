@@ -1,34 +1,18 @@
 //! Set elements through netlink, checked with the `nft` binary, inside a namespace.
 
-use std::net::Ipv4Addr;
-use std::process::Command;
+mod common;
 
+use std::net::Ipv4Addr;
+
+use common::ScratchNs;
 use weir::dataplane::netns;
 use weir::dataplane::nfnl::{Elem, apply};
 
 #[test]
 fn elements_go_in_and_out_without_an_nft_process() {
-    let name = format!("weir-nfnl-{}", std::process::id());
-    let ns = netns::create(&name).unwrap();
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = netns::delete(&self.0);
-        }
-    }
-    let _gone = Gone(name.clone());
-    let nft = |script: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &name, "nft", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let scratch = ScratchNs::new("nfnl");
+    let ns = scratch.path.clone();
+    let nft = |script: &str| scratch.run("nft", &[script]);
     nft("add table inet t");
     nft("add set inet t peers { type ipv4_addr; }");
     nft("add set inet t m1 { type ipv4_addr; }");

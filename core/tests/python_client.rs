@@ -14,14 +14,7 @@ async fn the_python_scheduler_example_runs_a_job_against_the_lab() {
     let master = new_netns(&lab, "m");
     let w1 = new_netns(&lab, "w1");
     let w2 = new_netns(&lab, "w2");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python-scheduler/scheduler.py"
-    );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--host", &lab.control_url(), "--token-file"])
-        .arg(lab.dir.join("control.token"))
+    let out = python_scheduler(&lab)
         .args(["--master", &format!("r1={master}")])
         .args([
             "--worker",

@@ -181,14 +181,7 @@ async fn one_attach_from_the_python_scheduler_is_one_trace_across_scheduler_host
     lab.add_runner(1).await.unwrap_or_else(|e| panic!("{e}"));
     let master = new_netns(&lab, "m");
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python-scheduler/scheduler.py"
-    );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .args(["--host", &lab.control_url(), "--token-file"])
-        .arg(lab.dir.join("control.token"))
+    let out = python_scheduler(&lab)
         .args(["--master", &format!("r1={master}")])
         .args(["--otlp-endpoint", &format!("http://{local}")])
         .output()

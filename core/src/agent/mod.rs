@@ -219,7 +219,7 @@ impl Agent {
                 .bridge_for(&net, &port)
                 .await
                 .map_err(|e| e.to_string())?;
-            let result = self.attach_to(spec, &bridge.name).await;
+            let result = self.attach_to(spec, bridge.index).await;
             match result {
                 Err(DataplaneError::BridgeFull(i)) if !retried => {
                     self.dp.bridge_full(i).await;
@@ -236,7 +236,7 @@ impl Agent {
         }
     }
 
-    async fn attach_to(&self, spec: &pb::WorkloadSpec, bridge: &str) -> Result<(), DataplaneError> {
+    async fn attach_to(&self, spec: &pb::WorkloadSpec, bridge: u32) -> Result<(), DataplaneError> {
         let bad = |e: String| DataplaneError::Invalid(e);
         if spec.vm {
             let owner = attach::alias(&spec.network, &spec.workload_id);
@@ -252,7 +252,7 @@ impl Agent {
                 addr: parse(&spec.address, "address").map_err(bad)?,
                 gateway: parse(&spec.gateway, "gateway").map_err(bad)?,
                 mtu: spec.mtu,
-                bridge: bridge.to_string(),
+                bridge,
                 default_route: spec.default_route,
                 source_table: (spec.source_table != 0).then_some(spec.source_table),
                 overlay: if spec.overlay_cidr.is_empty() {

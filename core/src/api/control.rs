@@ -149,11 +149,7 @@ impl Control for ControlService {
                 name: p.name,
                 hooks: p.hooks.iter().map(|h| h.as_str().to_string()).collect(),
                 version: p.version,
-                mode: match p.mode {
-                    crate::config::PluginMode::Enforce => "enforce",
-                    crate::config::PluginMode::Monitor => "monitor",
-                }
-                .into(),
+                mode: p.mode.as_str().into(),
                 on_error: match p.on_error {
                     crate::config::OnError::Fallback => "fallback",
                     crate::config::OnError::Deny => "deny",

@@ -2,8 +2,9 @@
 //! workloads, reserve, reservations, release, cleanup, watch.
 //!
 //! Every command takes `--host URL` (env `WEIR_HOST`; default: the configured control socket),
-//! `--token-file FILE` (or env `WEIR_TOKEN`) and `--json`. Tables are for people; the JSON is
-//! stable for scripts.
+//! `--token-file FILE` (or env `WEIR_TOKEN`) and `--json`, and send `TRACEPARENT`/`TRACESTATE`
+//! from the environment as the call's trace context. Tables are for people; the JSON is stable
+//! for scripts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -23,7 +23,9 @@ use crate::logging::{self, LogFormat};
     version,
     about = "A programmable VXLAN hub-and-spoke overlay for container and VM clusters",
     long_about = "Weir builds a VXLAN hub-and-spoke overlay between one host (the hub) and many \
-                  runners, and hands policy decisions to sandboxed WebAssembly or gRPC plugins."
+                  runners, and hands policy decisions to sandboxed WebAssembly or gRPC plugins.",
+    after_help = "Client commands send TRACEPARENT (and TRACESTATE) from the environment as the \
+                  call's W3C trace context, so the host continues the caller's trace."
 )]
 pub struct Cli {
     /// Log format on stderr.

@@ -28,7 +28,8 @@ pub struct WorkloadIface {
     pub addr: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
-    pub bridge: String,
+    /// The ifindex of the bridge the host end joins.
+    pub bridge: u32,
     /// Install the default route through this interface.
     pub default_route: bool,
     /// A workload on several networks: the routing table for traffic from this interface's
@@ -79,14 +80,10 @@ pub async fn attach_tap(
     nl: &Netlink,
     name: &str,
     alias: &str,
-    bridge: &str,
+    bridge: u32,
     mtu: u32,
 ) -> Result<()> {
     crate::telemetry::kernel("netlink.attach_tap", async {
-        let bridge = nl
-            .link(bridge)
-            .await?
-            .ok_or_else(|| DataplaneError::Invalid(format!("bridge {bridge} does not exist")))?;
         let link = match nl.link(name).await? {
             Some(l) if l.alias.as_deref() == Some(alias) => l,
             Some(l) => {
@@ -105,8 +102,8 @@ pub async fn attach_tap(
                 l
             }
         };
-        if link.master != Some(bridge.index) {
-            nl.set_master(link.index, bridge.index).await?;
+        if link.master != Some(bridge) {
+            nl.set_master(link.index, bridge).await?;
         }
         if link.mtu != mtu {
             nl.set_mtu(link.index, mtu).await?;
@@ -129,14 +126,11 @@ pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
         let ns_file = std::fs::File::open(&w.netns).map_err(|e| {
             DataplaneError::io(format!("open network namespace {}", w.netns.display()), e)
         })?;
-        let bridge = nl.link(&w.bridge).await?.ok_or_else(|| {
-            DataplaneError::Invalid(format!("bridge {} does not exist", w.bridge))
-        })?;
         let name = w.host_ifname();
         // The usual case first: create the pair ready (up, MTU, on the bridge) in one request.
         // Only when something is already there is it looked at and repaired.
         let created = nl
-            .create_veth_port(&name, &w.ifname, &ns_file, w.mtu, bridge.index, &w.alias())
+            .create_veth_port(&name, &w.ifname, &ns_file, w.mtu, w.bridge, &w.alias())
             .await
             .map_err(|e| match e {
                 DataplaneError::BridgeFull(_) => e,
@@ -161,8 +155,8 @@ pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
                     w.alias()
                 )));
             }
-            if host.master != Some(bridge.index) {
-                nl.set_master(host.index, bridge.index).await?;
+            if host.master != Some(w.bridge) {
+                nl.set_master(host.index, w.bridge).await?;
             }
             if host.mtu != w.mtu {
                 nl.set_mtu(host.index, w.mtu).await?;

@@ -13,7 +13,7 @@ use super::firewalld::Firewalld;
 use super::netlink::{Link, Netlink, VxlanSpec};
 use super::nfnl::{self, Elem};
 use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
-use super::runner::NETWORK_ALIAS_PREFIX;
+use super::runner::{NETWORK_ALIAS_PREFIX, network_alias};
 use super::{DataplaneError, Result, nft, sysctl};
 use crate::plan::{self, Plan};
 
@@ -163,22 +163,15 @@ impl HostDataplane {
         Ok(())
     }
 
-    /// Label a link with its network, so it is found again after a configuration change.
-    async fn mark(&self, link: &Link, net: &HostNetwork) -> Result<()> {
-        let alias = format!("{NETWORK_ALIAS_PREFIX}{}", net.name);
-        if link.alias.as_deref() != Some(alias.as_str()) {
-            self.nl.set_alias(link.index, &alias).await?;
-        }
-        Ok(())
-    }
-
     async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
         let link = match self.nl.link(&net.host_device).await? {
             Some(l) => l,
             // This kernel may lack the dummy driver; an empty bridge carries an address as well.
             None => self.nl.add_bridge(&net.host_device, 1500).await?,
         };
-        self.mark(&link, net).await?;
+        self.nl
+            .ensure_alias(&link, &network_alias(&net.name))
+            .await?;
         if !link.up {
             self.nl.set_up(link.index).await?;
         }
@@ -266,7 +259,9 @@ impl HostDataplane {
             self.nl.set_mtu(link.index, net.mtu).await?;
             change = change.max_with(TunnelChange::Repaired);
         }
-        self.mark(&link, net).await?;
+        self.nl
+            .ensure_alias(&link, &network_alias(&net.name))
+            .await?;
         if self.nl.sync_addrs(link.index, &[want_addr]).await? {
             change = change.max_with(TunnelChange::Repaired);
         }

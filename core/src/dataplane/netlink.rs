@@ -24,6 +24,8 @@ use super::{DataplaneError, Result, netns};
 /// Routes Weir installs carry this protocol number, so reconcile can find (and remove) its own
 /// stale routes without touching anybody else's. (`ip route` shows it as `proto 87`.)
 pub const ROUTE_PROTOCOL: u8 = 87;
+/// The kernel's main routing table.
+pub const MAIN_TABLE: u32 = 254;
 
 /// A netlink connection bound to one network namespace.
 #[derive(Clone)]
@@ -42,6 +44,8 @@ pub struct Link {
     pub up: bool,
     pub master: Option<u32>,
     pub alias: Option<String>,
+    /// The hardware address, when it is an Ethernet one.
+    pub mac: Option<[u8; 6]>,
     pub vxlan: Option<Vxlan>,
 }
 
@@ -324,6 +328,14 @@ impl Netlink {
         .await
     }
 
+    /// Give `link` the alias `alias` unless it has it already.
+    pub async fn ensure_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        if link.alias.as_deref() == Some(alias) {
+            return Ok(());
+        }
+        self.set_alias(link.index, alias).await
+    }
+
     /// Enslave a link to a bridge; [`DataplaneError::BridgeFull`] when it has no free port.
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).controller(master).build();
@@ -432,29 +444,6 @@ impl Netlink {
                 e,
             )),
         }
-    }
-
-    /// The MAC address of a link.
-    pub async fn mac_of(&self, index: u32) -> Result<Option<[u8; 6]>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink(format!("get link #{index}"), e))?;
-        Ok(msgs.first().and_then(|m| {
-            m.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Address(v) if v.len() == 6 => {
-                    let mut mac = [0u8; 6];
-                    mac.copy_from_slice(v);
-                    Some(mac)
-                }
-                _ => None,
-            })
-        }))
     }
 
     // ---- forwarding database (VXLAN) ---------------------------------------------------
@@ -631,29 +620,6 @@ impl Netlink {
         }
     }
 
-    /// Replace the default route of routing table `table` (tagged as Weir's).
-    pub async fn replace_default_in_table(
-        &self,
-        table: u32,
-        gateway: Ipv4Addr,
-        oif: u32,
-    ) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(gateway)
-            .output_interface(oif)
-            .table_id(table)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| DataplaneError::netlink(format!("add default route to table {table}"), e))
-    }
-
     /// Add (or replace) a Weir route in routing table `table`; no gateway: on-link.
     pub async fn replace_route_in_table(
         &self,
@@ -705,20 +671,7 @@ impl Netlink {
 
     /// IPv4 unicast routes of the main table.
     pub async fn routes(&self) -> Result<Vec<Route>> {
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink("list routes", e))?;
-        Ok(msgs
-            .iter()
-            .filter_map(parse_route)
-            .filter(|r| r.table == 254)
-            .collect())
+        self.routes_in_table(MAIN_TABLE).await
     }
 
     /// Add (or replace) a route in the main table, tagged with [`ROUTE_PROTOCOL`].
@@ -772,7 +725,7 @@ impl Netlink {
         if let Some(oif) = route.oif {
             b = b.output_interface(oif);
         }
-        if route.table != 254 {
+        if route.table != MAIN_TABLE {
             b = b.table_id(route.table);
         }
         match self.handle.route().del(b.build()).execute().await {
@@ -795,6 +748,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         alias: None,
+        mac: None,
         vxlan: None,
     };
     for attr in &msg.attributes {
@@ -803,6 +757,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Mtu(m) => link.mtu = *m,
             LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+            LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {

@@ -21,6 +21,12 @@ pub const RUNNER_TABLE: &str = "weir_runner";
 /// the runner finds its own stale objects after a configuration change.
 pub const NETWORK_ALIAS_PREFIX: &str = "weir-net:";
 
+/// The alias of a network's bridges, tunnels and host devices: found again by it after a
+/// configuration change.
+pub fn network_alias(network: &str) -> String {
+    format!("{NETWORK_ALIAS_PREFIX}{network}")
+}
+
 /// The tunnel of an overlay network, as the host assigned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerTunnel {
@@ -89,42 +95,28 @@ pub struct RunnerDataplane {
     bridges: tokio::sync::Mutex<BridgePorts>,
 }
 
-/// The kernel caps a bridge at 1023 ports, so a network's workloads spill over into overflow
-/// bridges (`wbx<k>`, alias `weir-ovf:<network>`), each patched into the network's bridge by a
-/// veth pair (`wbx<k>p` ↔ `wbx<k>q`): one layer-2 segment, the gateway on the main bridge.
+/// A network's workloads fill its bridge up to [`PORTS_PER_BRIDGE`] and then spill over into
+/// overflow bridges (`wbx<k>`, alias `weir-ovf:<network>`), each patched into the network's
+/// bridge by a veth pair (`wbx<k>p` ↔ `wbx<k>q`): one layer-2 segment, the gateway on the main
+/// bridge.
 #[derive(Debug, Default)]
 struct BridgePorts {
     /// Ports in use, by bridge ifindex (a cache: a refused enslave corrects it).
     ports: std::collections::HashMap<u32, usize>,
-    /// Overflow bridges by network: (name, ifindex).
-    overflow: std::collections::HashMap<String, Vec<(String, u32)>>,
+    /// Every bridge's ifindex by name (so an attach does not look its bridge up).
+    index_of: std::collections::HashMap<String, u32>,
+    /// Overflow bridges (ifindex) by network.
+    overflow: std::collections::HashMap<String, Vec<u32>>,
 }
 
 /// Where a workload interface goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BridgeChoice {
-    pub name: String,
+    /// The bridge's ifindex.
     pub index: u32,
     /// The port was counted now (give it back with [`RunnerDataplane::port_freed`] if the
     /// attach fails).
     pub counted: bool,
-}
-
-impl BridgeChoice {
-    fn existing(name: &str, index: u32) -> Self {
-        Self {
-            name: name.to_string(),
-            index,
-            counted: false,
-        }
-    }
-    fn counted(name: &str, index: u32) -> Self {
-        Self {
-            name: name.to_string(),
-            index,
-            counted: true,
-        }
-    }
 }
 
 /// Ports of a bridge the kernel allows.
@@ -158,16 +150,16 @@ impl RunnerDataplane {
             if let Some(m) = l.master {
                 *b.ports.entry(m).or_default() += 1;
             }
-            if l.kind.as_deref() == Some("bridge")
-                && let Some(net) = l
-                    .alias
-                    .as_deref()
-                    .and_then(|a| a.strip_prefix(OVERFLOW_ALIAS_PREFIX))
+            if l.kind.as_deref() != Some("bridge") {
+                continue;
+            }
+            b.index_of.insert(l.name.clone(), l.index);
+            if let Some(net) = l
+                .alias
+                .as_deref()
+                .and_then(|a| a.strip_prefix(OVERFLOW_ALIAS_PREFIX))
             {
-                b.overflow
-                    .entry(net.to_string())
-                    .or_default()
-                    .push((l.name.clone(), l.index));
+                b.overflow.entry(net.to_string()).or_default().push(l.index);
             }
         }
         *self.bridges.lock().await = b;
@@ -179,40 +171,55 @@ impl RunnerDataplane {
     /// and patched in when none has).
     pub async fn bridge_for(&self, net: &RunnerNetwork, port: &str) -> Result<BridgeChoice> {
         let mut b = self.bridges.lock().await;
-        let main = self.nl.link(&net.bridge).await?.ok_or_else(|| {
-            DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
-        })?;
+        let main = match b.index_of.get(&net.bridge) {
+            Some(i) => *i,
+            None => {
+                let i = self
+                    .nl
+                    .link(&net.bridge)
+                    .await?
+                    .ok_or_else(|| {
+                        DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
+                    })?
+                    .index;
+                b.index_of.insert(net.bridge.clone(), i);
+                i
+            }
+        };
         let overflow = b.overflow.get(&net.name).cloned().unwrap_or_default();
-        if let Some(existing) = self.nl.link(port).await?
-            && let Some(m) = existing.master
+        let existing = |index| BridgeChoice {
+            index,
+            counted: false,
+        };
+        let counted = |index| BridgeChoice {
+            index,
+            counted: true,
+        };
+        if let Some(link) = self.nl.link(port).await?
+            && let Some(m) = link.master
+            && (m == main || overflow.contains(&m))
         {
-            if m == main.index {
-                return Ok(BridgeChoice::existing(&net.bridge, m));
-            }
-            if let Some((name, _)) = overflow.iter().find(|(_, i)| *i == m) {
-                return Ok(BridgeChoice::existing(name, m));
-            }
+            return Ok(existing(m));
         }
         let used = |b: &BridgePorts, i: u32| b.ports.get(&i).copied().unwrap_or(0);
-        if used(&b, main.index) < PORTS_PER_BRIDGE - PATCH_RESERVE {
-            *b.ports.entry(main.index).or_default() += 1;
-            return Ok(BridgeChoice::counted(&net.bridge, main.index));
-        }
-        if let Some((name, index)) = overflow
+        let chosen = if used(&b, main) < PORTS_PER_BRIDGE - PATCH_RESERVE {
+            main
+        } else if let Some(i) = overflow
             .iter()
-            .find(|(_, i)| used(&b, *i) < PORTS_PER_BRIDGE)
+            .copied()
+            .find(|i| used(&b, *i) < PORTS_PER_BRIDGE)
         {
-            *b.ports.entry(*index).or_default() += 1;
-            return Ok(BridgeChoice::counted(name, *index));
-        }
-        let (name, index) = self.add_overflow(net, main.index).await?;
-        *b.ports.entry(main.index).or_default() += 1;
-        b.ports.insert(index, 2);
-        b.overflow
-            .entry(net.name.clone())
-            .or_default()
-            .push((name.clone(), index));
-        Ok(BridgeChoice::counted(&name, index))
+            i
+        } else {
+            let index = self.add_overflow(net, main).await?;
+            // The patch took a port on each side.
+            *b.ports.entry(main).or_default() += 1;
+            b.ports.insert(index, 1);
+            b.overflow.entry(net.name.clone()).or_default().push(index);
+            index
+        };
+        *b.ports.entry(chosen).or_default() += 1;
+        Ok(counted(chosen))
     }
 
     /// A bridge refused a port although the count said it had room: believe the kernel.
@@ -231,7 +238,8 @@ impl RunnerDataplane {
         }
     }
 
-    async fn add_overflow(&self, net: &RunnerNetwork, main: u32) -> Result<(String, u32)> {
+    /// Create an overflow bridge for `net`, patched into its bridge `main`; its ifindex.
+    async fn add_overflow(&self, net: &RunnerNetwork, main: u32) -> Result<u32> {
         let mut k = 1;
         let name = loop {
             let name = format!("wbx{k}");
@@ -257,7 +265,7 @@ impl RunnerDataplane {
             self.nl.set_up(l).await?;
         }
         self.nl.set_up(bridge.index).await?;
-        Ok((name, bridge.index))
+        Ok(bridge.index)
     }
 
     /// The underlay addresses VXLAN is accepted from changed (runners joined, moved, left).
@@ -315,7 +323,7 @@ impl RunnerDataplane {
                         if l.vxlan
                             .as_ref()
                             .is_some_and(|v| v.vni == p.vni && v.port == t.port)
-                            && self.nl.mac_of(l.index).await? == Some(mac) =>
+                            && l.mac == Some(mac) =>
                     {
                         let v = l.vxlan.clone().unwrap_or_default();
                         if v.remote != Some(p.physical_ip) || v.local != Some(t.local) || v.learning
@@ -412,7 +420,12 @@ impl RunnerDataplane {
                 DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
             })?;
             self.nl
-                .replace_default_in_table(net.egress_table, t.via, bridge.index)
+                .replace_route_in_table(
+                    net.egress_table,
+                    Ipv4Net::default(),
+                    Some(t.via),
+                    bridge.index,
+                )
                 .await?;
             if !existing.contains(&rule) {
                 self.nl.add_rule(&rule).await?;
@@ -525,7 +538,9 @@ impl RunnerDataplane {
             }
             None => self.nl.add_bridge(&net.bridge, net.mtu).await?,
         };
-        self.mark(&link, net).await?;
+        self.nl
+            .ensure_alias(&link, &network_alias(&net.name))
+            .await?;
         if link.mtu != net.mtu {
             self.nl.set_mtu(link.index, net.mtu).await?;
         }
@@ -583,7 +598,9 @@ impl RunnerDataplane {
                     .await?
             }
         };
-        self.mark(&link, net).await?;
+        self.nl
+            .ensure_alias(&link, &network_alias(&net.name))
+            .await?;
         if link.mtu != net.mtu {
             self.nl.set_mtu(link.index, net.mtu).await?;
         }
@@ -594,14 +611,6 @@ impl RunnerDataplane {
         }
         if !link.up {
             self.nl.set_up(link.index).await?;
-        }
-        Ok(())
-    }
-
-    async fn mark(&self, link: &Link, net: &RunnerNetwork) -> Result<()> {
-        let alias = format!("{NETWORK_ALIAS_PREFIX}{}", net.name);
-        if link.alias.as_deref() != Some(alias.as_str()) {
-            self.nl.set_alias(link.index, &alias).await?;
         }
         Ok(())
     }

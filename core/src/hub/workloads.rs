@@ -148,29 +148,20 @@ impl Hub {
                         source,
                     )
                     .await?;
-                let rec = self.allocate(
-                    &mut st,
-                    &net,
-                    &req.runner,
-                    &workload_id,
-                    netns,
-                    vm,
-                    labels,
-                    source,
-                )?;
+                let rec = self
+                    .allocate(
+                        &mut st,
+                        &net,
+                        &req.runner,
+                        &workload_id,
+                        netns,
+                        vm,
+                        labels,
+                        source,
+                    )
+                    .await?;
                 (rec, session, true)
             }
-        };
-        let rec = if fresh && self.policy.has(Hook::Firewall) {
-            match self.plugin_firewall(&rec).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.roll_back(&key).await;
-                    return Err(e);
-                }
-            }
-        } else {
-            rec
         };
         let sub = self.subnet_of(&net, &rec.runner).await?;
         let spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
@@ -211,9 +202,11 @@ impl Hub {
         })
     }
 
-    /// Pick the address and hold it, in memory and in the store (the runner is asked next).
+    /// Pick the address, ask the firewall plugin for the workload's rules, and hold both, in
+    /// memory and in the store (the runner is asked next) — one durable commit. Whatever fails
+    /// gives the address (or the reservation) back.
     #[allow(clippy::too_many_arguments)]
-    fn allocate(
+    async fn allocate(
         &self,
         st: &mut State,
         net: &NetworkDef,
@@ -234,24 +227,6 @@ impl Hub {
             })?
             .subnet
             .prefix_len();
-        let mut reservation = None;
-        let ip = match source {
-            Source::Next => self
-                .pool(st, &net.name, runner)?
-                .take_next()
-                .map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
-            Source::Requested(ip) => {
-                self.pool(st, &net.name, runner)?
-                    .take(ip)
-                    .map_err(|e| super::reservations::address_error("requested_ip", e))?;
-                ip
-            }
-            Source::Reservation(token) => {
-                let r = self.claim_reservation(st, &token, runner, &net.name, workload_id)?;
-                reservation = Some(r.id.clone());
-                r.ip
-            }
-        };
         // A workload on several networks has one interface per network: eth0, eth1, … in the
         // order it joined them; the first carries the default route.
         // Looked up by key, network by network: a scan of every workload would make each
@@ -292,11 +267,30 @@ impl Hub {
             (free, String::new())
         };
         let default_route = siblings.is_empty();
+        let mut reservation = None;
+        let ip = match source {
+            Source::Next => self
+                .pool(st, &net.name, runner)?
+                .take_next()
+                .map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
+            Source::Requested(ip) => {
+                self.pool(st, &net.name, runner)?
+                    .take(ip)
+                    .map_err(|e| super::reservations::address_error("requested_ip", e))?;
+                ip
+            }
+            Source::Reservation(token) => {
+                let r = self.claim_reservation(st, &token, runner, &net.name, workload_id)?;
+                reservation = Some(r.id.clone());
+                r.ip
+            }
+        };
         let rec = WorkloadRecord {
             network: net.name.clone(),
             id: workload_id.to_string(),
             runner: runner.to_string(),
-            ip: Ipv4Net::new(ip, prefix).map_err(|e| HubError::Internal(e.to_string()))?,
+            // The prefix is a subnet's: at most 32.
+            ip: Ipv4Net::new(ip, prefix).unwrap_or_else(|_| Ipv4Net::from(ip)),
             netns,
             ifname,
             labels,
@@ -308,6 +302,46 @@ impl Hub {
             firewall_monitor: false,
             default_route,
         };
+        match self.hold(st, rec.clone()).await {
+            Ok(held) => Ok(held),
+            Err(e) => {
+                self.give_back(st, &rec);
+                Err(e)
+            }
+        }
+    }
+
+    /// The firewall plugin's rules for a new workload, then the record in the store and in
+    /// memory.
+    async fn hold(
+        &self,
+        st: &mut State,
+        mut rec: WorkloadRecord,
+    ) -> Result<WorkloadRecord, HubError> {
+        if self.policy.has(Hook::Firewall) {
+            let mut groups: Vec<BTreeMap<String, String>> = st
+                .label_sets
+                .get(&rec.network)
+                .map(|sets| sets.keys().take(1000).cloned().collect())
+                .unwrap_or_default();
+            if !rec.labels.is_empty() && !groups.contains(&rec.labels) {
+                groups.push(rec.labels.clone());
+            }
+            let req = Request::Rules(FirewallRequest {
+                network: rec.network.clone(),
+                workload_id: rec.id.clone(),
+                labels: rec.labels.clone(),
+                runner: rec.runner.clone(),
+                address: rec.ip.addr().to_string(),
+                groups,
+            });
+            if let Some((Decision::Firewall(d), monitor)) =
+                self.policy.decide_or_monitor(&req).await?
+            {
+                rec.firewall = Some(d);
+                rec.firewall_monitor = monitor;
+            }
+        }
         let mut txn = Txn::default();
         txn.change(Change::PutWorkload(rec.clone()));
         if let Some(r) = rec
@@ -317,10 +351,7 @@ impl Hub {
         {
             txn.change(Change::PutReservation(r.clone()));
         }
-        if let Err(e) = self.commit(st, txn) {
-            self.release_address(st, &rec);
-            return Err(e);
-        }
+        self.commit(st, txn)?;
         st.insert_workload(rec.key(), rec.clone());
         Ok(rec)
     }
@@ -378,42 +409,6 @@ impl Hub {
         })
     }
 
-    /// Ask the firewall plugin for a new workload's rules and keep them with the workload.
-    async fn plugin_firewall(&self, rec: &WorkloadRecord) -> Result<WorkloadRecord, HubError> {
-        let groups: Vec<BTreeMap<String, String>> = {
-            let st = self.state.lock().await;
-            st.label_sets
-                .get(&rec.network)
-                .map(|sets| sets.keys().take(1000).cloned().collect())
-                .unwrap_or_default()
-        };
-        let req = Request::Rules(FirewallRequest {
-            network: rec.network.clone(),
-            workload_id: rec.id.clone(),
-            labels: rec.labels.clone(),
-            runner: rec.runner.clone(),
-            address: rec.ip.addr().to_string(),
-            groups,
-        });
-        let (decision, monitor) = match self.policy.decide_or_monitor(&req).await? {
-            Some((Decision::Firewall(d), monitor)) => (Some(d), monitor),
-            _ => (None, false),
-        };
-        let mut st = self.state.lock().await;
-        let Some(w) = st.workloads.get_mut(&rec.key()) else {
-            return Err(HubError::Unavailable(
-                "the workload was detached meanwhile".into(),
-            ));
-        };
-        w.firewall = decision;
-        w.firewall_monitor = monitor;
-        let updated = w.clone();
-        let mut txn = Txn::default();
-        txn.change(Change::PutWorkload(updated.clone()));
-        self.commit(&mut st, txn)?;
-        Ok(updated)
-    }
-
     /// Events of a successful attach (after the runner confirmed).
     async fn record_attach(&self, rec: &WorkloadRecord) -> Result<(), HubError> {
         let mut st = self.state.lock().await;
@@ -464,6 +459,19 @@ impl Hub {
         }
         if let Err(e) = self.commit(&mut st, txn) {
             tracing::error!(error = %e, "rolling back a workload record failed");
+        }
+    }
+
+    /// A record that was never held: its address goes back to the pool, or its reservation
+    /// is unused again.
+    fn give_back(&self, st: &mut State, w: &WorkloadRecord) {
+        match w
+            .reservation
+            .as_ref()
+            .and_then(|id| st.reservations.get_mut(id))
+        {
+            Some(r) => r.used_by = None,
+            None => self.release_address(st, w),
         }
     }
 

@@ -312,29 +312,18 @@ impl PolicyHost {
             }
             Err(fault) => {
                 // A monitor never refuses: without its rules the workload is simply open.
-                slot.faults.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %slot.spec.name, cause = fault.cause(), fault = %fault, "monitor plugin fault (nothing applied)");
-                if let Some(a) = &self.audit {
-                    a.record(
-                        &slot.spec.name,
-                        &version,
-                        "monitor",
-                        request,
-                        Err(&fault),
-                        latency,
-                        false,
-                        None,
-                    );
-                }
-                if let Some(tx) = &self.faults {
-                    let _ = tx.send(FaultReport {
-                        plugin: slot.spec.name.clone(),
-                        version,
-                        hook: request.hook(),
-                        fault,
-                        applied: "none (monitor)",
-                    });
-                }
+                let f = FaultCall {
+                    slot: &slot,
+                    version,
+                    request,
+                    latency,
+                };
+                f.report(
+                    fault,
+                    MONITOR_APPLIED,
+                    self.audit.as_ref(),
+                    self.faults.as_ref(),
+                );
                 Ok(None)
             }
         }
@@ -373,33 +362,22 @@ impl PolicyHost {
                 }
             }
             Err(fault) => {
-                slot.faults.fetch_add(1, Ordering::Relaxed);
                 let applied = match slot.spec.on_error {
                     OnError::Fallback => "fallback",
                     OnError::Deny => "deny",
                 };
-                tracing::warn!(plugin = %slot.spec.name, %version, hook = %request.hook(), cause = fault.cause(), fault = %fault, applied, "policy plugin fault");
-                if let Some(a) = &self.audit {
-                    a.record(
-                        &slot.spec.name,
-                        &version,
-                        "enforce",
-                        request,
-                        Err(&fault),
-                        latency,
-                        false,
-                        None,
-                    );
-                }
-                if let Some(tx) = &self.faults {
-                    let _ = tx.send(FaultReport {
-                        plugin: slot.spec.name.clone(),
-                        version: version.clone(),
-                        hook: request.hook(),
-                        fault: fault.clone(),
-                        applied,
-                    });
-                }
+                let f = FaultCall {
+                    slot,
+                    version,
+                    request,
+                    latency,
+                };
+                f.report(
+                    fault.clone(),
+                    applied,
+                    self.audit.as_ref(),
+                    self.faults.as_ref(),
+                );
                 match slot.spec.on_error {
                     OnError::Fallback => Ok(None),
                     OnError::Deny => Err(Refusal::Failed {
@@ -595,29 +573,61 @@ async fn run_monitor(
             }
         }
         Err(fault) => {
-            slot.faults.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = %slot.spec.name, cause = fault.cause(), fault = %fault, "monitor plugin fault (nothing applied)");
-            if let Some(a) = audit {
-                a.record(
-                    &slot.spec.name,
-                    &version,
-                    "monitor",
-                    request,
-                    Err(&fault),
-                    latency,
-                    false,
-                    None,
-                );
-            }
-            if let Some(tx) = faults {
-                let _ = tx.send(FaultReport {
-                    plugin: slot.spec.name.clone(),
-                    version,
-                    hook: request.hook(),
-                    fault,
-                    applied: "none (monitor)",
-                });
-            }
+            let f = FaultCall {
+                slot,
+                version,
+                request,
+                latency,
+            };
+            f.report(fault, MONITOR_APPLIED, audit, faults);
+        }
+    }
+}
+
+/// What a fault report says a monitor plugin's failure changed.
+const MONITOR_APPLIED: &str = "none (monitor)";
+
+/// A plugin call that failed.
+struct FaultCall<'a> {
+    slot: &'a Arc<Slot>,
+    version: String,
+    request: &'a Request,
+    latency: Duration,
+}
+
+impl FaultCall<'_> {
+    /// Count, log, audit and report the fault; `applied` says what happened instead.
+    fn report(
+        self,
+        fault: Fault,
+        applied: &'static str,
+        audit: Option<&audit::Audit>,
+        faults: Option<&mpsc::UnboundedSender<FaultReport>>,
+    ) {
+        let slot = self.slot;
+        slot.faults.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %slot.spec.name, version = %self.version, hook = %self.request.hook(), cause = fault.cause(), fault = %fault, applied, "policy plugin fault");
+        let mode = slot.spec.mode.as_str();
+        if let Some(a) = audit {
+            a.record(
+                &slot.spec.name,
+                &self.version,
+                mode,
+                self.request,
+                Err(&fault),
+                self.latency,
+                false,
+                None,
+            );
+        }
+        if let Some(tx) = faults {
+            let _ = tx.send(FaultReport {
+                plugin: slot.spec.name.clone(),
+                version: self.version,
+                hook: self.request.hook(),
+                fault,
+                applied,
+            });
         }
     }
 }
@@ -628,10 +638,7 @@ async fn run_monitor(
 async fn call(slot: &Arc<Slot>, request: &Request) -> (Result<Decision, Fault>, String, Duration) {
     let call = request.call_name();
     let plugin = slot.spec.name.as_str();
-    let mode = match slot.spec.mode {
-        PluginMode::Enforce => "enforce",
-        PluginMode::Monitor => "monitor",
-    };
+    let mode = slot.spec.mode.as_str();
     let span = tracing::info_span!(
         "policy.decide",
         otel.name = format!("decide {call}"),

@@ -31,6 +31,57 @@ pub fn spec(tag: &str) -> LabSpec {
     s
 }
 
+/// The example Python scheduler (`examples/python-scheduler`), pointed at the lab's host.
+pub fn python_scheduler(lab: &Lab) -> tokio::process::Command {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/python-scheduler/scheduler.py"
+    );
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(script)
+        .args(["--host", &lab.control_url(), "--token-file"])
+        .arg(lab.dir.join("control.token"));
+    cmd
+}
+
+/// A bare namespace of a test's own (no lab), deleted when dropped — on success, failure and
+/// panic — and named like a lab member, so a crashed test's is removed by the next run.
+pub struct ScratchNs {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl ScratchNs {
+    pub fn new(tag: &str) -> Self {
+        clean_stale_labs();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("weir-t{}x{n}{tag}-ns", std::process::id());
+        let path = weir::dataplane::netns::create(&name).unwrap();
+        Self { name, path }
+    }
+
+    /// Run `program args…` inside; its stdout. Panics (with stderr) when it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for ScratchNs {
+    fn drop(&mut self) {
+        let _ = weir::dataplane::netns::delete(&self.name);
+    }
+}
+
 /// Labs whose test process is gone (a crash or SIGKILL skipped their Drop).
 fn clean_stale_labs() {
     let Ok(names) = weir::dataplane::netns::list("weir-t") else {
