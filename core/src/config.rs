@@ -349,6 +349,12 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// A runner without heartbeats for this long is inactive (its tunnel stays).
     pub heartbeat_timeout: Duration,
+    /// A workload whose namespace has been gone (deleted, or replaced at its path) this long
+    /// is released: detached with an event, its address freed.
+    pub workload_grace: Duration,
+    /// How long the host waits for a runner to carry out a command; past it the call fails
+    /// and the runner never starts the command.
+    pub command_timeout: Duration,
     /// TLS on `listen` (PEM certificate chain and key; both or neither).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -367,6 +373,8 @@ impl Default for HostConfig {
             reachable_address: None,
             state_dir: PathBuf::from("/var/lib/weir/host"),
             heartbeat_timeout: Duration::from_secs(30),
+            workload_grace: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(20),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

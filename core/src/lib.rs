@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod failpoint;
 pub mod hub;
 pub mod ipam;
 pub mod lab;

@@ -77,6 +77,17 @@ pub struct WorkloadRecord {
     /// The workload's default route goes through this interface (its first network).
     #[serde(default = "yes")]
     pub default_route: bool,
+    /// The namespace the interface was created in: a different namespace at the same path is
+    /// never given this workload's interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<NamespaceId>,
+}
+
+/// A network namespace's identity: the device and inode of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 fn yes() -> bool {
@@ -383,6 +394,7 @@ mod tests {
                         firewall: None,
                         firewall_monitor: false,
                         default_route: true,
+                        netns_id: None,
                     }),
                     Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
                 ])

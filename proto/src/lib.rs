@@ -16,6 +16,7 @@ pub mod v1 {
                 command::Op::Peers(_) => "peers",
                 command::Op::Routes(_) => "routes",
                 command::Op::Underlay(_) => "underlay",
+                command::Op::Inspect(_) => "inspect",
             }
         }
     }

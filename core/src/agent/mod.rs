@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
@@ -17,6 +18,8 @@ use crate::dataplane::netlink::Netlink;
 use crate::dataplane::runner::{
     DirectPeer, RouteConfig, RunnerDataplane, RunnerNetwork, RunnerTunnel,
 };
+use crate::failpoint;
+use crate::store::NamespaceId;
 
 /// A value the runner's own configuration sets explicitly; the host must agree with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,13 +32,31 @@ pub struct Expectation {
     pub source: String,
 }
 
+/// A local workload as the host asked for it, and what the runner last saw of it.
+#[derive(Debug, Clone)]
+struct Local {
+    addr: Ipv4Net,
+    netns: PathBuf,
+    netns_id: Option<NamespaceId>,
+    vm: bool,
+    /// Since when (and why) its namespace is missing or replaced.
+    missing: Option<(Instant, String)>,
+    /// Reported gone to the host (once).
+    reported: bool,
+}
+
+/// Used until the host says otherwise (`RegisterResponse.workload_grace_ms`).
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
 pub struct Agent {
     dp: RunnerDataplane,
     uplink: Option<String>,
     networks: Mutex<BTreeMap<String, RunnerNetwork>>,
     firewall: Mutex<Firewall>,
-    /// The address of each local workload, by (network, workload id).
-    addresses: Mutex<BTreeMap<(String, String), Ipv4Addr>>,
+    /// The local workloads the host asked for, by (network, workload id).
+    local: Mutex<BTreeMap<(String, String), Local>>,
+    /// How long a workload's namespace may be missing before it is reported gone.
+    grace: Mutex<Duration>,
     /// This runner's id and the host's last route plan (re-applied after a rebuild).
     routes: Mutex<(u32, Option<pb::RoutePlan>)>,
 }
@@ -47,13 +68,17 @@ impl Agent {
             uplink,
             networks: Mutex::new(BTreeMap::new()),
             firewall: Mutex::new(Firewall::new()),
-            addresses: Mutex::new(BTreeMap::new()),
+            local: Mutex::new(BTreeMap::new()),
+            grace: Mutex::new(DEFAULT_GRACE),
             routes: Mutex::new((0, None)),
         }
     }
 
     /// Build (or repair) the data plane for an assignment; `local` is this runner's underlay IP.
     pub async fn apply(&self, a: &pb::RegisterResponse, local: Ipv4Addr) -> Result<(), String> {
+        if a.workload_grace_ms > 0 {
+            *self.grace.lock().await = Duration::from_millis(u64::from(a.workload_grace_ms));
+        }
         let uplink = match &self.uplink {
             Some(u) => u.clone(),
             None => default_route_interface(self.dp.netlink()).await?,
@@ -147,6 +172,7 @@ impl Agent {
     /// allocation was revoked, or the host refuses this runner).
     pub async fn teardown(&self) -> Result<(), String> {
         self.networks.lock().await.clear();
+        self.local.lock().await.clear();
         for (alias, index) in attach::list(self.dp.netlink())
             .await
             .map_err(|e| e.to_string())?
@@ -161,44 +187,89 @@ impl Agent {
         self.dp.teardown().await.map_err(|e| e.to_string())
     }
 
-    /// Carry out one command; `Err` carries the message sent back to the host.
-    pub async fn handle(&self, op: pb::command::Op) -> Result<(), String> {
-        match op {
-            pb::command::Op::Attach(spec) => {
-                self.attach(&spec).await?;
-                let mut fw = self.firewall.lock().await;
-                self.firewall_for(&mut fw, &spec).await?;
-                self.commit_firewall(&mut fw).await
-            }
-            pb::command::Op::Detach(r) => {
-                if let Some(bridge) = attach::detach(self.dp.netlink(), &r.network, &r.workload_id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    self.dp.port_freed(bridge).await;
+    /// Carry out one command; the answer's `error` is empty on success.
+    pub async fn handle(&self, op: pb::command::Op) -> pb::CommandResult {
+        let mut out = pb::CommandResult::default();
+        let r = match op {
+            pb::command::Op::Attach(spec) => match self.attach_workload(&spec, true).await {
+                Ok(id) => {
+                    out.netns_id = id.map(ns_pb);
+                    failpoint::hit("agent.attach.before-answer");
+                    Ok(())
                 }
-                if let Some(ip) = self
-                    .addresses
-                    .lock()
-                    .await
-                    .remove(&(r.network.clone(), r.workload_id.clone()))
-                {
-                    let mut fw = self.firewall.lock().await;
-                    fw.remove_workload(ip);
-                    self.commit_firewall(&mut fw).await?;
-                }
-                Ok(())
-            }
+                Err(e) => Err(e),
+            },
+            pb::command::Op::Detach(r) => self.detach(&r.network, &r.workload_id).await,
             pb::command::Op::Sync(set) => {
-                crate::telemetry::metrics::reconcile("runner-sync", self.sync(set)).await
+                let r = crate::telemetry::metrics::reconcile("runner-sync", self.sync(set)).await;
+                out.held = Some(self.held(false).await);
+                r
+            }
+            pb::command::Op::Inspect(_) => {
+                out.held = Some(self.held(true).await);
+                Ok(())
             }
             pb::command::Op::Peers(d) => self.peers(d).await,
             pb::command::Op::Routes(plan) => self.routes(plan).await,
             pb::command::Op::Underlay(u) => self.underlay(u).await,
-        }
+        };
+        out.error = r.err().unwrap_or_default();
+        out
     }
 
-    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<(), String> {
+    /// Attach one workload: its interface, then its firewall policy. With `undo`, a new
+    /// interface that cannot be completed is removed again, so a failed attach leaves nothing
+    /// behind (a sync's repair of a known workload keeps what it has).
+    async fn attach_workload(
+        &self,
+        spec: &pb::WorkloadSpec,
+        undo: bool,
+    ) -> Result<Option<NamespaceId>, String> {
+        let key = (spec.network.clone(), spec.workload_id.clone());
+        let known = self.local.lock().await.contains_key(&key);
+        let result = async {
+            let id = self.attach(spec).await?;
+            let mut fw = self.firewall.lock().await;
+            self.firewall_for(&mut fw, spec, id).await?;
+            self.commit_firewall(&mut fw).await?;
+            Ok::<_, String>(id)
+        }
+        .await;
+        if result.is_err()
+            && undo
+            && !known
+            && let Err(e) = self.detach(&spec.network, &spec.workload_id).await
+        {
+            tracing::warn!(workload = %spec.workload_id, error = %e, "removing a failed attach's interface failed");
+        }
+        result
+    }
+
+    /// Remove a workload's interface and its firewall membership. Missing is fine.
+    async fn detach(&self, network: &str, workload: &str) -> Result<(), String> {
+        failpoint::hit("agent.detach.before");
+        if let Some(bridge) = attach::detach(self.dp.netlink(), network, workload)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            self.dp.port_freed(bridge).await;
+        }
+        if let Some(l) = self
+            .local
+            .lock()
+            .await
+            .remove(&(network.to_string(), workload.to_string()))
+        {
+            let mut fw = self.firewall.lock().await;
+            fw.remove_workload(l.addr.addr());
+            self.commit_firewall(&mut fw).await?;
+        }
+        Ok(())
+    }
+
+    /// Create (or repair) a workload's interface; a container's namespace is checked first
+    /// (it must be the one the workload was first attached in). Returns its identity.
+    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<Option<NamespaceId>, String> {
         let net = self
             .networks
             .lock()
@@ -206,6 +277,20 @@ impl Agent {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
+        let identity = if spec.vm {
+            None
+        } else {
+            let found = ns_identity(Path::new(&spec.netns))?;
+            if let Some(want) = spec.netns_id.map(ns_id)
+                && want != found
+            {
+                return Err(format!(
+                    "namespace-replaced: the namespace at {} is not the workload's (it was replaced)",
+                    spec.netns
+                ));
+            }
+            Some(found)
+        };
         let port = if spec.vm {
             spec.ifname.clone()
         } else {
@@ -231,7 +316,7 @@ impl Agent {
                     }
                     return Err(e.to_string());
                 }
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(identity),
             }
         }
     }
@@ -286,13 +371,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Record a local workload's address and give the firewall its policy.
-    async fn firewall_for(&self, fw: &mut Firewall, spec: &pb::WorkloadSpec) -> Result<(), String> {
-        let ip = parse::<Ipv4Net>(&spec.address, "address")?.addr();
-        self.addresses
-            .lock()
-            .await
-            .insert((spec.network.clone(), spec.workload_id.clone()), ip);
+    /// Record a local workload and give the firewall its policy.
+    async fn firewall_for(
+        &self,
+        fw: &mut Firewall,
+        spec: &pb::WorkloadSpec,
+        netns_id: Option<NamespaceId>,
+    ) -> Result<(), String> {
+        let addr = parse::<Ipv4Net>(&spec.address, "address")?;
         let policy = match &spec.firewall {
             Some(d) => Some((
                 crate::policy::grpc::firewall_decision(d.clone())
@@ -301,7 +387,18 @@ impl Agent {
             )),
             None => None,
         };
-        fw.set_workload(ip, policy);
+        self.local.lock().await.insert(
+            (spec.network.clone(), spec.workload_id.clone()),
+            Local {
+                addr,
+                netns: PathBuf::from(&spec.netns),
+                netns_id,
+                vm: spec.vm,
+                missing: None,
+                reported: false,
+            },
+        );
+        fw.set_workload(addr.addr(), policy);
         Ok(())
     }
 
@@ -329,7 +426,9 @@ impl Agent {
         self.commit_firewall(&mut fw).await
     }
 
-    /// Make the runner's workload interfaces exactly `set`.
+    /// Make the runner's workload interfaces exactly `set`. A workload whose namespace is
+    /// gone, or is another one now, is not recreated: it is remembered as missing and
+    /// reported to the host once the grace period has passed.
     async fn sync(&self, set: pb::WorkloadSet) -> Result<(), String> {
         let wanted: BTreeSet<String> = set
             .workloads
@@ -342,43 +441,53 @@ impl Agent {
             .map_err(|e| e.to_string())?
         {
             if !wanted.contains(&alias)
-                && let Some((network, workload)) = alias
-                    .strip_prefix(attach::ALIAS_PREFIX)
-                    .and_then(|r| r.split_once('/'))
+                && let Some((network, workload)) = split_alias(&alias)
             {
                 tracing::info!(%network, %workload, "removing a workload interface the host no longer knows");
-                match attach::detach(self.dp.netlink(), network, workload).await {
-                    Ok(Some(bridge)) => self.dp.port_freed(bridge).await,
-                    Ok(None) => {}
-                    Err(e) => errors.push(e.to_string()),
+                if let Err(e) = self.detach(network, workload).await {
+                    errors.push(e);
                 }
             }
         }
-        let mut fw = self.firewall.lock().await;
-        let mut keep = BTreeSet::new();
-        for spec in &set.workloads {
-            if let Err(e) = self.attach(spec).await {
-                tracing::warn!(workload = %spec.workload_id, error = %e, "cannot restore a workload interface");
-                errors.push(format!("{}: {e}", spec.workload_id));
-                continue;
-            }
-            if let Err(e) = self.firewall_for(&mut fw, spec).await {
-                errors.push(format!("{}: {e}", spec.workload_id));
-            }
-            keep.insert((spec.network.clone(), spec.workload_id.clone()));
-        }
+        failpoint::hit("agent.sync.after-removals");
+        let keep: BTreeSet<(String, String)> = set
+            .workloads
+            .iter()
+            .map(|w| (w.network.clone(), w.workload_id.clone()))
+            .collect();
         let gone: Vec<Ipv4Addr> = {
-            let mut addrs = self.addresses.lock().await;
-            let stale: Vec<_> = addrs
+            let mut local = self.local.lock().await;
+            let stale: Vec<_> = local
                 .keys()
                 .filter(|k| !keep.contains(*k))
                 .cloned()
                 .collect();
-            stale.iter().filter_map(|k| addrs.remove(k)).collect()
+            stale
+                .iter()
+                .filter_map(|k| local.remove(k))
+                .map(|l| l.addr.addr())
+                .collect()
         };
-        for ip in gone {
-            fw.remove_workload(ip);
+        {
+            let mut fw = self.firewall.lock().await;
+            for ip in gone {
+                fw.remove_workload(ip);
+            }
         }
+        for spec in &set.workloads {
+            match self.attach_workload(spec, false).await {
+                Ok(_) => {}
+                Err(e) if e.starts_with("namespace-") => {
+                    tracing::warn!(workload = %spec.workload_id, problem = %e, "not restoring a workload whose namespace is missing");
+                    self.note_missing(spec, e).await;
+                }
+                Err(e) => {
+                    tracing::warn!(workload = %spec.workload_id, error = %e, "cannot restore a workload interface");
+                    errors.push(format!("{}: {e}", spec.workload_id));
+                }
+            }
+        }
+        let mut fw = self.firewall.lock().await;
         if let Err(e) = self.commit_firewall(&mut fw).await {
             errors.push(e);
         }
@@ -387,6 +496,194 @@ impl Agent {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// Remember a wanted workload whose namespace is missing (its grace period starts now).
+    async fn note_missing(&self, spec: &pb::WorkloadSpec, why: String) {
+        let Ok(addr) = spec.address.parse::<Ipv4Net>() else {
+            return;
+        };
+        let mut local = self.local.lock().await;
+        let l = local
+            .entry((spec.network.clone(), spec.workload_id.clone()))
+            .or_insert_with(|| Local {
+                addr,
+                netns: PathBuf::from(&spec.netns),
+                netns_id: spec.netns_id.map(ns_id),
+                vm: spec.vm,
+                missing: None,
+                reported: false,
+            });
+        if l.missing.is_none() {
+            l.missing = Some((Instant::now(), why));
+        }
+    }
+
+    /// What this runner holds: one entry per workload interface in its kernel. With `deep`,
+    /// each container's namespace is checked and its address read inside it.
+    pub async fn held(&self, deep: bool) -> pb::HeldWorkloads {
+        let links = attach::list(self.dp.netlink()).await.unwrap_or_default();
+        let local = self.local.lock().await.clone();
+        let mut out = pb::HeldWorkloads::default();
+        for (alias, _) in links {
+            let Some((network, workload)) = split_alias(&alias) else {
+                continue;
+            };
+            let mut h = pb::HeldWorkload {
+                network: network.to_string(),
+                workload_id: workload.to_string(),
+                ..Default::default()
+            };
+            if let Some(l) = local.get(&(network.to_string(), workload.to_string())) {
+                h.netns = l.netns.display().to_string();
+                h.netns_id = l.netns_id.map(ns_pb);
+                h.vm = l.vm;
+                if deep {
+                    match inspect_namespace(l).await {
+                        Ok((id, addr)) => {
+                            h.netns_id = id.map(ns_pb).or(h.netns_id);
+                            h.address = addr;
+                        }
+                        Err(problem) => h.problem = problem,
+                    }
+                } else if let Some((_, why)) = &l.missing {
+                    h.problem = why.clone();
+                }
+            }
+            out.workloads.push(h);
+        }
+        out
+    }
+
+    /// Periodic check of every local container's namespace (one link dump, one `stat` per
+    /// workload): a namespace that disappeared — its last process gone (the veth goes with
+    /// it) or its bind mount removed — or that is another one at the same path starts the
+    /// grace period; past it, the workload is reported gone (once).
+    pub async fn audit(&self) -> Vec<pb::GoneWorkload> {
+        let Ok(links) = attach::list(self.dp.netlink()).await else {
+            return Vec::new();
+        };
+        let present: BTreeSet<String> = links.into_iter().map(|(a, _)| a).collect();
+        let grace = *self.grace.lock().await;
+        let mut local = self.local.lock().await;
+        let mut gone = Vec::new();
+        for ((network, workload), l) in local.iter_mut() {
+            if l.vm {
+                continue;
+            }
+            let problem = if !present.contains(&attach::alias(network, workload)) {
+                Some(format!(
+                    "namespace-gone: its interface is gone (the namespace at {} was deleted)",
+                    l.netns.display()
+                ))
+            } else {
+                match ns_identity(&l.netns) {
+                    Err(_) => Some(format!(
+                        "namespace-gone: the namespace at {} no longer exists",
+                        l.netns.display()
+                    )),
+                    Ok(id) if l.netns_id.is_some_and(|want| want != id) => Some(format!(
+                        "namespace-replaced: {} is another namespace now",
+                        l.netns.display()
+                    )),
+                    Ok(_) => None,
+                }
+            };
+            match problem {
+                None => {
+                    l.missing = None;
+                    l.reported = false;
+                }
+                Some(p) => {
+                    let since = l.missing.get_or_insert_with(|| (Instant::now(), p)).0;
+                    if !l.reported && since.elapsed() >= grace {
+                        l.reported = true;
+                        gone.push(pb::GoneWorkload {
+                            network: network.clone(),
+                            workload_id: workload.clone(),
+                            reason: l
+                                .missing
+                                .as_ref()
+                                .map(|(_, why)| why.clone())
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        gone
+    }
+}
+
+/// `weir:<network>/<workload>` → (network, workload).
+fn split_alias(alias: &str) -> Option<(&str, &str)> {
+    alias
+        .strip_prefix(attach::ALIAS_PREFIX)
+        .and_then(|r| r.split_once('/'))
+}
+
+fn ns_pb(n: NamespaceId) -> pb::NetnsIdentity {
+    pb::NetnsIdentity {
+        dev: n.dev,
+        ino: n.ino,
+    }
+}
+
+fn ns_id(n: pb::NetnsIdentity) -> NamespaceId {
+    NamespaceId {
+        dev: n.dev,
+        ino: n.ino,
+    }
+}
+
+/// The identity of the namespace at `path`, without blocking (`O_PATH`: a FIFO or a device
+/// is never opened for reading).
+fn ns_identity(path: &Path) -> Result<NamespaceId, String> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, fstat};
+    let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+        format!(
+            "namespace-gone: the namespace at {} cannot be opened: {e}",
+            path.display()
+        )
+    })?;
+    let st = fstat(&fd).map_err(|e| format!("stat {}: {e}", path.display()))?;
+    Ok(NamespaceId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
+
+/// A local container's namespace as it is now: its identity and the workload interface's
+/// address inside it, or what is wrong.
+async fn inspect_namespace(l: &Local) -> Result<(Option<NamespaceId>, String), String> {
+    if l.vm {
+        return Ok((None, String::new()));
+    }
+    let id = ns_identity(&l.netns)?;
+    if l.netns_id.is_some_and(|want| want != id) {
+        return Err(format!(
+            "namespace-replaced: {} is another namespace than the one the workload was attached in",
+            l.netns.display()
+        ));
+    }
+    let inner = Netlink::in_namespace(&l.netns)
+        .map_err(|e| format!("namespace-gone: {}: {e}", l.netns.display()))?;
+    let links = inner.links().await.map_err(|e| e.to_string())?;
+    let mut first = None;
+    for link in links.iter().filter(|k| k.kind.as_deref() == Some("veth")) {
+        let addrs = inner.addrs(link.index).await.map_err(|e| e.to_string())?;
+        if addrs.contains(&l.addr) {
+            return Ok((Some(id), l.addr.to_string()));
+        }
+        first = first.or(addrs.first().copied());
+    }
+    match first {
+        Some(a) => Ok((Some(id), a.to_string())),
+        None => Err(format!(
+            "interface-missing: no workload interface with an address inside {}",
+            l.netns.display()
+        )),
     }
 }
 

@@ -77,6 +77,9 @@ impl Agent for AgentService {
                             hub.heartbeat(&handle.runner, handle.id).await
                         }
                         pb::runner_message::Msg::Result(r) => handle.complete(r),
+                        pb::runner_message::Msg::Gone(g) => {
+                            hub.workloads_gone(&handle.runner, handle.id, g).await
+                        }
                         pb::runner_message::Msg::Hello(_) => {
                             tracing::warn!(runner = %handle.runner, "ignoring a second hello")
                         }
@@ -88,7 +91,7 @@ impl Agent for AgentService {
                     }
                 }
             }
-            hub.close_session(&handle.runner, handle.id).await;
+            hub.close_session(&handle).await;
         });
         let outbound = tokio_stream::wrappers::ReceiverStream::new(start.outbound).map(Ok);
         Ok(Response::new(Box::pin(outbound)))

@@ -92,6 +92,15 @@ impl Control for ControlService {
         Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
     }
 
+    async fn diagnose(
+        &self,
+        req: Request<pb::DiagnoseRequest>,
+    ) -> Result<Response<pb::DiagnoseResponse>, Status> {
+        Ok(Response::new(
+            self.hub.diagnose(req.into_inner()).await.map_err(status)?,
+        ))
+    }
+
     async fn reserve_address(
         &self,
         req: Request<pb::ReserveAddressRequest>,

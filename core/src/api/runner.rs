@@ -6,10 +6,11 @@
 //! the runner's overlay down before it registers again, so it never runs with an id the host
 //! no longer gives it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -96,6 +97,14 @@ enum Ended {
     Lost,
 }
 
+/// What the command task does next.
+enum Work {
+    /// A host command, with when it arrived.
+    Command(Box<pb::Command>, Instant),
+    /// Check the local workloads' namespaces.
+    Audit,
+}
+
 enum Fail {
     Retry(String),
     Fatal(RunnerError),
@@ -180,13 +189,56 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
             ))
         })?
         .into_inner();
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<pb::Command>(1024);
+    // Commands run in order on their own task, so a long sync never delays a heartbeat. A
+    // command the host has given up on (cancelled, or older than its `valid_ms` when its turn
+    // comes) is never started: the host already treats its outcome as unknown and undoes it.
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Work>(1024);
+    let cancelled: Arc<std::sync::Mutex<HashSet<u64>>> = Arc::default();
+    // At most one audit waits in the queue, however long a command takes.
+    let audit_queued = Arc::new(AtomicBool::new(false));
     let worker = {
         let up = up_tx.clone();
         let agent_ref = agent.clone();
+        let cancelled = cancelled.clone();
+        let audit_queued = audit_queued.clone();
         tokio::spawn(async move {
-            while let Some(cmd) = cmd_rx.recv().await {
-                let error = match cmd.op {
+            while let Some(work) = cmd_rx.recv().await {
+                let (cmd, received) = match work {
+                    Work::Command(cmd, received) => (*cmd, received),
+                    Work::Audit => {
+                        audit_queued.store(false, Ordering::Relaxed);
+                        let gone = agent_ref.audit().await;
+                        if !gone.is_empty() {
+                            let msg = pb::RunnerMessage {
+                                msg: Some(pb::runner_message::Msg::Gone(pb::WorkloadsGone {
+                                    workloads: gone,
+                                })),
+                            };
+                            if up.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let was_cancelled = cancelled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&cmd.id);
+                let expired = cmd.valid_ms > 0
+                    && received.elapsed() > Duration::from_millis(u64::from(cmd.valid_ms));
+                let mut result = match cmd.op {
+                    _ if was_cancelled || expired => pb::CommandResult {
+                        error: format!(
+                            "not started: the host gave up on it ({})",
+                            if was_cancelled {
+                                "cancelled"
+                            } else {
+                                "expired"
+                            }
+                        ),
+                        ..Default::default()
+                    },
                     Some(op) => {
                         // The host's span for this command is the parent: one trace from the
                         // scheduler's call down to this runner's kernel batches.
@@ -200,25 +252,21 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                             trace_id = tracing::field::Empty,
                         );
                         continue_trace(&span, &cmd.trace_context);
-                        agent_ref
-                            .handle(op)
-                            .instrument(span)
-                            .await
-                            .err()
-                            .unwrap_or_default()
+                        agent_ref.handle(op).instrument(span).await
                     }
-                    None => "empty command".into(),
+                    None => pb::CommandResult {
+                        error: "empty command".into(),
+                        ..Default::default()
+                    },
                 };
-                if !error.is_empty() {
-                    tracing::warn!(command = cmd.id, %error, "command failed");
+                result.id = cmd.id;
+                if !result.error.is_empty() {
+                    tracing::warn!(command = cmd.id, error = %result.error, "command failed");
                 }
-                let result = pb::RunnerMessage {
-                    msg: Some(pb::runner_message::Msg::Result(pb::CommandResult {
-                        id: cmd.id,
-                        error,
-                    })),
+                let msg = pb::RunnerMessage {
+                    msg: Some(pb::runner_message::Msg::Result(result)),
                 };
-                if up.send(result).await.is_err() {
+                if up.send(msg).await.is_err() {
                     break;
                 }
             }
@@ -235,6 +283,12 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                 if up_tx.send(hb).await.is_err() {
                     break Ended::Lost;
                 }
+                // Namespaces that vanished are noticed between commands, never during one.
+                if !audit_queued.swap(true, Ordering::Relaxed)
+                    && cmd_tx.try_send(Work::Audit).is_err()
+                {
+                    audit_queued.store(false, Ordering::Relaxed);
+                }
             }
             msg = inbound.next() => match msg {
                 Some(Ok(pb::HostMessage { msg: Some(m) })) => match m {
@@ -246,9 +300,12 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                         tracing::info!("session accepted");
                     }
                     pb::host_message::Msg::Command(c) => {
-                        if cmd_tx.send(c).await.is_err() {
+                        if cmd_tx.send(Work::Command(Box::new(c), Instant::now())).await.is_err() {
                             break Ended::Lost;
                         }
+                    }
+                    pb::host_message::Msg::Cancel(c) => {
+                        cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(c.id);
                     }
                     pb::host_message::Msg::Revoked(r) => {
                         tracing::warn!(reason = %r.reason, "the host revoked this runner's allocation; tearing down and registering again");

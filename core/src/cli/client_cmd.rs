@@ -69,6 +69,13 @@ pub enum ClientCommand {
     Cleanup,
     /// Follow the cluster's events (resume with --after SEQ).
     Watch(WatchArgs),
+    /// Compare the host's records with what each runner finds in its kernel (links,
+    /// addresses, namespaces) and print every difference; exit 1 when there is one.
+    Doctor {
+        /// Only this runner.
+        #[arg(long)]
+        runner: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +303,7 @@ pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), 
             ClientCommand::Release(a) => release(&mut c, a, conn.json).await,
             ClientCommand::Cleanup => cleanup(&mut c, conn.json).await,
             ClientCommand::Watch(a) => watch(&mut c, a, conn.json).await,
+            ClientCommand::Doctor { runner } => doctor(&mut c, runner, conn.json).await,
         }
     })
 }
@@ -797,6 +805,62 @@ async fn cleanup(c: &mut Client, json: bool) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+async fn doctor(c: &mut Client, runner: Option<String>, json: bool) -> Result<(), CliError> {
+    let r = c
+        .diagnose(pb::DiagnoseRequest {
+            runner: runner.unwrap_or_default(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if json {
+        let findings: Vec<Value> = r
+            .findings
+            .iter()
+            .map(|f| {
+                json!({"runner": f.runner, "network": f.network, "workload": f.workload_id,
+                       "kind": f.kind, "detail": f.detail})
+            })
+            .collect();
+        println!("{}", json!({"checked": r.checked, "findings": findings}));
+    } else if r.findings.is_empty() {
+        println!(
+            "no differences: the records match the kernel of {} runner(s) ({})",
+            r.checked.len(),
+            r.checked.join(", ")
+        );
+    } else {
+        let rows: Vec<[String; 5]> = r
+            .findings
+            .iter()
+            .map(|f| {
+                [
+                    f.runner.clone(),
+                    f.network.clone(),
+                    f.workload_id.clone(),
+                    f.kind.clone(),
+                    f.detail.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            super::table(
+                &["RUNNER", "NETWORK", "WORKLOAD", "FINDING", "DETAIL"],
+                &rows
+            )
+        );
+    }
+    if r.findings.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "{} difference(s) between the records and the kernel",
+            r.findings.len()
+        )))
+    }
 }
 
 fn event_kind(k: i32) -> String {

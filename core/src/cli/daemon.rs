@@ -48,6 +48,8 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
             networks,
             reachable_address: reachable,
             heartbeat_timeout: c.host.heartbeat_timeout.get(),
+            workload_grace: c.host.workload_grace.get(),
+            command_timeout: c.host.command_timeout.get(),
             reservation_ttl: TtlBounds {
                 default: r.default_ttl.get(),
                 min: r.min_ttl.get(),

@@ -140,6 +140,9 @@ pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
                     w.netns.display()
                 )),
             })?;
+        if created {
+            crate::failpoint::hit("agent.attach.after-veth");
+        }
         if !created {
             let Some(host) = nl.link(&name).await? else {
                 return Err(DataplaneError::Invalid(format!(

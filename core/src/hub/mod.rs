@@ -13,6 +13,7 @@
 //! - [`events`]: the event log behind `WatchEvents`
 //! - [`session`]: runner sessions and the commands sent over them
 
+mod consistency;
 mod error;
 mod events;
 mod reservations;
@@ -23,6 +24,7 @@ mod workloads;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,7 +34,7 @@ use weir_proto::v1 as pb;
 
 pub use error::HubError;
 pub use events::Watch;
-pub use session::{SessionHandle, SessionStart};
+pub use session::{Readiness, SessionHandle, SessionStart};
 
 use crate::auth::reservation::Signer;
 use crate::dataplane::host::{HostDataplane, HostNetwork};
@@ -44,8 +46,6 @@ use crate::store::{
 };
 use crate::telemetry::metrics::ClusterCounts;
 
-/// How long the hub waits for a runner to carry out a command.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many events the host retains for `WatchEvents` resumption.
 pub const EVENT_HISTORY: u64 = 10_000;
 
@@ -56,6 +56,10 @@ pub struct HubSettings {
     /// The underlay address of the host (required when any network is an overlay).
     pub reachable_address: Option<Ipv4Addr>,
     pub heartbeat_timeout: Duration,
+    /// How long a workload's namespace may be missing before its runner reports it gone.
+    pub workload_grace: Duration,
+    /// How long the hub waits for a runner to carry out a command.
+    pub command_timeout: Duration,
     pub reservation_ttl: TtlBounds,
     /// DNS servers for VMs' cloud-init.
     pub dns: Vec<Ipv4Addr>,
@@ -95,9 +99,13 @@ pub struct Hub {
 struct State {
     runners: BTreeMap<String, RunnerState>,
     placeholders: BTreeMap<u32, PlaceholderRecord>,
-    /// Change through [`State::insert_workload`] and [`State::remove_workload`] only: they
-    /// keep `label_sets` in step.
+    /// Every workload the hub holds an address for. Change through
+    /// [`State::insert_workload`] and [`State::remove_workload`] only: they keep `label_sets`
+    /// and `phases` in step.
     workloads: BTreeMap<String, WorkloadRecord>,
+    /// The workloads that are not (yet, or any longer) both in the store and wanted on their
+    /// runner; absent: attached and confirmed.
+    phases: HashMap<String, Phase>,
     /// Each network's distinct workload label sets, with how many workloads carry each (the
     /// firewall hook's `groups`, without a scan of every workload per attach).
     label_sets: HashMap<String, BTreeMap<BTreeMap<String, String>, usize>>,
@@ -110,6 +118,18 @@ struct State {
     next_generation: u64,
     next_session: u64,
     next_reservation: u64,
+}
+
+/// Where a workload stands between the hub's decision and its runner's confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The attach was sent and not answered: the record is in memory only, nothing of it is
+    /// in the store or the event log, and the caller has no answer yet.
+    Attaching,
+    /// The hub wants it gone (detached, its attach undone, its namespace gone); its record
+    /// is no longer in the store, but its address stays taken until the runner confirms it
+    /// holds nothing of it.
+    Leaving,
 }
 
 struct RunnerState {
@@ -280,6 +300,11 @@ impl Hub {
 
     fn overlay_enabled(&self) -> bool {
         self.settings.networks.iter().any(|n| n.overlay().is_some())
+    }
+
+    /// How long the hub waits for a runner to carry out a command.
+    fn command_timeout(&self) -> Duration {
+        self.settings.command_timeout
     }
 
     fn timeout_ms(&self) -> i64 {
@@ -566,7 +591,11 @@ impl Hub {
                 }
             }
         }
-        for w in st.workloads.values() {
+        for (_, w) in st
+            .workloads
+            .iter()
+            .filter(|(k, _)| !st.phases.contains_key(*k))
+        {
             *c.workloads
                 .entry((w.runner.clone(), w.network.clone()))
                 .or_default() += 1;
@@ -602,6 +631,7 @@ impl State {
 
     fn remove_workload(&mut self, key: &str) -> Option<WorkloadRecord> {
         let w = self.workloads.remove(key)?;
+        self.phases.remove(key);
         if let Some(sets) = self.label_sets.get_mut(&w.network)
             && let Some(n) = sets.get_mut(&w.labels)
         {
@@ -633,6 +663,54 @@ pub fn check_workload_id(id: &str) -> Result<String, HubError> {
         Err(HubError::InvalidArgument(format!(
             "workload_id: {id:?} must be 1 to 128 characters of letters, digits, '.', '_', '-' or ':'"
         )))
+    }
+}
+
+/// A workload's namespace: an absolute, normalised path of at most 256 bytes, or a pid
+/// (`/proc/PID/ns/net`); a VM gives neither. The runner decides which paths it accepts.
+pub fn check_netns(vm: bool, netns: &str, pid: u32) -> Result<PathBuf, HubError> {
+    let netns = netns.trim();
+    match (vm, netns, pid) {
+        (true, "", 0) => Ok(PathBuf::new()),
+        (true, _, _) => Err(HubError::InvalidArgument(
+            "netns/pid: a VM gets a tap device, not a namespace; leave them empty".into(),
+        )),
+        (false, "", 0) => Err(HubError::InvalidArgument(
+            "netns: give the path of the workload's network namespace, or pid".into(),
+        )),
+        (false, "", 1) => Err(HubError::InvalidArgument(
+            "pid: 1 is the machine's own init process; its namespace is never a workload's".into(),
+        )),
+        (false, "", pid) => Ok(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+        (false, path, 0) => {
+            let normal = path.starts_with('/')
+                && path.len() <= 256
+                && !path.contains('\0')
+                && path[1..]
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..");
+            if normal {
+                Ok(PathBuf::from(path))
+            } else {
+                Err(HubError::InvalidArgument(format!(
+                    "netns: {} must be an absolute path of at most 256 bytes without empty, '.' or '..' components",
+                    brief(path)
+                )))
+            }
+        }
+        (false, _, _) => Err(HubError::InvalidArgument(
+            "netns and pid: give one of them, not both".into(),
+        )),
+    }
+}
+
+/// Caller input quoted in an error message: at most its first 64 characters, so a huge
+/// value cannot make the refusal itself too large to send.
+pub fn brief(s: &str) -> String {
+    const KEEP: usize = 64;
+    match s.char_indices().nth(KEEP) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &s[..cut], s.len()),
     }
 }
 

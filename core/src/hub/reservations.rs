@@ -98,6 +98,7 @@ impl Hub {
             }
             return Err(e);
         }
+        crate::failpoint::hit("hub.reserve.after-commit");
         st.reservations.insert(id.clone(), rec.clone());
         tracing::info!(reservation = %id, runner = %rec.runner, %ip, ttl_s = ttl.as_secs(), "address reserved");
         Ok(pb::ReserveAddressResponse {
@@ -109,7 +110,11 @@ impl Hub {
     }
 
     /// Check a token and find its live reservation.
-    fn lookup<'s>(&self, st: &'s State, token: &str) -> Result<&'s ReservationRecord, HubError> {
+    pub(super) fn lookup<'s>(
+        &self,
+        st: &'s State,
+        token: &str,
+    ) -> Result<&'s ReservationRecord, HubError> {
         let claims = self.signer.verify(token).map_err(|e| match e {
             TokenError::Malformed(_) => HubError::InvalidArgument(e.to_string()),
             TokenError::BadSignature => HubError::PermissionDenied(e.to_string()),

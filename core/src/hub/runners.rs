@@ -135,6 +135,7 @@ impl Hub {
             Some(_) => {}
         }
         self.commit(&mut st, txn)?;
+        crate::failpoint::hit("hub.register.after-commit");
         if changed && let Some(s) = st.runners.get_mut(&name).and_then(|r| r.session.take()) {
             // The runner's old session belongs to an allocation that no longer exists.
             s.revoke("the allocation changed");
@@ -188,7 +189,12 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
-            if let Some(w) = st.remove_workload(&k) {
+            // Only stored workloads were ever announced; the others were never acknowledged
+            // (attaching) or are already detached (leaving).
+            let stored = !st.phases.contains_key(&k);
+            if let Some(w) = st.remove_workload(&k)
+                && stored
+            {
                 txn.change(Change::DeleteWorkload(k));
                 txn.event(pb::EventKind::WorkloadDetached, |e| {
                     e.runner = name.to_string();
@@ -264,6 +270,8 @@ impl Hub {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             networks,
+            workload_grace_ms: u32::try_from(self.settings.workload_grace.as_millis())
+                .unwrap_or(u32::MAX),
         }
     }
 

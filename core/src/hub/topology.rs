@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use weir_proto::v1 as pb;
 
-use super::{COMMAND_TIMEOUT, Hub, SessionHandle, State};
+use super::{Hub, SessionHandle, State};
 use crate::network::{EgressMode, NetworkDef};
 use crate::policy::types::{Decision, Egress, Hook, PathKind, PeerRunner, Request, RouteRequest};
 use crate::store::WorkloadRecord;
@@ -64,9 +64,15 @@ impl Hub {
         }
     }
 
-    /// The first commands of a new session, in order: underlay peers, route plan, the peer
-    /// directory (firewall), then the runner's workloads.
-    pub(super) async fn prime_session(self: &Arc<Self>, s: SessionHandle) {
+    /// The rest of a new session, after its sync (queued first, at `open_session`): once the
+    /// runner said what it holds, the underlay peers, the route plan and the peer directory
+    /// (firewall).
+    pub(super) async fn prime_session(
+        self: &Arc<Self>,
+        s: SessionHandle,
+        sync: Result<super::session::Pending, super::HubError>,
+    ) {
+        self.settle_sync(&s, sync).await;
         let underlay = {
             let st = self.state.lock().await;
             self.underlay_for_runners(&st)
@@ -77,7 +83,11 @@ impl Hub {
         if self.policy.has(Hook::Firewall) {
             let upsert = {
                 let st = self.state.lock().await;
-                st.workloads.values().map(peer_entry).collect()
+                st.workloads
+                    .iter()
+                    .filter(|(k, _)| !st.phases.contains_key(*k))
+                    .map(|(_, w)| peer_entry(w))
+                    .collect()
             };
             self.send(
                 &s,
@@ -89,47 +99,10 @@ impl Hub {
             )
             .await;
         }
-        // The runner's full desired state, so it can repair and remove whatever drifted. It is
-        // computed and queued under the state lock: an attach that raced it is either in the
-        // set or queued after it, never removed by it.
-        let (pending, n) = {
-            let st = self.state.lock().await;
-            let workloads: Vec<pb::WorkloadSpec> = st
-                .workloads
-                .values()
-                .filter(|w| w.runner == s.runner)
-                .filter_map(|w| {
-                    let net = self.network(&w.network).ok()?;
-                    let sub = net.runner_subnet(st.runners.get(&w.runner)?.rec.id)?;
-                    Some(super::workloads::workload_spec(
-                        w,
-                        net,
-                        sub,
-                        self.settings.networks.len() > 1,
-                    ))
-                })
-                .collect();
-            let n = workloads.len();
-            (
-                s.enqueue(pb::command::Op::Sync(pb::WorkloadSet { workloads }))
-                    .await,
-                n,
-            )
-        };
-        let result = match pending {
-            Ok(p) => s.wait(p, COMMAND_TIMEOUT * 3).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => tracing::debug!(runner = %s.runner, workloads = n, "runner synchronised"),
-            Err(e) => {
-                tracing::warn!(runner = %s.runner, error = %e, "runner synchronisation failed")
-            }
-        }
     }
 
     async fn send(&self, s: &SessionHandle, op: pb::command::Op) {
-        if let Err(e) = s.command(op, COMMAND_TIMEOUT).await {
+        if let Err(e) = s.command(op, self.command_timeout()).await {
             tracing::warn!(runner = %s.runner, error = %e, "a topology update failed");
         }
     }

@@ -2,20 +2,25 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use opentelemetry::KeyValue;
 use weir_proto::v1 as pb;
 
-use super::{COMMAND_TIMEOUT, Hub, HubError, State, Txn, check_labels, check_workload_id};
+use super::session::{Answer, Readiness, SessionHandle};
+use super::{
+    Hub, HubError, Phase, State, Txn, brief, check_labels, check_netns, check_workload_id,
+};
 use crate::dataplane::attach;
+use crate::failpoint;
 use crate::network::NetworkDef;
 use crate::policy::types::{
     AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request,
 };
-use crate::store::{Change, WorkloadRecord, now_ms, workload_key};
+use crate::store::{Change, NamespaceId, WorkloadRecord, now_ms, workload_key};
 use crate::telemetry::metrics::{metrics, outcome};
 
 /// Where a new workload's address comes from.
@@ -28,7 +33,7 @@ enum Source {
 impl Hub {
     /// Give a workload an interface on its runner's network (timed as `weir.attach.duration`).
     pub async fn attach(
-        &self,
+        self: &Arc<Self>,
         req: pb::AttachWorkloadRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let network = self.network_attr(&req.network);
@@ -42,7 +47,7 @@ impl Hub {
     }
 
     /// Remove a workload's interface and free its address (timed as `weir.detach.duration`).
-    pub async fn detach(&self, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
+    pub async fn detach(self: &Arc<Self>, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
         let network = self.network_attr(&req.network);
         let started = Instant::now();
         let r = self.detach_workload(req).await;
@@ -63,42 +68,21 @@ impl Hub {
     }
 
     async fn attach_workload(
-        &self,
+        self: &Arc<Self>,
         req: pb::AttachWorkloadRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let workload_id = check_workload_id(&req.workload_id)?;
         let vm = req.kind == pb::WorkloadKind::Vm as i32;
-        let netns = match (vm, req.netns.trim(), req.pid) {
-            (true, "", 0) => PathBuf::new(),
-            (true, _, _) => {
-                return Err(HubError::InvalidArgument(
-                    "netns/pid: a VM gets a tap device, not a namespace; leave them empty".into(),
-                ));
-            }
-            (false, "", 0) => {
-                return Err(HubError::InvalidArgument(
-                    "netns: give the path of the workload's network namespace, or pid".into(),
-                ));
-            }
-            (false, "", pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
-            (false, path, 0) if path.starts_with('/') => PathBuf::from(path),
-            (false, path, 0) => {
-                return Err(HubError::InvalidArgument(format!(
-                    "netns: {path:?} is not an absolute path"
-                )));
-            }
-            (false, _, _) => {
-                return Err(HubError::InvalidArgument(
-                    "netns and pid: give one of them, not both".into(),
-                ));
-            }
-        };
+        let netns = check_netns(vm, &req.netns, req.pid)?;
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         check_labels(&labels, "labels")?;
         let source = match (req.requested_ip.trim(), req.reservation_token.trim()) {
             ("", "") => Source::Next,
             (ip, "") => Source::Requested(ip.parse().map_err(|_| {
-                HubError::InvalidArgument(format!("requested_ip: {ip:?} is not an IPv4 address"))
+                HubError::InvalidArgument(format!(
+                    "requested_ip: {} is not an IPv4 address",
+                    brief(ip)
+                ))
             })?),
             ("", token) => Source::Reservation(token.to_string()),
             _ => {
@@ -109,32 +93,40 @@ impl Hub {
         };
         let net = self.network(&req.network)?.clone();
         let key = workload_key(&net.name, &workload_id);
+        // Workload commands wait until the session's first sync is answered: only then does
+        // the hub know every address the runner still holds.
+        let session = {
+            let st = self.state.lock().await;
+            self.usable_session(&st, &req.runner)?
+        };
+        session.ready(self.command_timeout()).await?;
         let (rec, session, fresh) = {
             let mut st = self.state.lock().await;
-            let runner = st.runners.get(&req.runner).ok_or_else(|| {
-                HubError::NotFound(format!("runner: {:?} is not registered", req.runner))
-            })?;
-            if now_ms() - runner.last_seen_ms >= self.timeout_ms() {
-                return Err(HubError::FailedPrecondition(format!(
-                    "runner {:?} is inactive",
+            let session = self.usable_session(&st, &req.runner)?;
+            if session.readiness() != Readiness::Ready {
+                return Err(HubError::Unavailable(format!(
+                    "runner {:?} reconnected and is synchronising its workloads; retry shortly",
                     req.runner
                 )));
             }
-            let session = runner.session.clone().ok_or_else(|| {
-                HubError::FailedPrecondition(format!("runner {:?} is not connected", req.runner))
-            })?;
             if let Some(existing) = st.workloads.get(&key) {
-                if existing.runner != req.runner || existing.netns != netns || existing.vm != vm {
-                    return Err(HubError::AlreadyExists(format!(
-                        "workload_id: {workload_id:?} is already attached on runner {:?} ({})",
-                        existing.runner,
-                        if existing.vm {
-                            "a VM".to_string()
-                        } else {
-                            existing.netns.display().to_string()
-                        }
-                    )));
+                match st.phases.get(&key) {
+                    Some(Phase::Leaving) => {
+                        return Err(HubError::Unavailable(format!(
+                            "workload_id: {} is being removed from runner {:?} (its runner has not confirmed yet); retry shortly",
+                            brief(&workload_id),
+                            existing.runner
+                        )));
+                    }
+                    Some(Phase::Attaching) => {
+                        return Err(HubError::Unavailable(format!(
+                            "workload_id: {} is being attached by another call; retry once it has answered",
+                            brief(&workload_id)
+                        )));
+                    }
+                    None => {}
                 }
+                self.same_attach(existing, &req.runner, &netns, vm, &labels, &source, &st)?;
                 (existing.clone(), session, false)
             } else {
                 let source = self
@@ -165,17 +157,55 @@ impl Hub {
         };
         let sub = self.subnet_of(&net, &rec.runner).await?;
         let spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
-        if let Err(e) = session
-            .command(pb::command::Op::Attach(spec.clone()), COMMAND_TIMEOUT)
+        failpoint::hit("hub.attach.before-send");
+        let pending = match session
+            .enqueue(
+                pb::command::Op::Attach(spec.clone()),
+                Some(self.command_timeout()),
+            )
             .await
         {
+            Ok(p) => p,
+            Err(e) => {
+                // Never sent: nothing to undo on the runner.
+                if fresh {
+                    self.forget_unsent(&key).await;
+                }
+                return Err(e);
+            }
+        };
+        failpoint::hit("hub.attach.after-send");
+        let answer = session.wait(pending, self.command_timeout()).await;
+        failpoint::hit("hub.attach.after-answer");
+        let result = match answer {
+            Answer::Done(r) if r.error.is_empty() => {
+                if fresh {
+                    self.confirm_attach(&key, r.netns_id).await
+                } else {
+                    Ok(())
+                }
+            }
+            Answer::Done(r) => Err(HubError::Runner(r.error)),
+            Answer::Lost => Err(HubError::Unavailable(format!(
+                "runner {:?} disconnected before answering; the attach was not acknowledged and is undone",
+                rec.runner
+            ))),
+            Answer::Late(_) => Err(HubError::Unavailable(format!(
+                "runner {:?} did not answer within {}s; the attach was not acknowledged and is undone",
+                rec.runner,
+                self.command_timeout().as_secs()
+            ))),
+        };
+        if let Err(e) = result {
+            // The runner may hold some of it (it was busy, it failed half-way, the answer was
+            // lost): its address stays taken until the runner confirms it holds nothing.
             if fresh {
-                self.roll_back(&key).await;
+                self.undo_attach(&key).await;
             }
             return Err(e);
         }
+        failpoint::hit("hub.attach.after-commit");
         if fresh {
-            self.record_attach(&rec).await?;
             self.publish_peer(Some(&rec), None).await;
         }
         tracing::info!(workload = %workload_id, runner = %req.runner, ip = %rec.ip, vm, "workload attached");
@@ -200,6 +230,87 @@ impl Hub {
                 pb::WorkloadKind::Container
             } as i32,
         })
+    }
+
+    /// The session of a runner that may take workload commands now.
+    fn usable_session(&self, st: &State, runner: &str) -> Result<SessionHandle, HubError> {
+        let r = st.runners.get(runner).ok_or_else(|| {
+            HubError::NotFound(format!("runner: {} is not registered", brief(runner)))
+        })?;
+        if now_ms() - r.last_seen_ms >= self.timeout_ms() {
+            return Err(HubError::FailedPrecondition(format!(
+                "runner {runner:?} is inactive"
+            )));
+        }
+        r.session.clone().ok_or_else(|| {
+            HubError::FailedPrecondition(format!("runner {runner:?} is not connected"))
+        })
+    }
+
+    /// A repeated attach must ask for what the first one got; otherwise it is refused, naming
+    /// the field that differs.
+    #[allow(clippy::too_many_arguments)]
+    fn same_attach(
+        &self,
+        existing: &WorkloadRecord,
+        runner: &str,
+        netns: &Path,
+        vm: bool,
+        labels: &BTreeMap<String, String>,
+        source: &Source,
+        st: &State,
+    ) -> Result<(), HubError> {
+        let id = brief(&existing.id);
+        let differs = |field: &str, had: String, asked: String| {
+            Err(HubError::AlreadyExists(format!(
+                "{field}: workload_id {id} is already attached with {field} {had}, not {asked}; detach it first to change it"
+            )))
+        };
+        if existing.runner != runner {
+            return differs("runner", format!("{:?}", existing.runner), brief(runner));
+        }
+        if existing.vm != vm {
+            let kind = |vm: bool| if vm { "vm" } else { "container" }.to_string();
+            return differs("kind", kind(existing.vm), kind(vm));
+        }
+        if existing.netns != netns {
+            return differs(
+                "netns",
+                format!("{:?}", existing.netns.display().to_string()),
+                brief(&netns.display().to_string()),
+            );
+        }
+        if &existing.labels != labels {
+            return differs(
+                "labels",
+                format!("{:?}", existing.labels),
+                brief(&format!("{labels:?}")),
+            );
+        }
+        match source {
+            Source::Next => Ok(()),
+            Source::Requested(ip) if *ip == existing.ip.addr() => Ok(()),
+            Source::Requested(ip) => differs(
+                "requested_ip",
+                existing.ip.addr().to_string(),
+                ip.to_string(),
+            ),
+            Source::Reservation(token) => {
+                let asked = self.lookup(st, token).map(|r| r.id.clone()).ok();
+                if asked.is_some() && asked == existing.reservation {
+                    Ok(())
+                } else {
+                    differs(
+                        "reservation_token",
+                        format!(
+                            "of reservation {}",
+                            existing.reservation.as_deref().unwrap_or("(none)")
+                        ),
+                        "another token".into(),
+                    )
+                }
+            }
+        }
     }
 
     /// Pick the address, ask the firewall plugin for the workload's rules, and hold both, in
@@ -301,6 +412,7 @@ impl Hub {
             firewall: None,
             firewall_monitor: false,
             default_route,
+            netns_id: None,
         };
         match self.hold(st, rec.clone()).await {
             Ok(held) => Ok(held),
@@ -311,8 +423,8 @@ impl Hub {
         }
     }
 
-    /// The firewall plugin's rules for a new workload, then the record in the store and in
-    /// memory.
+    /// The firewall plugin's rules for a new workload, then the record in memory, as
+    /// attaching: the store gets it (with its event) once the runner confirmed.
     async fn hold(
         &self,
         st: &mut State,
@@ -342,17 +454,9 @@ impl Hub {
                 rec.firewall_monitor = monitor;
             }
         }
-        let mut txn = Txn::default();
-        txn.change(Change::PutWorkload(rec.clone()));
-        if let Some(r) = rec
-            .reservation
-            .as_ref()
-            .and_then(|id| st.reservations.get(id))
-        {
-            txn.change(Change::PutReservation(r.clone()));
-        }
-        self.commit(st, txn)?;
-        st.insert_workload(rec.key(), rec.clone());
+        let key = rec.key();
+        st.insert_workload(key.clone(), rec.clone());
+        st.phases.insert(key, Phase::Attaching);
         Ok(rec)
     }
 
@@ -409,17 +513,48 @@ impl Hub {
         })
     }
 
-    /// Events of a successful attach (after the runner confirmed).
-    async fn record_attach(&self, rec: &WorkloadRecord) -> Result<(), HubError> {
+    /// The runner confirmed a new workload: its record, its reservation's use and its events
+    /// become durable in one transaction. Until then nothing of it was in the store, so a
+    /// host killed before this point leaves no trace of it (the runner's next sync removes
+    /// the interface, and the caller never had an answer).
+    async fn confirm_attach(
+        &self,
+        key: &str,
+        netns_id: Option<pb::NetnsIdentity>,
+    ) -> Result<(), HubError> {
         let mut st = self.state.lock().await;
+        if st.phases.get(key) != Some(&Phase::Attaching) {
+            // A concurrent identical attach confirmed it first.
+            return match st.phases.get(key) {
+                None if st.workloads.contains_key(key) => Ok(()),
+                _ => Err(HubError::Unavailable(format!(
+                    "workload {} was removed while it was being attached",
+                    brief(key.split('\u{0}').nth(1).unwrap_or(key))
+                ))),
+            };
+        }
+        let Some(rec) = st.workloads.get_mut(key) else {
+            return Err(HubError::Internal("an attaching record vanished".into()));
+        };
+        rec.netns_id = netns_id.map(|n| NamespaceId {
+            dev: n.dev,
+            ino: n.ino,
+        });
+        let rec = rec.clone();
         let mut txn = Txn::default();
-        if let Some(r) = &rec.reservation {
+        txn.change(Change::PutWorkload(rec.clone()));
+        if let Some(r) = rec
+            .reservation
+            .as_ref()
+            .and_then(|id| st.reservations.get(id))
+        {
+            txn.change(Change::PutReservation(r.clone()));
             txn.event(pb::EventKind::ReservationUsed, |e| {
                 e.runner = rec.runner.clone();
                 e.network = rec.network.clone();
                 e.workload_id = rec.id.clone();
                 e.ip = rec.ip.addr().to_string();
-                e.reservation_id = r.clone();
+                e.reservation_id = r.id.clone();
             });
         }
         txn.event(pb::EventKind::WorkloadAttached, |e| {
@@ -434,31 +569,80 @@ impl Hub {
                 "container".into()
             };
         });
-        self.commit(&mut st, txn)
+        self.commit(&mut st, txn)?;
+        st.phases.remove(key);
+        Ok(())
     }
 
-    /// Undo a failed attach: forget the record, give the address (or the reservation) back.
-    async fn roll_back(&self, key: &str) {
+    /// An attach that was never sent: forget it at once.
+    async fn forget_unsent(&self, key: &str) {
         let mut st = self.state.lock().await;
-        let Some(w) = st.remove_workload(key) else {
+        if st.phases.get(key) == Some(&Phase::Attaching)
+            && let Some(w) = st.remove_workload(key)
+        {
+            self.give_back(&mut st, &w);
+        }
+    }
+
+    /// An attach whose outcome is unknown (or that failed on the runner, perhaps half-way):
+    /// the hub wants it gone, and its address stays taken until the runner confirms it holds
+    /// nothing of it — by answering the detach queued now, or its next session's sync.
+    async fn undo_attach(self: &Arc<Self>, key: &str) {
+        let session = {
+            let mut st = self.state.lock().await;
+            if st.phases.get(key) != Some(&Phase::Attaching) {
+                return;
+            }
+            st.phases.insert(key.to_string(), Phase::Leaving);
+            st.workloads
+                .get(key)
+                .and_then(|w| st.runners.get(&w.runner))
+                .and_then(|r| r.session.clone())
+        };
+        if let Some(s) = session {
+            self.remove_on_runner(s, key.to_string());
+        }
+    }
+
+    /// Queue the removal of a leaving workload's interface on its runner, and release its
+    /// address once the runner confirms, however late. A session that ends first leaves it to
+    /// the next session's sync.
+    fn remove_on_runner(self: &Arc<Self>, s: SessionHandle, key: String) {
+        let Some((network, workload_id)) = key.split_once('\u{0}') else {
             return;
         };
-        let mut txn = Txn::default();
-        txn.change(Change::DeleteWorkload(key.to_string()));
-        match w
-            .reservation
-            .as_ref()
-            .and_then(|id| st.reservations.get_mut(id))
-        {
-            // The token stays good: the reservation holds the address again.
-            Some(r) => {
-                r.used_by = None;
-                txn.change(Change::PutReservation(r.clone()));
+        let op = pb::command::Op::Detach(pb::WorkloadRef {
+            network: network.to_string(),
+            workload_id: workload_id.to_string(),
+        });
+        let workload_id = workload_id.to_string();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let answer = match s.enqueue(op, None).await {
+                Ok(p) => SessionHandle::settle(p).await,
+                Err(_) => None,
+            };
+            match answer {
+                Some(r) if r.error.is_empty() => hub.confirm_gone(&s.runner, &key).await,
+                Some(r) => {
+                    tracing::warn!(runner = %s.runner, workload = %workload_id, error = %r.error, "removing a workload interface failed; its next sync retries")
+                }
+                None => {}
             }
-            None => self.release_address(&mut st, &w),
+        });
+    }
+
+    /// The runner holds nothing of a leaving workload any more: its address (or its
+    /// reservation) is free again.
+    pub(super) async fn confirm_gone(&self, runner: &str, key: &str) {
+        let mut st = self.state.lock().await;
+        if st.phases.get(key) != Some(&Phase::Leaving)
+            || st.workloads.get(key).is_none_or(|w| w.runner != runner)
+        {
+            return;
         }
-        if let Err(e) = self.commit(&mut st, txn) {
-            tracing::error!(error = %e, "rolling back a workload record failed");
+        if let Some(w) = st.remove_workload(key) {
+            self.give_back(&mut st, &w);
         }
     }
 
@@ -496,51 +680,94 @@ impl Hub {
             })
     }
 
-    /// Remove a workload's interface and free its address (and its reservation).
-    async fn detach_workload(&self, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
+    /// Detach a workload. The hub's decision is durable first — the record goes, with its
+    /// event, in one transaction — then the runner removes the interface. The address stays
+    /// taken until the runner confirms (now, or if it is away or slow, when it answers or at
+    /// its next session's sync), so it is never handed out while an interface still holds it.
+    async fn detach_workload(
+        self: &Arc<Self>,
+        req: pb::DetachWorkloadRequest,
+    ) -> Result<(), HubError> {
         let workload_id = check_workload_id(&req.workload_id)?;
         let net = self.network(&req.network)?.clone();
         let key = workload_key(&net.name, &workload_id);
-        let (session, rec) = {
-            let st = self.state.lock().await;
+        let (session, ip) = {
+            let mut st = self.state.lock().await;
             let w = st.workloads.get(&key).ok_or_else(|| {
                 HubError::NotFound(format!(
-                    "workload_id: {workload_id:?} is not attached on network {}",
+                    "workload_id: {} is not attached on network {}",
+                    brief(&workload_id),
                     net.name
                 ))
             })?;
             if !req.runner.is_empty() && w.runner != req.runner {
                 return Err(HubError::NotFound(format!(
-                    "workload_id: {workload_id:?} is attached on runner {:?}, not {:?}",
-                    w.runner, req.runner
+                    "workload_id: {} is attached on runner {:?}, not {}",
+                    brief(&workload_id),
+                    w.runner,
+                    brief(&req.runner)
                 )));
             }
-            (
-                st.runners.get(&w.runner).and_then(|r| r.session.clone()),
-                w.clone(),
-            )
+            let (runner, ip) = (w.runner.clone(), w.ip.addr());
+            match st.phases.get(&key) {
+                Some(Phase::Attaching) => {
+                    return Err(HubError::Unavailable(format!(
+                        "workload_id: {} is still being attached; retry once the attach has answered",
+                        brief(&workload_id)
+                    )));
+                }
+                // Already detached; the runner has not confirmed yet. Ask it again.
+                Some(Phase::Leaving) => {}
+                None => self.retire(&mut st, &key, "detached")?,
+            }
+            (st.runners.get(&runner).and_then(|r| r.session.clone()), ip)
         };
-        // An unreachable runner drops the interface when its session resumes (sync).
-        if let Some(session) = session {
-            session
-                .command(
-                    pb::command::Op::Detach(pb::WorkloadRef {
-                        network: net.name.clone(),
-                        workload_id: workload_id.clone(),
-                    }),
-                    COMMAND_TIMEOUT,
-                )
-                .await?;
+        failpoint::hit("hub.detach.after-commit");
+        // An unreachable runner drops the interface at its next session (sync).
+        if let Some(s) = session {
+            let op = pb::command::Op::Detach(pb::WorkloadRef {
+                network: net.name.clone(),
+                workload_id: workload_id.clone(),
+            });
+            if let Ok(p) = s.enqueue(op, None).await {
+                match s.wait(p, self.command_timeout()).await {
+                    Answer::Done(r) if r.error.is_empty() => {
+                        self.confirm_gone(&s.runner, &key).await
+                    }
+                    Answer::Done(r) => {
+                        tracing::warn!(workload = %workload_id, error = %r.error, "the runner could not remove the interface yet; its next sync retries")
+                    }
+                    Answer::Lost => {}
+                    Answer::Late(p) => {
+                        let hub = self.clone();
+                        tokio::spawn(async move {
+                            if let Some(r) = SessionHandle::settle(p).await
+                                && r.error.is_empty()
+                            {
+                                hub.confirm_gone(&s.runner, &key).await;
+                            }
+                        });
+                    }
+                }
+            }
         }
-        let mut st = self.state.lock().await;
-        if st.remove_workload(&key).is_none() {
-            return Ok(()); // a concurrent detach won
-        }
+        failpoint::hit("hub.detach.after-answer");
+        self.publish_peer(None, Some(ip)).await;
+        tracing::info!(workload = %workload_id, "workload detached");
+        Ok(())
+    }
+
+    /// Take a stored workload out of the cluster: delete its record (and its reservation) with
+    /// a `WORKLOAD_DETACHED` event in one transaction, and keep it in memory as leaving, its
+    /// address taken, until its runner confirms the interface is gone.
+    pub(super) fn retire(&self, st: &mut State, key: &str, why: &str) -> Result<(), HubError> {
+        let Some(rec) = st.workloads.get(key).cloned() else {
+            return Ok(());
+        };
         let mut txn = Txn::default();
-        txn.change(Change::DeleteWorkload(key));
-        self.release_address(&mut st, &rec);
+        txn.change(Change::DeleteWorkload(key.to_string()));
         if let Some(r) = &rec.reservation
-            && st.reservations.remove(r).is_some()
+            && st.reservations.contains_key(r)
         {
             txn.change(Change::DeleteReservation(r.clone()));
         }
@@ -549,12 +776,58 @@ impl Hub {
             e.network = rec.network.clone();
             e.workload_id = rec.id.clone();
             e.ip = rec.ip.to_string();
+            e.detail = why.to_string();
         });
-        self.commit(&mut st, txn)?;
-        drop(st);
-        self.publish_peer(None, Some(rec.ip.addr())).await;
-        tracing::info!(workload = %workload_id, "workload detached");
+        self.commit(st, txn)?;
+        if let Some(r) = &rec.reservation {
+            st.reservations.remove(r);
+        }
+        st.phases.insert(key.to_string(), Phase::Leaving);
         Ok(())
+    }
+
+    /// The runner found these workloads' namespaces gone for longer than the grace period:
+    /// they are detached, with the reason in their event.
+    pub async fn workloads_gone(
+        self: &Arc<Self>,
+        runner: &str,
+        session: u64,
+        gone: pb::WorkloadsGone,
+    ) {
+        let mut removed = Vec::new();
+        let s = {
+            let mut st = self.state.lock().await;
+            let Some(s) = st
+                .runners
+                .get(runner)
+                .and_then(|r| r.session.clone())
+                .filter(|s| s.id == session)
+            else {
+                return;
+            };
+            for g in gone.workloads {
+                let key = workload_key(&g.network, &g.workload_id);
+                let mine = st.workloads.get(&key).is_some_and(|w| w.runner == runner);
+                if !mine || st.phases.contains_key(&key) {
+                    continue;
+                }
+                let ip = st.workloads.get(&key).map(|w| w.ip.addr());
+                match self.retire(&mut st, &key, &format!("namespace gone: {}", g.reason)) {
+                    Ok(()) => {
+                        tracing::info!(runner, workload = %g.workload_id, reason = %g.reason, "workload released: its namespace is gone");
+                        removed.push((key, ip));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "releasing a workload whose namespace is gone failed")
+                    }
+                }
+            }
+            s
+        };
+        for (key, ip) in removed {
+            self.remove_on_runner(s.clone(), key);
+            self.publish_peer(None, ip).await;
+        }
     }
 
     pub async fn list_workloads(
@@ -573,7 +846,9 @@ impl Hub {
         }
         Ok(st
             .workloads
-            .values()
+            .iter()
+            .filter(|(k, _)| !st.phases.contains_key(*k))
+            .map(|(_, w)| w)
             .filter(|w| req.runner.is_empty() || w.runner == req.runner)
             .filter(|w| req.network.is_empty() || w.network == req.network)
             .filter(|w| req.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
@@ -636,6 +911,10 @@ pub(super) fn workload_spec(
         firewall_monitor: w.firewall_monitor,
         source_table,
         overlay_cidr,
+        netns_id: w.netns_id.map(|n| pb::NetnsIdentity {
+            dev: n.dev,
+            ino: n.ino,
+        }),
     }
 }
 

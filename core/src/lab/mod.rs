@@ -116,6 +116,9 @@ pub struct Lab {
     pub runners: BTreeMap<u32, Daemon>,
     /// Workload namespaces by (runner, index).
     pub workloads: BTreeMap<(u32, u32), String>,
+    /// Extra environment of a member's daemon at its next start (e.g. `WEIR_FAILPOINTS` for
+    /// `host` or `r1`).
+    pub daemon_env: BTreeMap<String, Vec<(String, String)>>,
     keep: bool,
 }
 
@@ -167,6 +170,7 @@ impl Lab {
             host: None,
             runners: BTreeMap::new(),
             workloads: BTreeMap::new(),
+            daemon_env: BTreeMap::new(),
             keep: false,
         };
         // A half-built lab is torn down by Drop when any step fails.

@@ -57,6 +57,13 @@ impl Daemon {
                 std::env::var("WEIR_LAB_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("WEIR_CONFIG")
+            .envs(
+                lab.daemon_env
+                    .get(role)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -133,6 +140,29 @@ impl Daemon {
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, signal) };
         child.wait()
+    }
+
+    /// Wait up to `timeout` for the process to end by itself (a fault point killed it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Let the process live on when this value is dropped.
