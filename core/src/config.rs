@@ -455,10 +455,10 @@ fn validate_netns_allow(loaded: &LoadedConfig) -> Vec<String> {
         // A trailing slash is fine for a directory.
         let text = p.as_os_str().to_string_lossy();
         let trimmed = Path::new(text.strip_suffix('/').filter(|t| !t.is_empty()).unwrap_or(&text));
-        let why = if let Some(why) = crate::dataplane::netns::not_normalised(trimmed) {
-            Some(why)
-        } else if trimmed == Path::new("/") {
+        let why = if trimmed == Path::new("/") {
             Some("it is \"/\", which would allow every path".into())
+        } else if let Some(why) = crate::dataplane::netns::not_normalised(trimmed) {
+            Some(why)
         } else if trimmed.starts_with("/proc") {
             Some("it is below /proc (allow processes' namespaces with runner.netns_allow_pids)".into())
         } else if text.len() > crate::dataplane::netns::MAX_PATH_LEN {
