@@ -389,9 +389,7 @@ pub fn open_workload(path: &Path, policy: &NetnsPolicy) -> Result<(File, NsIdent
         dev: st.st_dev,
         ino: st.st_ino,
     };
-    let initial = identity(Path::new("/proc/1/ns/net"))
-        .map_err(io_err("compare it with the machine's (stat /proc/1/ns/net)"))?;
-    if id == initial {
+    if is_initial(id) {
         return Err(NetnsError::Initial {
             path: path.to_path_buf(),
         });
@@ -420,6 +418,28 @@ pub fn open_workload(path: &Path, policy: &NetnsPolicy) -> Result<(File, NsIdent
         });
     }
     Ok((file, id))
+}
+
+/// The inode number of the initial network namespace on kernels that give initial namespaces
+/// fixed numbers (`PROC_NET_INIT_INO`, 6.x). Never a namespace's number on older kernels: they
+/// hand out numbers from `0xF0000000` up.
+const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
+
+/// Whether `id` is the machine's initial network namespace: the one pid 1 is in (only
+/// `stat`ed), or the one with the initial namespace's fixed inode number — which also answers
+/// where pid 1's namespace files cannot be read (pid 1 not dumpable, or in another user
+/// namespace).
+fn is_initial(id: NsIdentity) -> bool {
+    if id.ino == PROC_NET_INIT_INO {
+        return true;
+    }
+    match identity(Path::new("/proc/1/ns/net")) {
+        Ok(initial) => initial == id,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot stat /proc/1/ns/net; relying on the initial namespace's fixed inode number");
+            false
+        }
+    }
 }
 
 /// The `CLONE_NEW*` type of an open namespace file.
