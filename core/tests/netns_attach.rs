@@ -84,8 +84,10 @@ async fn default_routes(inner: &Netlink) -> Vec<String> {
 async fn a_namespace_with_its_own_default_route_is_refused_and_keeps_it() {
     let (_rn, nl, bridge) = runner().await;
     let ws = ScratchNs::new("wl");
-    ws.run("ip", &["link", "add", "d0", "type", "dummy"]);
+    // Its own uplink (a veth pair inside it: no traffic leaves the test's namespaces).
+    ws.run("ip", &["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
     ws.run("ip", &["addr", "add", "192.0.2.2/24", "dev", "d0"]);
+    ws.run("ip", &["link", "set", "d1", "up"]);
     ws.run("ip", &["link", "set", "d0", "up"]);
     ws.run("ip", &["route", "add", "default", "via", "192.0.2.1"]);
     let (_, _, before) = leftovers(&nl, &ws).await;
@@ -139,6 +141,10 @@ async fn an_attach_that_fails_after_creating_its_veth_removes_it() {
     let e = attach::attach_checked(&nl, &w, &NetnsPolicy::default(), None)
         .await
         .expect_err("refused");
+    assert!(
+        matches!(e, DataplaneError::Netlink { .. }),
+        "the route is refused by the kernel, after the veth was created: {e:?}"
+    );
     let (ours, links, defaults) = leftovers(&nl, &ws).await;
     assert!(ours.is_empty(), "{e}: no veth on the runner: {ours:?}");
     assert!(!links.contains(&"eth0".to_string()), "{e}: {links:?}");
