@@ -454,13 +454,20 @@ fn validate_netns_allow(loaded: &LoadedConfig) -> Vec<String> {
     for p in &loaded.config.runner.netns_allow {
         // A trailing slash is fine for a directory.
         let text = p.as_os_str().to_string_lossy();
-        let trimmed = Path::new(text.strip_suffix('/').filter(|t| !t.is_empty()).unwrap_or(&text));
+        let trimmed = Path::new(
+            text.strip_suffix('/')
+                .filter(|t| !t.is_empty())
+                .unwrap_or(&text),
+        );
         let why = if trimmed == Path::new("/") {
             Some("it is \"/\", which would allow every path".into())
         } else if let Some(why) = crate::dataplane::netns::not_normalised(trimmed) {
             Some(why)
         } else if trimmed.starts_with("/proc") {
-            Some("it is below /proc (allow processes' namespaces with runner.netns_allow_pids)".into())
+            Some(
+                "it is below /proc (allow processes' namespaces with runner.netns_allow_pids)"
+                    .into(),
+            )
         } else if text.len() > crate::dataplane::netns::MAX_PATH_LEN {
             Some(format!(
                 "it is longer than {} bytes",
@@ -1480,7 +1487,10 @@ mod tests {
                 ("/proc/", "runner.netns_allow_pids"),
             ] {
                 let e = error_of(jail, &format!("[runner]\nnetns_allow = [{bad:?}]\n"));
-                assert!(e.contains("runner.netns_allow") && e.contains(why), "{bad}: {e}");
+                assert!(
+                    e.contains("runner.netns_allow") && e.contains(why),
+                    "{bad}: {e}"
+                );
                 assert!(e.contains("bad.toml"), "{e}");
             }
             Ok(())

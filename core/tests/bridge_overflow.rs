@@ -121,7 +121,11 @@ async fn a_runner_holds_more_workloads_than_one_bridge_has_ports() {
     let main_after = r1.iter().find(|l| l.name == "kohaku-overlay").unwrap();
     assert_eq!(main_after.index, main.index, "the main bridge stays");
     let main_ports = r1.iter().filter(|l| l.master == Some(main.index)).count();
-    assert_eq!(main_ports, main_ports_before - 1, "only the patch left the main bridge");
+    assert_eq!(
+        main_ports,
+        main_ports_before - 1,
+        "only the patch left the main bridge"
+    );
     assert!(
         r1.iter()
             .any(|l| l.alias.as_deref() == Some("weir:default/again")
@@ -143,10 +147,14 @@ async fn a_runner_holds_more_workloads_than_one_bridge_has_ports() {
     let r1 = links(&lab, "r1").await;
     let ovf = r1
         .iter()
-        .find(|l| l.alias.as_deref() == Some("weir-ovf:default") && l.kind.as_deref() == Some("bridge"))
+        .find(|l| {
+            l.alias.as_deref() == Some("weir-ovf:default") && l.kind.as_deref() == Some("bridge")
+        })
         .expect("a new overflow bridge");
-    assert!(
-        r1.iter()
-            .any(|l| l.master == Some(ovf.index) && l.alias.as_deref().is_some_and(|a| a.starts_with("weir:default/vm")))
-    );
+    assert!(r1.iter().any(|l| {
+        l.master == Some(ovf.index)
+            && l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with("weir:default/vm"))
+    }));
 }

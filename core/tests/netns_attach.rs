@@ -85,7 +85,10 @@ async fn a_namespace_with_its_own_default_route_is_refused_and_keeps_it() {
     let (_rn, nl, bridge) = runner().await;
     let ws = ScratchNs::new("wl");
     // Its own uplink (a veth pair inside it: no traffic leaves the test's namespaces).
-    ws.run("ip", &["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ws.run(
+        "ip",
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+    );
     ws.run("ip", &["addr", "add", "192.0.2.2/24", "dev", "d0"]);
     ws.run("ip", &["link", "set", "d1", "up"]);
     ws.run("ip", &["link", "set", "d0", "up"]);

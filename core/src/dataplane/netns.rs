@@ -288,8 +288,13 @@ pub fn not_normalised(path: &Path) -> Option<String> {
 /// `/proc/<pid>/ns/net` with `pid` a positive decimal number without leading zeros.
 fn is_proc_pid_net(path: &Path) -> bool {
     let parts: Vec<Component<'_>> = path.components().collect();
-    let [Component::RootDir, Component::Normal(proc), Component::Normal(pid), Component::Normal(ns), Component::Normal(net)] =
-        parts.as_slice()
+    let [
+        Component::RootDir,
+        Component::Normal(proc),
+        Component::Normal(pid),
+        Component::Normal(ns),
+        Component::Normal(net),
+    ] = parts.as_slice()
     else {
         return false;
     };
@@ -394,8 +399,9 @@ pub fn open_workload(path: &Path, policy: &NetnsPolicy) -> Result<(File, NsIdent
             path: path.to_path_buf(),
         });
     }
-    let own = identity(Path::new("/proc/self/ns/net"))
-        .map_err(io_err("compare it with the runner's (stat /proc/self/ns/net)"))?;
+    let own = identity(Path::new("/proc/self/ns/net")).map_err(io_err(
+        "compare it with the runner's (stat /proc/self/ns/net)",
+    ))?;
     // The calling thread's, too (it may have entered another namespace than the process's).
     let thread = identity(Path::new("/proc/thread-self/ns/net")).unwrap_or(own);
     if id == own || id == thread {
