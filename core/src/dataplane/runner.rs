@@ -278,11 +278,15 @@ impl RunnerDataplane {
     /// that no workload port is left on it (the count is a cache); forget it either way it goes.
     async fn remove_overflow(&self, b: &mut BridgePorts, network: &str, index: u32) -> Result<()> {
         let links = self.nl.links().await?;
-        let Some(bridge) = links.iter().find(|l| l.index == index) else {
+        let alias = format!("{OVERFLOW_ALIAS_PREFIX}{network}");
+        let Some(bridge) = links
+            .iter()
+            .find(|l| l.index == index && l.alias.as_deref() == Some(alias.as_str()))
+        else {
+            // Gone already (or not ours any more): nothing to delete.
             forget_overflow(b, network, index, None);
             return Ok(());
         };
-        let alias = format!("{OVERFLOW_ALIAS_PREFIX}{network}");
         let (patch_p, patch_q) = (format!("{}p", bridge.name), format!("{}q", bridge.name));
         let others = links
             .iter()
