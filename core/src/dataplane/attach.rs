@@ -4,6 +4,9 @@
 //! The host end is named from a hash of (network, workload id) and carries the workload's
 //! identity in its alias, so attach is idempotent and a hash collision is detected, not
 //! silently shared.
+//!
+//! The namespace comes from the host as a path and is opened only through
+//! [`netns::open_workload`] (see [`attach_checked`]).
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;

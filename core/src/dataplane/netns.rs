@@ -140,6 +140,10 @@ pub fn inode(path: &Path) -> io::Result<u64> {
 
 /// Which namespace a namespace file is: its device and inode (equal identities = the same
 /// namespace, for as long as it lives; a namespace created later at the same path differs).
+///
+/// The kernel may give a freed namespace's inode number to a new one, so an identity proves
+/// "still the same namespace" only while the first one is known to be alive (open somewhere,
+/// or with the workload's interface in it).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
