@@ -415,6 +415,20 @@ pub struct RunnerConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Directories a workload's network namespace may lie below (absolute, normalised).
+    pub netns_allow: Vec<PathBuf>,
+    /// Also accept a workload's namespace as `/proc/<pid>/ns/net`.
+    pub netns_allow_pids: bool,
+}
+
+impl RunnerConfig {
+    /// Which workload namespace paths the runner accepts.
+    pub fn netns_policy(&self) -> crate::dataplane::netns::NetnsPolicy {
+        crate::dataplane::netns::NetnsPolicy {
+            allowed_prefixes: self.netns_allow.clone(),
+            allow_proc_pids: self.netns_allow_pids,
+        }
+    }
 }
 
 impl Default for RunnerConfig {
@@ -432,8 +446,52 @@ impl Default for RunnerConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            netns_allow: crate::dataplane::netns::DEFAULT_ALLOWED_PREFIXES
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            netns_allow_pids: true,
         }
     }
+}
+
+/// Problems of `runner.netns_allow`: every entry an absolute, normalised directory that is
+/// neither `/` nor below `/proc` (namespaces of processes: `runner.netns_allow_pids`).
+fn validate_netns_allow(loaded: &LoadedConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in &loaded.config.runner.netns_allow {
+        // A trailing slash is fine for a directory.
+        let text = p.as_os_str().to_string_lossy();
+        let trimmed = Path::new(
+            text.strip_suffix('/')
+                .filter(|t| !t.is_empty())
+                .unwrap_or(&text),
+        );
+        let why = if trimmed == Path::new("/") {
+            Some("it is \"/\", which would allow every path".into())
+        } else if let Some(why) = crate::dataplane::netns::not_normalised(trimmed) {
+            Some(why)
+        } else if trimmed.starts_with("/proc") {
+            Some(
+                "it is below /proc (allow processes' namespaces with runner.netns_allow_pids)"
+                    .into(),
+            )
+        } else if text.len() > crate::dataplane::netns::MAX_PATH_LEN {
+            Some(format!(
+                "it is longer than {} bytes",
+                crate::dataplane::netns::MAX_PATH_LEN
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            problems.push(format!(
+                "runner.netns_allow ({}): {p:?} is not a usable directory: {why}; each entry must be an absolute, normalised directory such as \"/run/netns/\"",
+                loaded.source_of("runner.netns_allow")
+            ));
+        }
+    }
+    problems
 }
 
 /// Policy plugins.
@@ -958,6 +1016,7 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         ));
     }
     problems.extend(validate_telemetry(loaded));
+    problems.extend(validate_netns_allow(loaded));
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
     {
@@ -1407,6 +1466,43 @@ mod tests {
         load_in_jail(jail, Some("bad.toml"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn runner_netns_allow_defaults_validates_and_becomes_a_policy() {
+        Jail::expect_with(|jail| {
+            let c = load_in_jail(jail, None).unwrap();
+            assert_eq!(
+                c.config.runner.netns_policy(),
+                crate::dataplane::netns::NetnsPolicy::default()
+            );
+            jail.create_file(
+                "ok.toml",
+                "[runner]\nnetns_allow = [\"/srv/ns/\", \"/run/k8s\"]\nnetns_allow_pids = false\n",
+            )?;
+            let c = load_in_jail(jail, Some("ok.toml")).unwrap();
+            let p = c.config.runner.netns_policy();
+            assert_eq!(
+                p.allowed_prefixes,
+                vec![PathBuf::from("/srv/ns/"), PathBuf::from("/run/k8s")]
+            );
+            assert!(!p.allow_proc_pids);
+            for (bad, why) in [
+                ("run/netns", "not an absolute path"),
+                ("/run/../etc", "\"..\" component"),
+                ("/run//netns", "empty component"),
+                ("/", "allow every path"),
+                ("/proc/", "runner.netns_allow_pids"),
+            ] {
+                let e = error_of(jail, &format!("[runner]\nnetns_allow = [{bad:?}]\n"));
+                assert!(
+                    e.contains("runner.netns_allow") && e.contains(why),
+                    "{bad}: {e}"
+                );
+                assert!(e.contains("bad.toml"), "{e}");
+            }
+            Ok(())
+        });
     }
 
     #[test]

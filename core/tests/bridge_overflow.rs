@@ -92,4 +92,69 @@ async fn a_runner_holds_more_workloads_than_one_bridge_has_ports() {
         .find(|l| l.alias.as_deref() == Some("weir:default/again"))
         .unwrap();
     assert_eq!(again.master, Some(main.index));
+
+    // Every workload of the overflow bridge detached: the bridge and its patch pair go, the
+    // main bridge and its workloads stay.
+    let on_overflow: Vec<String> = r1
+        .iter()
+        .filter(|l| l.master == Some(overflow.index))
+        .filter_map(|l| l.alias.as_deref()?.strip_prefix("weir:default/"))
+        .map(str::to_string)
+        .collect();
+    assert!(on_overflow.contains(&"late".to_string()), "{on_overflow:?}");
+    let main_ports_before = r1.iter().filter(|l| l.master == Some(main.index)).count();
+    for id in &on_overflow {
+        c.detach_workload(pb::DetachWorkloadRequest {
+            workload_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("detach {id}: {e}"));
+    }
+    let r1 = links(&lab, "r1").await;
+    for gone in ["wbx1", "wbx1p", "wbx1q"] {
+        assert!(
+            !r1.iter().any(|l| l.name == gone),
+            "{gone} is still there after its last workload left"
+        );
+    }
+    let main_after = r1.iter().find(|l| l.name == "kohaku-overlay").unwrap();
+    assert_eq!(main_after.index, main.index, "the main bridge stays");
+    let main_ports = r1.iter().filter(|l| l.master == Some(main.index)).count();
+    assert_eq!(
+        main_ports,
+        main_ports_before - 1,
+        "only the patch left the main bridge"
+    );
+    assert!(
+        r1.iter()
+            .any(|l| l.alias.as_deref() == Some("weir:default/again")
+                && l.master == Some(main.index))
+    );
+    assert!(lab.ping("again", gateway));
+
+    // The next workload past the main bridge's share gets a new overflow bridge.
+    for i in 0..20 {
+        c.attach_workload(pb::AttachWorkloadRequest {
+            runner: "r1".into(),
+            workload_id: format!("vm{i}"),
+            kind: pb::WorkloadKind::Vm as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("attach vm{i} again: {e}"));
+    }
+    let r1 = links(&lab, "r1").await;
+    let ovf = r1
+        .iter()
+        .find(|l| {
+            l.alias.as_deref() == Some("weir-ovf:default") && l.kind.as_deref() == Some("bridge")
+        })
+        .expect("a new overflow bridge");
+    assert!(r1.iter().any(|l| {
+        l.master == Some(ovf.index)
+            && l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with("weir:default/vm"))
+    }));
 }

@@ -511,3 +511,110 @@ async fn every_fault_point_leaves_store_kernel_and_events_consistent() {
         assert_unique_addresses(&lab, &members).await;
     }
 }
+
+/// A file in `/run/netns` that is not a namespace, removed when the test ends however it ends.
+struct StrayFile(std::path::PathBuf);
+
+impl Drop for StrayFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Issue 12, defect 2: what is not a workload's network namespace is refused at once, with a
+/// clear error, and changes nothing: a FIFO (it used to wedge the runner's command queue), a
+/// regular file, a path outside the allowed directories, the runner's own namespace (by its
+/// pid), and a namespace that routes its default traffic elsewhere (its route is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_real_workload_namespaces_are_accepted_and_refusals_change_nothing() {
+    let mut spec = spec("netns");
+    spec.workloads_per_runner = 0;
+    spec.runners = 1;
+    let lab = must(Lab::up(spec).await);
+    let mut c = control(&lab).await;
+    let fifo = StrayFile(std::path::PathBuf::from(format!(
+        "/run/netns/{}-fifo",
+        lab.ns_name("x")
+    )));
+    nix::unistd::mkfifo(&fifo.0, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let file = StrayFile(std::path::PathBuf::from(format!(
+        "/run/netns/{}-file",
+        lab.ns_name("x")
+    )));
+    std::fs::write(&file.0, b"not a namespace").unwrap();
+    // A namespace with an uplink and a default route of its own.
+    let routed = new_netns(&lab, "routed");
+    for args in [
+        vec!["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+        vec!["addr", "add", "198.51.100.2/24", "dev", "up0"],
+        vec!["link", "set", "up0", "up"],
+        vec!["link", "set", "up1", "up"],
+        vec!["route", "add", "default", "via", "198.51.100.1"],
+    ] {
+        let out = lab.exec("routed", "ip", &args).unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    let runner_pid = lab.runners[&1].pid;
+    let cases: Vec<(&str, pb::AttachWorkloadRequest, &str)> = vec![
+        (
+            "fifo",
+            attach_req("r1", "n-fifo", &fifo.0.display().to_string()),
+            "not a namespace",
+        ),
+        (
+            "file",
+            attach_req("r1", "n-file", &file.0.display().to_string()),
+            "not a namespace",
+        ),
+        (
+            "outside",
+            attach_req("r1", "n-out", "/tmp/weir-not-allowed/ns"),
+            "allowed are",
+        ),
+        (
+            "runner's own",
+            pb::AttachWorkloadRequest {
+                runner: "r1".into(),
+                workload_id: "n-own".into(),
+                pid: runner_pid,
+                ..Default::default()
+            },
+            "runner's own network namespace",
+        ),
+        (
+            "routed",
+            attach_req("r1", "n-routed", &routed),
+            "already has a default route",
+        ),
+    ];
+    for (what, req, says) in cases {
+        let started = Instant::now();
+        let msg = refused(c.attach_workload(req).await, tonic::Code::Aborted);
+        assert!(msg.contains(says), "{what}: {msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Nothing changed: no record, no address taken (the next attach gets the first one), the
+    // routed namespace keeps its default route and got no interface.
+    assert!(listed(&lab).await.is_empty());
+    let ok = new_netns(&lab, "ok");
+    let started = Instant::now();
+    let r = c
+        .attach_workload(attach_req("r1", "ok", &ok))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.get_ref().ip, "10.128.64.2/18");
+    let routes = routes(&lab, "routed").await;
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.starts_with("0.0.0.0/0 via Some(198.51.100.1)")),
+        "{routes:?}"
+    );
+    assert_eq!(addresses_in(&lab, "routed").await, ["198.51.100.2/24"]);
+    doctor_clean(&lab, dur(5)).await;
+}

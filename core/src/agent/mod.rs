@@ -15,6 +15,7 @@ use crate::dataplane::DataplaneError;
 use crate::dataplane::attach::{self, WorkloadIface};
 use crate::dataplane::firewall::{self, Firewall};
 use crate::dataplane::netlink::Netlink;
+use crate::dataplane::netns::{self, NetnsError, NetnsPolicy, NsIdentity};
 use crate::dataplane::runner::{
     DirectPeer, RouteConfig, RunnerDataplane, RunnerNetwork, RunnerTunnel,
 };
@@ -57,13 +58,16 @@ pub struct Agent {
     local: Mutex<BTreeMap<(String, String), Local>>,
     /// How long a workload's namespace may be missing before it is reported gone.
     grace: Mutex<Duration>,
+    /// Which paths may name a workload's namespace.
+    netns_policy: NetnsPolicy,
     /// This runner's id and the host's last route plan (re-applied after a rebuild).
     routes: Mutex<(u32, Option<pb::RoutePlan>)>,
 }
 
 impl Agent {
-    pub fn new(nl: Netlink, uplink: Option<String>) -> Self {
+    pub fn new(nl: Netlink, uplink: Option<String>, netns_policy: NetnsPolicy) -> Self {
         Self {
+            netns_policy,
             dp: RunnerDataplane::new(nl),
             uplink,
             networks: Mutex::new(BTreeMap::new()),
@@ -277,20 +281,6 @@ impl Agent {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
-        let identity = if spec.vm {
-            None
-        } else {
-            let found = ns_identity(Path::new(&spec.netns))?;
-            if let Some(want) = spec.netns_id.map(ns_id)
-                && want != found
-            {
-                return Err(format!(
-                    "namespace-replaced: the namespace at {} is not the workload's (it was replaced)",
-                    spec.netns
-                ));
-            }
-            Some(found)
-        };
         let port = if spec.vm {
             spec.ifname.clone()
         } else {
@@ -314,19 +304,24 @@ impl Agent {
                     if bridge.counted {
                         self.dp.port_freed(bridge.index).await;
                     }
-                    return Err(e.to_string());
+                    return Err(classify(e));
                 }
-                Ok(()) => return Ok(identity),
+                Ok(identity) => return Ok(identity.map(ns_from)),
             }
         }
     }
 
-    async fn attach_to(&self, spec: &pb::WorkloadSpec, bridge: u32) -> Result<(), DataplaneError> {
+    async fn attach_to(
+        &self,
+        spec: &pb::WorkloadSpec,
+        bridge: u32,
+    ) -> Result<Option<NsIdentity>, DataplaneError> {
         let bad = |e: String| DataplaneError::Invalid(e);
         if spec.vm {
             let owner = attach::alias(&spec.network, &spec.workload_id);
             return attach::attach_tap(self.dp.netlink(), &spec.ifname, &owner, bridge, spec.mtu)
-                .await;
+                .await
+                .map(|()| None);
         }
         let iface = {
             WorkloadIface {
@@ -347,7 +342,13 @@ impl Agent {
                 },
             }
         };
-        attach::attach(self.dp.netlink(), &iface).await
+        let expected = spec.netns_id.map(|n| NsIdentity {
+            dev: n.dev,
+            ino: n.ino,
+        });
+        attach::attach_checked(self.dp.netlink(), &iface, &self.netns_policy, expected)
+            .await
+            .map(Some)
     }
 
     /// Apply the firewall's changes. Overlay traffic is connection-tracked exactly while a
@@ -636,22 +637,35 @@ fn ns_id(n: pb::NetnsIdentity) -> NamespaceId {
     }
 }
 
-/// The identity of the namespace at `path`, without blocking (`O_PATH`: a FIFO or a device
-/// is never opened for reading).
+/// The identity of the namespace at `path` now (`stat` only: never opened, never blocks).
 fn ns_identity(path: &Path) -> Result<NamespaceId, String> {
-    use nix::fcntl::{OFlag, open};
-    use nix::sys::stat::{Mode, fstat};
-    let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+    netns::identity(path).map(ns_from).map_err(|e| {
         format!(
-            "namespace-gone: the namespace at {} cannot be opened: {e}",
+            "namespace-gone: the namespace at {} cannot be found: {e}",
             path.display()
         )
-    })?;
-    let st = fstat(&fd).map_err(|e| format!("stat {}: {e}", path.display()))?;
-    Ok(NamespaceId {
-        dev: st.st_dev,
-        ino: st.st_ino,
     })
+}
+
+fn ns_from(n: NsIdentity) -> NamespaceId {
+    NamespaceId {
+        dev: n.dev,
+        ino: n.ino,
+    }
+}
+
+/// An attach's failure as the host sees it; a namespace that is missing or another one is
+/// marked (`namespace-…:`) so a sync remembers the workload as missing instead of failing.
+fn classify(e: DataplaneError) -> String {
+    match &e {
+        DataplaneError::NetnsReplaced { .. } => format!("namespace-replaced: {e}"),
+        DataplaneError::Netns(NetnsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            format!("namespace-gone: {e}")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// A local container's namespace as it is now: its identity and the workload interface's

@@ -4,13 +4,18 @@
 //! The host end is named from a hash of (network, workload id) and carries the workload's
 //! identity in its alias, so attach is idempotent and a hash collision is detected, not
 //! silently shared.
+//!
+//! The namespace comes from the host as a path and is opened only through
+//! [`netns::open_workload`] (see [`attach_checked`]).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
 use super::netlink::{Netlink, RoutingRule};
+use super::netns::{self, NetnsPolicy, NsIdentity};
 use super::{DataplaneError, Result};
 
 /// Aliases of Weir's workload interfaces start with this.
@@ -21,7 +26,7 @@ pub const ALIAS_PREFIX: &str = "weir:";
 pub struct WorkloadIface {
     pub network: String,
     pub workload: String,
-    /// `/run/netns/NAME` or `/proc/PID/ns/net`.
+    /// `/run/netns/NAME` or `/proc/PID/ns/net` (what is accepted: [`NetnsPolicy`]).
     pub netns: PathBuf,
     /// Name inside the workload (`eth0`).
     pub ifname: String,
@@ -120,12 +125,55 @@ pub fn alias(network: &str, workload: &str) -> String {
     format!("{ALIAS_PREFIX}{network}/{workload}")
 }
 
-/// Create (or repair) a workload interface. Idempotent.
+/// Create (or repair) a workload interface with the default [`NetnsPolicy`] and no expected
+/// namespace identity. Idempotent. Callers that know the policy from the configuration and the
+/// namespace's identity from an earlier attach use [`attach_checked`].
 pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
+    attach_checked(nl, w, &NetnsPolicy::default(), None)
+        .await
+        .map(|_| ())
+}
+
+/// Create (or repair) a workload interface. Idempotent.
+///
+/// The namespace at `w.netns` is opened with [`netns::open_workload`] under `policy` (never
+/// blocking; only a network namespace of the workload's own). With `expected`, it must be that
+/// namespace (the path was not re-used for another). Returns the identity of the namespace the
+/// interface is in, for the next attach of the same workload.
+///
+/// A refused attach leaves nothing behind: a veth it created is deleted (its peer inside the
+/// namespace goes with it). A namespace that already has a default route not through this
+/// interface's gateway is refused, not re-routed.
+pub async fn attach_checked(
+    nl: &Netlink,
+    w: &WorkloadIface,
+    policy: &NetnsPolicy,
+    expected: Option<NsIdentity>,
+) -> Result<NsIdentity> {
     crate::telemetry::kernel("netlink.attach", async {
-        let ns_file = std::fs::File::open(&w.netns).map_err(|e| {
-            DataplaneError::io(format!("open network namespace {}", w.netns.display()), e)
+        let (ns_file, id) = netns::open_workload(&w.netns, policy)?;
+        if let Some(expected) = expected
+            && expected != id
+        {
+            return Err(DataplaneError::NetnsReplaced {
+                path: w.netns.clone(),
+                expected,
+                found: id,
+            });
+        }
+        // Inside through the descriptor just checked, never the path again (it could be
+        // re-bound meanwhile).
+        let held = PathBuf::from(format!("/proc/self/fd/{}", ns_file.as_raw_fd()));
+        let inner = Netlink::in_namespace(&held).map_err(|e| {
+            DataplaneError::Invalid(format!(
+                "open a netlink socket inside {}: {e}",
+                w.netns.display()
+            ))
         })?;
+        if w.default_route {
+            // Before anything is created: most refusals then have nothing to undo.
+            check_default_route(&inner, w, None).await?;
+        }
         let name = w.host_ifname();
         // The usual case first: create the pair ready (up, MTU, on the bridge) in one request.
         // Only when something is already there is it looked at and repaired.
@@ -143,38 +191,109 @@ pub async fn attach(nl: &Netlink, w: &WorkloadIface) -> Result<()> {
         if created {
             crate::failpoint::hit("agent.attach.after-veth");
         }
-        if !created {
-            let Some(host) = nl.link(&name).await? else {
-                return Err(DataplaneError::Invalid(format!(
-                    "{} already exists inside {}",
-                    w.ifname,
-                    w.netns.display()
-                )));
-            };
-            if host.alias.as_deref() != Some(w.alias().as_str()) {
-                return Err(DataplaneError::Invalid(format!(
-                    "interface {name} belongs to {}, not {}",
-                    host.alias.unwrap_or_else(|| "something else".into()),
-                    w.alias()
-                )));
+        let result = async {
+            if !created {
+                repair_host_end(nl, w, &name).await?;
             }
-            if host.master != Some(w.bridge) {
-                nl.set_master(host.index, w.bridge).await?;
-            }
-            if host.mtu != w.mtu {
-                nl.set_mtu(host.index, w.mtu).await?;
-            }
-            if !host.up {
-                nl.set_up(host.index).await?;
-            }
+            configure_inside(&inner, w).await
         }
-        configure_inside(&w.netns, w).await
+        .await;
+        if let Err(e) = result {
+            if created {
+                remove_created(nl, &name, &e).await;
+            }
+            return Err(e);
+        }
+        Ok(id)
     })
     .await
 }
 
-async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
-    let inner = Netlink::in_namespace(ns)?;
+/// Undo a veth this attach created (its peer inside the namespace goes with it).
+async fn remove_created(nl: &Netlink, name: &str, why: &DataplaneError) {
+    let removed = match nl.link(name).await {
+        Ok(Some(l)) => nl.del_link(l.index).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(interface = %name, error = %e, attach_error = %why, "cannot remove the interface of a refused attach");
+    }
+}
+
+/// The host end exists already: it must be this workload's; put it right.
+async fn repair_host_end(nl: &Netlink, w: &WorkloadIface, name: &str) -> Result<()> {
+    let Some(host) = nl.link(name).await? else {
+        return Err(DataplaneError::Invalid(format!(
+            "{} already exists inside {}",
+            w.ifname,
+            w.netns.display()
+        )));
+    };
+    if host.alias.as_deref() != Some(w.alias().as_str()) {
+        return Err(DataplaneError::Invalid(format!(
+            "interface {name} belongs to {}, not {}",
+            host.alias.unwrap_or_else(|| "something else".into()),
+            w.alias()
+        )));
+    }
+    if host.master != Some(w.bridge) {
+        nl.set_master(host.index, w.bridge).await?;
+    }
+    if host.mtu != w.mtu {
+        nl.set_mtu(host.index, w.mtu).await?;
+    }
+    if !host.up {
+        nl.set_up(host.index).await?;
+    }
+    Ok(())
+}
+
+/// Refuse a namespace whose default route is not through `w`'s gateway on its interface
+/// (`oif`, once known): Weir does not take a namespace's default route away from it.
+async fn check_default_route(inner: &Netlink, w: &WorkloadIface, oif: Option<u32>) -> Result<()> {
+    let defaults: Vec<_> = inner
+        .routes()
+        .await?
+        .into_iter()
+        .filter(|r| r.destination == Ipv4Net::default())
+        .collect();
+    if defaults.is_empty() {
+        return Ok(());
+    }
+    let links = inner.links().await?;
+    let own = oif.or_else(|| links.iter().find(|l| l.name == w.ifname).map(|l| l.index));
+    for r in defaults {
+        if r.gateway == Some(w.gateway) && own.is_some() && r.oif == own {
+            continue;
+        }
+        let mut route = String::new();
+        if let Some(gw) = r.gateway {
+            route.push_str(&format!("via {gw}"));
+        }
+        if let Some(oif) = r.oif {
+            let dev = links
+                .iter()
+                .find(|l| l.index == oif)
+                .map_or_else(|| format!("#{oif}"), |l| l.name.clone());
+            if !route.is_empty() {
+                route.push(' ');
+            }
+            route.push_str(&format!("dev {dev}"));
+        }
+        if route.is_empty() {
+            route.push_str("without a gateway or device (blackhole, unreachable or prohibit)");
+        }
+        return Err(DataplaneError::ForeignDefaultRoute {
+            path: w.netns.clone(),
+            route,
+        });
+    }
+    Ok(())
+}
+
+async fn configure_inside(inner: &Netlink, w: &WorkloadIface) -> Result<()> {
+    let ns = &w.netns;
     let link = inner.link(&w.ifname).await?.ok_or_else(|| {
         DataplaneError::Invalid(format!(
             "{} is missing inside {} (its peer exists on the runner)",
@@ -182,6 +301,10 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
             ns.display()
         ))
     })?;
+    if w.default_route {
+        // Again, now that the interface is known (a route may have appeared meanwhile).
+        check_default_route(inner, w, Some(link.index)).await?;
+    }
     if link.mtu != w.mtu {
         inner.set_mtu(link.index, w.mtu).await?;
     }
@@ -204,7 +327,7 @@ async fn configure_inside(ns: &Path, w: &WorkloadIface) -> Result<()> {
             .await?;
     }
     if let Some(table) = w.source_table {
-        source_route(&inner, w, link.index, table).await?;
+        source_route(inner, w, link.index, table).await?;
     }
     Ok(())
 }

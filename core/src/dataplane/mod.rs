@@ -1,6 +1,6 @@
 //! The data plane: the only part of Weir that touches the kernel, through netlink and nftables.
 //!
-//! - [`netns`]: enter, create and delete network namespaces
+//! - [`netns`]: open workload namespaces safely; enter, create and delete network namespaces
 //! - [`netlink`]: links, addresses and routes (rtnetlink)
 //! - [`nft`]: Weir's own nftables tables, replaced atomically
 //! - [`host`]: the hub's devices, tunnels and rules
@@ -39,6 +39,26 @@ pub enum DataplaneError {
     /// A bridge has no free port (the kernel caps a bridge at 1023 ports).
     #[error("bridge #{0} has no free port")]
     BridgeFull(u32),
+    /// A workload's network namespace was refused (see [`netns::open_workload`]).
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    /// The path no longer holds the workload's namespace.
+    #[error(
+        "the namespace at {path} is not the workload's: it was replaced (expected {expected}, found {found})"
+    )]
+    NetnsReplaced {
+        path: std::path::PathBuf,
+        expected: netns::NsIdentity,
+        found: netns::NsIdentity,
+    },
+    /// The workload's namespace already routes its default traffic elsewhere.
+    #[error(
+        "the namespace {path} already has a default route {route}; Weir does not replace it (attach this interface without the default route, or remove that route first)"
+    )]
+    ForeignDefaultRoute {
+        path: std::path::PathBuf,
+        route: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

@@ -109,6 +109,23 @@ struct BridgePorts {
     overflow: std::collections::HashMap<String, Vec<u32>>,
 }
 
+/// Forget overflow bridge `index` of `network`; its patch left the bridge `main` (if known).
+fn forget_overflow(b: &mut BridgePorts, network: &str, index: u32, main: Option<u32>) {
+    b.ports.remove(&index);
+    b.index_of.retain(|_, i| *i != index);
+    if let Some(list) = b.overflow.get_mut(network) {
+        list.retain(|i| *i != index);
+        if list.is_empty() {
+            b.overflow.remove(network);
+        }
+    }
+    if let Some(main) = main
+        && let Some(n) = b.ports.get_mut(&main)
+    {
+        *n = n.saturating_sub(1);
+    }
+}
+
 /// Where a workload interface goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BridgeChoice {
@@ -231,11 +248,66 @@ impl RunnerDataplane {
             .insert(index, BRIDGE_MAX_PORTS);
     }
 
-    /// A port left bridge `index` (a workload interface was deleted).
+    /// A port left bridge `index` (a workload interface was deleted). An overflow bridge left
+    /// with no workload port is deleted with its patch pair; other bridges are not touched.
+    ///
+    /// Runs under the same lock as [`Self::bridge_for`], so an attach either counted its port
+    /// first (and the bridge is not empty) or chooses after the bridge is gone.
     pub async fn port_freed(&self, index: u32) {
-        if let Some(n) = self.bridges.lock().await.ports.get_mut(&index) {
-            *n = n.saturating_sub(1);
+        let mut b = self.bridges.lock().await;
+        let Some(n) = b.ports.get_mut(&index) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        // An overflow bridge's own patch end is one of its ports.
+        let empty = *n <= 1;
+        let Some(network) = b
+            .overflow
+            .iter()
+            .find(|(_, bridges)| bridges.contains(&index))
+            .map(|(net, _)| net.clone())
+        else {
+            return;
+        };
+        if empty && let Err(e) = self.remove_overflow(&mut b, &network, index).await {
+            tracing::warn!(network = %network, bridge = index, error = %e, "cannot remove an empty overflow bridge");
         }
+    }
+
+    /// Delete the overflow bridge `index` of `network` and its patch pair, if the kernel agrees
+    /// that no workload port is left on it (the count is a cache); forget it either way it goes.
+    async fn remove_overflow(&self, b: &mut BridgePorts, network: &str, index: u32) -> Result<()> {
+        let links = self.nl.links().await?;
+        let alias = format!("{OVERFLOW_ALIAS_PREFIX}{network}");
+        let Some(bridge) = links
+            .iter()
+            .find(|l| l.index == index && l.alias.as_deref() == Some(alias.as_str()))
+        else {
+            // Gone already (or not ours any more): nothing to delete.
+            forget_overflow(b, network, index, None);
+            return Ok(());
+        };
+        let (patch_p, patch_q) = (format!("{}p", bridge.name), format!("{}q", bridge.name));
+        let others = links
+            .iter()
+            .filter(|l| l.master == Some(index) && l.name != patch_q)
+            .count();
+        if others > 0 {
+            // The count was wrong: believe the kernel and keep the bridge.
+            b.ports.insert(index, others + 1);
+            return Ok(());
+        }
+        // Forgotten first, so no attach picks it whatever happens below.
+        let main_patched = links
+            .iter()
+            .find(|l| l.name == patch_p && l.alias.as_deref() == Some(alias.as_str()));
+        forget_overflow(b, network, index, main_patched.and_then(|l| l.master));
+        tracing::info!(network = %network, bridge = %bridge.name, "removing an empty overflow bridge");
+        self.nl.del_link(index).await?;
+        if let Some(p) = main_patched {
+            self.nl.del_link(p.index).await?;
+        }
+        Ok(())
     }
 
     /// Create an overflow bridge for `net`, patched into its bridge `main`; its ifindex.
