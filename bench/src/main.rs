@@ -1,7 +1,7 @@
 //! `weir-bench`: Weir beside the reference tools, on one machine, in one run.
 //!
 //! ```text
-//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale memory
+//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale memory concurrency
 //! ```
 //!
 //! Each section builds what it measures in network namespaces of its own (`weir-bench-…`),
@@ -9,6 +9,7 @@
 //! `docs/benchmarks.md` (or `--out FILE`), each section in its own block.
 
 mod attach;
+mod concurrency;
 mod datapath;
 mod env;
 mod memory;
@@ -36,15 +37,17 @@ enum Section {
     Datapath,
     Scale,
     Memory,
+    Concurrency,
 }
 
 impl Section {
-    const ALL: [Section; 5] = [
+    const ALL: [Section; 6] = [
         Section::Attach,
         Section::Policy,
         Section::Datapath,
         Section::Scale,
         Section::Memory,
+        Section::Concurrency,
     ];
 
     fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Section {
             Section::Datapath => "datapath",
             Section::Scale => "scale",
             Section::Memory => "memory",
+            Section::Concurrency => "concurrency",
         }
     }
 
@@ -64,6 +68,7 @@ impl Section {
             Section::Datapath => datapath::TITLE,
             Section::Scale => scale::TITLE,
             Section::Memory => memory::TITLE,
+            Section::Concurrency => concurrency::TITLE,
         }
     }
 
@@ -74,6 +79,7 @@ impl Section {
             Section::Datapath => Box::pin(datapath::run(opts, run)),
             Section::Scale => Box::pin(scale::run(opts, run)),
             Section::Memory => Box::pin(memory::run(opts, run)),
+            Section::Concurrency => Box::pin(concurrency::run(opts, run)),
         }
     }
 }

@@ -26,6 +26,11 @@ impl Samples {
     pub fn median(&self) -> Duration {
         self.pct(0.5)
     }
+
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
 }
 
 /// The mean of a slice of durations (zero for an empty one).
