@@ -342,7 +342,7 @@ mod tests {
         }
         req.extensions_mut().insert(TcpConnectInfo {
             local_addr: None,
-            remote_addr: Some(format!("{ip}:40000").parse().unwrap()),
+            remote_addr: Some(std::net::SocketAddr::new(ip.parse().unwrap(), 40000)),
         });
         req
     }
@@ -493,7 +493,18 @@ mod tests {
             Status::not_found("x".repeat(20_000)).into_http();
         let r = conventional(r);
         assert_eq!(code_of(&r), Code::NotFound);
+        let msg = r
+            .extensions()
+            .get::<Status>()
+            .unwrap()
+            .message()
+            .to_string();
+        assert!(
+            msg.len() <= MAX_STATUS_MESSAGE && msg.contains("20000 bytes in all"),
+            "{msg}"
+        );
+        // The header carries it percent-encoded ("…" is 9 bytes there).
         let header = r.headers().get("grpc-message").unwrap();
-        assert!(header.len() <= MAX_STATUS_MESSAGE, "{}", header.len());
+        assert!(header.len() <= MAX_STATUS_MESSAGE + 16, "{}", header.len());
     }
 }
