@@ -66,12 +66,19 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
     let mut ctl = env::control(&lab).await?;
     let listed = list_all(&mut ctl).await?;
     if listed.len() != n {
-        bail!("{} workloads listed after {n} acknowledged attaches", listed.len());
+        bail!(
+            "{} workloads listed after {n} acknowledged attaches",
+            listed.len()
+        );
     }
     for w in &listed {
         let got = lab.address_of(&w.workload_id).await;
         if got.map(|a| a.to_string()) != Some(w.ip.clone()) {
-            bail!("{} is listed with {} but its eth0 has {got:?}", w.workload_id, w.ip);
+            bail!(
+                "{} is listed with {} but its eth0 has {got:?}",
+                w.workload_id,
+                w.ip
+            );
         }
     }
     let unique: std::collections::BTreeSet<(String, String)> = listed
@@ -196,12 +203,23 @@ async fn phase(
 }
 
 async fn list_all(ctl: &mut env::Control) -> Result<Vec<pb::Workload>> {
-    Ok(ctl
-        .list_workloads(pb::ListWorkloadsRequest::default())
-        .await
-        .context("list workloads")?
-        .into_inner()
-        .workloads)
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ctl
+            .list_workloads(pb::ListWorkloadsRequest {
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .context("list workloads")?
+            .into_inner();
+        all.extend(page.workloads);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 async fn diagnose_clean(ctl: &mut env::Control) -> Result<()> {

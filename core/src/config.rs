@@ -363,6 +363,12 @@ pub struct HostConfig {
     /// mTLS: clients on `listen` must present a certificate signed by this CA (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Calls served at once (every listener together); a call beyond waits up to 5 s for a
+    /// slot, then gets RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: u32,
+    /// Calls without a valid token (health, reflection, wrong tokens) allowed per second per
+    /// peer address (also the burst); beyond, RESOURCE_EXHAUSTED.
+    pub unauthenticated_calls_per_second: u32,
 }
 
 impl Default for HostConfig {
@@ -378,6 +384,8 @@ impl Default for HostConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            max_concurrent_calls: 256,
+            unauthenticated_calls_per_second: 20,
         }
     }
 }
@@ -1017,6 +1025,22 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     problems.extend(validate_telemetry(loaded));
     problems.extend(validate_netns_allow(loaded));
+    let h = &loaded.config.host;
+    for (key, value, max) in [
+        ("host.max_concurrent_calls", h.max_concurrent_calls, 65_536),
+        (
+            "host.unauthenticated_calls_per_second",
+            h.unauthenticated_calls_per_second,
+            1_000_000,
+        ),
+    ] {
+        if !(1..=max).contains(&value) {
+            problems.push(format!(
+                "{key} ({}): {value} is out of range (allowed: 1 to {max})",
+                loaded.source_of(key)
+            ));
+        }
+    }
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
     {
@@ -1514,6 +1538,33 @@ mod tests {
             assert!(e.contains("unknown key"), "{e}");
             let e = error_of(jail, "[overlays]\nmtu = 1400\n");
             assert!(e.contains("overlays") && e.contains("unknown key"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn call_limits_default_and_are_bounded() {
+        Jail::expect_with(|jail| {
+            let c = load_in_jail(jail, None).unwrap();
+            assert_eq!(c.config.host.max_concurrent_calls, 256);
+            assert_eq!(c.config.host.unauthenticated_calls_per_second, 20);
+            let e = error_of(jail, "[host]\nmax_concurrent_calls = 0\n");
+            assert!(
+                e.contains("host.max_concurrent_calls (file")
+                    && e.contains("bad.toml")
+                    && e.contains("0 is out of range (allowed: 1 to 65536)"),
+                "{e}"
+            );
+            let e = error_of(jail, "[host]\nunauthenticated_calls_per_second = 0\n");
+            assert!(
+                e.contains("host.unauthenticated_calls_per_second") && e.contains("allowed: 1 to"),
+                "{e}"
+            );
+            let e = error_of(jail, "[host]\nmax_concurrent_calls = -3\n");
+            assert!(e.contains("host.max_concurrent_calls"), "{e}");
+            jail.set_env("WEIR_HOST__UNAUTHENTICATED_CALLS_PER_SECOND", "5");
+            let c = load_in_jail(jail, None).unwrap();
+            assert_eq!(c.config.host.unauthenticated_calls_per_second, 5);
             Ok(())
         });
     }

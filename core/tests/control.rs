@@ -1016,3 +1016,403 @@ async fn a_reconnecting_watcher_misses_nothing() {
         }
     }
 }
+
+/// Sends a call's request bytes as they are, and hands back the answer's bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// A unary call of `method` carrying `body` as its (unchecked) request message.
+async fn raw_call(lab: &Lab, method: &'static str, body: Vec<u8>) -> tonic::Status {
+    let ch = weir::api::client::connect(&lab.control_url(), Default::default())
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(body);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", lab.control_token()).parse().unwrap(),
+    );
+    let path = http::uri::PathAndQuery::from_static(method);
+    match grpc.unary::<_, Vec<u8>, _>(req, path, RawCodec).await {
+        Ok(r) => panic!("{method} accepted {:?}", r.into_inner()),
+        Err(st) => st,
+    }
+}
+
+/// The number after `prefix` in `text`.
+fn number_after(text: &str, prefix: &str) -> u64 {
+    let rest = &text[text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} in {text}"))
+        + prefix.len()..];
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_after_the_last_event_is_out_of_range() {
+    let mut s = spec("wrng");
+    s.runners = 1;
+    s.workloads_per_runner = 0;
+    let lab = must(Lab::up(s).await);
+    let mut c = control(&lab).await;
+    // The largest `after` there is: no overflow, a clear refusal naming the last event.
+    let msg = refused(
+        c.watch_events(pb::WatchEventsRequest {
+            after: u64::MAX,
+            only_new: false,
+        })
+        .await,
+        Code::OutOfRange,
+    );
+    assert!(
+        msg.starts_with("after: 18446744073709551615 is beyond the last event"),
+        "{msg}"
+    );
+    let last = number_after(&msg, "the last event, ");
+    assert!(last >= 1, "r1 joined: {msg}");
+    let msg = refused(
+        c.watch_events(pb::WatchEventsRequest {
+            after: last + 1,
+            only_new: false,
+        })
+        .await,
+        Code::OutOfRange,
+    );
+    assert_eq!(number_after(&msg, "the last event, "), last, "{msg}");
+    // `after` = the last event: nothing to replay, and the next event arrives.
+    let mut stream = c
+        .watch_events(pb::WatchEventsRequest {
+            after: last,
+            only_new: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.reserve_address(pb::ReserveAddressRequest {
+        runner: "r1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(dur(10), stream.message())
+        .await
+        .expect("the next event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.seq, last + 1);
+    assert_eq!(e.kind, pb::EventKind::ReservationMade as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_input_is_refused_briefly_with_the_right_code() {
+    let mut s = spec("big");
+    s.runners = 0;
+    s.workloads_per_runner = 0;
+    let lab = must(Lab::up(s).await);
+    let mut c = control(&lab).await;
+    // A 20,000-character id: INVALID_ARGUMENT quoting a prefix (not an h2 error).
+    let long = "a".repeat(20_000);
+    let msg = refused(
+        c.attach_workload(attach_req("r1", &long, "/run/netns/x"))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.starts_with("workload_id: \"aaaa") && msg.len() < 300,
+        "{msg}"
+    );
+    assert!(msg.contains("20000 in all"), "{msg}");
+    // An unknown 20,000-character runner name is quoted briefly too.
+    let msg = refused(
+        c.reserve_address(pb::ReserveAddressRequest {
+            runner: long.clone(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+    );
+    assert!(msg.starts_with("runner: ") && msg.len() < 300, "{msg}");
+    // Whatever a message quotes, it stays within 1 KiB.
+    let msg = refused(
+        c.attach_workload(attach_req("r1", "w1", &long)).await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.starts_with("netns: ") && msg.len() <= 1024, "{msg}");
+    assert!(msg.contains("message cut"), "{msg}");
+
+    // Labels: at most 64, and 16 KiB of keys and values, on attach, on list filters, and on
+    // runner registration.
+    let many: HashMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    let big: HashMap<String, String> = (0..64)
+        .map(|i| (format!("{i:0>63}"), "v".repeat(253)))
+        .collect();
+    for (labels, want) in [
+        (&many, "labels: 65 labels; at most 64"),
+        (&big, "labels: 20224 bytes"),
+    ] {
+        let mut req = attach_req("r1", "l1", "/run/netns/x");
+        req.labels = labels.clone();
+        let msg = refused(c.attach_workload(req).await, Code::InvalidArgument);
+        assert!(msg.contains(want), "{msg}");
+        let msg = refused(
+            c.list_workloads(pb::ListWorkloadsRequest {
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await,
+            Code::InvalidArgument,
+        );
+        assert!(msg.contains(want), "{msg}");
+    }
+    let ch = weir::api::client::connect(&lab.control_url(), Default::default())
+        .await
+        .unwrap();
+    let mut agent = weir_proto::v1::agent_client::AgentClient::with_interceptor(
+        ch,
+        weir::api::auth::Bearer::new(Some(&lab.join_token())).unwrap(),
+    );
+    let msg = refused(
+        agent
+            .register(pb::RegisterRequest {
+                name: "labelled".into(),
+                physical_ip: "192.0.2.66".into(),
+                labels: many.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("labels: 65 labels"), "{msg}");
+    assert!(
+        runner_view(&mut c).await.is_empty(),
+        "a refused call changes nothing"
+    );
+
+    // Bytes that are no protobuf message: INVALID_ARGUMENT (field 2 claims 5 bytes, has 1).
+    for method in [
+        "/weir.v1.Control/AttachWorkload",
+        "/weir.v1.Control/WatchEvents",
+    ] {
+        let st = raw_call(&lab, method, b"\x12\x05a".to_vec()).await;
+        assert_eq!(
+            st.code(),
+            Code::InvalidArgument,
+            "{method}: {}",
+            st.message()
+        );
+        assert!(
+            st.message().contains("not a valid message"),
+            "{}",
+            st.message()
+        );
+    }
+    // A request over the 4 MiB limit: RESOURCE_EXHAUSTED.
+    let huge = "h".repeat(5 << 20);
+    let msg = refused(
+        c.attach_workload(attach_req("r1", &huge, "/run/netns/x"))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(
+        msg.contains("too large") && msg.contains("4194304"),
+        "{msg}"
+    );
+    // And the host serves on.
+    assert!(workloads(&mut c).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_unauthenticated_calls_is_limited_but_authenticated_calls_are_served() {
+    let mut s = spec("rate");
+    s.runners = 0;
+    s.workloads_per_runner = 0;
+    s.host_keys
+        .push_str("unauthenticated_calls_per_second = 5\n");
+    let lab = must(Lab::up(s).await);
+    let mut anonymous = control_as(&lab, None).await;
+    let mut c = control(&lab).await;
+    let started = std::time::Instant::now();
+    let (mut unauthenticated, mut limited) = (0u32, 0u32);
+    for _ in 0..40 {
+        match anonymous.get_status(pb::GetStatusRequest {}).await {
+            Err(st) if st.code() == Code::Unauthenticated => unauthenticated += 1,
+            Err(st) if st.code() == Code::ResourceExhausted => {
+                assert!(
+                    st.message()
+                        .contains("host.unauthenticated_calls_per_second"),
+                    "{}",
+                    st.message()
+                );
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+        // The authenticated client's calls are never limited.
+        c.get_status(pb::GetStatusRequest {}).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let allowed = 5 + (elapsed.as_secs_f64() * 5.0).ceil() as u32;
+    eprintln!(
+        "40 unauthenticated calls in {elapsed:?}: {unauthenticated} answered UNAUTHENTICATED, {limited} RESOURCE_EXHAUSTED"
+    );
+    assert!(
+        unauthenticated >= 5 && unauthenticated <= allowed,
+        "{unauthenticated} > {allowed}"
+    );
+    assert_eq!(unauthenticated + limited, 40);
+    // Health checks need no token, so they count too.
+    let ch = weir::api::client::connect(&lab.control_url(), Default::default())
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        codes.push(r.err().map_or(Code::Ok, |st| st.code()));
+    }
+    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    // 50 concurrent authenticated clients (each its own connection) are all served.
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(control(&lab).await);
+    }
+    let started = std::time::Instant::now();
+    let calls = clients.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                c.list_runners(pb::ListRunnersRequest {}).await?;
+            }
+            Ok::<_, tonic::Status>(())
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap().unwrap();
+    }
+    eprintln!(
+        "50 concurrent clients x 20 authenticated calls: all served in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_are_listed_page_by_page() {
+    let mut s = spec("page");
+    s.runners = 1;
+    s.workloads_per_runner = 5;
+    let lab = must(Lab::up(s).await);
+    let mut c = control(&lab).await;
+    let all: Vec<String> = workloads(&mut c)
+        .await
+        .into_iter()
+        .map(|w| w.workload_id)
+        .collect();
+    assert_eq!(all.len(), 5);
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .list_workloads(pb::ListWorkloadsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(r.workloads.len() <= 2);
+        paged.extend(r.workloads.into_iter().map(|w| w.workload_id));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, all, "every workload once, in order");
+    // A size beyond the maximum is lowered, not refused.
+    let r = c
+        .list_workloads(pb::ListWorkloadsRequest {
+            page_size: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.workloads.len(), 5);
+    assert!(r.next_page_token.is_empty());
+    let msg = refused(
+        c.list_workloads(pb::ListWorkloadsRequest {
+            page_token: "not a token".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.starts_with("page_token: "), "{msg}");
+    // The CLI fetches every page.
+    let out = lab
+        .weir(&["workloads", "--json", "--page-size", "2"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = v["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, all);
+}

@@ -14,7 +14,9 @@ async fn the_python_scheduler_example_runs_a_job_against_the_lab() {
     let master = new_netns(&lab, "m");
     let w1 = new_netns(&lab, "w1");
     let w2 = new_netns(&lab, "w2");
+    // Two workloads per page: the job's three are listed over two pages.
     let out = python_scheduler(&lab)
+        .args(["--page-size", "2"])
         .args(["--master", &format!("r1={master}")])
         .args([
             "--worker",

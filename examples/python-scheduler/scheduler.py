@@ -100,6 +100,18 @@ def parse_placement(text):
     return runner, netns
 
 
+def list_workloads(control, pb, auth, page_size=0, **filters):
+    """Every workload matching the filters, fetching page after page."""
+    token = ""
+    while True:
+        page = control.ListWorkloads(
+            pb.ListWorkloadsRequest(page_size=page_size, page_token=token, **filters), metadata=auth)
+        yield from page.workloads
+        if not page.next_page_token:
+            return
+        token = page.next_page_token
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", required=True, help="unix:///path or HOST:PORT of `weir host`")
@@ -107,6 +119,8 @@ def main():
     ap.add_argument("--master", required=True, type=parse_placement, help="RUNNER=NETNS of the master")
     ap.add_argument("--worker", action="append", default=[], type=parse_placement, help="RUNNER=NETNS of a worker")
     ap.add_argument("--job", default="job1", help="job name (workload ids derive from it)")
+    ap.add_argument("--page-size", type=int, default=0,
+                    help="workloads per ListWorkloads call (default: the host's, 1000)")
     ap.add_argument("--otlp-endpoint", help="send this script's spans to an OTLP/gRPC collector, "
                     "e.g. http://127.0.0.1:4317 (needs opentelemetry-sdk and "
                     "opentelemetry-exporter-otlp-proto-grpc)")
@@ -166,8 +180,8 @@ def main():
             labels={"job": args.job, "role": "worker", "master_addr": master_ip}), auth)
         workers.append({"id": w.workload_id, "runner": runner, "ip": w.ip})
 
-    listed = control.ListWorkloads(pb.ListWorkloadsRequest(labels={"job": args.job}), metadata=auth)
-    in_job = sorted(w.workload_id for w in listed.workloads)
+    listed = list_workloads(control, pb, auth, page_size=args.page_size, labels={"job": args.job})
+    in_job = sorted(w.workload_id for w in listed)
 
     for wid in sorted(mine):
         tracing.call(control.DetachWorkload, "DetachWorkload", wid,

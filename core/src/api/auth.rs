@@ -44,6 +44,19 @@ impl Gate {
         }
     }
 
+    /// Whether a call's headers carry a token of either role (or the host is insecure): an
+    /// authenticated call, which the edge's per-peer limit never counts.
+    pub fn admits(&self, headers: &http::HeaderMap) -> bool {
+        if self.insecure {
+            return true;
+        }
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token);
+        token.is_some_and(|t| self.control.contains(t) || self.join.contains(t))
+    }
+
     fn check(&self, meta: &MetadataMap, role: Role) -> Result<(), Status> {
         if self.insecure {
             return Ok(());
@@ -89,8 +102,12 @@ impl Interceptor for Guard {
 }
 
 fn bearer(meta: &MetadataMap) -> Option<&str> {
-    let v = meta.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
+    bearer_token(meta.get("authorization")?.to_str().ok()?)
+}
+
+/// The token of an `authorization: Bearer <token>` value.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 

@@ -10,7 +10,7 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::control_server::Control;
 
 use super::status;
-use crate::hub::Hub;
+use crate::hub::{Hub, check_label_limits};
 
 pub struct ControlService {
     hub: Arc<Hub>,
@@ -84,12 +84,13 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListWorkloadsRequest>,
     ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
-        let workloads = self
-            .hub
-            .list_workloads(req.into_inner())
-            .await
-            .map_err(status)?;
-        Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
+        let req = req.into_inner();
+        check_label_limits(&req.labels, "labels").map_err(status)?;
+        let (workloads, next_page_token) = self.hub.list_workloads(req).await.map_err(status)?;
+        Ok(Response::new(pb::ListWorkloadsResponse {
+            workloads,
+            next_page_token,
+        }))
     }
 
     async fn diagnose(

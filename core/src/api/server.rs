@@ -14,6 +14,7 @@ use weir_proto::v1::control_server::ControlServer;
 use super::agent::AgentService;
 use super::auth::{Gate, Role};
 use super::control::ControlService;
+use super::edge::{EdgeLayer, EdgeLimits};
 use super::telemetry::GrpcTelemetryLayer;
 use crate::hub::Hub;
 
@@ -79,13 +80,15 @@ pub async fn serve_local((listener, path): (UnixListener, PathBuf)) {
 
 /// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
 /// Besides `weir.v1.Agent` and `weir.v1.Control` (behind `gate`), every listener serves
-/// `grpc.health.v1.Health` and server reflection.
+/// `grpc.health.v1.Health` and server reflection; `limits` apply to all listeners together
+/// (see [`super::edge`]).
 pub async fn serve(
     hub: Arc<Hub>,
     gate: Gate,
     listeners: Listeners,
     tls: Option<ServerTlsConfig>,
     keepalive: Duration,
+    limits: EdgeLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -106,6 +109,7 @@ pub async fn serve(
             None
         }
     };
+    let edge = EdgeLayer::new(limits, gate.clone());
     let router =
         |hub: Arc<Hub>, tls: Option<ServerTlsConfig>| -> Result<_, tonic::transport::Error> {
             let mut builder = Server::builder()
@@ -116,6 +120,7 @@ pub async fn serve(
             }
             Ok(builder
                 .layer(GrpcTelemetryLayer)
+                .layer(edge.clone())
                 .add_service(AgentServer::with_interceptor(
                     AgentService::new(hub.clone()),
                     gate.guard(Role::Join),

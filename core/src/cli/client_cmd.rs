@@ -132,6 +132,9 @@ pub struct WorkloadsArgs {
     pub labels: Vec<(String, String)>,
     #[arg(long)]
     pub network: Option<String>,
+    /// Workloads per call (default: the host's, 1000); every page is fetched.
+    #[arg(long, value_name = "N")]
+    pub page_size: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -568,16 +571,15 @@ async fn detach(c: &mut Client, a: DetachArgs, json: bool) -> Result<(), CliErro
     let mut networks = a.networks.clone();
     if networks.is_empty() {
         // Every network the workload is on (or the primary one, for the host's own refusal).
-        let listed = c
-            .list_workloads(pb::ListWorkloadsRequest {
+        let listed = list_workloads(
+            c,
+            pb::ListWorkloadsRequest {
                 runner: a.runner.clone().unwrap_or_default(),
                 ..Default::default()
-            })
-            .await
-            .map_err(refused)?
-            .into_inner();
+            },
+        )
+        .await?;
         networks = listed
-            .workloads
             .into_iter()
             .filter(|w| w.workload_id == a.id)
             .map(|w| w.network)
@@ -605,19 +607,45 @@ async fn detach(c: &mut Client, a: DetachArgs, json: bool) -> Result<(), CliErro
     Ok(())
 }
 
+/// Every page of a listing.
+async fn list_workloads(
+    c: &mut Client,
+    mut req: pb::ListWorkloadsRequest,
+) -> Result<Vec<pb::Workload>, CliError> {
+    let mut all = Vec::new();
+    loop {
+        let page = c
+            .list_workloads(req.clone())
+            .await
+            .map_err(refused)?
+            .into_inner();
+        all.extend(page.workloads);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        if page.next_page_token == req.page_token {
+            return Err(CliError::Failed(
+                "the host returned the same page token twice; stopping".into(),
+            ));
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
 async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), CliError> {
-    let r = c
-        .list_workloads(pb::ListWorkloadsRequest {
+    let workloads = list_workloads(
+        c,
+        pb::ListWorkloadsRequest {
             runner: a.runner.unwrap_or_default(),
             labels: a.labels.into_iter().collect(),
             network: a.network.unwrap_or_default(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
+            page_size: a.page_size.unwrap_or(0),
+            page_token: String::new(),
+        },
+    )
+    .await?;
     if json {
-        let list: Vec<Value> = r
-            .workloads
+        let list: Vec<Value> = workloads
             .iter()
             .map(|w| {
                 json!({"id": w.workload_id, "runner": w.runner, "network": w.network, "ip": w.ip,
@@ -629,8 +657,7 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
         print_json(&json!({"workloads": list}));
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = r
-        .workloads
+    let rows: Vec<[String; 7]> = workloads
         .iter()
         .map(|w| {
             let labels: BTreeMap<_, _> = w.labels.iter().collect();

@@ -102,6 +102,11 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
             listeners,
             tls,
             timeout.max(Duration::from_secs(2)),
+            crate::api::edge::EdgeLimits {
+                unauthenticated_per_second: c.host.unauthenticated_calls_per_second,
+                max_concurrent_calls: c.host.max_concurrent_calls,
+                ..Default::default()
+            },
             shutdown_signal(),
         )
         .await

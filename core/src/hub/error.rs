@@ -18,6 +18,9 @@ pub enum HubError {
     /// No id or address left.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A position past the end (e.g. watching after a sequence number not yet reached).
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("{0}")]
     PermissionDenied(String),
     /// The runner that must carry out the operation is unreachable or too slow.

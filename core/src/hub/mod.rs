@@ -16,6 +16,7 @@
 mod consistency;
 mod error;
 mod events;
+mod paging;
 mod reservations;
 mod runners;
 mod session;
@@ -661,7 +662,8 @@ pub fn check_workload_id(id: &str) -> Result<String, HubError> {
         Ok(id.to_string())
     } else {
         Err(HubError::InvalidArgument(format!(
-            "workload_id: {id:?} must be 1 to 128 characters of letters, digits, '.', '_', '-' or ':'"
+            "workload_id: {} must be 1 to 128 characters of letters, digits, '.', '_', '-' or ':'",
+            brief(id)
         )))
     }
 }
@@ -704,18 +706,15 @@ pub fn check_netns(vm: bool, netns: &str, pid: u32) -> Result<PathBuf, HubError>
     }
 }
 
-/// Caller input quoted in an error message: at most its first 64 characters, so a huge
-/// value cannot make the refusal itself too large to send.
-pub fn brief(s: &str) -> String {
-    const KEEP: usize = 64;
-    match s.char_indices().nth(KEEP) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &s[..cut], s.len()),
-    }
-}
+/// At most this many labels on one call.
+pub const MAX_LABELS: usize = 64;
+/// At most this many bytes of label keys and values together on one call.
+pub const MAX_LABEL_BYTES: usize = 16 << 10;
 
-/// Labels: keys 1 to 63 characters of `[A-Za-z0-9._/-]`, values up to 253 printable characters.
+/// Labels: at most [`MAX_LABELS`] of them, [`MAX_LABEL_BYTES`] of keys and values together;
+/// keys 1 to 63 characters of `[A-Za-z0-9._/-]`, values up to 253 printable characters.
 pub fn check_labels(labels: &BTreeMap<String, String>, field: &str) -> Result<(), HubError> {
+    check_label_limits(labels, field)?;
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= 63
@@ -723,14 +722,112 @@ pub fn check_labels(labels: &BTreeMap<String, String>, field: &str) -> Result<()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
         if !key_ok {
             return Err(HubError::InvalidArgument(format!(
-                "{field}: key {k:?} must be 1 to 63 characters of letters, digits, '.', '_', '-' or '/'"
+                "{field}: key {} must be 1 to 63 characters of letters, digits, '.', '_', '-' or '/'",
+                brief(k)
             )));
         }
         if v.len() > 253 || v.chars().any(char::is_control) {
             return Err(HubError::InvalidArgument(format!(
-                "{field}: the value of {k:?} must be at most 253 printable characters"
+                "{field}: the value of {k:?} ({}) must be at most 253 printable characters",
+                brief(v)
             )));
         }
     }
     Ok(())
+}
+
+/// The count and size bounds of labels alone (also for label filters, whose keys need not be
+/// well-formed to match nothing).
+pub fn check_label_limits<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    field: &str,
+) -> Result<(), HubError> {
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for (k, v) in labels {
+        count += 1;
+        bytes = bytes.saturating_add(k.len()).saturating_add(v.len());
+    }
+    if count > MAX_LABELS {
+        return Err(HubError::InvalidArgument(format!(
+            "{field}: {count} labels; at most {MAX_LABELS} are allowed"
+        )));
+    }
+    if bytes > MAX_LABEL_BYTES {
+        return Err(HubError::InvalidArgument(format!(
+            "{field}: {bytes} bytes of keys and values; at most {MAX_LABEL_BYTES} (16 KiB) are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// How many characters of a caller's string an error message quotes.
+const BRIEF_CHARS: usize = 64;
+
+/// A caller's string for an error message: quoted whole when short, otherwise its first 64
+/// characters and how much was left out (so a refusal never echoes megabytes back).
+pub fn brief(s: &str) -> String {
+    match s.char_indices().nth(BRIEF_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => {
+            let rest = s[cut..].chars().count();
+            format!(
+                "{:?}… ({rest} more characters, {} in all)",
+                &s[..cut],
+                BRIEF_CHARS + rest
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_quotes_short_strings_whole_and_long_ones_by_a_prefix() {
+        assert_eq!(brief("abc"), "\"abc\"");
+        let exact = "x".repeat(64);
+        assert_eq!(brief(&exact), format!("{exact:?}"));
+        let long = format!("{}{}", "é".repeat(64), "y".repeat(19_936));
+        let b = brief(&long);
+        assert!(b.starts_with(&format!("{:?}…", "é".repeat(64))), "{b}");
+        assert!(b.ends_with("(19936 more characters, 20000 in all)"), "{b}");
+        assert!(b.len() < 200, "{b}");
+    }
+
+    #[test]
+    fn labels_are_bounded_in_count_and_size() {
+        let many: BTreeMap<String, String> =
+            (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+        let e = check_labels(&many, "labels").unwrap_err().to_string();
+        assert!(e.contains("labels: 65 labels; at most 64"), "{e}");
+        let ok: BTreeMap<String, String> = (0..64).map(|i| (format!("k{i}"), "v".into())).collect();
+        check_labels(&ok, "labels").unwrap();
+        // 64 labels of 63 + 253 bytes are 20,224 bytes: each is fine, together too large.
+        let big: BTreeMap<String, String> = (0..64)
+            .map(|i| (format!("{i:0>63}"), "v".repeat(253)))
+            .collect();
+        let e = check_labels(&big, "labels").unwrap_err().to_string();
+        assert!(
+            e.contains("labels: 20224 bytes") && e.contains("16384"),
+            "{e}"
+        );
+        // Filters are bounded the same way.
+        let e = check_label_limits(&big, "labels").unwrap_err().to_string();
+        assert!(e.contains("20224 bytes"), "{e}");
+    }
+
+    #[test]
+    fn refusals_quote_only_a_prefix_of_bad_input() {
+        let id = "a".repeat(20_000);
+        let e = check_workload_id(&id).unwrap_err().to_string();
+        assert!(e.starts_with("workload_id: ") && e.len() < 300, "{e}");
+        assert!(e.contains("20000 in all"), "{e}");
+        let labels = BTreeMap::from([("k".repeat(5000), String::new())]);
+        let e = check_labels(&labels, "labels").unwrap_err().to_string();
+        assert!(e.len() < 300, "{e}");
+        let labels = BTreeMap::from([("k".into(), "\u{7}".repeat(200))]);
+        let e = check_labels(&labels, "labels").unwrap_err().to_string();
+        assert!(e.len() < 600 && e.contains("200 in all"), "{e}");
+    }
 }

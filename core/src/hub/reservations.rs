@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use weir_proto::v1 as pb;
 
-use super::{Hub, HubError, State, Txn};
+use super::{Hub, HubError, State, Txn, brief};
 use crate::auth::reservation::{Claims, TokenError};
 use crate::ipam::AddressError;
 use crate::store::{Change, ReservationRecord, now_ms};
@@ -33,7 +33,7 @@ impl Hub {
         let requested: Option<Ipv4Addr> = match req.ip.trim() {
             "" => None,
             ip => Some(ip.parse().map_err(|_| {
-                HubError::InvalidArgument(format!("ip: {ip:?} is not an IPv4 address"))
+                HubError::InvalidArgument(format!("ip: {} is not an IPv4 address", brief(ip)))
             })?),
         };
         let net = self.network(&req.network)?.clone();
@@ -46,8 +46,8 @@ impl Hub {
         let mut st = self.state.lock().await;
         if !st.runners.contains_key(&req.runner) {
             return Err(HubError::NotFound(format!(
-                "runner: {:?} is not registered",
-                req.runner
+                "runner: {} is not registered",
+                brief(&req.runner)
             )));
         }
         let pool = self.pool(&mut st, &net.name, &req.runner)?;
@@ -152,8 +152,9 @@ impl Hub {
         let r = self.lookup(st, token)?;
         if r.runner != runner {
             return Err(HubError::PermissionDenied(format!(
-                "reservation_token: bound to runner {:?}, not {runner:?}",
-                r.runner
+                "reservation_token: bound to runner {:?}, not {}",
+                r.runner,
+                brief(runner)
             )));
         }
         if r.network != network {
@@ -184,8 +185,9 @@ impl Hub {
         let r = self.lookup(&st, &req.token)?;
         if !req.runner.is_empty() && r.runner != req.runner {
             return Err(HubError::PermissionDenied(format!(
-                "reservation_token: bound to runner {:?}, not {:?}",
-                r.runner, req.runner
+                "reservation_token: bound to runner {:?}, not {}",
+                r.runner,
+                brief(&req.runner)
             )));
         }
         Ok(reservation_pb(r))
@@ -227,8 +229,8 @@ impl Hub {
         let st = self.state.lock().await;
         if !req.runner.is_empty() && !st.runners.contains_key(&req.runner) {
             return Err(HubError::NotFound(format!(
-                "runner: {:?} is not registered",
-                req.runner
+                "runner: {} is not registered",
+                brief(&req.runner)
             )));
         }
         Ok(st

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use weir_proto::v1 as pb;
 
-use super::{Hub, HubError, RunnerState, State, Txn};
+use super::{Hub, HubError, RunnerState, State, Txn, brief};
 use crate::ipam::{self, IdChoice, TakenId};
 use crate::network::NetworkKind;
 use crate::policy::{
@@ -24,8 +24,8 @@ impl Hub {
         let name = check_runner_name(&req.name)?;
         let physical_ip: Ipv4Addr = req.physical_ip.trim().parse().map_err(|_| {
             HubError::InvalidArgument(format!(
-                "physical_ip: {:?} is not an IPv4 address",
-                req.physical_ip
+                "physical_ip: {} is not an IPv4 address",
+                brief(&req.physical_ip)
             ))
         })?;
         let labels = req.labels.into_iter().collect();
@@ -327,9 +327,9 @@ impl Hub {
         let mut st = self.state.lock().await;
         let mut txn = Txn::default();
         if let Some(id) = runner.strip_prefix('#') {
-            let id: u32 = id
-                .parse()
-                .map_err(|_| HubError::InvalidArgument(format!("runner: {runner:?} is not #ID")))?;
+            let id: u32 = id.parse().map_err(|_| {
+                HubError::InvalidArgument(format!("runner: {} is not #ID", brief(runner)))
+            })?;
             if !st.placeholders.contains_key(&id) {
                 return Err(HubError::NotFound(format!(
                     "runner: no placeholder holds id {id}"
@@ -352,7 +352,8 @@ impl Hub {
         }
         let Some(r) = st.runners.get(runner) else {
             return Err(HubError::NotFound(format!(
-                "runner: {runner:?} is not registered"
+                "runner: {} is not registered",
+                brief(runner)
             )));
         };
         let id = r.rec.id;
@@ -628,7 +629,8 @@ fn check_runner_name(name: &str) -> Result<String, HubError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control() || c == '#') {
         return Err(HubError::InvalidArgument(format!(
-            "name: {name:?} must be 1 to 253 printable characters without '#'"
+            "name: {} must be 1 to 253 printable characters without '#'",
+            brief(name)
         )));
     }
     Ok(name.to_string())

@@ -830,10 +830,11 @@ impl Hub {
         }
     }
 
+    /// A page of the workloads (filtered), and the token of the next page.
     pub async fn list_workloads(
         &self,
         req: pb::ListWorkloadsRequest,
-    ) -> Result<Vec<pb::Workload>, HubError> {
+    ) -> Result<(Vec<pb::Workload>, String), HubError> {
         let st = self.state.lock().await;
         if !req.runner.is_empty() && !st.runners.contains_key(&req.runner) {
             return Err(HubError::NotFound(format!(
@@ -844,7 +845,7 @@ impl Hub {
         if !req.network.is_empty() {
             self.network(&req.network)?;
         }
-        Ok(st
+        let listed = st
             .workloads
             .iter()
             .filter(|(k, _)| !st.phases.contains_key(*k))
@@ -869,7 +870,8 @@ impl Hub {
                 created_unix_ms: w.created_ms,
                 reservation_id: w.reservation.clone().unwrap_or_default(),
             })
-            .collect())
+            .map(|w| (workload_key(&w.network, &w.workload_id), w));
+        super::paging::page(listed, req.page_size, &req.page_token)
     }
 }
 
