@@ -3,7 +3,7 @@
 # Run as root on Debian 12. Arguments go to weir-bench:
 #   ./scripts/bench.sh                 every section, results into docs/benchmarks.md
 #   ./scripts/bench.sh --quick         a smoke run with every N shrunk
-#   ./scripts/bench.sh datapath scale  some sections only (attach policy datapath scale memory)
+#   ./scripts/bench.sh datapath scale  some sections only (attach policy datapath scale memory concurrency)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -618,3 +618,103 @@ async fn only_real_workload_namespaces_are_accepted_and_refusals_change_nothing(
     assert_eq!(addresses_in(&lab, "routed").await, ["198.51.100.2/24"]);
     doctor_clean(&lab, dur(5)).await;
 }
+
+/// A command in flight when its runner dies fails at once (the session's end reaches every
+/// waiter), not at the command timeout; the attach is not acknowledged and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_its_runner_dies_fails_at_once() {
+    let mut spec = spec("died");
+    spec.workloads_per_runner = 0;
+    spec.runners = 1;
+    let mut lab = Lab::underlay(spec).await.unwrap();
+    lab.start_host().await.unwrap();
+    restart_env(
+        &mut lab,
+        "r1",
+        Some("agent.attach.before-answer=delay:15000"),
+    );
+    lab.add_runner(1).await.unwrap();
+    restart_env(&mut lab, "r1", None);
+    let ns = new_netns(&lab, "d1");
+    let (url, token) = (lab.control_url(), lab.control_token());
+    let call = tokio::spawn(async move {
+        let ch = weir::api::client::connect(&url, Default::default())
+            .await
+            .unwrap();
+        let mut c = pb::control_client::ControlClient::with_interceptor(
+            ch,
+            weir::api::auth::Bearer::new(Some(&token)).unwrap(),
+        );
+        c.attach_workload(attach_req("r1", "d1", &ns)).await
+    });
+    // The runner is inside the attach (stalled) once the interface exists in the namespace.
+    wait_until("the runner is inside the attach", dur(10), || {
+        !futures::executor::block_on(addresses_in(&lab, "d1")).is_empty()
+    })
+    .await;
+    lab.runners
+        .get_mut(&1)
+        .unwrap()
+        .stop(libc::SIGKILL)
+        .unwrap();
+    let killed = Instant::now();
+    let r = call.await.unwrap();
+    let waited = killed.elapsed();
+    refused(r, tonic::Code::Unavailable);
+    assert!(
+        waited < Duration::from_secs(5),
+        "the attach waited {waited:?} after its runner died (the command timeout is 20 s)"
+    );
+    // When the runner is back its sync removes the half-acknowledged interface.
+    lab.start_runner(1).await.unwrap();
+    wait_until("d1's interface is removed", dur(15), || {
+        futures::executor::block_on(addresses_in(&lab, "d1")).is_empty()
+    })
+    .await;
+    assert!(listed(&lab).await.is_empty());
+    doctor_clean(&lab, dur(5)).await;
+}
+
+/// A repeated attach answers the first one's result when it asks for the same thing, and is
+/// refused, naming the field, when it asks for something else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_repeat_attach_is_refused_naming_the_field() {
+    let mut spec = spec("rep");
+    spec.workloads_per_runner = 0;
+    spec.runners = 1;
+    let lab = must(Lab::up(spec).await);
+    let (a, b) = (new_netns(&lab, "ra"), new_netns(&lab, "rb"));
+    let mut c = control(&lab).await;
+    let mut first = attach_req("r1", "ra", &a);
+    first.labels = [("tenant".to_string(), "x".to_string())].into();
+    let got = c.attach_workload(first.clone()).await.unwrap().into_inner();
+    let again = c.attach_workload(first.clone()).await.unwrap().into_inner();
+    assert_eq!(got, again);
+    let mut same_ip = first.clone();
+    same_ip.requested_ip = got.ip.split('/').next().unwrap().to_string();
+    assert_eq!(c.attach_workload(same_ip).await.unwrap().into_inner(), got);
+
+    let mut labels = first.clone();
+    labels.labels = [("tenant".to_string(), "y".to_string())].into();
+    let mut ip = first.clone();
+    ip.requested_ip = "10.128.64.77".into();
+    let mut netns = first.clone();
+    netns.netns = b.clone();
+    let mut vm = first.clone();
+    vm.netns = String::new();
+    vm.kind = pb::WorkloadKind::Vm as i32;
+    for (field, req) in [
+        ("labels", labels),
+        ("requested_ip", ip),
+        ("netns", netns),
+        ("kind", vm),
+    ] {
+        let msg = refused(c.attach_workload(req).await, tonic::Code::AlreadyExists);
+        assert!(msg.starts_with(&format!("{field}:")), "{field}: {msg}");
+    }
+    // Nothing changed.
+    let l = listed(&lab).await;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l["ra"], got.ip);
+    assert!(addresses_in(&lab, "rb").await.is_empty());
+}
