@@ -940,6 +940,11 @@ fn extract(figment: Figment, file: Option<PathBuf>) -> Result<LoadedConfig, Conf
     Ok(loaded)
 }
 
+/// Prefix lengths of an isolated-mode subnet: not all of IPv4 (/0 would swallow the runner's
+/// default route), and big enough for the bridge (`.1`) and at least one workload (`.2` up to
+/// broadcast − 2, so /29 gives four).
+const ISOLATED_PREFIX: std::ops::RangeInclusive<u8> = 1..=29;
+
 /// Checks that involve more than one key.
 fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let mut problems = validate_networks(loaded);
@@ -955,6 +960,15 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         ));
     }
     problems.extend(validate_telemetry(loaded));
+    let iso = loaded.config.overlay.isolated_subnet;
+    if !ISOLATED_PREFIX.contains(&iso.prefix_len()) {
+        problems.push(format!(
+            "overlay.isolated_subnet ({}): {iso} leaves no room for a runner's bridge and workloads (allowed prefix lengths: /{} to /{}; .1 is the bridge, .2 to broadcast − 2 the workloads)",
+            loaded.source_of("overlay.isolated_subnet"),
+            ISOLATED_PREFIX.start(),
+            ISOLATED_PREFIX.end()
+        ));
+    }
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
     {
@@ -1198,6 +1212,8 @@ pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
         return Err("names no host".into());
     }
     match url.parse::<http::Uri>() {
+        // An authority of only a port or user info (`http://:4317`) names no host either.
+        Ok(uri) if uri.host().is_none_or(str::is_empty) => Err("names no host".into()),
         Ok(_) => Ok(()),
         Err(e) => Err(format!("is not a valid URL: {e}")),
     }
@@ -1643,6 +1659,50 @@ mod tests {
         });
     }
 
+    /// Regressions found by `prop_config_isolated_subnets_leave_room_for_workloads`: a /30,
+    /// /31 or /32 isolated subnet left no workload address, and 255.255.255.255/32 overflowed
+    /// computing the bridge address.
+    #[test]
+    fn isolated_subnets_too_small_for_workloads_are_refused() {
+        Jail::expect_with(|jail| {
+            for cidr in [
+                "0.0.0.0/30",
+                "10.0.0.0/31",
+                "255.255.255.255/32",
+                "0.0.0.0/0",
+            ] {
+                let e = error_of(
+                    jail,
+                    &format!("[overlay]\nenabled = false\nisolated_subnet = \"{cidr}\"\n"),
+                );
+                assert!(
+                    e.contains("overlay.isolated_subnet") && e.contains("/1 to /29"),
+                    "{cidr}: {e}"
+                );
+            }
+            jail.create_file(
+                "ok.toml",
+                "[overlay]\nenabled = false\nisolated_subnet = \"172.30.0.0/29\"\n",
+            )?;
+            assert!(load_in_jail(jail, Some("ok.toml")).is_ok());
+            Ok(())
+        });
+    }
+
+    /// Regression found by `prop_config_otlp_endpoints_name_a_host`: `http://:0` passed.
+    #[test]
+    fn otlp_endpoints_without_a_host_are_refused() {
+        for url in ["http://:0", "http://:4317", "https://user@:4317/"] {
+            assert_eq!(
+                check_otlp_endpoint(url),
+                Err("names no host".to_string()),
+                "{url}"
+            );
+        }
+        assert!(check_otlp_endpoint("http://127.0.0.1:4317").is_ok());
+        assert!(check_otlp_endpoint("https://collector.example:4317").is_ok());
+    }
+
     #[test]
     fn missing_or_broken_files_are_errors() {
         Jail::expect_with(|jail| {
@@ -1682,7 +1742,7 @@ mod tests {
 mod prop_tests {
     use super::*;
     use crate::network::NetworkDef;
-    use crate::prop_support::{config, edgy_u32};
+    use crate::prop_support::{config, edgy_u32, lit};
     use proptest::prelude::*;
 
     /// The loader on TOML text, without a file or the environment (other tests set `WEIR_*`
@@ -1702,20 +1762,20 @@ mod prop_tests {
     /// Text shaped like a duration: numbers with units, spaces, signs, huge numbers.
     fn duration_like() -> impl Strategy<Value = String> {
         let unit = prop_oneof![
-            Just(""),
-            Just("ns"),
-            Just("us"),
-            Just("ms"),
-            Just("s"),
-            Just("m"),
-            Just("h"),
-            Just("d"),
-            Just("w"),
-            Just("M"),
-            Just("y"),
-            Just("years"),
-            Just("sec"),
-            Just("min"),
+            lit(""),
+            lit("ns"),
+            lit("us"),
+            lit("ms"),
+            lit("s"),
+            lit("m"),
+            lit("h"),
+            lit("d"),
+            lit("w"),
+            lit("M"),
+            lit("y"),
+            lit("years"),
+            lit("sec"),
+            lit("min"),
             "[a-zA-Z]{1,3}",
         ];
         let num = prop_oneof![
@@ -1747,17 +1807,17 @@ mod prop_tests {
 
     fn size_like() -> impl Strategy<Value = String> {
         let unit = prop_oneof![
-            Just(""),
-            Just("B"),
-            Just("KiB"),
-            Just("MiB"),
-            Just("GiB"),
-            Just("KB"),
-            Just("kB"),
-            Just("MB"),
-            Just("GB"),
-            Just(" MiB"),
-            Just("TiB"),
+            lit(""),
+            lit("B"),
+            lit("KiB"),
+            lit("MiB"),
+            lit("GiB"),
+            lit("KB"),
+            lit("kB"),
+            lit("MB"),
+            lit("GB"),
+            lit(" MiB"),
+            lit("TiB"),
             "[a-zA-Z ]{1,4}",
         ];
         let num = prop_oneof![
@@ -1794,13 +1854,13 @@ mod prop_tests {
 
     fn url_like() -> impl Strategy<Value = String> {
         let scheme = prop_oneof![
-            Just("http://"),
-            Just("https://"),
-            Just("unix://"),
-            Just("unix:"),
-            Just("HTTP://"),
-            Just("ftp://"),
-            Just(""),
+            lit("http://"),
+            lit("https://"),
+            lit("unix://"),
+            lit("unix:"),
+            lit("HTTP://"),
+            lit("ftp://"),
+            lit(""),
             "[a-z]{1,5}:/{0,3}",
         ];
         let host = prop_oneof![
@@ -1996,7 +2056,7 @@ mod prop_tests {
             match load_text(&text) {
                 Ok(c) => {
                     prop_assert!(shaped);
-                    let plan: Plan = plan.parse().map_err(|e: PlanError| TestCaseError::fail(e.to_string()))?;
+                    let plan: Plan = plan.parse().map_err(|e: plan::PlanError| TestCaseError::fail(e.to_string()))?;
                     for n in c.config.resolved_networks() {
                         let longest = |p: &str| plan::tunnel_name(p, plan.max_runners());
                         for ifname in [

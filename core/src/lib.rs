@@ -43,6 +43,11 @@ pub(crate) mod prop_support {
         c
     }
 
+    /// A fixed string, for mixing with regex strategies (which give `String`s).
+    pub fn lit(s: &'static str) -> Just<String> {
+        Just(s.to_string())
+    }
+
     /// A `u32` biased toward the edges (0, 1, the top of the range, powers of two and their
     /// neighbours), where arithmetic on addresses overflows if it is going to.
     pub fn edgy_u32() -> impl Strategy<Value = u32> {

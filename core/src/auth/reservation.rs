@@ -202,7 +202,7 @@ mod tests {
 #[cfg(test)]
 mod prop_tests {
     use super::*;
-    use crate::prop_support::config;
+    use crate::prop_support::{config, lit};
     use proptest::prelude::*;
 
     fn any_claims() -> impl Strategy<Value = Claims> {
@@ -226,7 +226,7 @@ mod prop_tests {
     fn token_like() -> impl Strategy<Value = String> {
         let part = prop_oneof!["[A-Za-z0-9_-]{0,60}", "[A-Za-z0-9+/=_-]{40,48}", ".{0,6}"];
         (
-            prop_oneof![Just("wr1"), Just("wr2"), Just(""), "[a-z0-9]{1,4}"],
+            prop_oneof![lit("wr1"), lit("wr2"), lit(""), "[a-z0-9]{1,4}"],
             proptest::collection::vec(part, 0..5),
         )
             .prop_map(|(prefix, parts)| {

@@ -820,14 +820,18 @@ pub fn validate(request: &Request, decision: Decision, limits: Limits) -> Result
                 .last
                 .parse()
                 .map_err(|_| Fault::Output("request last".into()))?;
-            let host_side =
-                Ipv4Addr::from(u32::from(subnet.network()) + crate::plan::HOST_ON_SUBNET_OFFSET);
+            // The host's `.254` exists only in subnets of 256 addresses or more (and, near the
+            // top of the address space, adding the offset must not overflow).
+            let host_side = u32::from(subnet.network())
+                .checked_add(crate::plan::HOST_ON_SUBNET_OFFSET)
+                .filter(|_| subnet.prefix_len() <= 24)
+                .map(Ipv4Addr::from);
             if !subnet.contains(&ip) || ip < first || ip > last {
                 return bad(format!(
                     "address {ip} is outside the runner's range {first} to {last}"
                 ));
             }
-            if r.gateway == a.as_str() || (ip == host_side && subnet.prefix_len() <= 24) {
+            if r.gateway == a.as_str() || Some(ip) == host_side {
                 return bad(format!(
                     "address {ip} is reserved (gateway or the host's address)"
                 ));
@@ -955,6 +959,23 @@ mod tests {
         assert!(check(&req, Decision::Address(AddressDecision::Deny(long))).is_err());
         // An answer of the wrong kind is a fault too.
         assert!(check(&req, Decision::Runner(RunnerDecision::Id(1))).is_err());
+    }
+
+    /// Regression found by `prop_policy_address_requests_of_any_text_never_panic`: a subnet
+    /// at the top of the address space overflowed computing the host's `.254`.
+    #[test]
+    fn subnets_at_the_top_of_the_address_space_do_not_overflow() {
+        let mut req = addr_req(&[]);
+        if let Request::AssignAddress(r) = &mut req {
+            r.subnet = "255.255.255.128/25".into();
+            r.gateway = "255.255.255.129".into();
+            r.first = "255.255.255.130".into();
+            r.last = "255.255.255.253".into();
+        }
+        let a = |s: &str| Decision::Address(AddressDecision::Address(s.into()));
+        assert!(check(&req, a("255.255.255.200")).is_ok());
+        assert!(check(&req, a("255.255.255.254")).is_err());
+        assert!(check(&req, a("0.0.0.0")).is_err());
     }
 
     #[test]
