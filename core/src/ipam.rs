@@ -107,16 +107,18 @@ impl AddressPool {
     pub fn new(subnet: Ipv4Net, excluded: &[(Ipv4Addr, &'static str)]) -> Self {
         let net = u32::from(subnet.network());
         let bcast = u32::from(subnet.broadcast());
+        // Saturating: a /31 or /32 at the top of the address space gives an empty pool
+        // (first > last) rather than an overflow.
         Self {
             subnet,
-            first: net + 2,
+            first: net.saturating_add(2),
             last: bcast.saturating_sub(2),
             excluded: excluded
                 .iter()
                 .map(|(ip, why)| (u32::from(*ip), *why))
                 .collect(),
             taken: BTreeSet::new(),
-            low_water: net + 2,
+            low_water: net.saturating_add(2),
         }
     }
 
@@ -142,7 +144,7 @@ impl AddressPool {
     pub fn check(&self, ip: Ipv4Addr) -> Result<(), AddressError> {
         let a = u32::from(ip);
         let net = u32::from(self.subnet.network());
-        if a == net + 1 && self.subnet.contains(&ip) {
+        if net.checked_add(1) == Some(a) && self.subnet.contains(&ip) {
             return Err(AddressError::Reserved {
                 ip,
                 subnet: self.subnet,
@@ -296,6 +298,20 @@ mod tests {
         assert_eq!(p.in_use(), 252);
         assert!(!p.taken.contains(&u32::from(host_side)));
         assert!(matches!(p.take_next(), Err(AddressError::Full { .. })));
+    }
+
+    /// Regression found by `prop_policy_accepted_addresses_are_assignable`: a /31 or /32 at
+    /// the top of the address space overflowed computing the first address.
+    #[test]
+    fn tiny_subnets_at_the_top_give_an_empty_pool() {
+        for cidr in ["255.255.255.254/31", "255.255.255.255/32"] {
+            let mut p = AddressPool::new(cidr.parse().unwrap(), &[]);
+            assert!(
+                matches!(p.take_next(), Err(AddressError::Full { .. })),
+                "{cidr}"
+            );
+            assert!(p.take(Ipv4Addr::new(255, 255, 255, 255)).is_err());
+        }
     }
 
     #[test]

@@ -616,3 +616,271 @@ mod tests {
         assert!(err.contains("expected 4 parts"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crate::prop_support::{config, edgy_u32};
+    use proptest::prelude::*;
+
+    /// The numeric parts of every valid plan: PREFIX 1..=23, NODE_BITS 1..=16, SUBNET_BITS
+    /// 8..=30, summing to 32, on any base address (host bits included).
+    fn valid_parts() -> impl Strategy<Value = (u32, u8, u8, u8)> {
+        (1u8..=23)
+            .prop_flat_map(|prefix| {
+                let lo = 1u8.max(2u8.saturating_sub(prefix));
+                let hi = 16u8.min(24 - prefix);
+                (edgy_u32(), Just(prefix), lo..=hi)
+            })
+            .prop_map(|(base, prefix, node)| (base, prefix, node, 32 - prefix - node))
+    }
+
+    fn valid_plan() -> impl Strategy<Value = Plan> {
+        valid_parts().prop_map(|(b, p, n, s)| {
+            Plan::new(Ipv4Addr::from(b), p, n, s).expect("generated parts are valid")
+        })
+    }
+
+    /// A runner id of `plan`: the ends of the range, or anything between.
+    fn runner_id(plan: &Plan) -> impl Strategy<Value = u32> + use<> {
+        let max = plan.max_runners();
+        prop_oneof![Just(1), Just(max), 1..=max]
+    }
+
+    /// Text shaped like a plan: numbers (small, large, negative), dots, slashes, spaces.
+    fn plan_like() -> impl Strategy<Value = String> {
+        let num = prop_oneof![
+            (0u64..=40).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{20,25}",
+            "-[0-9]{1,3}",
+            "\\+[0-9]{1,2}",
+            "[0-9a-fx ]{0,4}",
+        ];
+        let base = prop_oneof![
+            any::<u32>().prop_map(|b| Ipv4Addr::from(b).to_string()),
+            "[0-9]{1,4}(\\.[0-9]{1,4}){0,4}",
+            ".{0,8}",
+        ];
+        (
+            base,
+            proptest::collection::vec(num, 0..6),
+            prop_oneof![Just("/"), Just("//"), Just("."), Just(" / ")],
+            prop_oneof![Just(""), Just(" "), Just("\n")],
+        )
+            .prop_map(|(base, nums, sep, pad)| {
+                let mut s = format!("{pad}{base}");
+                for n in nums {
+                    s.push_str(sep);
+                    s.push_str(&n);
+                }
+                s.push_str(pad);
+                s
+            })
+    }
+
+    /// What an accepted plan must satisfy, whatever text it came from.
+    fn check_invariants(plan: &Plan) -> Result<(), TestCaseError> {
+        let (p, n, s) = (plan.prefix(), plan.node_bits(), plan.subnet_bits());
+        prop_assert_eq!(u32::from(p) + u32::from(n) + u32::from(s), 32);
+        prop_assert!((1..=23).contains(&p), "PREFIX {}", p);
+        prop_assert!((1..=16).contains(&n), "NODE_BITS {}", n);
+        prop_assert!((8..=30).contains(&s), "SUBNET_BITS {}", s);
+        let o = plan.overlay();
+        prop_assert_eq!(o.addr(), o.network(), "host bits of BASE cleared");
+        prop_assert_eq!(o, o.trunc());
+        let text = plan.to_string();
+        prop_assert_eq!(text.parse::<Plan>(), Ok(*plan), "{} round-trips", text);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_plan_parse_never_panics_on_any_text(s in any::<String>()) {
+            if let Ok(plan) = s.parse::<Plan>() {
+                check_invariants(&plan)?;
+            }
+        }
+
+        #[test]
+        fn prop_plan_parse_never_panics_on_plan_like_text(s in plan_like()) {
+            match s.parse::<Plan>() {
+                Ok(plan) => check_invariants(&plan)?,
+                Err(e) => {
+                    // Every refusal quotes the spec it refused.
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(&format!("{s:?}")), "{}", msg);
+                }
+            }
+        }
+
+        #[test]
+        fn prop_plan_valid_parts_are_accepted_and_round_trip(
+            (b, p, n, s) in valid_parts(),
+            pad in prop_oneof![Just(""), Just(" "), Just("\t\n")],
+        ) {
+            let spec = format!("{pad}{}/{p}/{n}/{s}{pad}", Ipv4Addr::from(b));
+            let plan: Plan = spec.parse().map_err(|e| TestCaseError::fail(format!("{e}")))?;
+            check_invariants(&plan)?;
+            prop_assert_eq!((plan.prefix(), plan.node_bits(), plan.subnet_bits()), (p, n, s));
+            let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+            prop_assert_eq!(u32::from(plan.overlay().network()), b & mask);
+            // Through serde as well (the config file and `weir plan --json`).
+            let json = serde_json::to_string(&plan).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(serde_json::from_str::<Plan>(&json).ok(), Some(plan));
+        }
+
+        #[test]
+        fn prop_plan_runner_blocks_are_disjoint_and_inside_the_overlay(
+            (plan, a, b) in valid_plan().prop_flat_map(|p| (Just(p), runner_id(&p), runner_id(&p)))
+        ) {
+            let overlay = plan.overlay();
+            let host = plan.host_ip().addr();
+            prop_assert!(overlay.contains(&host));
+            prop_assert_eq!(plan.runner_of(host), None, "the host's block is no runner's");
+            let (ra, rb) = (plan.runner(a).ok(), plan.runner(b).ok());
+            let (Some(ra), Some(rb)) = (ra, rb) else {
+                return Err(TestCaseError::fail(format!("runner {a} or {b} refused by {plan}")));
+            };
+            for r in [ra, rb] {
+                prop_assert_eq!(r.subnet.prefix_len(), plan.runner_prefix());
+                prop_assert_eq!(r.subnet.addr(), r.subnet.network());
+                prop_assert!(overlay.contains(&r.subnet), "{} inside {}", r.subnet, overlay);
+                prop_assert!(!r.subnet.contains(&host), "{} holds the host {}", r.subnet, host);
+                prop_assert_eq!(plan.runner_of(r.subnet.network()), Some(r.id));
+                prop_assert_eq!(plan.runner_of(r.subnet.broadcast()), Some(r.id));
+            }
+            let disjoint = !ra.subnet.contains(&rb.subnet.network())
+                && !rb.subnet.contains(&ra.subnet.network());
+            prop_assert_eq!(disjoint, a != b, "{} and {}", ra.subnet, rb.subnet);
+        }
+
+        #[test]
+        fn prop_plan_workload_range_excludes_the_reserved_addresses(
+            (plan, id, off) in valid_plan().prop_flat_map(|p| {
+                let size = 1u32 << p.subnet_bits();
+                // Offsets near both ends of the block (256 only where the block is larger).
+                let special: Vec<u32> = [0, 1, 2, 253, 254, 255, 256, size - 3, size - 2, size - 1]
+                    .into_iter()
+                    .filter(|o| *o < size)
+                    .collect();
+                (Just(p), runner_id(&p), prop_oneof![
+                    proptest::sample::select(special),
+                    0..size,
+                ])
+            })
+        ) {
+            let r = plan.runner(id).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (net, bcast) = (r.subnet.network(), r.subnet.broadcast());
+            let (gw, host_side) = (r.gateway(), r.host_ip_on_subnet());
+            for reserved in [net, bcast, gw, host_side] {
+                prop_assert!(r.subnet.contains(&reserved));
+                prop_assert!(!r.is_assignable(reserved), "{} is reserved in {}", reserved, r.subnet);
+            }
+            prop_assert!(r.subnet.contains(&r.first()) && r.subnet.contains(&r.last()));
+            prop_assert!(r.first() <= r.last());
+            let addr = Ipv4Addr::from(u32::from(net) + off);
+            let expected = addr >= r.first() && addr <= r.last() && addr != host_side;
+            prop_assert_eq!(r.is_assignable(addr), expected, "{} in {}", addr, r.subnet);
+            // The count the plan reports is the size of that range.
+            let span = u32::from(r.last()) - u32::from(r.first()) + 1;
+            let inside = host_side >= r.first() && host_side <= r.last();
+            prop_assert_eq!(plan.assignable_per_runner(), span - u32::from(inside));
+            prop_assert_eq!(r.vni(7), 7 + id);
+        }
+
+        #[test]
+        fn prop_plan_addresses_outside_the_overlay_belong_to_no_runner(
+            plan in valid_plan(), addr in edgy_u32()
+        ) {
+            let addr = Ipv4Addr::from(addr);
+            match plan.runner_of(addr) {
+                Some(id) => {
+                    let r = plan.runner(id).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert!(r.subnet.contains(&addr));
+                }
+                None => prop_assert!(
+                    !plan.overlay().contains(&addr)
+                        || u32::from(addr) - u32::from(plan.overlay().network())
+                            < (1 << plan.subnet_bits())
+                ),
+            }
+        }
+
+        #[test]
+        fn prop_plan_runner_ids_and_vni_bases_are_checked(
+            plan in valid_plan(), id in any::<u64>(), base in edgy_u32(),
+        ) {
+            let ok = id >= 1 && id <= u64::from(plan.max_runners());
+            prop_assert_eq!(plan.check_runner(id).is_ok(), ok);
+            if !ok {
+                let e = plan.check_runner(id).err().map(|e| e.to_string()).unwrap_or_default();
+                prop_assert!(e.contains(&format!("runner id {id}")), "{}", e);
+            }
+            let fits = u64::from(base) + u64::from(plan.max_runners()) <= u64::from(MAX_VNI);
+            prop_assert_eq!(plan.check_vni_base(base).is_ok(), fits);
+            // The report never panics, whatever ids it is asked about.
+            let report = PlanReport::new(&plan, &[id], base, "vxkr");
+            prop_assert_eq!(report.is_ok(), ok && fits);
+        }
+
+        #[test]
+        fn prop_plan_bad_parts_are_named(
+            (b, p, n, s) in valid_parts(),
+            which in 0usize..4,
+            bad in prop_oneof![
+                "[a-z]{1,5}", "-[0-9]{1,3}", "[1-9][0-9]{20,23}", Just(String::new()), "[0-9]\\.[0-9]",
+            ],
+        ) {
+            let mut parts = [Ipv4Addr::from(b).to_string(), p.to_string(), n.to_string(), s.to_string()];
+            parts[which] = bad.clone();
+            let spec = parts.join("/");
+            let e = spec.parse::<Plan>().err().map(|e| e.to_string());
+            let e = e.ok_or_else(|| TestCaseError::fail(format!("{spec:?} accepted")))?;
+            let name = ["BASE", "PREFIX", "NODE_BITS", "SUBNET_BITS"][which];
+            prop_assert!(e.contains(&format!("{name} {bad:?}")), "{}: {}", spec, e);
+            if which > 0 {
+                prop_assert!(e.contains("allowed: "), "{}", e);
+            }
+        }
+
+        #[test]
+        fn prop_plan_out_of_range_parts_are_named(
+            (b, p, n, s) in valid_parts(),
+            which in 1usize..4,
+            value in prop_oneof![0u64..=40, any::<u64>()],
+        ) {
+            let mut nums = [u64::from(p), u64::from(n), u64::from(s)];
+            nums[which - 1] = value;
+            let spec = format!("{}/{}/{}/{}", Ipv4Addr::from(b), nums[0], nums[1], nums[2]);
+            let ranges = [1..=23u64, 1..=16, 8..=30];
+            let names = ["PREFIX", "NODE_BITS", "SUBNET_BITS"];
+            let got = spec.parse::<Plan>();
+            if !ranges[which - 1].contains(&value) {
+                let e = got.err().map(|e| e.to_string()).unwrap_or_default();
+                prop_assert!(
+                    e.contains(&format!("{} = {value} is out of range", names[which - 1])),
+                    "{}: {}", spec, e
+                );
+            } else if nums.iter().sum::<u64>() != 32 {
+                let e = got.err().map(|e| e.to_string()).unwrap_or_default();
+                prop_assert!(e.contains("must be 32"), "{}: {}", spec, e);
+            } else {
+                prop_assert!(got.is_ok(), "{}", spec);
+            }
+        }
+
+        #[test]
+        fn prop_plan_tunnel_names_round_trip(
+            prefix in "[a-z-]{0,6}", id in 1u32..=u32::MAX, name in any::<String>(),
+        ) {
+            let t = tunnel_name(&prefix, id);
+            prop_assert_eq!(parse_tunnel_name(&prefix, &t), Some(id));
+            if let Some(back) = parse_tunnel_name(&prefix, &name) {
+                prop_assert_eq!(tunnel_name(&prefix, back), name);
+            }
+        }
+    }
+}

@@ -198,3 +198,107 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crate::prop_support::{config, lit};
+    use proptest::prelude::*;
+
+    fn any_claims() -> impl Strategy<Value = Claims> {
+        (
+            any::<String>(),
+            "[a-z0-9]{1,10}",
+            any::<String>(),
+            any::<u32>(),
+            any::<i64>(),
+        )
+            .prop_map(|(id, network, runner, ip, exp)| Claims {
+                id,
+                network,
+                runner,
+                ip: Ipv4Addr::from(ip),
+                exp,
+            })
+    }
+
+    /// Text shaped like a token: the right prefix and dots around base64url-ish runs.
+    fn token_like() -> impl Strategy<Value = String> {
+        let part = prop_oneof!["[A-Za-z0-9_-]{0,60}", "[A-Za-z0-9+/=_-]{40,48}", ".{0,6}"];
+        (
+            prop_oneof![lit("wr1"), lit("wr2"), lit(""), "[a-z0-9]{1,4}"],
+            proptest::collection::vec(part, 0..5),
+        )
+            .prop_map(|(prefix, parts)| {
+                let mut s = prefix.to_string();
+                for p in parts {
+                    s.push('.');
+                    s.push_str(&p);
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_token_unsigned_text_is_refused(
+            key in any::<[u8; 32]>(), s in prop_oneof![any::<String>(), token_like()]
+        ) {
+            prop_assert!(Signer::from_key(key).verify(&s).is_err(), "{:?} accepted", s);
+        }
+
+        #[test]
+        fn prop_token_signed_claims_round_trip(key in any::<[u8; 32]>(), claims in any_claims()) {
+            let s = Signer::from_key(key);
+            let t = s.sign(&claims);
+            prop_assert!(t.starts_with("wr1."));
+            prop_assert!(t.is_ascii() && !t.contains(char::is_whitespace));
+            prop_assert_eq!(s.verify(&t), Ok(claims));
+        }
+
+        #[test]
+        fn prop_token_any_single_byte_change_is_refused(
+            key in any::<[u8; 32]>(),
+            claims in any_claims(),
+            at in any::<proptest::sample::Index>(),
+            to in 0u8..=127,
+        ) {
+            let s = Signer::from_key(key);
+            let t = s.sign(&claims);
+            let i = at.index(t.len());
+            let mut b = t.clone().into_bytes();
+            // A different byte, without `prop_assume!`: rejecting 1 case in 128 runs into
+            // proptest's limit of 1,024 rejects in a long run.
+            b[i] = if b[i] == to { to ^ 1 } else { to };
+            // Tokens are ASCII, so any ASCII byte in place of another leaves valid UTF-8.
+            let altered = String::from_utf8(b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(s.verify(&altered).is_err(), "byte {} of {:?} -> {:?} accepted", i, t, altered);
+        }
+
+        #[test]
+        fn prop_token_truncated_or_extended_is_refused(
+            key in any::<[u8; 32]>(),
+            claims in any_claims(),
+            at in any::<proptest::sample::Index>(),
+            extra in "[A-Za-z0-9_.=-]{1,4}",
+        ) {
+            let s = Signer::from_key(key);
+            let t = s.sign(&claims);
+            let cut = at.index(t.len());
+            prop_assert!(s.verify(&t[..cut]).is_err(), "prefix of {} bytes accepted", cut);
+            let longer = format!("{}{extra}{}", &t[..cut], &t[cut..]);
+            prop_assert!(s.verify(&longer).is_err(), "{:?} accepted", longer);
+        }
+
+        #[test]
+        fn prop_token_from_another_secret_is_refused(
+            k1 in any::<[u8; 32]>(), k2 in any::<[u8; 32]>(), claims in any_claims(),
+        ) {
+            prop_assume!(k1 != k2);
+            let t = Signer::from_key(k1).sign(&claims);
+            prop_assert_eq!(Signer::from_key(k2).verify(&t), Err(TokenError::BadSignature));
+        }
+    }
+}

@@ -691,7 +691,12 @@ pub fn check_netns(vm: bool, netns: &str, pid: u32) -> Result<PathBuf, HubError>
                 && path[1..]
                     .split('/')
                     .all(|c| !c.is_empty() && c != "." && c != "..");
-            if normal {
+            if path == "/proc/1/ns/net" {
+                Err(HubError::InvalidArgument(
+                    "netns: /proc/1/ns/net is the machine's own namespace; it is never a workload's"
+                        .into(),
+                ))
+            } else if normal {
                 Ok(PathBuf::from(path))
             } else {
                 Err(HubError::InvalidArgument(format!(
@@ -829,5 +834,91 @@ mod tests {
         let labels = BTreeMap::from([("k".into(), "\u{7}".repeat(200))]);
         let e = check_labels(&labels, "labels").unwrap_err().to_string();
         assert!(e.len() < 600 && e.contains("200 in all"), "{e}");
+    }
+}
+
+/// The conversion of a caller's attach request into the hub's terms (workload id, namespace,
+/// labels): never a panic, and what is accepted satisfies what the runner and the store rely on.
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crate::prop_support::config;
+    use proptest::prelude::*;
+
+    fn netns_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "(/[a-z.]{0,6}){0,6}/?",
+            "/run/netns/[a-z0-9._-]{0,300}",
+            "/proc/[0-9]{1,8}/ns/net",
+        ]
+    }
+
+    /// Found by `prop_netns_accepted_are_normal_absolute_paths`: pid 1's namespace given as a
+    /// path was accepted (the runner refused it; the host now does, sooner).
+    #[test]
+    fn pid_1s_namespace_as_a_path_is_refused() {
+        let e = check_netns(false, "/proc/1/ns/net", 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("netns: /proc/1/ns/net"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_workload_ids_accepted_are_safe_names(id in prop_oneof![any::<String>(), "[A-Za-z0-9._:-]{0,140}"]) {
+            match check_workload_id(&id) {
+                Ok(ok) => {
+                    prop_assert_eq!(&ok, &id);
+                    prop_assert!(!id.is_empty() && id.len() <= 128);
+                    prop_assert!(!id.contains('/') && !id.contains('\0'));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.starts_with("workload_id: "));
+                    prop_assert!(msg.len() < 400, "refusal too long: {} bytes", msg.len());
+                }
+            }
+        }
+
+        #[test]
+        fn prop_netns_accepted_are_normal_absolute_paths(vm in any::<bool>(), path in netns_like(), pid in prop_oneof![Just(0u32), Just(1u32), any::<u32>()]) {
+            match check_netns(vm, &path, pid) {
+                Ok(p) if vm => prop_assert!(p.as_os_str().is_empty()),
+                Ok(p) => {
+                    let s = p.to_string_lossy().into_owned();
+                    prop_assert!(s.starts_with('/') && s.len() <= 256);
+                    prop_assert!(s[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+                    prop_assert!(s != "/proc/1/ns/net");
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.starts_with("netns") || msg.starts_with("pid"), "{}", msg);
+                    prop_assert!(msg.len() < 400, "refusal too long: {} bytes", msg.len());
+                }
+            }
+        }
+
+        #[test]
+        fn prop_labels_accepted_are_bounded(labels in proptest::collection::btree_map(prop_oneof![any::<String>(), "[a-z./_-]{1,70}"], prop_oneof![any::<String>(), "[ -~]{0,300}"], 0..80)) {
+            match check_labels(&labels, "labels") {
+                Ok(()) => {
+                    prop_assert!(labels.len() <= MAX_LABELS);
+                    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+                    prop_assert!(bytes <= MAX_LABEL_BYTES);
+                    for (k, v) in &labels {
+                        prop_assert!(!k.is_empty() && k.len() <= 63);
+                        prop_assert!(v.len() <= 253 && !v.chars().any(char::is_control));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.starts_with("labels"), "{}", msg);
+                    prop_assert!(msg.len() < 400, "refusal too long: {} bytes", msg.len());
+                }
+            }
+        }
     }
 }
