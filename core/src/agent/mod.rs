@@ -46,6 +46,10 @@ struct Local {
     reported: bool,
 }
 
+/// Device groups of batched deletions (`ip link ... group`): far from the small numbers
+/// operators use, and never 0 (every link's default group).
+const DETACH_GROUP_BASE: u32 = 0x5745_0000;
+
 /// Used until the host says otherwise (`RegisterResponse.workload_grace_ms`).
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -60,6 +64,8 @@ pub struct Agent {
     grace: Mutex<Duration>,
     /// Which paths may name a workload's namespace.
     netns_policy: NetnsPolicy,
+    /// Batched deletions so far (each gets its own device group).
+    batches: std::sync::atomic::AtomicU32,
     /// This runner's id and the host's last route plan (re-applied after a rebuild).
     routes: Mutex<(u32, Option<pb::RoutePlan>)>,
 }
@@ -68,6 +74,7 @@ impl Agent {
     pub fn new(nl: Netlink, uplink: Option<String>, netns_policy: NetnsPolicy) -> Self {
         Self {
             netns_policy,
+            batches: std::sync::atomic::AtomicU32::new(0),
             dp: RunnerDataplane::new(nl),
             uplink,
             networks: Mutex::new(BTreeMap::new()),
@@ -266,6 +273,39 @@ impl Agent {
         {
             let mut fw = self.firewall.lock().await;
             fw.remove_workload(l.addr.addr());
+            self.commit_firewall(&mut fw).await?;
+        }
+        Ok(())
+    }
+
+    /// Detach several workloads at once (detaches queued behind each other): one link dump,
+    /// one kernel batch deleting their interfaces, one firewall commit.
+    pub async fn detach_many(&self, workloads: &[(String, String)]) -> Result<(), String> {
+        failpoint::hit("agent.detach.before");
+        let group = DETACH_GROUP_BASE
+            + (self
+                .batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % 0x0fff_ffff);
+        let freed = attach::detach_many(self.dp.netlink(), workloads, group)
+            .await
+            .map_err(|e| e.to_string())?;
+        for bridge in freed {
+            self.dp.port_freed(bridge).await;
+        }
+        let gone: Vec<Ipv4Addr> = {
+            let mut local = self.local.lock().await;
+            workloads
+                .iter()
+                .filter_map(|k| local.remove(k))
+                .map(|l| l.addr.addr())
+                .collect()
+        };
+        if !gone.is_empty() {
+            let mut fw = self.firewall.lock().await;
+            for ip in gone {
+                fw.remove_workload(ip);
+            }
             self.commit_firewall(&mut fw).await?;
         }
         Ok(())

@@ -97,6 +97,13 @@ enum Ended {
     Lost,
 }
 
+/// At most this many queued detaches are carried out as one kernel batch.
+const DETACH_BATCH: usize = 256;
+
+fn is_detach(c: &pb::Command) -> bool {
+    matches!(c.op, Some(pb::command::Op::Detach(_)))
+}
+
 /// What the command task does next.
 enum Work {
     /// A host command, with when it arrived.
@@ -202,7 +209,62 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
         let cancelled = cancelled.clone();
         let audit_queued = audit_queued.clone();
         tokio::spawn(async move {
-            while let Some(work) = cmd_rx.recv().await {
+            // A command taken from the queue while gathering a batch, run next.
+            let mut next: Option<Work> = None;
+            loop {
+                let work = match next.take() {
+                    Some(w) => w,
+                    None => match cmd_rx.recv().await {
+                        Some(w) => w,
+                        None => break,
+                    },
+                };
+                // Detaches queued behind each other are carried out as one kernel batch
+                // (deleting links one by one costs the kernel a synchronisation each).
+                let work = match work {
+                    Work::Command(cmd, _) if is_detach(&cmd) => {
+                        let mut batch = vec![*cmd];
+                        while batch.len() < DETACH_BATCH {
+                            match cmd_rx.try_recv() {
+                                Ok(Work::Command(c, _)) if is_detach(&c) => batch.push(*c),
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let refs: Vec<(String, String)> = batch
+                            .iter()
+                            .filter_map(|c| match &c.op {
+                                Some(pb::command::Op::Detach(r)) => {
+                                    Some((r.network.clone(), r.workload_id.clone()))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        let error = agent_ref.detach_many(&refs).await.err().unwrap_or_default();
+                        if !error.is_empty() {
+                            tracing::warn!(commands = batch.len(), %error, "a batch of detaches failed");
+                        }
+                        let mut lost = false;
+                        for c in batch {
+                            let msg = pb::RunnerMessage {
+                                msg: Some(pb::runner_message::Msg::Result(pb::CommandResult {
+                                    id: c.id,
+                                    error: error.clone(),
+                                    ..Default::default()
+                                })),
+                            };
+                            lost |= up.send(msg).await.is_err();
+                        }
+                        if lost {
+                            break;
+                        }
+                        continue;
+                    }
+                    w => w,
+                };
                 let (cmd, received) = match work {
                     Work::Command(cmd, received) => (*cmd, received),
                     Work::Audit => {

@@ -377,6 +377,38 @@ pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<Optio
     .await
 }
 
+/// Remove several workloads' interfaces in one kernel batch (see [`Netlink::del_links`]);
+/// missing ones are fine. Returns the bridges that lost a port, one entry per removed port.
+pub async fn detach_many(
+    nl: &Netlink,
+    workloads: &[(String, String)],
+    group: u32,
+) -> Result<Vec<u32>> {
+    crate::telemetry::kernel("netlink.detach_many", async {
+        let wanted: std::collections::HashMap<String, String> = workloads
+            .iter()
+            .flat_map(|(network, workload)| {
+                let owner = alias(network, workload);
+                [
+                    (host_ifname(network, workload), owner.clone()),
+                    (tap_ifname(network, workload), owner),
+                ]
+            })
+            .collect();
+        let mut indexes = Vec::new();
+        let mut masters = Vec::new();
+        for link in nl.links().await? {
+            if wanted.get(&link.name) == link.alias.as_ref() && link.alias.is_some() {
+                indexes.push(link.index);
+                masters.extend(link.master);
+            }
+        }
+        nl.del_links(&indexes, group).await?;
+        Ok(masters)
+    })
+    .await
+}
+
 /// Weir's workload interfaces present on this runner: (alias, ifindex).
 pub async fn list(nl: &Netlink) -> Result<Vec<(String, u32)>> {
     Ok(nl

@@ -367,6 +367,45 @@ impl Netlink {
         }
     }
 
+    /// Delete several links in one kernel batch: they join device group `group`, then the
+    /// group is deleted with one request (the kernel unregisters them together, paying its
+    /// per-deletion synchronisation once instead of once per link). `group` must be one no
+    /// other link uses (never 0, every link's default). Links already gone are skipped.
+    pub async fn del_links(&self, indexes: &[u32], group: u32) -> Result<()> {
+        match indexes {
+            [] => return Ok(()),
+            [one] => return self.del_link(*one).await,
+            _ => {}
+        }
+        debug_assert_ne!(group, 0, "group 0 holds every link");
+        for &index in indexes {
+            let msg = LinkUnspec::new_with_index(index).link_group(group).build();
+            match self.handle.link().set(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::ENODEV) => {}
+                Err(e) => {
+                    return Err(DataplaneError::netlink(
+                        format!("put link #{index} in group {group}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match rtnetlink::LinkDelRequest::new_with_message(self.handle.clone(), msg)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete link group {group}"),
+                e,
+            )),
+        }
+    }
+
     // ---- addresses ---------------------------------------------------------------------
 
     /// The IPv4 addresses of a link.
