@@ -212,3 +212,40 @@ async fn an_attach_returns_the_namespace_and_a_replaced_one_is_refused() {
     attach::detach(&nl, &w.network, &w.workload).await.unwrap();
     assert!(attach::list(&nl).await.unwrap().is_empty());
 }
+
+/// Detaches batched into one kernel request remove exactly their workloads' interfaces (and
+/// their peers inside the namespaces); another workload's and other links stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_detaches_removes_exactly_its_interfaces() {
+    let (_rn, nl, br) = runner().await;
+    let workloads: Vec<ScratchNs> = (0..4).map(|_| ScratchNs::new("wb")).collect();
+    for (i, ws) in workloads.iter().enumerate() {
+        let mut w = iface(ws, br);
+        w.addr = format!("10.77.0.{}/24", 10 + i).parse().unwrap();
+        attach::attach_checked(&nl, &w, &NetnsPolicy::default(), None)
+            .await
+            .unwrap();
+    }
+    let before = nl.links().await.unwrap().len();
+    let batch: Vec<(String, String)> = workloads[..3]
+        .iter()
+        .map(|ws| ("default".to_string(), ws.name.clone()))
+        .chain([("default".to_string(), "never-attached".to_string())])
+        .collect();
+    let freed = attach::detach_many(&nl, &batch, 0x5745_7777).await.unwrap();
+    assert_eq!(freed, [br, br, br], "each removed port was on the bridge");
+    let left: Vec<String> = attach::list(&nl)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(left, [attach::alias("default", &workloads[3].name)]);
+    assert_eq!(nl.links().await.unwrap().len(), before - 3);
+    for ws in &workloads[..3] {
+        let inner = Netlink::in_namespace(&ws.path).unwrap();
+        assert!(inner.link("eth0").await.unwrap().is_none(), "{}", ws.name);
+    }
+    // The bridge (group 0, like every other link) is untouched.
+    assert!(nl.link("br0").await.unwrap().is_some());
+}
