@@ -13,15 +13,6 @@ use common::*;
 use weir::lab::Lab;
 use weir_proto::v1 as pb;
 
-fn attach_req(runner: &str, id: &str, netns: &str) -> pb::AttachWorkloadRequest {
-    pb::AttachWorkloadRequest {
-        runner: runner.into(),
-        workload_id: id.into(),
-        netns: netns.into(),
-        ..Default::default()
-    }
-}
-
 /// What `weir doctor` (the `Diagnose` call) finds.
 async fn findings(lab: &Lab) -> Vec<pb::Finding> {
     control(lab)
@@ -132,13 +123,7 @@ async fn a_command_the_host_gave_up_on_is_never_applied_and_its_address_is_not_r
     let slow = {
         let (ns1, lab_ctl) = (ns[0].clone(), (l1.clone(), l2.clone()));
         tokio::spawn(async move {
-            let ch = weir::api::client::connect(&lab_ctl.0, Default::default())
-                .await
-                .unwrap();
-            let mut c = pb::control_client::ControlClient::with_interceptor(
-                ch,
-                weir::api::auth::Bearer::new(Some(&lab_ctl.1)).unwrap(),
-            );
+            let mut c = control_at(&lab_ctl.0, &lab_ctl.1).await;
             let started = Instant::now();
             let r = c.attach_workload(attach_req("r1", "f1", &ns1)).await;
             (r, started.elapsed())
@@ -215,6 +200,8 @@ async fn a_host_killed_in_a_burst_of_attaches_leaves_nothing_unannounced() {
     for (i, path) in paths.iter().enumerate() {
         let (url, token, path, acked) = (url.clone(), token.clone(), path.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
+            // The host is killed during the burst: a connection that fails is an attach
+            // never made.
             let Ok(ch) = weir::api::client::connect(&url, Default::default()).await else {
                 return;
             };
@@ -638,13 +625,7 @@ async fn a_command_in_flight_when_its_runner_dies_fails_at_once() {
     let ns = new_netns(&lab, "d1");
     let (url, token) = (lab.control_url(), lab.control_token());
     let call = tokio::spawn(async move {
-        let ch = weir::api::client::connect(&url, Default::default())
-            .await
-            .unwrap();
-        let mut c = pb::control_client::ControlClient::with_interceptor(
-            ch,
-            weir::api::auth::Bearer::new(Some(&token)).unwrap(),
-        );
+        let mut c = control_at(&url, &token).await;
         c.attach_workload(attach_req("r1", "d1", &ns)).await
     });
     // The runner is inside the attach (stalled) once the interface exists in the namespace.

@@ -11,15 +11,6 @@ use tonic::Code;
 use weir::lab::Lab;
 use weir_proto::v1 as pb;
 
-fn attach_req(runner: &str, id: &str, netns: &str) -> pb::AttachWorkloadRequest {
-    pb::AttachWorkloadRequest {
-        runner: runner.into(),
-        workload_id: id.into(),
-        netns: netns.into(),
-        ..Default::default()
-    }
-}
-
 async fn register(lab: &Lab, name: &str, ip: &str) -> Result<pb::RegisterResponse, tonic::Status> {
     let ch = weir::api::client::connect(&lab.control_url(), Default::default())
         .await

@@ -243,7 +243,23 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                                 _ => None,
                             })
                             .collect();
-                        let error = agent_ref.detach_many(&refs).await.err().unwrap_or_default();
+                        // One span for the batch, joined to the trace of its first command.
+                        let span = tracing::info_span!(
+                            "command",
+                            otel.name = "apply detach",
+                            otel.kind = "server",
+                            command.id = batch[0].id,
+                            command.op = "detach",
+                            command.batch = batch.len(),
+                            trace_id = tracing::field::Empty,
+                        );
+                        continue_trace(&span, &batch[0].trace_context);
+                        let error = agent_ref
+                            .detach_many(&refs)
+                            .instrument(span)
+                            .await
+                            .err()
+                            .unwrap_or_default();
                         if !error.is_empty() {
                             tracing::warn!(commands = batch.len(), %error, "a batch of detaches failed");
                         }

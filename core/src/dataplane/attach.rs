@@ -384,7 +384,7 @@ pub async fn detach_many(
     workloads: &[(String, String)],
     group: u32,
 ) -> Result<Vec<u32>> {
-    crate::telemetry::kernel("netlink.detach_many", async {
+    crate::telemetry::kernel("netlink.detach", async {
         let wanted: std::collections::HashMap<String, String> = workloads
             .iter()
             .flat_map(|(network, workload)| {

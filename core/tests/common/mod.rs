@@ -242,6 +242,28 @@ pub async fn control_as(lab: &Lab, token: Option<&str>) -> Control {
     )
 }
 
+/// A `Control` client on a lab's socket by its URL and token (for tasks that cannot borrow
+/// the lab).
+pub async fn control_at(url: &str, token: &str) -> Control {
+    let ch = weir::api::client::connect(url, Default::default())
+        .await
+        .unwrap();
+    weir_proto::v1::control_client::ControlClient::with_interceptor(
+        ch,
+        weir::api::auth::Bearer::new(Some(token)).unwrap(),
+    )
+}
+
+/// An attach of a container namespace on a runner, everything else left to the host.
+pub fn attach_req(runner: &str, id: &str, netns: &str) -> weir_proto::v1::AttachWorkloadRequest {
+    weir_proto::v1::AttachWorkloadRequest {
+        runner: runner.into(),
+        workload_id: id.into(),
+        netns: netns.into(),
+        ..Default::default()
+    }
+}
+
 /// A `Control` client with the lab's control token.
 pub async fn control(lab: &Lab) -> Control {
     control_as(lab, Some(&lab.control_token())).await
