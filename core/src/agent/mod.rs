@@ -74,7 +74,9 @@ impl Agent {
     pub fn new(nl: Netlink, uplink: Option<String>, netns_policy: NetnsPolicy) -> Self {
         Self {
             netns_policy,
-            batches: std::sync::atomic::AtomicU32::new(0),
+            // Seeded per process: a group left behind by a runner killed mid-batch is never
+            // reused by the next runner process for other links.
+            batches: std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(4096)),
             dp: RunnerDataplane::new(nl),
             uplink,
             networks: Mutex::new(BTreeMap::new()),
