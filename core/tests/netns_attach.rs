@@ -209,7 +209,9 @@ async fn an_attach_returns_the_namespace_and_a_replaced_one_is_refused() {
     assert!(matches!(e, DataplaneError::Netns(_)), "{e:?}");
     assert!(nl.link(&w2.host_ifname()).await.unwrap().is_none());
     // Detach leaves the namespace without Weir's interface.
-    attach::detach(&nl, &w.network, &w.workload).await.unwrap();
+    attach::detach_many(&nl, &[(w.network.clone(), w.workload.clone())], 0x5745_7778)
+        .await
+        .unwrap();
     assert!(attach::list(&nl).await.unwrap().is_empty());
 }
 

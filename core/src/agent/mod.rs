@@ -212,7 +212,7 @@ impl Agent {
                 }
                 Err(e) => Err(e),
             },
-            pb::command::Op::Detach(r) => self.detach(&r.network, &r.workload_id).await,
+            pb::command::Op::Detach(r) => self.detach_many(&[(r.network, r.workload_id)]).await,
             pb::command::Op::Sync(set) => {
                 let r = crate::telemetry::metrics::reconcile("runner-sync", self.sync(set)).await;
                 out.held = Some(self.held(false).await);
@@ -251,37 +251,16 @@ impl Agent {
         if result.is_err()
             && undo
             && !known
-            && let Err(e) = self.detach(&spec.network, &spec.workload_id).await
+            && let Err(e) = self.detach_many(&[key]).await
         {
             tracing::warn!(workload = %spec.workload_id, error = %e, "removing a failed attach's interface failed");
         }
         result
     }
 
-    /// Remove a workload's interface and its firewall membership. Missing is fine.
-    async fn detach(&self, network: &str, workload: &str) -> Result<(), String> {
-        failpoint::hit("agent.detach.before");
-        if let Some(bridge) = attach::detach(self.dp.netlink(), network, workload)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            self.dp.port_freed(bridge).await;
-        }
-        if let Some(l) = self
-            .local
-            .lock()
-            .await
-            .remove(&(network.to_string(), workload.to_string()))
-        {
-            let mut fw = self.firewall.lock().await;
-            fw.remove_workload(l.addr.addr());
-            self.commit_firewall(&mut fw).await?;
-        }
-        Ok(())
-    }
-
-    /// Detach several workloads at once (detaches queued behind each other): one link dump,
-    /// one kernel batch deleting their interfaces, one firewall commit.
+    /// Remove workloads' interfaces and their firewall membership (missing ones are fine): one
+    /// link dump, one kernel batch deleting the interfaces, one firewall commit — for one
+    /// detach, for detaches queued behind each other, or for what a sync removes.
     pub async fn detach_many(&self, workloads: &[(String, String)]) -> Result<(), String> {
         failpoint::hit("agent.detach.before");
         let group = DETACH_GROUP_BASE
@@ -479,18 +458,21 @@ impl Agent {
             .map(|w| attach::alias(&w.network, &w.workload_id))
             .collect();
         let mut errors = Vec::new();
-        for (alias, _) in attach::list(self.dp.netlink())
+        let stale: Vec<(String, String)> = attach::list(self.dp.netlink())
             .await
             .map_err(|e| e.to_string())?
-        {
-            if !wanted.contains(&alias)
-                && let Some((network, workload)) = split_alias(&alias)
-            {
+            .iter()
+            .filter(|(alias, _)| !wanted.contains(alias))
+            .filter_map(|(alias, _)| split_alias(alias))
+            .map(|(network, workload)| {
                 tracing::info!(%network, %workload, "removing a workload interface the host no longer knows");
-                if let Err(e) = self.detach(network, workload).await {
-                    errors.push(e);
-                }
-            }
+                (network.to_string(), workload.to_string())
+            })
+            .collect();
+        if !stale.is_empty()
+            && let Err(e) = self.detach_many(&stale).await
+        {
+            errors.push(e);
         }
         failpoint::hit("agent.sync.after-removals");
         let keep: BTreeSet<(String, String)> = set

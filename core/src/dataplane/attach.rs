@@ -355,30 +355,8 @@ async fn source_route(inner: &Netlink, w: &WorkloadIface, oif: u32, table: u32) 
     inner.add_rule(&rule).await
 }
 
-/// Remove a workload interface (a veth's peer inside the namespace goes with it; a VM's tap
-/// goes). Missing is fine. Returns the bridge it was a port of, if any.
-pub async fn detach(nl: &Netlink, network: &str, workload: &str) -> Result<Option<u32>> {
-    crate::telemetry::kernel("netlink.detach", async {
-        let owner = alias(network, workload);
-        let mut master = None;
-        for name in [
-            host_ifname(network, workload),
-            tap_ifname(network, workload),
-        ] {
-            if let Some(link) = nl.link(&name).await?
-                && link.alias.as_deref() == Some(owner.as_str())
-            {
-                nl.del_link(link.index).await?;
-                master = master.or(link.master);
-            }
-        }
-        Ok(master)
-    })
-    .await
-}
-
-/// Remove several workloads' interfaces in one kernel batch (see [`Netlink::del_links`]);
-/// missing ones are fine. Returns the bridges that lost a port, one entry per removed port.
+/// Remove workloads' interfaces (a veth's peer inside its namespace goes with it; a VM's tap
+/// goes) in one kernel batch (see [`Netlink::del_links`]); missing ones are fine. Returns the bridges that lost a port, one entry per removed port.
 pub async fn detach_many(
     nl: &Netlink,
     workloads: &[(String, String)],
