@@ -955,6 +955,13 @@ async fn a_reconnecting_watcher_misses_nothing() {
     })
     .await
     .unwrap();
+    // A status snapshot names the last event so far: the reservation's, as the replay shows.
+    let snapshot = c
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .last_event_seq;
     // A host restart in between: the history and the numbering persist.
     lab.host.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
     lab.start_host().await.unwrap();
@@ -986,6 +993,10 @@ async fn a_reconnecting_watcher_misses_nothing() {
             pb::EventKind::WorkloadDetached,
             pb::EventKind::ReservationMade
         ]
+    );
+    assert_eq!(
+        snapshot, last,
+        "GetStatus.last_event_seq is the reservation's number"
     );
     // And live events keep flowing on the same stream.
     wait_until("r1 is back", dur(20), || is_active(&lab, "r1")).await;

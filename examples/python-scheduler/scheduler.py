@@ -136,16 +136,16 @@ def main():
     channel = grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")])
     control = rpc.ControlStub(channel)
 
-    # Watch events in the background from "now", so the summary shows what this job caused.
+    # Watch events in the background from this status snapshot on, so the summary shows what this
+    # job caused. `after=last_event_seq` (not only_new) is what makes it exact: only_new starts
+    # whenever the host sees the call, which may be after this script's first changes.
     status = control.GetStatus(pb.GetStatusRequest(), metadata=auth)
     seen = []
-    ready = threading.Event()
     done = threading.Event()
     mine = {f"{args.job}-master"} | {f"{args.job}-worker{i}" for i in range(len(args.worker))}
 
     def watch():
-        stream = control.WatchEvents(pb.WatchEventsRequest(only_new=True), metadata=auth)
-        ready.set()
+        stream = control.WatchEvents(pb.WatchEventsRequest(after=status.last_event_seq), metadata=auth)
         try:
             for e in stream:
                 if e.workload_id in mine or e.kind in (pb.RESERVATION_MADE, pb.RESERVATION_USED):
@@ -160,7 +160,6 @@ def main():
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    ready.wait(5)
 
     master_runner, master_netns = args.master
     res = tracing.call(control.ReserveAddress, "ReserveAddress", "master",

@@ -50,7 +50,7 @@ fn replay(
         && oldest.seq.saturating_sub(1) > after
     {
         return Err(HubError::FailedPrecondition(format!(
-            "after: events {}..{} are no longer retained (the oldest is {}); resync from a status call and watch with only_new",
+            "after: events {}..{} are no longer retained (the oldest is {}); resync from a status call and watch with after set to its last_event_seq",
             after + 1,
             oldest.seq.saturating_sub(1),
             oldest.seq

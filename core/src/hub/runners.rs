@@ -508,6 +508,7 @@ impl Hub {
                 .count() as u32,
             networks: self.network_statuses(&st),
             runners,
+            last_event_seq: st.next_event.saturating_sub(1),
         }
     }
 
