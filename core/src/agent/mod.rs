@@ -46,6 +46,13 @@ struct Local {
     reported: bool,
 }
 
+/// A failed attach: why, and whether its new interface was removed again (the runner holds
+/// nothing of it).
+struct Failed {
+    error: String,
+    undone: bool,
+}
+
 /// Device groups of batched deletions (`ip link ... group`): far from the small numbers
 /// operators use, and never 0 (every link's default group).
 const DETACH_GROUP_BASE: u32 = 0x5745_0000;
@@ -210,7 +217,10 @@ impl Agent {
                     failpoint::hit("agent.attach.before-answer");
                     Ok(())
                 }
-                Err(e) => Err(e),
+                Err(Failed { error, undone }) => {
+                    out.nothing_applied = undone;
+                    Err(error)
+                }
             },
             pb::command::Op::Detach(r) => self.detach_many(&[(r.network, r.workload_id)]).await,
             pb::command::Op::Sync(set) => {
@@ -237,7 +247,7 @@ impl Agent {
         &self,
         spec: &pb::WorkloadSpec,
         undo: bool,
-    ) -> Result<Option<NamespaceId>, String> {
+    ) -> Result<Option<NamespaceId>, Failed> {
         let key = (spec.network.clone(), spec.workload_id.clone());
         let known = self.local.lock().await.contains_key(&key);
         let result = async {
@@ -248,14 +258,22 @@ impl Agent {
             Ok::<_, String>(id)
         }
         .await;
-        if result.is_err()
-            && undo
+        let error = match result {
+            Ok(id) => return Ok(id),
+            Err(e) => e,
+        };
+        let undone = undo
             && !known
-            && let Err(e) = self.detach_many(&[key]).await
-        {
-            tracing::warn!(workload = %spec.workload_id, error = %e, "removing a failed attach's interface failed");
-        }
-        result
+            && {
+                match self.detach_many(&[key]).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(workload = %spec.workload_id, error = %e, "removing a failed attach's interface failed");
+                        false
+                    }
+                }
+            };
+        Err(Failed { error, undone })
     }
 
     /// Remove workloads' interfaces and their firewall membership (missing ones are fine): one
@@ -500,7 +518,7 @@ impl Agent {
             }
         }
         for spec in &set.workloads {
-            match self.attach_workload(spec, false).await {
+            match self.attach_workload(spec, false).await.map_err(|f| f.error) {
                 Ok(_) => {}
                 Err(e) if e.starts_with("namespace-") => {
                     tracing::warn!(workload = %spec.workload_id, problem = %e, "not restoring a workload whose namespace is missing");

@@ -315,6 +315,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                                 "expired"
                             }
                         ),
+                        nothing_applied: true,
                         ..Default::default()
                     },
                     Some(op) => {

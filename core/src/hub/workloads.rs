@@ -169,7 +169,7 @@ impl Hub {
             Err(e) => {
                 // Never sent: nothing to undo on the runner.
                 if fresh {
-                    self.forget_unsent(&key).await;
+                    self.forget_unapplied(&key).await;
                 }
                 return Err(e);
             }
@@ -185,7 +185,13 @@ impl Hub {
                     Ok(())
                 }
             }
-            Answer::Done(r) => Err(HubError::Runner(r.error)),
+            Answer::Done(r) => {
+                // The runner removed what it had begun (or never began): nothing to ask it.
+                if fresh && r.nothing_applied {
+                    self.forget_unapplied(&key).await;
+                }
+                Err(HubError::Runner(r.error))
+            }
             Answer::Lost => Err(HubError::Unavailable(format!(
                 "runner {:?} disconnected before answering; the attach was not acknowledged and is undone",
                 rec.runner
@@ -574,8 +580,9 @@ impl Hub {
         Ok(())
     }
 
-    /// An attach that was never sent: forget it at once.
-    async fn forget_unsent(&self, key: &str) {
+    /// An attach of which nothing is on the runner (never sent, or the runner reports it left
+    /// nothing applied): forget it at once, its address free again.
+    async fn forget_unapplied(&self, key: &str) {
         let mut st = self.state.lock().await;
         if st.phases.get(key) == Some(&Phase::Attaching)
             && let Some(w) = st.remove_workload(key)
