@@ -626,7 +626,7 @@ async fn reservations_follow_every_rule() {
         .unwrap()
         .into_inner();
     assert_eq!(r.ip, "10.128.64.2");
-    let now = weir::store::now_ms();
+    let now = weir::clock::now_ms();
     assert!(
         (r.expires_unix_ms - now - 300_000).abs() < 5_000,
         "default TTL 300 s"

@@ -403,7 +403,7 @@ fn network_table(networks: &[pb::NetworkStatus]) -> String {
 }
 
 fn runner_table(runners: &[pb::RunnerStatus]) -> String {
-    let now = crate::store::now_ms();
+    let now = crate::clock::now_ms();
     let rows: Vec<[String; 8]> = runners
         .iter()
         .map(|r| {

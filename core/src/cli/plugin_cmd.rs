@@ -369,7 +369,7 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
                 let d: crate::config::Duration = s
                     .parse()
                     .map_err(|e: String| CliError::Usage(format!("--since: {e}")))?;
-                crate::store::now_ms() - d.get().as_millis() as i64
+                crate::clock::now_ms() - d.get().as_millis() as i64
             }
         }),
     };

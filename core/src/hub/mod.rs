@@ -38,12 +38,13 @@ pub use events::Watch;
 pub use session::{Readiness, SessionHandle, SessionStart};
 
 use crate::auth::reservation::Signer;
+use crate::clock::now_ms;
 use crate::dataplane::host::{HostDataplane, HostNetwork};
 use crate::ipam::AddressPool;
 use crate::network::NetworkDef;
 use crate::policy::{FaultReport, PolicyHost, ReloadOutcome};
 use crate::store::{
-    Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord, now_ms,
+    Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord,
 };
 use crate::telemetry::metrics::ClusterCounts;
 

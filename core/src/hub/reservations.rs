@@ -9,8 +9,9 @@ use weir_proto::v1 as pb;
 
 use super::{Hub, HubError, State, Txn, brief};
 use crate::auth::reservation::{Claims, TokenError};
+use crate::clock::now_ms;
 use crate::ipam::AddressError;
-use crate::store::{Change, ReservationRecord, now_ms};
+use crate::store::{Change, ReservationRecord};
 
 impl Hub {
     pub async fn reserve(

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use weir_proto::v1 as pb;
 
 use super::{Hub, HubError, RunnerState, State, Txn, brief};
+use crate::clock::now_ms;
 use crate::ipam::{self, IdChoice, TakenId};
 use crate::network::NetworkKind;
 use crate::policy::{
     self,
     types::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest},
 };
-use crate::store::{Change, RunnerRecord, now_ms};
+use crate::store::{Change, RunnerRecord};
 
 impl Hub {
     /// A runner joins. Returns everything it needs to build its side.

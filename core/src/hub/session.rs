@@ -23,7 +23,7 @@ use tracing::Instrument;
 use weir_proto::v1 as pb;
 
 use super::{Hub, HubError};
-use crate::store::now_ms;
+use crate::clock::now_ms;
 use crate::telemetry::metrics::{metrics, outcome};
 use crate::telemetry::propagation;
 

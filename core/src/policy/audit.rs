@@ -81,7 +81,7 @@ impl Audit {
     ) {
         let input = serde_json::to_vec(request).unwrap_or_default();
         let entry = Entry {
-            ts_ms: crate::store::now_ms(),
+            ts_ms: crate::clock::now_ms(),
             hook: request.hook().as_str().into(),
             call: request.call_name().into(),
             plugin: plugin.into(),

@@ -733,7 +733,7 @@ async fn load_one(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let now = crate::store::now_ms();
+    let now = crate::clock::now_ms();
     if let Some(path) = &spec.path {
         let (path, name, hooks) = (path.clone(), spec.name.clone(), hooks.to_vec());
         let stamp = file_stamp(&path);
