@@ -14,11 +14,12 @@ use crate::auth::TokenSet;
 use crate::auth::reservation::Signer;
 use crate::config::{LoadedConfig, Mtu};
 use crate::dataplane::host::HostDataplane;
+use crate::dataplane::host_kernel::{HostKernel, Isolated};
 use crate::dataplane::netlink::Netlink;
 use crate::hub::{Hub, HubSettings, TtlBounds};
 use crate::logging::LogFormat;
 use crate::network::NetworkDef;
-use crate::store::Store;
+use crate::store::RedbStore;
 use crate::telemetry::{Role, Telemetry};
 
 /// Run the hub.
@@ -41,8 +42,12 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let mtu = resolve_mtu(loaded, &nl, reachable).await?;
         let c = &loaded.config;
         let networks = NetworkDef::from_config(c, mtu);
-        let store = Store::open(&c.host.state_dir).map_err(fail)?;
-        let dataplane = c.overlay.enabled.then(|| HostDataplane::new(nl.clone()));
+        let store = std::sync::Arc::new(RedbStore::open(&c.host.state_dir).map_err(fail)?);
+        let kernel: std::sync::Arc<dyn HostKernel> = if c.overlay.enabled {
+            std::sync::Arc::new(HostDataplane::new(nl.clone()))
+        } else {
+            std::sync::Arc::new(Isolated)
+        };
         let r = &c.reservations;
         let settings = HubSettings {
             networks,
@@ -74,7 +79,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         )
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
-        let hub = Hub::start(settings, store, dataplane, signer, policy)
+        let hub = Hub::start(settings, store, kernel, signer, policy)
             .await
             .map_err(fail)?;
         if c.policy.watch {

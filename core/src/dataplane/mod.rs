@@ -8,9 +8,12 @@
 //! - [`attach`]: workload interfaces created inside the workload's namespace
 
 pub mod attach;
+#[cfg(test)]
+pub mod fake_host;
 pub mod firewall;
 pub mod firewalld;
 pub mod host;
+pub mod host_kernel;
 pub mod netlink;
 pub mod netns;
 pub mod nfnl;

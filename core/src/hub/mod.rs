@@ -16,6 +16,7 @@
 mod consistency;
 mod error;
 mod events;
+mod firewall;
 mod paging;
 mod reservations;
 mod runners;
@@ -39,12 +40,13 @@ pub use session::{Readiness, SessionHandle, SessionStart};
 
 use crate::auth::reservation::Signer;
 use crate::clock::now_ms;
-use crate::dataplane::host::{HostDataplane, HostNetwork};
+use crate::dataplane::host::HostNetwork;
+use crate::dataplane::host_kernel::HostKernel;
 use crate::ipam::AddressPool;
 use crate::network::NetworkDef;
 use crate::policy::{FaultReport, PolicyHost, ReloadOutcome};
 use crate::store::{
-    Change, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord,
+    Change, Commit, PlaceholderRecord, ReservationRecord, RunnerRecord, Store, WorkloadRecord,
 };
 use crate::telemetry::metrics::ClusterCounts;
 
@@ -87,8 +89,9 @@ impl Default for TtlBounds {
 
 pub struct Hub {
     settings: HubSettings,
-    store: Store,
-    dataplane: Option<HostDataplane>,
+    store: Arc<dyn Store>,
+    /// The host's kernel: netlink and nftables, or nothing to build (isolated networks only).
+    kernel: Arc<dyn HostKernel>,
     signer: Signer,
     policy: Arc<PolicyHost>,
     state: Mutex<State>,
@@ -169,12 +172,12 @@ impl Hub {
     /// Open the hub: load the store, reconcile the kernel with it, and get ready to serve.
     pub async fn start(
         settings: HubSettings,
-        store: Store,
-        dataplane: Option<HostDataplane>,
+        store: Arc<dyn Store>,
+        kernel: Arc<dyn HostKernel>,
         signer: Signer,
         mut policy: PolicyHost,
     ) -> Result<Arc<Self>, HubError> {
-        let snap = store.load()?;
+        let snap = store.load().await?;
         let (events, _) = broadcast::channel(4096);
         let (fault_tx, fault_rx) = mpsc::unbounded_channel();
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
@@ -182,7 +185,7 @@ impl Hub {
         let hub = Hub {
             settings,
             store,
-            dataplane,
+            kernel,
             signer,
             policy: Arc::new(policy),
             state: Mutex::new(State::default()),
@@ -238,7 +241,7 @@ impl Hub {
                 });
                 {
                     let mut st = h.state.lock().await;
-                    if let Err(e) = h.commit(&mut st, txn) {
+                    if let Err(e) = h.commit(&mut st, txn).await {
                         tracing::error!(error = %e, "recording a plugin event failed");
                     }
                 }
@@ -314,7 +317,7 @@ impl Hub {
     }
 
     /// Persist a transaction and publish its events (numbered here, in commit order).
-    fn commit(&self, st: &mut State, mut txn: Txn) -> Result<(), HubError> {
+    async fn commit(&self, st: &mut State, mut txn: Txn) -> Result<(), HubError> {
         let now = now_ms();
         for e in &mut txn.events {
             e.seq = st.next_event;
@@ -332,12 +335,13 @@ impl Hub {
                 st.next_event.to_string(),
             ));
         }
-        if let Err(e) = self.store.commit(&txn.changes) {
+        let changed = !txn.changes.is_empty();
+        if let Err(e) = self.store.commit(Commit::new(txn.changes)).await {
             // Nothing was written: hand the sequence numbers back.
             st.next_event -= txn.events.len() as u64;
             return Err(e.into());
         }
-        if !txn.changes.is_empty() {
+        if changed {
             self.counts_dirty.store(true, Ordering::Relaxed);
         }
         for e in txn.events {
@@ -366,7 +370,7 @@ impl Hub {
         st.next_generation = meta_num("next_generation", 1);
         st.next_event = meta_num("next_event", 1);
         st.next_reservation = meta_num("next_reservation", 1);
-        for (seq, bytes) in &snap.events {
+        for crate::store::StoredEvent { seq, bytes } in &snap.events {
             if let Ok(e) = <pb::Event as prost::Message>::decode(bytes.as_slice()) {
                 st.next_event = st.next_event.max(seq + 1);
                 st.history.push_back(e);
@@ -418,58 +422,56 @@ impl Hub {
                 txn.change(Change::DeletePlaceholder(id));
             }
         }
-        if let Some(dp) = &self.dataplane {
-            let nets = self.host_networks();
-            dp.setup(&nets, self.underlay_peers(&st)).await?;
-            for net in &nets {
-                let found = dp.scan_tunnels(net).await?;
-                let held = |st: &State, id: u32| {
-                    st.runners.values().any(|r| r.rec.id == Some(id))
-                        || st.placeholders.contains_key(&id)
-                };
-                for (id, tunnel) in &found {
-                    let in_primary =
-                        overlay_plan.is_some_and(|p| p.check_runner(u64::from(*id)).is_ok());
-                    if !held(&st, *id)
-                        && in_primary
-                        && let Some(remote) = tunnel.remote
-                    {
-                        tracing::info!(id, %remote, "adopting an unclaimed tunnel as a placeholder");
-                        let ph = PlaceholderRecord {
-                            id: *id,
-                            physical_ip: remote,
-                            recovered_ms: now,
-                        };
-                        txn.change(Change::PutPlaceholder(ph.clone()));
-                        st.placeholders.insert(*id, ph);
-                    }
+        let nets = self.host_networks();
+        self.kernel.setup(&nets, self.underlay_peers(&st)).await?;
+        for net in &nets {
+            let found = self.kernel.scan_tunnels(net).await?;
+            let held = |st: &State, id: u32| {
+                st.runners.values().any(|r| r.rec.id == Some(id))
+                    || st.placeholders.contains_key(&id)
+            };
+            for (id, tunnel) in &found {
+                let in_primary =
+                    overlay_plan.is_some_and(|p| p.check_runner(u64::from(*id)).is_ok());
+                if !held(&st, *id)
+                    && in_primary
+                    && let Some(remote) = tunnel.remote
+                {
+                    tracing::info!(id, %remote, "adopting an unclaimed tunnel as a placeholder");
+                    let ph = PlaceholderRecord {
+                        id: *id,
+                        physical_ip: remote,
+                        recovered_ms: now,
+                    };
+                    txn.change(Change::PutPlaceholder(ph.clone()));
+                    st.placeholders.insert(*id, ph);
                 }
-                // Ids outside this network's plan (it has fewer node bits) get no tunnel here.
-                let wanted: Vec<(u32, Ipv4Addr)> = st
-                    .runners
-                    .values()
-                    .filter_map(|r| Some((r.rec.id?, r.rec.physical_ip)))
-                    .chain(st.placeholders.values().map(|p| (p.id, p.physical_ip)))
-                    .filter(|(id, _)| net.plan.check_runner(u64::from(*id)).is_ok())
-                    .collect();
-                let mut kept = 0;
-                for (id, remote) in wanted {
-                    let (_, change) = dp.ensure_tunnel(net, id, remote).await?;
-                    if change == crate::dataplane::host::TunnelChange::Unchanged {
-                        kept += 1;
-                    } else {
-                        tracing::info!(id, ?change, "tunnel reconciled");
-                    }
-                }
-                for id in found.keys() {
-                    if !held(&st, *id) {
-                        dp.remove_tunnel(net, *id).await?;
-                    }
-                }
-                tracing::info!(network = %net.name, adopted = kept, "tunnels reconciled");
             }
-            dp.set_underlay(self.underlay_peers(&st)).await?;
+            // Ids outside this network's plan (it has fewer node bits) get no tunnel here.
+            let wanted: Vec<(u32, Ipv4Addr)> = st
+                .runners
+                .values()
+                .filter_map(|r| Some((r.rec.id?, r.rec.physical_ip)))
+                .chain(st.placeholders.values().map(|p| (p.id, p.physical_ip)))
+                .filter(|(id, _)| net.plan.check_runner(u64::from(*id)).is_ok())
+                .collect();
+            let mut kept = 0;
+            for (id, remote) in wanted {
+                let (_, change) = self.kernel.ensure_tunnel(net, id, remote).await?;
+                if change == crate::dataplane::host::TunnelChange::Unchanged {
+                    kept += 1;
+                } else {
+                    tracing::info!(id, ?change, "tunnel reconciled");
+                }
+            }
+            for id in found.keys() {
+                if !held(&st, *id) {
+                    self.kernel.remove_tunnel(net, *id).await?;
+                }
+            }
+            tracing::info!(network = %net.name, adopted = kept, "tunnels reconciled");
         }
+        self.kernel.set_underlay(self.underlay_peers(&st)).await?;
         // Reservations first (they hold pool addresses), then workloads.
         for (id, r) in snap.reservations {
             let ok =
@@ -512,7 +514,7 @@ impl Hub {
         if let Some(plan) = overlay_plan {
             txn.change(Change::PutMeta("plan".into(), plan.to_string()));
         }
-        self.commit(&mut st, txn)
+        self.commit(&mut st, txn).await
     }
 
     /// Whether `ip` lies in the runner's current subnet of `network`.
@@ -556,11 +558,9 @@ impl Hub {
     /// The host tunnels' ifindexes (for status and tests).
     pub async fn tunnel_indexes(&self) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
-        if let Some(dp) = &self.dataplane {
-            for net in self.host_networks() {
-                if let Ok(m) = dp.tunnel_indexes(&net).await {
-                    out.extend(m);
-                }
+        for net in self.host_networks() {
+            if let Ok(m) = self.kernel.tunnel_indexes(&net).await {
+                out.extend(m);
             }
         }
         out

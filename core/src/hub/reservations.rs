@@ -93,7 +93,7 @@ impl Hub {
             e.reservation_id = id.clone();
             e.detail = format!("ttl {}s", ttl.as_secs());
         });
-        if let Err(e) = self.commit(&mut st, txn) {
+        if let Err(e) = self.commit(&mut st, txn).await {
             if let Some(p) = st.pools.get_mut(&(net.name.clone(), req.runner.clone())) {
                 p.release(ip);
             }
@@ -215,7 +215,7 @@ impl Hub {
             e.ip = r.ip.to_string();
             e.reservation_id = r.id.clone();
         });
-        self.commit(&mut st, txn)?;
+        self.commit(&mut st, txn).await?;
         st.reservations.remove(&r.id);
         if let Some(p) = st.pools.get_mut(&(r.network.clone(), r.runner.clone())) {
             p.release(r.ip);
@@ -265,7 +265,7 @@ impl Hub {
                 e.reservation_id = r.id.clone();
             });
         }
-        if let Err(e) = self.commit(&mut st, txn) {
+        if let Err(e) = self.commit(&mut st, txn).await {
             tracing::error!(error = %e, "expiring reservations failed");
             return;
         }

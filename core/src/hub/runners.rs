@@ -93,10 +93,10 @@ impl Hub {
             }
         };
         // Kernel first: if the tunnel cannot be built, nothing is recorded.
-        if let (Some(id), Some(dp)) = (id, &self.dataplane) {
+        if let Some(id) = id {
             for net in self.host_networks() {
                 if net.plan.check_runner(u64::from(id)).is_ok() {
-                    dp.ensure_tunnel(&net, id, physical_ip).await?;
+                    self.kernel.ensure_tunnel(&net, id, physical_ip).await?;
                 }
             }
         }
@@ -135,7 +135,7 @@ impl Hub {
             }
             Some(_) => {}
         }
-        self.commit(&mut st, txn)?;
+        self.commit(&mut st, txn).await?;
         crate::failpoint::hit("hub.register.after-commit");
         if changed && let Some(s) = st.runners.get_mut(&name).and_then(|r| r.session.take()) {
             // The runner's old session belongs to an allocation that no longer exists.
@@ -156,9 +156,7 @@ impl Hub {
         let answer = self.assignment(&st.runners[&name].rec);
         // The host accepts the runner's VXLAN before it answers; the other runners learn of it
         // in the background.
-        if let Some(dp) = &self.dataplane {
-            dp.set_underlay(self.underlay_peers(&st)).await?;
-        }
+        self.kernel.set_underlay(self.underlay_peers(&st)).await?;
         drop(st);
         self.spawn_publish();
         Ok(answer)
@@ -308,7 +306,7 @@ impl Hub {
                 e.runner_id = r.rec.id.unwrap_or(0);
             });
         }
-        if let Err(e) = self.commit(&mut st, txn) {
+        if let Err(e) = self.commit(&mut st, txn).await {
             tracing::error!(error = %e, "persisting runner liveness failed");
         }
     }
@@ -343,7 +341,7 @@ impl Hub {
                 e.runner_id = id;
                 e.detail = "placeholder released".into();
             });
-            self.commit(&mut st, txn)?;
+            self.commit(&mut st, txn).await?;
             drop(st);
             self.spawn_publish();
             return Ok(pb::ReleaseRunnerResponse {
@@ -363,7 +361,7 @@ impl Hub {
             self.remove_tunnel(id).await?;
         }
         self.forget_runner(&mut st, runner, &mut txn, "released by an operator");
-        self.commit(&mut st, txn)?;
+        self.commit(&mut st, txn).await?;
         drop(st);
         self.spawn_publish();
         tracing::info!(runner, id = ?id, workloads, "runner released");
@@ -411,7 +409,7 @@ impl Hub {
             });
             released.push(format!("#{id}"));
         }
-        self.commit(&mut st, txn)?;
+        self.commit(&mut st, txn).await?;
         drop(st);
         if !released.is_empty() {
             self.spawn_publish();
@@ -423,10 +421,8 @@ impl Hub {
     }
 
     async fn remove_tunnel(&self, id: u32) -> Result<(), HubError> {
-        if let Some(dp) = &self.dataplane {
-            for net in self.host_networks() {
-                dp.remove_tunnel(&net, id).await?;
-            }
+        for net in self.host_networks() {
+            self.kernel.remove_tunnel(&net, id).await?;
         }
         Ok(())
     }

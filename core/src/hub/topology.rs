@@ -49,9 +49,7 @@ impl Hub {
                 sessions,
             )
         };
-        if let Some(dp) = &self.dataplane
-            && let Err(e) = dp.set_underlay(peers).await
-        {
+        if let Err(e) = self.kernel.set_underlay(peers).await {
             tracing::error!(error = %e, "updating the underlay set failed");
         }
         for s in sessions {

@@ -457,7 +457,7 @@ impl Hub {
             if let Some((Decision::Firewall(d), monitor)) =
                 self.policy.decide_or_monitor(&req).await?
             {
-                rec.firewall = Some(d);
+                rec.firewall = Some(super::firewall::record(d));
                 rec.firewall_monitor = monitor;
             }
         }
@@ -576,7 +576,7 @@ impl Hub {
                 "container".into()
             };
         });
-        self.commit(&mut st, txn)?;
+        self.commit(&mut st, txn).await?;
         st.phases.remove(key);
         Ok(())
     }
@@ -726,7 +726,7 @@ impl Hub {
                 }
                 // Already detached; the runner has not confirmed yet. Ask it again.
                 Some(Phase::Leaving) => {}
-                None => self.retire(&mut st, &key, "detached")?,
+                None => self.retire(&mut st, &key, "detached").await?,
             }
             (st.runners.get(&runner).and_then(|r| r.session.clone()), ip)
         };
@@ -768,7 +768,12 @@ impl Hub {
     /// Take a stored workload out of the cluster: delete its record (and its reservation) with
     /// a `WORKLOAD_DETACHED` event in one transaction, and keep it in memory as leaving, its
     /// address taken, until its runner confirms the interface is gone.
-    pub(super) fn retire(&self, st: &mut State, key: &str, why: &str) -> Result<(), HubError> {
+    pub(super) async fn retire(
+        &self,
+        st: &mut State,
+        key: &str,
+        why: &str,
+    ) -> Result<(), HubError> {
         let Some(rec) = st.workloads.get(key).cloned() else {
             return Ok(());
         };
@@ -786,7 +791,7 @@ impl Hub {
             e.ip = rec.ip.to_string();
             e.detail = why.to_string();
         });
-        self.commit(st, txn)?;
+        self.commit(st, txn).await?;
         if let Some(r) = &rec.reservation {
             st.reservations.remove(r);
         }
@@ -820,7 +825,10 @@ impl Hub {
                     continue;
                 }
                 let ip = st.workloads.get(&key).map(|w| w.ip.addr());
-                match self.retire(&mut st, &key, &format!("namespace gone: {}", g.reason)) {
+                match self
+                    .retire(&mut st, &key, &format!("namespace gone: {}", g.reason))
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(runner, workload = %g.workload_id, reason = %g.reason, "workload released: its namespace is gone");
                         removed.push((key, ip));
@@ -914,10 +922,7 @@ pub(super) fn workload_spec(
         mtu: net.mtu,
         default_route: w.default_route,
         vm: w.vm,
-        firewall: w
-            .firewall
-            .as_ref()
-            .map(crate::policy::grpc::firewall_decision_pb),
+        firewall: w.firewall.as_ref().map(super::firewall::message),
         firewall_monitor: w.firewall_monitor,
         source_table,
         overlay_cidr,
