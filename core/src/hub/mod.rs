@@ -24,6 +24,9 @@ mod session;
 mod topology;
 mod workloads;
 
+#[cfg(test)]
+mod rules_tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
