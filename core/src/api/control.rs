@@ -10,7 +10,7 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::control_server::Control;
 
 use super::status;
-use crate::hub::{Hub, check_label_limits};
+use crate::hub::{AttachRequest, Hub, check_label_limits};
 
 pub struct ControlService {
     hub: Arc<Hub>,
@@ -68,7 +68,10 @@ impl Control for ControlService {
         req: Request<pb::AttachWorkloadRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
         Ok(Response::new(
-            self.hub.attach(req.into_inner()).await.map_err(status)?,
+            self.hub
+                .attach(AttachRequest::parse(req.into_inner()).map_err(status)?)
+                .await
+                .map_err(status)?,
         ))
     }
 

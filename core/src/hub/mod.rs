@@ -18,6 +18,7 @@ mod error;
 mod events;
 mod firewall;
 mod paging;
+mod request;
 mod reservations;
 mod runners;
 mod session;
@@ -39,6 +40,7 @@ use weir_proto::v1 as pb;
 
 pub use error::HubError;
 pub use events::Watch;
+pub use request::{AddressSource, AttachRequest};
 pub use session::{Readiness, SessionHandle, SessionStart};
 
 use crate::auth::reservation::Signer;

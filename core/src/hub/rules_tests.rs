@@ -331,7 +331,7 @@ impl Cluster {
     }
 
     async fn attach(&self, runner: &str, id: &str) -> Result<pb::AttachWorkloadResponse, HubError> {
-        self.hub.attach(req(runner, id)).await
+        attach(&self.hub, req(runner, id)).await
     }
 
     async fn detach(&self, id: &str) -> Result<(), HubError> {
@@ -401,6 +401,14 @@ impl Cluster {
         drop(hub);
         start(settings, dir, kernel).await
     }
+}
+
+/// An attach as the API layer makes it: the request parsed, then handed to the hub.
+async fn attach(
+    hub: &Arc<Hub>,
+    r: pb::AttachWorkloadRequest,
+) -> Result<pb::AttachWorkloadResponse, HubError> {
+    hub.attach(AttachRequest::parse(r)?).await
 }
 
 fn req(runner: &str, id: &str) -> pb::AttachWorkloadRequest {
@@ -484,7 +492,7 @@ async fn a_changed_repeat_attach_is_refused_naming_the_field() {
     c.attach("r1", "w1").await.unwrap();
     let mut other_ns = req("r1", "w1");
     other_ns.netns = "/run/netns/elsewhere".into();
-    let (k, m) = code(c.hub.attach(other_ns).await);
+    let (k, m) = code(attach(&c.hub, other_ns).await);
     assert_eq!(k, "exists");
     assert!(m.contains("netns"), "{m}");
     let (k, m) = code(c.attach("r2", "w1").await);
@@ -492,7 +500,7 @@ async fn a_changed_repeat_attach_is_refused_naming_the_field() {
     assert!(m.contains("runner"), "{m}");
     let mut labelled = req("r1", "w1");
     labelled.labels = [("tenant".to_string(), "b".to_string())].into();
-    let (k, m) = code(c.hub.attach(labelled).await);
+    let (k, m) = code(attach(&c.hub, labelled).await);
     assert_eq!(k, "exists");
     assert!(m.contains("labels"), "{m}");
 }
@@ -530,7 +538,7 @@ async fn refused_attaches_name_their_field_and_change_nothing() {
     forged.reservation_token = "wr1.forged.token".into();
     cases.push((forged, "invalid", "reservation_token"));
     for (r, want, field) in cases {
-        let (k, m) = code(c.hub.attach(r.clone()).await);
+        let (k, m) = code(attach(&c.hub, r.clone()).await);
         assert_eq!(k, want, "{r:?}: {m}");
         assert!(m.contains(field), "{r:?}: {m}");
         assert!(m.len() < 400, "{m}");
@@ -721,7 +729,7 @@ async fn workloads_are_listed_by_runner_and_label() {
     for (r, id, tenant) in [("r1", "a", "x"), ("r1", "b", "y"), ("r2", "c", "x")] {
         let mut q = req(r, id);
         q.labels = [("tenant".to_string(), tenant.to_string())].into();
-        c.hub.attach(q).await.unwrap();
+        attach(&c.hub, q).await.unwrap();
     }
     let list = |q: pb::ListWorkloadsRequest| {
         let hub = c.hub.clone();
@@ -784,13 +792,11 @@ async fn a_reservation_holds_its_address_and_is_used_once() {
     assert_eq!(res.ip, "10.128.64.2");
     // Nobody else gets the reserved address.
     assert_eq!(c.attach("r1", "other").await.unwrap().ip, "10.128.64.3/18");
-    let a = c
-        .hub
-        .attach(with_token("r1", "w1", &res.token))
+    let a = attach(&c.hub, with_token("r1", "w1", &res.token))
         .await
         .unwrap();
     assert_eq!(a.ip, "10.128.64.2/18");
-    let (k, m) = code(c.hub.attach(with_token("r1", "w2", &res.token)).await);
+    let (k, m) = code(attach(&c.hub, with_token("r1", "w2", &res.token)).await);
     assert_eq!(k, "precondition", "{m}");
     assert!(m.contains("reservation_token"), "{m}");
     assert!(c.events().await.contains(&pb::EventKind::ReservationUsed));
@@ -802,12 +808,11 @@ async fn a_reservation_is_bound_to_its_runner() {
     c.join("r1").await;
     c.join("r2").await;
     let res = reserve(&c, "r1").await;
-    let (k, m) = code(c.hub.attach(with_token("r2", "w1", &res.token)).await);
+    let (k, m) = code(attach(&c.hub, with_token("r2", "w1", &res.token)).await);
     assert_eq!(k, "denied", "{m}");
     assert!(c.workloads().await.is_empty());
     // Still usable on its own runner.
-    c.hub
-        .attach(with_token("r1", "w1", &res.token))
+    attach(&c.hub, with_token("r1", "w1", &res.token))
         .await
         .unwrap();
 }
@@ -821,7 +826,7 @@ async fn an_altered_reservation_token_is_refused() {
     let last = altered.len() - 1;
     altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
-    let (k, m) = code(c.hub.attach(with_token("r1", "w1", &altered)).await);
+    let (k, m) = code(attach(&c.hub, with_token("r1", "w1", &altered)).await);
     assert!(k == "denied" || k == "invalid", "{k}: {m}");
     assert!(m.contains("reservation_token"), "{m}");
     assert!(c.workloads().await.is_empty());
@@ -864,7 +869,7 @@ async fn a_released_reservation_gives_its_address_back_and_its_token_is_dead() {
         .await
         .unwrap();
     assert_eq!(c.attach("r1", "w1").await.unwrap().ip, "10.128.64.2/18");
-    let (k, _) = code(c.hub.attach(with_token("r1", "w2", &res.token)).await);
+    let (k, _) = code(attach(&c.hub, with_token("r1", "w2", &res.token)).await);
     assert!(k == "not-found" || k == "precondition", "{k}");
 }
 

@@ -1,7 +1,6 @@
 //! Workloads: attach (which address a workload gets), detach, list.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +10,7 @@ use opentelemetry::KeyValue;
 use weir_proto::v1 as pb;
 
 use super::session::{Answer, Readiness, SessionHandle};
-use super::{
-    Hub, HubError, Phase, State, Txn, brief, check_labels, check_netns, check_workload_id,
-};
+use super::{Hub, HubError, Phase, State, Txn, brief, check_workload_id};
 use crate::clock::now_ms;
 use crate::dataplane::attach;
 use crate::failpoint;
@@ -24,18 +21,13 @@ use crate::policy::types::{
 use crate::store::{Change, NamespaceId, WorkloadRecord, workload_key};
 use crate::telemetry::metrics::{metrics, outcome};
 
-/// Where a new workload's address comes from.
-enum Source {
-    Next,
-    Requested(Ipv4Addr),
-    Reservation(String),
-}
+use super::request::{AddressSource, AttachRequest};
 
 impl Hub {
     /// Give a workload an interface on its runner's network (timed as `weir.attach.duration`).
     pub async fn attach(
         self: &Arc<Self>,
-        req: pb::AttachWorkloadRequest,
+        req: AttachRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let network = self.network_attr(&req.network);
         let started = Instant::now();
@@ -70,46 +62,44 @@ impl Hub {
 
     async fn attach_workload(
         self: &Arc<Self>,
-        req: pb::AttachWorkloadRequest,
+        req: AttachRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
-        let workload_id = check_workload_id(&req.workload_id)?;
-        let vm = req.kind == pb::WorkloadKind::Vm as i32;
-        let netns = check_netns(vm, &req.netns, req.pid)?;
-        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
-        check_labels(&labels, "labels")?;
-        let source = match (req.requested_ip.trim(), req.reservation_token.trim()) {
-            ("", "") => Source::Next,
-            (ip, "") => Source::Requested(ip.parse().map_err(|_| {
-                HubError::InvalidArgument(format!(
-                    "requested_ip: {} is not an IPv4 address",
-                    brief(ip)
-                ))
-            })?),
-            ("", token) => Source::Reservation(token.to_string()),
-            _ => {
-                return Err(HubError::InvalidArgument(
-                    "requested_ip and reservation_token: give one of them, not both".into(),
-                ));
-            }
-        };
         let net = self.network(&req.network)?.clone();
+        let AttachRequest {
+            runner,
+            workload_id,
+            netns,
+            vm,
+            labels,
+            address: source,
+            ..
+        } = req;
         let key = workload_key(&net.name, &workload_id);
-        // Workload commands wait until the session's first sync is answered: only then does
-        // the hub know every address the runner still holds.
-        let session = {
-            let st = self.state.lock().await;
-            self.usable_session(&st, &req.runner)?
-        };
-        session.ready(self.command_timeout()).await?;
-        let (rec, session, fresh) = {
+        // The whole plan (session, decision, record, subnet) is made under one lock. Workload
+        // commands wait until the session's first sync is answered: only then does the hub
+        // know every address the runner still holds.
+        let mut waited = false;
+        let (rec, session, fresh, sub) = loop {
             let mut st = self.state.lock().await;
-            let session = self.usable_session(&st, &req.runner)?;
+            let session = self.usable_session(&st, &runner)?;
             if session.readiness() != Readiness::Ready {
-                return Err(HubError::Unavailable(format!(
-                    "runner {:?} reconnected and is synchronising its workloads; retry shortly",
-                    req.runner
-                )));
+                drop(st);
+                if waited {
+                    return Err(HubError::Unavailable(format!(
+                        "runner {runner:?} reconnected and is synchronising its workloads; retry shortly"
+                    )));
+                }
+                session.ready(self.command_timeout()).await?;
+                waited = true;
+                continue;
             }
+            let id = st.runners.get(&runner).and_then(|r| r.rec.id);
+            let sub = net.runner_subnet(id).ok_or_else(|| {
+                HubError::FailedPrecondition(format!(
+                    "runner {runner:?} has no subnet on network {}",
+                    net.name
+                ))
+            })?;
             if let Some(existing) = st.workloads.get(&key) {
                 match st.phases.get(&key) {
                     Some(Phase::Leaving) => {
@@ -127,36 +117,27 @@ impl Hub {
                     }
                     None => {}
                 }
-                self.same_attach(existing, &req.runner, &netns, vm, &labels, &source, &st)?;
-                (existing.clone(), session, false)
-            } else {
-                let source = self
-                    .plugin_address(
-                        &mut st,
-                        &net,
-                        &req.runner,
-                        &workload_id,
-                        vm,
-                        &labels,
-                        source,
-                    )
-                    .await?;
-                let rec = self
-                    .allocate(
-                        &mut st,
-                        &net,
-                        &req.runner,
-                        &workload_id,
-                        netns,
-                        vm,
-                        labels,
-                        source,
-                    )
-                    .await?;
-                (rec, session, true)
+                self.same_attach(existing, &runner, &netns, vm, &labels, &source, &st)?;
+                // A repeat on another runner was refused above: the subnet is the record's.
+                break (existing.clone(), session, false, sub);
             }
+            let source = self
+                .plugin_address(&mut st, &net, &runner, &workload_id, vm, &labels, source)
+                .await?;
+            let rec = self
+                .allocate(
+                    &mut st,
+                    &net,
+                    &runner,
+                    &workload_id,
+                    netns,
+                    vm,
+                    labels,
+                    source,
+                )
+                .await?;
+            break (rec, session, true, sub);
         };
-        let sub = self.subnet_of(&net, &rec.runner).await?;
         let spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
         failpoint::hit("hub.attach.before-send");
         let pending = match session
@@ -215,7 +196,7 @@ impl Hub {
         if fresh {
             self.publish_peer(Some(&rec), None).await;
         }
-        tracing::info!(workload = %workload_id, runner = %req.runner, ip = %rec.ip, vm, "workload attached");
+        tracing::info!(workload = %workload_id, runner = %rec.runner, ip = %rec.ip, vm, "workload attached");
         Ok(pb::AttachWorkloadResponse {
             workload_id,
             runner: rec.runner.clone(),
@@ -264,7 +245,7 @@ impl Hub {
         netns: &Path,
         vm: bool,
         labels: &BTreeMap<String, String>,
-        source: &Source,
+        source: &AddressSource,
         st: &State,
     ) -> Result<(), HubError> {
         let id = brief(&existing.id);
@@ -295,14 +276,14 @@ impl Hub {
             );
         }
         match source {
-            Source::Next => Ok(()),
-            Source::Requested(ip) if *ip == existing.ip.addr() => Ok(()),
-            Source::Requested(ip) => differs(
+            AddressSource::Next => Ok(()),
+            AddressSource::Requested(ip) if *ip == existing.ip.addr() => Ok(()),
+            AddressSource::Requested(ip) => differs(
                 "requested_ip",
                 existing.ip.addr().to_string(),
                 ip.to_string(),
             ),
-            Source::Reservation(token) => {
+            AddressSource::Reservation(token) => {
                 let asked = self.lookup(st, token).map(|r| r.id.clone()).ok();
                 if asked.is_some() && asked == existing.reservation {
                     Ok(())
@@ -333,7 +314,7 @@ impl Hub {
         netns: PathBuf,
         vm: bool,
         labels: BTreeMap<String, String>,
-        source: Source,
+        source: AddressSource,
     ) -> Result<WorkloadRecord, HubError> {
         let prefix = net
             .runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
@@ -387,17 +368,17 @@ impl Hub {
         let default_route = siblings.is_empty();
         let mut reservation = None;
         let ip = match source {
-            Source::Next => self
+            AddressSource::Next => self
                 .pool(st, &net.name, runner)?
                 .take_next()
                 .map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
-            Source::Requested(ip) => {
+            AddressSource::Requested(ip) => {
                 self.pool(st, &net.name, runner)?
                     .take(ip)
                     .map_err(|e| super::reservations::address_error("requested_ip", e))?;
                 ip
             }
-            Source::Reservation(token) => {
+            AddressSource::Reservation(token) => {
                 let r = self.claim_reservation(st, &token, runner, &net.name, workload_id)?;
                 reservation = Some(r.id.clone());
                 r.ip
@@ -478,8 +459,8 @@ impl Hub {
         workload_id: &str,
         vm: bool,
         labels: &BTreeMap<String, String>,
-        source: Source,
-    ) -> Result<Source, HubError> {
+        source: AddressSource,
+    ) -> Result<AddressSource, HubError> {
         if !self.policy.has(Hook::Allocator) {
             return Ok(source);
         }
@@ -511,8 +492,8 @@ impl Hub {
             taken: pool.taken().iter().map(|a| a.to_string()).collect(),
         });
         Ok(match (self.policy.decide(&req).await?, source) {
-            (Some(Decision::Address(AddressDecision::Address(a))), Source::Next) => {
-                Source::Requested(a.parse().map_err(|_| {
+            (Some(Decision::Address(AddressDecision::Address(a))), AddressSource::Next) => {
+                AddressSource::Requested(a.parse().map_err(|_| {
                     HubError::Internal(format!("validated address {a:?} does not parse"))
                 })?)
             }
@@ -671,21 +652,6 @@ impl Hub {
         if let Some(pool) = st.pools.get_mut(&(w.network.clone(), w.runner.clone())) {
             pool.release(w.ip.addr());
         }
-    }
-
-    async fn subnet_of(
-        &self,
-        net: &NetworkDef,
-        runner: &str,
-    ) -> Result<crate::network::RunnerSubnet, HubError> {
-        let st = self.state.lock().await;
-        net.runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
-            .ok_or_else(|| {
-                HubError::FailedPrecondition(format!(
-                    "runner {runner:?} has no subnet on network {}",
-                    net.name
-                ))
-            })
     }
 
     /// Detach a workload. The hub's decision is durable first — the record goes, with its
@@ -891,7 +857,6 @@ impl Hub {
     }
 }
 
-/// What the runner needs to build a workload's interface.
 /// What a runner needs to build one workload interface. `several_networks`: the cluster has
 /// more than one network, so container interfaces route replies by source address.
 pub(super) fn workload_spec(
