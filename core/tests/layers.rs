@@ -72,6 +72,13 @@ fn production_code(text: &str) -> (String, Vec<String>) {
     while let Some(line) = lines.next() {
         let t = line.trim_start();
         if t == "#[cfg(test)]" {
+            // Other attributes may stand between the cfg and the item.
+            while lines
+                .peek()
+                .is_some_and(|l| l.trim_start().starts_with("#["))
+            {
+                lines.next();
+            }
             let next = lines
                 .peek()
                 .map(|l| l.trim().to_string())
@@ -401,7 +408,7 @@ fn the_checker_reads_grouped_and_nested_imports() {
         [vec!["dataplane".to_string(), "host".into(), "X".into()]]
     );
     let (code, tests) = production_code(
-        "use crate::a;\n// crate::b in prose\n#[cfg(test)]\nmod fake;\nx; // crate::c\n#[cfg(test)]\nmod tests {\nuse crate::d;\n}\n",
+        "use crate::a;\n// crate::b in prose\n#[cfg(test)]\nmod fake;\nx; // crate::c\n#[cfg(test)]\n#[allow(dead_code)]\nmod tests {\nuse crate::d;\n}\n",
     );
     assert!(code.contains("crate::a") && !code.contains("crate::b"));
     assert!(!code.contains("crate::c") && !code.contains("crate::d"));

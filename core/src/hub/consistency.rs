@@ -6,6 +6,9 @@
 //! commands wait until that answer, so an address is handed out only when no interface on
 //! the runner can still hold it. `Diagnose` (`weir doctor`) asks runners to read their
 //! kernels and lists every difference from the records.
+//!
+//! Holds `Hub::queue_sync`, `Hub::settle_sync` (a session's first command and its answer) and
+//! `Hub::diagnose` (`weir doctor`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

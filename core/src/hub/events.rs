@@ -1,5 +1,7 @@
 //! The event log: every change in the cluster, numbered, retained (the last
 //! [`EVENT_HISTORY`](super::EVENT_HISTORY), also across host restarts) and broadcast live.
+//!
+//! Holds `Hub::watch`.
 
 use std::collections::VecDeque;
 

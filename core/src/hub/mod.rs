@@ -7,11 +7,19 @@
 //! persisted (with its events) in one store transaction before it is answered, so a refused
 //! call changes nothing.
 //!
-//! - [`runners`]: registration, release, cleanup, liveness
-//! - [`workloads`]: attach, detach, list
-//! - [`reservations`]: reserve, validate, release, expire
-//! - [`events`]: the event log behind `WatchEvents`
-//! - [`session`]: runner sessions and the commands sent over them
+//! - `request`: requests as the hub takes them (parsed once at the API edge)
+//! - `runners`: registration, release, cleanup, liveness, status
+//! - `session`: runner sessions and the commands sent over them
+//! - `consistency`: the sync that opens each session, and `weir doctor`
+//! - `workloads`: attach, detach, list, and a workload's phases until its runner confirms
+//! - `reservations`: reserve, validate, release, expire
+//! - `topology`: what runners learn of each other (underlay, routes, peers)
+//! - `events`: the event log behind `WatchEvents`
+//! - `firewall`: a workload's rules between plugin, store and runner forms
+//! - `rules_tests`: the rules above, tested without root through fakes
+//!
+//! This file holds `Hub::start` (load the store, reconcile the kernel), the commit of a
+//! transaction with its events, and the input checks the request parsers share.
 
 mod consistency;
 mod error;

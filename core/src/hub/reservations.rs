@@ -1,6 +1,9 @@
 //! Reservations: hold an address before the workload exists (a training job's master), hand
 //! out a signed single-use token, give the address back when the token expires unused or the
 //! workload that used it detaches.
+//!
+//! Holds `Hub::reserve`, `Hub::validate_reservation`, `Hub::release_reservation`,
+//! `Hub::list_reservations`, `Hub::expire_reservations`.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -1,4 +1,7 @@
 //! Runners: registration (which id a runner gets), release, cleanup and liveness.
+//!
+//! Holds `Hub::register`, `Hub::check_liveness`, `Hub::release_runner`,
+//! `Hub::cleanup_inactive`, `Hub::list_runners`, `Hub::status`.
 
 use std::net::Ipv4Addr;
 

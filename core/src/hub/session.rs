@@ -11,6 +11,8 @@
 //! stale one is told its allocation was revoked. Its first command is always the full
 //! workload set (`sync`); the session is *ready* (takes workload commands) once the runner has
 //! answered it with what it holds.
+//!
+//! Holds `SessionHandle` and `Hub::open_session`, `Hub::heartbeat`, `Hub::close_session`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,8 @@
 //! What every runner must know about the others: the underlay addresses VXLAN may come from,
 //! which peers to reach directly (the router policy), and — when a firewall plugin is in use —
 //! every workload's address and labels (firewall selectors match them).
+//!
+//! Holds `Hub::publish_topology`, `Hub::prime_session`, `Hub::publish_peer`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

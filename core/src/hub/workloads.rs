@@ -1,4 +1,7 @@
 //! Workloads: attach (which address a workload gets), detach, list.
+//!
+//! Holds `Hub::attach`, `Hub::detach`, `Hub::workloads_gone`, `Hub::list_workloads`, and the
+//! steps between the hub's decision and the runner's confirmation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
