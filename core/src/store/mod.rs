@@ -8,8 +8,8 @@
 //! once a newer writer took over) and every applied commit is published to followers
 //! ([`Store::follow`]), which is what a standby host tails.
 //!
-//! - [`records`]: the records (the store's own types, JSON on disk)
-//! - [`redb_store`]: the embedded back end, its schema version and migrations
+//! - `records`: the records (the store's own types, JSON on disk)
+//! - `redb_store`: the embedded back end, its schema version and migrations
 //! - `contract` (tests): the behaviour every back end must show, written once
 
 mod records;
