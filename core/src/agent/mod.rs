@@ -2,25 +2,31 @@
 //! commands, and repair drift. Transport (registration, the session stream) lives in
 //! [`crate::api::runner`]; this module sees plain messages.
 
+mod decode;
+pub mod error;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 use weir_proto::v1 as pb;
 
+use self::decode::{firewall_decision, ns_id, ns_pb, parse, runner_network};
+pub use self::error::{AgentError, NamespaceProblem};
 use crate::dataplane::DataplaneError;
 use crate::dataplane::attach::{self, WorkloadIface};
 use crate::dataplane::firewall::{self, Firewall};
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::netns::{self, NetnsError, NetnsPolicy, NsIdentity};
-use crate::dataplane::runner::{
-    DirectPeer, RouteConfig, RunnerDataplane, RunnerNetwork, RunnerTunnel,
-};
+use crate::dataplane::netns::{NetnsError, NetnsPolicy, NsIdentity};
+use crate::dataplane::runner::{DirectPeer, RouteConfig, RunnerNetwork};
+use crate::dataplane::runner_kernel::{InspectError, NetlinkRunnerKernel, RunnerKernel};
 use crate::failpoint;
-use crate::store::NamespaceId;
 
 /// A value the runner's own configuration sets explicitly; the host must agree with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +44,7 @@ pub struct Expectation {
 struct Local {
     addr: Ipv4Net,
     netns: PathBuf,
-    netns_id: Option<NamespaceId>,
+    netns_id: Option<NsIdentity>,
     vm: bool,
     /// Since when (and why) its namespace is missing or replaced.
     missing: Option<(Instant, String)>,
@@ -49,7 +55,7 @@ struct Local {
 /// A failed attach: why, and whether its new interface was removed again (the runner holds
 /// nothing of it).
 struct Failed {
-    error: String,
+    error: AgentError,
     undone: bool,
 }
 
@@ -61,7 +67,7 @@ const DETACH_GROUP_BASE: u32 = 0x5745_0000;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Agent {
-    dp: RunnerDataplane,
+    dp: Arc<dyn RunnerKernel>,
     uplink: Option<String>,
     networks: Mutex<BTreeMap<String, RunnerNetwork>>,
     firewall: Mutex<Firewall>,
@@ -78,13 +84,23 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent over the real kernel (netlink and nftables).
     pub fn new(nl: Netlink, uplink: Option<String>, netns_policy: NetnsPolicy) -> Self {
+        Self::with_kernel(Arc::new(NetlinkRunnerKernel::new(nl)), uplink, netns_policy)
+    }
+
+    /// The agent over any [`RunnerKernel`] (a fake in unit tests).
+    pub fn with_kernel(
+        kernel: Arc<dyn RunnerKernel>,
+        uplink: Option<String>,
+        netns_policy: NetnsPolicy,
+    ) -> Self {
         Self {
             netns_policy,
             // Seeded per process: a group left behind by a runner killed mid-batch is never
             // reused by the next runner process for other links.
             batches: std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(4096)),
-            dp: RunnerDataplane::new(nl),
+            dp: kernel,
             uplink,
             networks: Mutex::new(BTreeMap::new()),
             firewall: Mutex::new(Firewall::new()),
@@ -95,20 +111,20 @@ impl Agent {
     }
 
     /// Build (or repair) the data plane for an assignment; `local` is this runner's underlay IP.
-    pub async fn apply(&self, a: &pb::RegisterResponse, local: Ipv4Addr) -> Result<(), String> {
+    pub async fn apply(&self, a: &pb::RegisterResponse, local: Ipv4Addr) -> Result<(), AgentError> {
         if a.workload_grace_ms > 0 {
             *self.grace.lock().await = Duration::from_millis(u64::from(a.workload_grace_ms));
         }
         let uplink = match &self.uplink {
             Some(u) => u.clone(),
-            None => default_route_interface(self.dp.netlink()).await?,
+            None => self.dp.default_route_interface().await?,
         };
         let nets = a
             .networks
             .iter()
             .map(|n| runner_network(a, n, &uplink, local))
             .collect::<Result<Vec<_>, _>>()?;
-        self.dp.apply(&nets).await.map_err(|e| e.to_string())?;
+        self.dp.apply_networks(&nets).await?;
         // The firewall's view of the host's addresses and the overlays.
         let mut ctx = firewall::Context::default();
         for n in &a.networks {
@@ -143,7 +159,7 @@ impl Agent {
     }
 
     /// Reach some peer runners directly (not through the host) and steer egress.
-    async fn routes(&self, plan: pb::RoutePlan) -> Result<(), String> {
+    async fn routes(&self, plan: pb::RoutePlan) -> Result<(), AgentError> {
         let me = {
             let mut r = self.routes.lock().await;
             r.1 = Some(plan.clone());
@@ -163,48 +179,38 @@ impl Agent {
                         vni: p.vni,
                     })
                 })
-                .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, AgentError>>()?;
             let egress = plan.network_egress.get(&net.name).unwrap_or(&plan.egress);
             let cfg = RouteConfig {
                 me,
                 direct,
                 via_host_egress: egress == "via-host",
             };
-            self.dp
-                .apply_routes(net, &cfg)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.dp.apply_routes(net, &cfg).await?;
         }
         Ok(())
     }
 
     /// The underlay addresses VXLAN may come from.
-    async fn underlay(&self, u: pb::UnderlayPeers) -> Result<(), String> {
+    async fn underlay(&self, u: pb::UnderlayPeers) -> Result<(), AgentError> {
         let peers = u
             .addresses
             .iter()
             .map(|a| parse::<Ipv4Addr>(a, "underlay address"))
             .collect::<Result<Vec<_>, _>>()?;
-        self.dp.set_underlay(peers).await.map_err(|e| e.to_string())
+        Ok(self.dp.set_underlay(peers).await?)
     }
 
     /// Remove everything: workload interfaces, bridges, tunnels, routes and rules (the
     /// allocation was revoked, or the host refuses this runner).
-    pub async fn teardown(&self) -> Result<(), String> {
+    pub async fn teardown(&self) -> Result<(), AgentError> {
         self.networks.lock().await.clear();
         self.local.lock().await.clear();
-        for (alias, index) in attach::list(self.dp.netlink())
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        for (alias, index) in self.dp.workload_links().await? {
             tracing::info!(workload = %alias, "removing a workload interface");
-            self.dp
-                .netlink()
-                .del_link(index)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.dp.remove_link(index).await?;
         }
-        self.dp.teardown().await.map_err(|e| e.to_string())
+        Ok(self.dp.teardown().await?)
     }
 
     /// Carry out one command; the answer's `error` is empty on success.
@@ -236,7 +242,8 @@ impl Agent {
             pb::command::Op::Routes(plan) => self.routes(plan).await,
             pb::command::Op::Underlay(u) => self.underlay(u).await,
         };
-        out.error = r.err().unwrap_or_default();
+        // The process edge: the host reads the error as text.
+        out.error = r.err().map(|e| e.to_string()).unwrap_or_default();
         out
     }
 
@@ -247,7 +254,7 @@ impl Agent {
         &self,
         spec: &pb::WorkloadSpec,
         undo: bool,
-    ) -> Result<Option<NamespaceId>, Failed> {
+    ) -> Result<Option<NsIdentity>, Failed> {
         let key = (spec.network.clone(), spec.workload_id.clone());
         let known = self.local.lock().await.contains_key(&key);
         let result = async {
@@ -255,7 +262,7 @@ impl Agent {
             let mut fw = self.firewall.lock().await;
             self.firewall_for(&mut fw, spec, id).await?;
             self.commit_firewall(&mut fw).await?;
-            Ok::<_, String>(id)
+            Ok::<_, AgentError>(id)
         }
         .await;
         let error = match result {
@@ -279,16 +286,14 @@ impl Agent {
     /// Remove workloads' interfaces and their firewall membership (missing ones are fine): one
     /// link dump, one kernel batch deleting the interfaces, one firewall commit — for one
     /// detach, for detaches queued behind each other, or for what a sync removes.
-    pub async fn detach_many(&self, workloads: &[(String, String)]) -> Result<(), String> {
+    pub async fn detach_many(&self, workloads: &[(String, String)]) -> Result<(), AgentError> {
         failpoint::hit("agent.detach.before");
         let group = DETACH_GROUP_BASE
             + (self
                 .batches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 % 0x0fff_ffff);
-        let freed = attach::detach_many(self.dp.netlink(), workloads, group)
-            .await
-            .map_err(|e| e.to_string())?;
+        let freed = self.dp.detach_many(workloads, group).await?;
         for bridge in freed {
             self.dp.port_freed(bridge).await;
         }
@@ -312,14 +317,19 @@ impl Agent {
 
     /// Create (or repair) a workload's interface; a container's namespace is checked first
     /// (it must be the one the workload was first attached in). Returns its identity.
-    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<Option<NamespaceId>, String> {
+    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<Option<NsIdentity>, AgentError> {
         let net = self
             .networks
             .lock()
             .await
             .get(&spec.network)
             .cloned()
-            .ok_or_else(|| format!("network {:?} is not built on this runner", spec.network))?;
+            .ok_or_else(|| AgentError::NetworkNotBuilt(spec.network.clone()))?;
+        let iface = if spec.vm {
+            None
+        } else {
+            Some(workload_iface(spec)?)
+        };
         let port = if spec.vm {
             spec.ifname.clone()
         } else {
@@ -328,12 +338,8 @@ impl Agent {
         // A bridge that refuses the port although counted with room: believe it, choose again.
         let mut retried = false;
         loop {
-            let bridge = self
-                .dp
-                .bridge_for(&net, &port)
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = self.attach_to(spec, bridge.index).await;
+            let bridge = self.dp.bridge_for(&net, &port).await?;
+            let result = self.attach_to(spec, iface.as_ref(), bridge.index).await;
             match result {
                 Err(DataplaneError::BridgeFull(i)) if !retried => {
                     self.dp.bridge_full(i).await;
@@ -345,7 +351,7 @@ impl Agent {
                     }
                     return Err(classify(e));
                 }
-                Ok(identity) => return Ok(identity.map(ns_from)),
+                Ok(identity) => return Ok(identity),
             }
         }
     }
@@ -353,39 +359,24 @@ impl Agent {
     async fn attach_to(
         &self,
         spec: &pb::WorkloadSpec,
+        iface: Option<&WorkloadIface>,
         bridge: u32,
     ) -> Result<Option<NsIdentity>, DataplaneError> {
-        let bad = |e: String| DataplaneError::Invalid(e);
-        if spec.vm {
+        let Some(iface) = iface else {
             let owner = attach::alias(&spec.network, &spec.workload_id);
-            return attach::attach_tap(self.dp.netlink(), &spec.ifname, &owner, bridge, spec.mtu)
+            return self
+                .dp
+                .attach_tap(&spec.ifname, &owner, bridge, spec.mtu)
                 .await
                 .map(|()| None);
-        }
-        let iface = {
-            WorkloadIface {
-                network: spec.network.clone(),
-                workload: spec.workload_id.clone(),
-                netns: PathBuf::from(&spec.netns),
-                ifname: spec.ifname.clone(),
-                addr: parse(&spec.address, "address").map_err(bad)?,
-                gateway: parse(&spec.gateway, "gateway").map_err(bad)?,
-                mtu: spec.mtu,
-                bridge,
-                default_route: spec.default_route,
-                source_table: (spec.source_table != 0).then_some(spec.source_table),
-                overlay: if spec.overlay_cidr.is_empty() {
-                    None
-                } else {
-                    Some(parse(&spec.overlay_cidr, "overlay_cidr").map_err(bad)?)
-                },
-            }
         };
-        let expected = spec.netns_id.map(|n| NsIdentity {
-            dev: n.dev,
-            ino: n.ino,
-        });
-        attach::attach_checked(self.dp.netlink(), &iface, &self.netns_policy, expected)
+        let iface = WorkloadIface {
+            bridge,
+            ..iface.clone()
+        };
+        let expected = spec.netns_id.map(ns_id);
+        self.dp
+            .attach_container(&iface, &self.netns_policy, expected)
             .await
             .map(Some)
     }
@@ -393,20 +384,23 @@ impl Agent {
     /// Apply the firewall's changes. Overlay traffic is connection-tracked exactly while a
     /// firewall table exists (its `ct state` rule needs it): tracking goes on before the table
     /// is installed and off after it is gone, so no flow is ever judged without its state.
-    async fn commit_firewall(&self, fw: &mut Firewall) -> Result<(), String> {
+    async fn commit_firewall(&self, fw: &mut Firewall) -> Result<(), AgentError> {
         let track = fw.needs_table();
         if track {
             self.dp
                 .set_overlay_tracking(true)
                 .await
-                .map_err(|e| format!("firewall: {e}"))?;
+                .map_err(AgentError::Firewall)?;
         }
-        fw.commit().await.map_err(|e| format!("firewall: {e}"))?;
+        self.dp
+            .commit_firewall(fw)
+            .await
+            .map_err(AgentError::Firewall)?;
         if !track {
             self.dp
                 .set_overlay_tracking(false)
                 .await
-                .map_err(|e| format!("firewall: {e}"))?;
+                .map_err(AgentError::Firewall)?;
         }
         Ok(())
     }
@@ -416,15 +410,11 @@ impl Agent {
         &self,
         fw: &mut Firewall,
         spec: &pb::WorkloadSpec,
-        netns_id: Option<NamespaceId>,
-    ) -> Result<(), String> {
+        netns_id: Option<NsIdentity>,
+    ) -> Result<(), AgentError> {
         let addr = parse::<Ipv4Net>(&spec.address, "address")?;
         let policy = match &spec.firewall {
-            Some(d) => Some((
-                crate::policy::grpc::firewall_decision(d.clone())
-                    .map_err(|e| format!("firewall rules: {e}"))?,
-                spec.firewall_monitor,
-            )),
+            Some(d) => Some((firewall_decision(d)?, spec.firewall_monitor)),
             None => None,
         };
         self.local.lock().await.insert(
@@ -443,10 +433,10 @@ impl Agent {
     }
 
     /// The workloads of the network, for firewall selectors.
-    async fn peers(&self, d: pb::PeerDirectory) -> Result<(), String> {
+    async fn peers(&self, d: pb::PeerDirectory) -> Result<(), AgentError> {
         let mut fw = self.firewall.lock().await;
         let entry =
-            |e: &pb::PeerEntry| -> Result<(Ipv4Addr, crate::policy::types::Labels), String> {
+            |e: &pb::PeerEntry| -> Result<(Ipv4Addr, crate::policy::types::Labels), AgentError> {
                 Ok((
                     parse(&e.address, "peer address")?,
                     e.labels.clone().into_iter().collect(),
@@ -469,16 +459,17 @@ impl Agent {
     /// Make the runner's workload interfaces exactly `set`. A workload whose namespace is
     /// gone, or is another one now, is not recreated: it is remembered as missing and
     /// reported to the host once the grace period has passed.
-    async fn sync(&self, set: pb::WorkloadSet) -> Result<(), String> {
+    async fn sync(&self, set: pb::WorkloadSet) -> Result<(), AgentError> {
         let wanted: BTreeSet<String> = set
             .workloads
             .iter()
             .map(|w| attach::alias(&w.network, &w.workload_id))
             .collect();
         let mut errors = Vec::new();
-        let stale: Vec<(String, String)> = attach::list(self.dp.netlink())
-            .await
-            .map_err(|e| e.to_string())?
+        let stale: Vec<(String, String)> = self
+            .dp
+            .workload_links()
+            .await?
             .iter()
             .filter(|(alias, _)| !wanted.contains(alias))
             .filter_map(|(alias, _)| split_alias(alias))
@@ -520,13 +511,16 @@ impl Agent {
         for spec in &set.workloads {
             match self.attach_workload(spec, false).await.map_err(|f| f.error) {
                 Ok(_) => {}
-                Err(e) if e.starts_with("namespace-") => {
+                Err(e) if e.namespace_problem().is_some() => {
                     tracing::warn!(workload = %spec.workload_id, problem = %e, "not restoring a workload whose namespace is missing");
-                    self.note_missing(spec, e).await;
+                    self.note_missing(spec, e.to_string()).await;
                 }
                 Err(e) => {
                     tracing::warn!(workload = %spec.workload_id, error = %e, "cannot restore a workload interface");
-                    errors.push(format!("{}: {e}", spec.workload_id));
+                    errors.push(AgentError::Workload {
+                        workload: spec.workload_id.clone(),
+                        source: Box::new(e),
+                    });
                 }
             }
         }
@@ -534,10 +528,10 @@ impl Agent {
         if let Err(e) = self.commit_firewall(&mut fw).await {
             errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(AgentError::Several(errors)),
         }
     }
 
@@ -565,7 +559,7 @@ impl Agent {
     /// What this runner holds: one entry per workload interface in its kernel. With `deep`,
     /// each container's namespace is checked and its address read inside it.
     pub async fn held(&self, deep: bool) -> pb::HeldWorkloads {
-        let links = attach::list(self.dp.netlink()).await.unwrap_or_default();
+        let links = self.dp.workload_links().await.unwrap_or_default();
         let local = self.local.lock().await.clone();
         let mut out = pb::HeldWorkloads::default();
         for (alias, _) in links {
@@ -582,12 +576,12 @@ impl Agent {
                 h.netns_id = l.netns_id.map(ns_pb);
                 h.vm = l.vm;
                 if deep {
-                    match inspect_namespace(l).await {
+                    match self.inspect_namespace(l).await {
                         Ok((id, addr)) => {
                             h.netns_id = id.map(ns_pb).or(h.netns_id);
                             h.address = addr;
                         }
-                        Err(problem) => h.problem = problem,
+                        Err(problem) => h.problem = problem.to_string(),
                     }
                 } else if let Some((_, why)) = &l.missing {
                     h.problem = why.clone();
@@ -603,7 +597,7 @@ impl Agent {
     /// it) or its bind mount removed — or that is another one at the same path starts the
     /// grace period; past it, the workload is reported gone (once).
     pub async fn audit(&self) -> Vec<pb::GoneWorkload> {
-        let Ok(links) = attach::list(self.dp.netlink()).await else {
+        let Ok(links) = self.dp.workload_links().await else {
             return Vec::new();
         };
         let present: BTreeSet<String> = links.into_iter().map(|(a, _)| a).collect();
@@ -620,7 +614,7 @@ impl Agent {
                     l.netns.display()
                 ))
             } else {
-                match ns_identity(&l.netns) {
+                match self.dp.namespace_identity(&l.netns) {
                     Err(_) => Some(format!(
                         "namespace-gone: the namespace at {} no longer exists",
                         l.netns.display()
@@ -656,6 +650,77 @@ impl Agent {
         }
         gone
     }
+
+    /// The identity of the namespace at `path` now (`stat` only: never opened, never blocks).
+    fn ns_identity(&self, path: &Path) -> Result<NsIdentity, AgentError> {
+        self.dp.namespace_identity(path).map_err(|e| {
+            AgentError::gone(format!(
+                "the namespace at {} cannot be found: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// A local container's namespace as it is now: its identity and the workload interface's
+    /// address inside it, or what is wrong.
+    async fn inspect_namespace(
+        &self,
+        l: &Local,
+    ) -> Result<(Option<NsIdentity>, String), AgentError> {
+        if l.vm {
+            return Ok((None, String::new()));
+        }
+        let id = self.ns_identity(&l.netns)?;
+        if l.netns_id.is_some_and(|want| want != id) {
+            return Err(AgentError::replaced(format!(
+                "{} is another namespace than the one the workload was attached in",
+                l.netns.display()
+            )));
+        }
+        let veths = self
+            .dp
+            .namespace_veth_addrs(&l.netns)
+            .await
+            .map_err(|e| match e {
+                InspectError::Enter(e) => AgentError::gone(format!("{}: {e}", l.netns.display())),
+                InspectError::Read(e) => AgentError::Dataplane(e),
+            })?;
+        let mut first = None;
+        for addrs in &veths {
+            if addrs.contains(&l.addr) {
+                return Ok((Some(id), l.addr.to_string()));
+            }
+            first = first.or(addrs.first().copied());
+        }
+        match first {
+            Some(a) => Ok((Some(id), a.to_string())),
+            None => Err(AgentError::InterfaceMissing(format!(
+                "no workload interface with an address inside {}",
+                l.netns.display()
+            ))),
+        }
+    }
+}
+
+/// A container's interface as the host specified it (its bridge is chosen later).
+fn workload_iface(spec: &pb::WorkloadSpec) -> Result<WorkloadIface, AgentError> {
+    Ok(WorkloadIface {
+        network: spec.network.clone(),
+        workload: spec.workload_id.clone(),
+        netns: PathBuf::from(&spec.netns),
+        ifname: spec.ifname.clone(),
+        addr: parse(&spec.address, "address")?,
+        gateway: parse(&spec.gateway, "gateway")?,
+        mtu: spec.mtu,
+        bridge: 0,
+        default_route: spec.default_route,
+        source_table: (spec.source_table != 0).then_some(spec.source_table),
+        overlay: if spec.overlay_cidr.is_empty() {
+            None
+        } else {
+            Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
+        },
+    })
 }
 
 /// `weir:<network>/<workload>` → (network, workload).
@@ -665,81 +730,17 @@ fn split_alias(alias: &str) -> Option<(&str, &str)> {
         .and_then(|r| r.split_once('/'))
 }
 
-fn ns_pb(n: NamespaceId) -> pb::NetnsIdentity {
-    pb::NetnsIdentity {
-        dev: n.dev,
-        ino: n.ino,
-    }
-}
-
-fn ns_id(n: pb::NetnsIdentity) -> NamespaceId {
-    NamespaceId {
-        dev: n.dev,
-        ino: n.ino,
-    }
-}
-
-/// The identity of the namespace at `path` now (`stat` only: never opened, never blocks).
-fn ns_identity(path: &Path) -> Result<NamespaceId, String> {
-    netns::identity(path).map(ns_from).map_err(|e| {
-        format!(
-            "namespace-gone: the namespace at {} cannot be found: {e}",
-            path.display()
-        )
-    })
-}
-
-fn ns_from(n: NsIdentity) -> NamespaceId {
-    NamespaceId {
-        dev: n.dev,
-        ino: n.ino,
-    }
-}
-
 /// An attach's failure as the host sees it; a namespace that is missing or another one is
-/// marked (`namespace-…:`) so a sync remembers the workload as missing instead of failing.
-fn classify(e: DataplaneError) -> String {
+/// its own variant, so a sync remembers the workload as missing instead of failing.
+fn classify(e: DataplaneError) -> AgentError {
     match &e {
-        DataplaneError::NetnsReplaced { .. } => format!("namespace-replaced: {e}"),
+        DataplaneError::NetnsReplaced { .. } => AgentError::replaced(e.to_string()),
         DataplaneError::Netns(NetnsError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            format!("namespace-gone: {e}")
+            AgentError::gone(e.to_string())
         }
-        _ => e.to_string(),
-    }
-}
-
-/// A local container's namespace as it is now: its identity and the workload interface's
-/// address inside it, or what is wrong.
-async fn inspect_namespace(l: &Local) -> Result<(Option<NamespaceId>, String), String> {
-    if l.vm {
-        return Ok((None, String::new()));
-    }
-    let id = ns_identity(&l.netns)?;
-    if l.netns_id.is_some_and(|want| want != id) {
-        return Err(format!(
-            "namespace-replaced: {} is another namespace than the one the workload was attached in",
-            l.netns.display()
-        ));
-    }
-    let inner = Netlink::in_namespace(&l.netns)
-        .map_err(|e| format!("namespace-gone: {}: {e}", l.netns.display()))?;
-    let links = inner.links().await.map_err(|e| e.to_string())?;
-    let mut first = None;
-    for link in links.iter().filter(|k| k.kind.as_deref() == Some("veth")) {
-        let addrs = inner.addrs(link.index).await.map_err(|e| e.to_string())?;
-        if addrs.contains(&l.addr) {
-            return Ok((Some(id), l.addr.to_string()));
-        }
-        first = first.or(addrs.first().copied());
-    }
-    match first {
-        Some(a) => Ok((Some(id), a.to_string())),
-        None => Err(format!(
-            "interface-missing: no workload interface with an address inside {}",
-            l.netns.display()
-        )),
+        _ => AgentError::Dataplane(e),
     }
 }
 
@@ -770,63 +771,4 @@ pub fn contradictions(expect: &[Expectation], a: &pb::RegisterResponse) -> Vec<S
             })
         })
         .collect()
-}
-
-fn runner_network(
-    a: &pb::RegisterResponse,
-    n: &pb::NetworkAssignment,
-    uplink: &str,
-    local: Ipv4Addr,
-) -> Result<RunnerNetwork, String> {
-    let subnet: Ipv4Net = parse(&n.subnet, "subnet")?;
-    let tunnel = if n.mode == pb::NetworkMode::Overlay as i32 {
-        Some(RunnerTunnel {
-            name: n.tunnel_name.clone(),
-            vni: n.vni,
-            port: u16::try_from(n.vxlan_port)
-                .map_err(|_| format!("vxlan_port {} is out of range", n.vxlan_port))?,
-            remote: parse(&a.host_physical_ip, "host_physical_ip")?,
-            local,
-            overlay: parse(&n.overlay_cidr, "overlay_cidr")?,
-            via: parse(&n.host_ip_on_subnet, "host_ip_on_subnet")?,
-        })
-    } else {
-        None
-    };
-    Ok(RunnerNetwork {
-        name: n.network.clone(),
-        bridge: n.bridge_name.clone(),
-        subnet: subnet.trunc(),
-        gateway: parse(&n.gateway, "gateway")?,
-        mtu: n.mtu,
-        tunnel,
-        masquerade: n.masquerade,
-        uplink: uplink.to_string(),
-        direct_prefix: if n.direct_prefix.is_empty() {
-            "vxd".into()
-        } else {
-            n.direct_prefix.clone()
-        },
-        egress_table: crate::dataplane::runner::egress_table(&n.network, n.vxlan_id_base),
-    })
-}
-
-fn parse<T: std::str::FromStr>(s: &str, field: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("the host sent a malformed {field}: {s:?}"))
-}
-
-/// The interface of the default route (the uplink NATed traffic leaves by).
-async fn default_route_interface(nl: &Netlink) -> Result<String, String> {
-    let routes = nl.routes().await.map_err(|e| e.to_string())?;
-    let oif = routes
-        .iter()
-        .find(|r| r.destination.prefix_len() == 0)
-        .and_then(|r| r.oif)
-        .ok_or("no default route to find the uplink by; set runner.uplink")?;
-    nl.link_by_index(oif)
-        .await
-        .map_err(|e| e.to_string())?
-        .map(|l| l.name)
-        .ok_or_else(|| format!("the default route's interface #{oif} vanished"))
 }

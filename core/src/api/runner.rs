@@ -259,6 +259,7 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                             .instrument(span)
                             .await
                             .err()
+                            .map(|e| e.to_string())
                             .unwrap_or_default();
                         if !error.is_empty() {
                             tracing::warn!(commands = batch.len(), %error, "a batch of detaches failed");
@@ -411,8 +412,31 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
     Ok(ended)
 }
 
+/// Why this runner's physical IP could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceAddressError {
+    #[error("resolve {authority}: {source}")]
+    Resolve {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} has no IPv4 address")]
+    NoIpv4(String),
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    #[error("no route to {target}: {source}")]
+    NoRoute {
+        target: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unexpected source address {0}")]
+    Unexpected(IpAddr),
+}
+
 /// The source address the kernel picks toward the host (no packet is sent).
-async fn source_address_toward(url: &str) -> Result<Ipv4Addr, String> {
+async fn source_address_toward(url: &str) -> Result<Ipv4Addr, SourceAddressError> {
     let authority = url
         .split_once("://")
         .map(|(_, rest)| rest)
@@ -427,14 +451,38 @@ async fn source_address_toward(url: &str) -> Result<Ipv4Addr, String> {
     };
     let target = tokio::net::lookup_host(&with_port)
         .await
-        .map_err(|e| format!("resolve {authority}: {e}"))?
+        .map_err(|source| SourceAddressError::Resolve {
+            authority: authority.to_string(),
+            source,
+        })?
         .find(|a| a.is_ipv4())
-        .ok_or_else(|| format!("{authority} has no IPv4 address"))?;
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        .ok_or_else(|| SourceAddressError::NoIpv4(authority.to_string()))?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(SourceAddressError::Socket)?;
     sock.connect(target)
-        .map_err(|e| format!("no route to {target}: {e}"))?;
-    match sock.local_addr().map_err(|e| e.to_string())?.ip() {
+        .map_err(|source| SourceAddressError::NoRoute { target, source })?;
+    match sock.local_addr().map_err(SourceAddressError::Socket)?.ip() {
         IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
-        other => Err(format!("unexpected source address {other}")),
+        other => Err(SourceAddressError::Unexpected(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_source_address_toward_a_loopback_host_is_loopback() {
+        let ip = source_address_toward("http://127.0.0.1:7000")
+            .await
+            .unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+    }
+
+    #[tokio::test]
+    async fn a_host_without_an_ipv4_address_is_a_typed_error() {
+        let e = source_address_toward("http://[::1]:7000")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SourceAddressError::NoIpv4(_)), "{e}");
     }
 }

@@ -6,10 +6,14 @@
 //! - [`host`]: the hub's devices, tunnels and rules
 //! - [`runner`]: a runner's tunnel, bridge, route and NAT
 //! - [`attach`]: workload interfaces created inside the workload's namespace
+//! - [`runner_kernel`]: everything the runner agent asks of the kernel, as one interface
+//!   (and, in test builds, `fake_runner`: a recording fake of it)
 
 pub mod attach;
 #[cfg(test)]
 pub mod fake_host;
+#[cfg(test)]
+pub mod fake_runner;
 pub mod firewall;
 pub mod firewalld;
 pub mod host;
@@ -19,6 +23,7 @@ pub mod netns;
 pub mod nfnl;
 pub mod nft;
 pub mod runner;
+pub mod runner_kernel;
 pub mod sysctl;
 pub mod tap;
 
