@@ -710,7 +710,7 @@ async fn routes_give_each_network_its_direct_peers_and_are_reapplied_after_a_reb
         direct: vec![2],
         via_host_egress: true,
     };
-    assert_eq!(fake.calls(), [want.clone()]);
+    assert_eq!(fake.calls(), std::slice::from_ref(&want));
     fake.clear_calls();
     agent
         .apply(&assignment(0), "192.0.2.10".parse().unwrap())
