@@ -67,7 +67,7 @@ const DETACH_GROUP_BASE: u32 = 0x5745_0000;
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Agent {
-    dp: Arc<dyn RunnerKernel>,
+    kernel: Arc<dyn RunnerKernel>,
     uplink: Option<String>,
     networks: Mutex<BTreeMap<String, RunnerNetwork>>,
     firewall: Mutex<Firewall>,
@@ -100,7 +100,7 @@ impl Agent {
             // Seeded per process: a group left behind by a runner killed mid-batch is never
             // reused by the next runner process for other links.
             batches: std::sync::atomic::AtomicU32::new(std::process::id().wrapping_mul(4096)),
-            dp: kernel,
+            kernel,
             uplink,
             networks: Mutex::new(BTreeMap::new()),
             firewall: Mutex::new(Firewall::new()),
@@ -117,14 +117,14 @@ impl Agent {
         }
         let uplink = match &self.uplink {
             Some(u) => u.clone(),
-            None => self.dp.default_route_interface().await?,
+            None => self.kernel.default_route_interface().await?,
         };
         let nets = a
             .networks
             .iter()
             .map(|n| runner_network(a, n, &uplink, local))
             .collect::<Result<Vec<_>, _>>()?;
-        self.dp.apply_networks(&nets).await?;
+        self.kernel.apply_networks(&nets).await?;
         // The firewall's view of the host's addresses and the overlays.
         let mut ctx = firewall::Context::default();
         for n in &a.networks {
@@ -186,7 +186,7 @@ impl Agent {
                 direct,
                 via_host_egress: egress == "via-host",
             };
-            self.dp.apply_routes(net, &cfg).await?;
+            self.kernel.apply_routes(net, &cfg).await?;
         }
         Ok(())
     }
@@ -198,7 +198,7 @@ impl Agent {
             .iter()
             .map(|a| parse::<Ipv4Addr>(a, "underlay address"))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.dp.set_underlay(peers).await?)
+        Ok(self.kernel.set_underlay(peers).await?)
     }
 
     /// Remove everything: workload interfaces, bridges, tunnels, routes and rules (the
@@ -206,11 +206,11 @@ impl Agent {
     pub async fn teardown(&self) -> Result<(), AgentError> {
         self.networks.lock().await.clear();
         self.local.lock().await.clear();
-        for (alias, index) in self.dp.workload_links().await? {
+        for (alias, index) in self.kernel.workload_links().await? {
             tracing::info!(workload = %alias, "removing a workload interface");
-            self.dp.remove_link(index).await?;
+            self.kernel.remove_link(index).await?;
         }
-        Ok(self.dp.teardown().await?)
+        Ok(self.kernel.teardown().await?)
     }
 
     /// Carry out one command; the answer's `error` is empty on success.
@@ -293,9 +293,9 @@ impl Agent {
                 .batches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 % 0x0fff_ffff);
-        let freed = self.dp.detach_many(workloads, group).await?;
+        let freed = self.kernel.detach_many(workloads, group).await?;
         for bridge in freed {
-            self.dp.port_freed(bridge).await;
+            self.kernel.port_freed(bridge).await;
         }
         let gone: Vec<Ipv4Addr> = {
             let mut local = self.local.lock().await;
@@ -338,16 +338,16 @@ impl Agent {
         // A bridge that refuses the port although counted with room: believe it, choose again.
         let mut retried = false;
         loop {
-            let bridge = self.dp.bridge_for(&net, &port).await?;
+            let bridge = self.kernel.bridge_for(&net, &port).await?;
             let result = self.attach_to(spec, iface.as_ref(), bridge.index).await;
             match result {
                 Err(DataplaneError::BridgeFull(i)) if !retried => {
-                    self.dp.bridge_full(i).await;
+                    self.kernel.bridge_full(i).await;
                     retried = true;
                 }
                 Err(e) => {
                     if bridge.counted {
-                        self.dp.port_freed(bridge.index).await;
+                        self.kernel.port_freed(bridge.index).await;
                     }
                     return Err(classify(e));
                 }
@@ -365,7 +365,7 @@ impl Agent {
         let Some(iface) = iface else {
             let owner = attach::alias(&spec.network, &spec.workload_id);
             return self
-                .dp
+                .kernel
                 .attach_tap(&spec.ifname, &owner, bridge, spec.mtu)
                 .await
                 .map(|()| None);
@@ -375,7 +375,7 @@ impl Agent {
             ..iface.clone()
         };
         let expected = spec.netns_id.map(ns_id);
-        self.dp
+        self.kernel
             .attach_container(&iface, &self.netns_policy, expected)
             .await
             .map(Some)
@@ -387,17 +387,17 @@ impl Agent {
     async fn commit_firewall(&self, fw: &mut Firewall) -> Result<(), AgentError> {
         let track = fw.needs_table();
         if track {
-            self.dp
+            self.kernel
                 .set_overlay_tracking(true)
                 .await
                 .map_err(AgentError::Firewall)?;
         }
-        self.dp
+        self.kernel
             .commit_firewall(fw)
             .await
             .map_err(AgentError::Firewall)?;
         if !track {
-            self.dp
+            self.kernel
                 .set_overlay_tracking(false)
                 .await
                 .map_err(AgentError::Firewall)?;
@@ -467,7 +467,7 @@ impl Agent {
             .collect();
         let mut errors = Vec::new();
         let stale: Vec<(String, String)> = self
-            .dp
+            .kernel
             .workload_links()
             .await?
             .iter()
@@ -559,7 +559,7 @@ impl Agent {
     /// What this runner holds: one entry per workload interface in its kernel. With `deep`,
     /// each container's namespace is checked and its address read inside it.
     pub async fn held(&self, deep: bool) -> pb::HeldWorkloads {
-        let links = self.dp.workload_links().await.unwrap_or_default();
+        let links = self.kernel.workload_links().await.unwrap_or_default();
         let local = self.local.lock().await.clone();
         let mut out = pb::HeldWorkloads::default();
         for (alias, _) in links {
@@ -597,7 +597,7 @@ impl Agent {
     /// it) or its bind mount removed — or that is another one at the same path starts the
     /// grace period; past it, the workload is reported gone (once).
     pub async fn audit(&self) -> Vec<pb::GoneWorkload> {
-        let Ok(links) = self.dp.workload_links().await else {
+        let Ok(links) = self.kernel.workload_links().await else {
             return Vec::new();
         };
         let present: BTreeSet<String> = links.into_iter().map(|(a, _)| a).collect();
@@ -614,7 +614,7 @@ impl Agent {
                     l.netns.display()
                 ))
             } else {
-                match self.dp.namespace_identity(&l.netns) {
+                match self.kernel.namespace_identity(&l.netns) {
                     Err(_) => Some(format!(
                         "namespace-gone: the namespace at {} no longer exists",
                         l.netns.display()
@@ -653,7 +653,7 @@ impl Agent {
 
     /// The identity of the namespace at `path` now (`stat` only: never opened, never blocks).
     fn ns_identity(&self, path: &Path) -> Result<NsIdentity, AgentError> {
-        self.dp.namespace_identity(path).map_err(|e| {
+        self.kernel.namespace_identity(path).map_err(|e| {
             AgentError::gone(format!(
                 "the namespace at {} cannot be found: {e}",
                 path.display()
@@ -678,7 +678,7 @@ impl Agent {
             )));
         }
         let veths = self
-            .dp
+            .kernel
             .namespace_veth_addrs(&l.netns)
             .await
             .map_err(|e| match e {
