@@ -104,8 +104,8 @@ impl NetworkName {
 }
 
 impl FromStr for NetworkName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let ok = (1..=10).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase())
             && s.chars()
@@ -113,9 +113,7 @@ impl FromStr for NetworkName {
         if ok {
             Ok(Self(s.to_string()))
         } else {
-            Err(format!(
-                "network name {s:?} must be 1 to 10 characters of a-z and 0-9, starting with a letter (interface names derive from it)"
-            ))
+            Err(ValueError::NetworkName(s.to_string()))
         }
     }
 }
@@ -613,14 +611,14 @@ pub enum OnError {
 pub struct ByteSize(pub usize);
 
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: usize = num
             .parse()
-            .map_err(|_| format!("{s:?} is not a size like \"16MiB\""))?;
+            .map_err(|_| ValueError::NotASize(s.to_string()))?;
         let mult: usize = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -630,16 +628,17 @@ impl FromStr for ByteSize {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             other => {
-                return Err(format!(
-                    "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB)"
-                ));
+                return Err(ValueError::SizeUnit {
+                    text: s.to_string(),
+                    unit: other.to_string(),
+                });
             }
         };
         let bytes = n
             .checked_mul(mult)
-            .ok_or_else(|| format!("{s:?} is too large"))?;
+            .ok_or_else(|| ValueError::SizeTooLarge(s.to_string()))?;
         if bytes < (1 << 16) {
-            return Err(format!("{s:?} is below one WebAssembly page (64KiB)"));
+            return Err(ValueError::SizeBelowPage(s.to_string()));
         }
         Ok(Self(bytes))
     }
@@ -736,13 +735,14 @@ impl Duration {
 }
 
 impl FromStr for Duration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let d = humantime::parse_duration(s.trim()).map_err(|e| {
-            format!("{s:?} is not a duration ({e}); write it like \"500ms\", \"5s\" or \"2m\"")
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| ValueError::NotADuration {
+            text: s.to_string(),
+            reason: e.to_string(),
         })?;
         if d.is_zero() {
-            return Err(format!("{s:?} is zero; a positive duration is required"));
+            return Err(ValueError::ZeroDuration(s.to_string()));
         }
         Ok(Self(d))
     }
@@ -856,29 +856,24 @@ impl IfName {
 }
 
 impl FromStr for IfName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         check_ifname(s)?;
         Ok(Self(s.to_string()))
     }
 }
 
 /// Check an interface name (or the part of one) against the kernel's rules.
-pub fn check_ifname(s: &str) -> Result<(), String> {
+pub fn check_ifname(s: &str) -> Result<(), ValueError> {
     if s.is_empty() || s.len() > plan::MAX_IFNAME_LEN {
-        return Err(format!(
-            "interface name {s:?} must be 1 to {} bytes long",
-            plan::MAX_IFNAME_LEN
-        ));
+        return Err(ValueError::IfNameLength(s.to_string()));
     }
     if s == "."
         || s == ".."
         || s.chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
     {
-        return Err(format!(
-            "interface name {s:?} may not contain '/', ':', whitespace or be '.'/'..'"
-        ));
+        return Err(ValueError::IfNameCharacters(s.to_string()));
     }
     Ok(())
 }
@@ -901,6 +896,42 @@ impl<'de> Deserialize<'de> for IfName {
             .parse()
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// Why a value was refused, as its own text (the loader adds the key and its source).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error(
+        "network name {0:?} must be 1 to 10 characters of a-z and 0-9, starting with a letter (interface names derive from it)"
+    )]
+    NetworkName(String),
+    #[error("{0:?} is not a size like \"16MiB\"")]
+    NotASize(String),
+    #[error("{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB)")]
+    SizeUnit { text: String, unit: String },
+    #[error("{0:?} is too large")]
+    SizeTooLarge(String),
+    #[error("{0:?} is below one WebAssembly page (64KiB)")]
+    SizeBelowPage(String),
+    #[error("{text:?} is not a duration ({reason}); write it like \"500ms\", \"5s\" or \"2m\"")]
+    NotADuration { text: String, reason: String },
+    #[error("{0:?} is zero; a positive duration is required")]
+    ZeroDuration(String),
+    #[error("interface name {0:?} must be 1 to {max} bytes long", max = plan::MAX_IFNAME_LEN)]
+    IfNameLength(String),
+    #[error("interface name {0:?} may not contain '/', ':', whitespace or be '.'/'..'")]
+    IfNameCharacters(String),
+}
+
+/// Why an OTLP/gRPC endpoint is not usable (shown after the URL).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("must start with http:// or https:// (OTLP over gRPC, e.g. \"http://127.0.0.1:4317\")")]
+    Scheme,
+    #[error("names no host")]
+    NoHost,
+    #[error("is not a valid URL: {0}")]
+    NotAUrl(String),
 }
 
 /// A configuration problem: which key, from which source, and why.
@@ -1291,22 +1322,20 @@ fn validate_telemetry(loaded: &LoadedConfig) -> Vec<String> {
 }
 
 /// An OTLP/gRPC endpoint: `http://` or `https://`, a host, optionally a port.
-pub fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+pub fn check_otlp_endpoint(url: &str) -> Result<(), EndpointError> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or(
-            "must start with http:// or https:// (OTLP over gRPC, e.g. \"http://127.0.0.1:4317\")",
-        )?;
+        .ok_or(EndpointError::Scheme)?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
-        return Err("names no host".into());
+        return Err(EndpointError::NoHost);
     }
     match url.parse::<http::Uri>() {
         // An authority of only a port or user info (`http://:4317`) names no host either.
-        Ok(uri) if uri.host().is_none_or(str::is_empty) => Err("names no host".into()),
+        Ok(uri) if uri.host().is_none_or(str::is_empty) => Err(EndpointError::NoHost),
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("is not a valid URL: {e}")),
+        Err(e) => Err(EndpointError::NotAUrl(e.to_string())),
     }
 }
 
@@ -1850,7 +1879,7 @@ mod tests {
         for url in ["http://:0", "http://:4317", "https://user@:4317/"] {
             assert_eq!(
                 check_otlp_endpoint(url),
-                Err("names no host".to_string()),
+                Err(EndpointError::NoHost),
                 "{url}"
             );
         }
@@ -2062,7 +2091,7 @@ mod prop_tests {
                     let shown = d.to_string();
                     prop_assert_eq!(shown.parse::<Duration>(), Ok(d), "{:?} shown as {:?}", s, shown);
                 }
-                Err(e) => prop_assert!(e.contains(&format!("{s:?}")), "{}", e),
+                Err(e) => prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e),
             }
         }
 
@@ -2135,7 +2164,7 @@ mod prop_tests {
                     let shown = b.to_string();
                     prop_assert_eq!(shown.parse::<ByteSize>(), Ok(b), "shown as {:?}", shown);
                 }
-                Err(e) => prop_assert!(e.contains(&format!("{s:?}")), "{}", e),
+                Err(e) => prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e),
             }
         }
 
@@ -2151,8 +2180,8 @@ mod prop_tests {
             let got = format!("{n}{u}").parse::<ByteSize>();
             match n.checked_mul(mult) {
                 Some(b) if b >= 1 << 16 => prop_assert_eq!(got, Ok(ByteSize(b))),
-                Some(_) => prop_assert!(got.err().unwrap_or_default().contains("below one")),
-                None => prop_assert!(got.err().unwrap_or_default().contains("too large")),
+                Some(_) => prop_assert!(got.err().map(|e| e.to_string()).unwrap_or_default().contains("below one")),
+                None => prop_assert!(got.err().map(|e| e.to_string()).unwrap_or_default().contains("too large")),
             }
         }
 
@@ -2187,7 +2216,7 @@ mod prop_tests {
                     prop_assert!(!n.as_str().chars().any(|c| "/:\0".contains(c) || c.is_whitespace()));
                     prop_assert_eq!(n.to_string(), s.clone());
                 }
-                Err(e) => prop_assert!(e.contains(&format!("{s:?}")), "{}", e),
+                Err(e) => prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e),
             }
             if let Err(e) = load_text(&format!("[overlay]\nrunner_bridge = {}\n", quoted(&s))) {
                 prop_assert!(e.to_string().contains("overlay.runner_bridge"), "{}", e);

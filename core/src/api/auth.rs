@@ -110,19 +110,24 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// A token that cannot be sent as an `authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the token contains characters not allowed in a header")]
+pub struct InvalidToken;
+
 /// Adds `authorization: Bearer <token>` to every call of a client.
 #[derive(Clone, Debug, Default)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
 impl Bearer {
     /// `None` sends no credentials.
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
         match token {
             None => Ok(Self(None)),
             Some(t) => format!("Bearer {t}")
                 .parse()
                 .map(|v| Self(Some(v)))
-                .map_err(|_| "the token contains characters not allowed in a header".to_string()),
+                .map_err(|_| InvalidToken),
         }
     }
 }
@@ -209,5 +214,11 @@ mod tests {
         Gate::new(TokenSet::default(), TokenSet::default(), true)
             .check(&meta(None), Role::Control)
             .unwrap();
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_refused() {
+        assert_eq!(Bearer::new(Some("a\nb")).unwrap_err(), InvalidToken);
+        assert!(Bearer::new(Some("fine-token")).is_ok() && Bearer::new(None).is_ok());
     }
 }

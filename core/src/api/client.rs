@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -13,6 +13,22 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot reach the host at {url}: {reason}")]
     Connect { url: String, reason: String },
+}
+
+/// Why the client TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("{what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a client certificate needs the CA that signed the host's certificate too")]
+    CertificateWithoutCa,
+    #[error("a client certificate and its key go together")]
+    CertificateWithoutKey,
 }
 
 /// Options of a client channel.
@@ -44,16 +60,17 @@ impl ClientTls {
         ca: Option<&Path>,
         cert: Option<&Path>,
         key: Option<&Path>,
-    ) -> Result<Self, String> {
-        let read = |p: &Path, what: &str| {
-            std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+    ) -> Result<Self, ClientTlsError> {
+        let read = |p: &Path, what: &'static str| {
+            std::fs::read(p).map_err(|source| ClientTlsError::Read {
+                what,
+                path: p.to_path_buf(),
+                source,
+            })
         };
         let Some(ca) = ca else {
             if cert.is_some() || key.is_some() {
-                return Err(
-                    "a client certificate needs the CA that signed the host's certificate too"
-                        .into(),
-                );
+                return Err(ClientTlsError::CertificateWithoutCa);
             }
             return Ok(Self::default());
         };
@@ -63,7 +80,7 @@ impl ClientTls {
                 cfg = cfg.identity(Identity::from_pem(read(c, "certificate")?, read(k, "key")?))
             }
             (None, None) => {}
-            _ => return Err("a client certificate and its key go together".into()),
+            _ => return Err(ClientTlsError::CertificateWithoutKey),
         }
         Ok(Self { config: Some(cfg) })
     }

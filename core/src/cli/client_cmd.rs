@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use weir_proto::v1 as pb;
 use weir_proto::v1::control_client::ControlClient;
 
-use super::CliError;
+use super::{CliError, parse_key_value};
 use crate::api::auth::Bearer;
 use crate::api::client::{ChannelOptions, ClientTls, code_name, connect_tls};
 
@@ -100,7 +100,7 @@ pub struct AttachArgs {
     #[arg(long = "network", value_name = "NAME")]
     pub networks: Vec<String>,
     /// A label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
     /// A specific free address of the runner's subnet (on the first network).
     #[arg(long, conflicts_with = "token")]
@@ -128,7 +128,7 @@ pub struct WorkloadsArgs {
     #[arg(long)]
     pub runner: Option<String>,
     /// Only workloads with this label KEY=VALUE (repeatable: all must match).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
     #[arg(long)]
     pub network: Option<String>,
@@ -173,12 +173,6 @@ pub struct WatchArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 type Client = ControlClient<InterceptedService<Channel, CallMetadata>>;

@@ -124,6 +124,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// An argument that should have been `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not KEY=VALUE")]
+pub struct NotKeyValue(String);
+
+/// A `KEY=VALUE` argument (labels, plugin settings); the value may contain `=`.
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), NotKeyValue> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
+}
+
 /// Render rows as a left-aligned text table with a header.
 pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
@@ -148,4 +160,21 @@ pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) ->
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("tenant=a=b"),
+            Ok(("tenant".into(), "a=b".into()))
+        );
+        assert_eq!(
+            parse_key_value("tenant").unwrap_err().to_string(),
+            "\"tenant\" is not KEY=VALUE"
+        );
+    }
 }

@@ -332,27 +332,48 @@ impl TunnelChange {
     }
 }
 
-/// Why a tunnel-named VXLAN link is not a valid tunnel of the plan, or its runner id.
-fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, String> {
+/// Why a tunnel-named link is not a valid tunnel of the plan (the reason it is deleted).
+#[derive(Debug, thiserror::Error)]
+enum InvalidTunnel {
+    #[error("not a VXLAN link")]
+    NotVxlan,
+    #[error("{name:?} is not {prefix} + a base-36 runner id")]
+    Name { name: String, prefix: String },
+    #[error(transparent)]
+    OutsidePlan(#[from] plan::PlanError),
+    #[error("no VXLAN attributes")]
+    NoAttributes,
+    #[error("VNI {found} instead of {want}")]
+    Vni { found: u32, want: u32 },
+    #[error("UDP port {found} instead of {want}")]
+    Port { found: u16, want: u16 },
+}
+
+/// The runner id of a tunnel-named VXLAN link that is a valid tunnel of the plan, or why not.
+fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, InvalidTunnel> {
     if link.kind.as_deref() != Some("vxlan") {
-        return Err("not a VXLAN link".into());
+        return Err(InvalidTunnel::NotVxlan);
     }
     let id = plan::parse_tunnel_name(&net.tunnel_prefix, &link.name).ok_or_else(|| {
-        format!(
-            "{:?} is not {} + a base-36 runner id",
-            link.name, net.tunnel_prefix
-        )
+        InvalidTunnel::Name {
+            name: link.name.clone(),
+            prefix: net.tunnel_prefix.clone(),
+        }
     })?;
-    net.plan
-        .check_runner(u64::from(id))
-        .map_err(|e| e.to_string())?;
-    let vx = link.vxlan.as_ref().ok_or("no VXLAN attributes")?;
+    net.plan.check_runner(u64::from(id))?;
+    let vx = link.vxlan.as_ref().ok_or(InvalidTunnel::NoAttributes)?;
     let want_vni = net.vxlan_id_base + id;
     if vx.vni != want_vni {
-        return Err(format!("VNI {} instead of {want_vni}", vx.vni));
+        return Err(InvalidTunnel::Vni {
+            found: vx.vni,
+            want: want_vni,
+        });
     }
     if vx.port != net.port {
-        return Err(format!("UDP port {} instead of {}", vx.port, net.port));
+        return Err(InvalidTunnel::Port {
+            found: vx.port,
+            want: net.port,
+        });
     }
     Ok(id)
 }

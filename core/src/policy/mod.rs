@@ -157,8 +157,25 @@ pub struct ReloadOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy plugin {name:?}: {reason}")]
-    Load { name: String, reason: String },
+    #[error("policy plugin {name:?}: {source}")]
+    Load {
+        name: String,
+        #[source]
+        source: PluginLoadError,
+    },
+}
+
+/// Why one plugin (or a new version of it) could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    #[error(transparent)]
+    Wasm(#[from] wasm::LoadError),
+    #[error(transparent)]
+    Grpc(#[from] grpc::ConnectError),
+    #[error("load task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("neither path nor endpoint")]
+    NoSource,
 }
 
 pub struct PolicyHost {
@@ -198,9 +215,9 @@ impl PolicyHost {
             };
             let loaded = load_one(spec, &hooks, limits, cache_dir.clone())
                 .await
-                .map_err(|reason| PolicyError::Load {
+                .map_err(|source| PolicyError::Load {
                     name: spec.name.clone(),
-                    reason,
+                    source,
                 })?;
             tracing::info!(plugin = %spec.name, version = %loaded.version, hooks = ?spec.hooks, mode = ?spec.mode, "policy plugin loaded");
             slots.push(Arc::new(Slot {
@@ -469,7 +486,8 @@ impl PolicyHost {
                     error: String::new(),
                 }
             }
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 tracing::warn!(plugin = %name, error = %reason, version = %current.version, "reload failed; the working version stays");
                 *slot.last_error.write().unwrap_or_else(|p| p.into_inner()) = reason.clone();
                 ReloadOutcome {
@@ -727,7 +745,7 @@ async fn load_one(
     hooks: &[Hook],
     limits: Limits,
     cache_dir: Option<PathBuf>,
-) -> Result<Loaded, String> {
+) -> Result<Loaded, PluginLoadError> {
     let config: Vec<(String, String)> = spec
         .config
         .iter()
@@ -737,20 +755,20 @@ async fn load_one(
     if let Some(path) = &spec.path {
         let (path, name, hooks) = (path.clone(), spec.name.clone(), hooks.to_vec());
         let stamp = file_stamp(&path);
-        let (by_hook, version) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let compiled = wasm::compile(&path, cache_dir.as_deref()).map_err(|e| e.to_string())?;
-            // One instance family per hook: a component serving several hooks implements
-            // several worlds' exports.
-            let mut by_hook = BTreeMap::new();
-            for h in &hooks {
-                let p = wasm::WasmPlugin::new(&name, &path, &compiled, *h, limits, config.clone())
-                    .map_err(|e| e.to_string())?;
-                by_hook.insert(*h, Arc::new(p));
-            }
-            Ok((by_hook, compiled.version))
-        })
-        .await
-        .map_err(|e| format!("load task failed: {e}"))??;
+        let (by_hook, version) =
+            tokio::task::spawn_blocking(move || -> Result<_, wasm::LoadError> {
+                let compiled = wasm::compile(&path, cache_dir.as_deref())?;
+                // One instance family per hook: a component serving several hooks implements
+                // several worlds' exports.
+                let mut by_hook = BTreeMap::new();
+                for h in &hooks {
+                    let p =
+                        wasm::WasmPlugin::new(&name, &path, &compiled, *h, limits, config.clone())?;
+                    by_hook.insert(*h, Arc::new(p));
+                }
+                Ok((by_hook, compiled.version))
+            })
+            .await??;
         return Ok(Loaded {
             backend: Backend::Wasm(by_hook),
             version,
@@ -758,10 +776,8 @@ async fn load_one(
             stamp,
         });
     }
-    let endpoint = spec.endpoint.clone().ok_or("neither path nor endpoint")?;
-    let g = grpc::GrpcPlugin::connect(&spec.name, &endpoint, &config, limits.deadline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let endpoint = spec.endpoint.clone().ok_or(PluginLoadError::NoSource)?;
+    let g = grpc::GrpcPlugin::connect(&spec.name, &endpoint, &config, limits.deadline).await?;
     Ok(Loaded {
         backend: Backend::Grpc(Arc::new(g)),
         version: "grpc".into(),
