@@ -2319,8 +2319,8 @@ mod prop_tests {
         #[test]
         fn prop_config_host_urls_never_panic(url in prop_oneof![url_like(), any::<String>()]) {
             // runner.host and a plugin's endpoint go through this check.
-            let opts = crate::api::client::ChannelOptions::default();
-            match crate::api::client::endpoint(&url, opts) {
+            let opts = crate::transport::ChannelOptions::default();
+            match crate::transport::endpoint(&url, opts) {
                 Ok(_) => prop_assert!(url.starts_with("http://") || url.starts_with("unix:")),
                 Err(e) => prop_assert!(e.to_string().contains(&format!("{url:?}")), "{}", e),
             }

@@ -9,7 +9,7 @@ use weir_proto::v1::policy_plugin_client::PolicyPluginClient;
 
 use super::Fault;
 use super::types::{self as t, Decision, Request};
-use crate::api::client::{ChannelOptions, ClientError, endpoint};
+use crate::transport::{ChannelOptions, ClientError, endpoint};
 
 /// Why a gRPC plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
