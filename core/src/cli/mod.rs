@@ -1,14 +1,17 @@
-//! The `weir` command line: argument parsing and one module per command family.
+//! The `weir` command line: argument parsing and one module per command family (`*_cmd`,
+//! `daemon`); `conn` reaches the host and `render` shows its answers for the client commands.
 //!
 //! Exit status: 0 on success, 1 when an operation was refused or failed, 2 on a usage error
 //! (bad arguments, a bad plan, a configuration that does not load).
 
 mod client_cmd;
 mod config_cmd;
+mod conn;
 mod daemon;
 mod lab_cmd;
 mod plan_cmd;
 mod plugin_cmd;
+mod render;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +44,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "WEIR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub conn: client_cmd::Conn,
+    pub conn: conn::Conn,
     #[command(subcommand)]
     pub command: Command,
 }

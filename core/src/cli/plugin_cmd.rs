@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use weir_proto::v1 as pb;
 
-use super::client_cmd::{Conn, client, refused};
+use super::conn::{Conn, client, refused};
 use super::{CliError, parse_key_value};
 use crate::policy::types::{Hook, Request};
 use crate::policy::wasm::{self, WasmPlugin};
