@@ -22,6 +22,7 @@ pub mod plan;
 pub mod policy;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 
 /// Shared settings of the property tests (`prop_tests` modules beside each parser).
 #[cfg(test)]

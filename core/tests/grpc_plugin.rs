@@ -192,7 +192,8 @@ async fn the_python_plugin_decides_like_its_wasm_twin() {
     )
     .await
     .err()
-    .unwrap();
+    .unwrap()
+    .to_string();
     assert!(err.contains("unknown settings: bogus"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

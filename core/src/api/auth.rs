@@ -61,14 +61,13 @@ impl Gate {
         if self.insecure {
             return Ok(());
         }
-        let wanted = match role {
-            Role::Control => "a control token",
-            Role::Join => "the join token",
+        let (wanted, token_name) = match role {
+            Role::Control => ("a control token", "control token"),
+            Role::Join => ("the join token", "join token"),
         };
         let Some(token) = bearer(meta) else {
             return Err(Status::unauthenticated(format!(
-                "missing credentials: send 'authorization: Bearer <{}>'",
-                &wanted[2..]
+                "missing credentials: send 'authorization: Bearer <{token_name}>'"
             )));
         };
         let (mine, other) = match role {
@@ -111,19 +110,24 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// A token that cannot be sent as an `authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the token contains characters not allowed in a header")]
+pub struct InvalidToken;
+
 /// Adds `authorization: Bearer <token>` to every call of a client.
 #[derive(Clone, Debug, Default)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
 impl Bearer {
     /// `None` sends no credentials.
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
         match token {
             None => Ok(Self(None)),
             Some(t) => format!("Bearer {t}")
                 .parse()
                 .map(|v| Self(Some(v)))
-                .map_err(|_| "the token contains characters not allowed in a header".to_string()),
+                .map_err(|_| InvalidToken),
         }
     }
 }
@@ -134,5 +138,87 @@ impl Interceptor for Bearer {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(t: &str) -> TokenSet {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("weir-auth-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(t);
+        std::fs::write(&file, t).unwrap();
+        let set = TokenSet::load(std::slice::from_ref(&file)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        set
+    }
+
+    fn gate() -> Gate {
+        Gate::new(
+            tokens("ctl-secret-0123456789"),
+            tokens("join-secret-0123456789"),
+            false,
+        )
+    }
+
+    fn meta(token: Option<&str>) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        if let Some(t) = token {
+            m.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn missing_credentials_name_the_whole_token() {
+        let e = gate().check(&meta(None), Role::Join).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            e.message(),
+            "missing credentials: send 'authorization: Bearer <join token>'"
+        );
+        let e = gate().check(&meta(None), Role::Control).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "missing credentials: send 'authorization: Bearer <control token>'"
+        );
+    }
+
+    #[test]
+    fn the_other_roles_token_is_permission_denied() {
+        let e = gate()
+            .check(&meta(Some("join-secret-0123456789")), Role::Control)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("a control token"), "{}", e.message());
+        let e = gate()
+            .check(&meta(Some("ctl-secret-0123456789")), Role::Join)
+            .unwrap_err();
+        assert!(e.message().contains("the join token"), "{}", e.message());
+    }
+
+    #[test]
+    fn an_unknown_token_is_unauthenticated_and_a_known_one_passes() {
+        let e = gate().check(&meta(Some("nope")), Role::Join).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        gate()
+            .check(&meta(Some("join-secret-0123456789")), Role::Join)
+            .unwrap();
+        gate()
+            .check(&meta(Some("ctl-secret-0123456789")), Role::Control)
+            .unwrap();
+        Gate::new(TokenSet::default(), TokenSet::default(), true)
+            .check(&meta(None), Role::Control)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_token_that_is_no_header_value_is_refused() {
+        assert_eq!(Bearer::new(Some("a\nb")).unwrap_err(), InvalidToken);
+        assert!(Bearer::new(Some("fine-token")).is_ok() && Bearer::new(None).is_ok());
     }
 }

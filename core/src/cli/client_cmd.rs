@@ -3,45 +3,22 @@
 //!
 //! Every command takes `--host URL` (env `WEIR_HOST`; default: the configured control socket),
 //! `--token-file FILE` (or env `WEIR_TOKEN`) and `--json`, and send `TRACEPARENT`/`TRACESTATE`
-//! from the environment as the call's trace context. Tables are for people; the JSON is stable
-//! for scripts.
+//! from the environment as the call's trace context ([`super::conn`]). Tables are for people;
+//! the JSON is stable for scripts ([`super::render`]).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use weir_proto::v1 as pb;
-use weir_proto::v1::control_client::ControlClient;
 
-use super::CliError;
-use crate::api::auth::Bearer;
-use crate::api::client::{ChannelOptions, ClientTls, code_name, connect_tls};
-
-/// Where the host is and how to prove who we are.
-#[derive(Debug, Args, Clone)]
-pub struct Conn {
-    /// URL of the host: http://HOST:PORT or unix:///PATH (default: the configured control socket).
-    #[arg(long, env = "WEIR_HOST", value_name = "URL", global = true)]
-    pub host: Option<String>,
-    /// File holding a control token (default: the WEIR_TOKEN environment variable).
-    #[arg(long, value_name = "FILE", global = true)]
-    pub token_file: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// For an https:// host: the CA that signed its certificate (PEM).
-    #[arg(long, env = "WEIR_TLS_CA", value_name = "FILE", global = true)]
-    pub tls_ca: Option<PathBuf>,
-    /// For a host that requires mTLS: our certificate and key (PEM).
-    #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE", global = true)]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE", global = true)]
-    pub tls_key: Option<PathBuf>,
-}
+use super::conn::{Client, Conn, client, refused};
+use super::render::{
+    attach_json, event_json, event_kind, kind_name, print_json, render_status, rfc3339,
+    runner_json, runner_table,
+};
+use super::{CliError, parse_key_value};
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -100,7 +77,7 @@ pub struct AttachArgs {
     #[arg(long = "network", value_name = "NAME")]
     pub networks: Vec<String>,
     /// A label KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
     /// A specific free address of the runner's subnet (on the first network).
     #[arg(long, conflicts_with = "token")]
@@ -128,7 +105,7 @@ pub struct WorkloadsArgs {
     #[arg(long)]
     pub runner: Option<String>,
     /// Only workloads with this label KEY=VALUE (repeatable: all must match).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
     #[arg(long)]
     pub network: Option<String>,
@@ -175,119 +152,6 @@ pub struct WatchArgs {
     pub count: Option<u64>,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
-}
-
-type Client = ControlClient<InterceptedService<Channel, CallMetadata>>;
-
-/// What the CLI adds to every call: the bearer token, and the caller's W3C trace context from
-/// `TRACEPARENT` / `TRACESTATE` (the OpenTelemetry convention for passing a context to a child
-/// process), so a scheduler that runs `weir` continues its own trace into the host.
-#[derive(Clone)]
-pub(super) struct CallMetadata {
-    bearer: Bearer,
-    trace: Vec<(&'static str, AsciiMetadataValue)>,
-}
-
-impl CallMetadata {
-    fn from_env(bearer: Bearer) -> Result<Self, CliError> {
-        let mut trace = Vec::new();
-        if let Some(tp) = std::env::var("TRACEPARENT").ok().filter(|v| !v.is_empty()) {
-            if !is_traceparent(&tp) {
-                return Err(CliError::Usage(format!(
-                    "TRACEPARENT: {tp:?} is not a W3C traceparent \
-                     (00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>)"
-                )));
-            }
-            let v = tp
-                .parse()
-                .map_err(|_| CliError::Usage(format!("TRACEPARENT: {tp:?} is not ASCII")))?;
-            trace.push(("traceparent", v));
-            if let Some(ts) = std::env::var("TRACESTATE").ok().filter(|v| !v.is_empty()) {
-                let v = ts.parse().map_err(|_| {
-                    CliError::Usage(format!("TRACESTATE: {ts:?} is not a valid header value"))
-                })?;
-                trace.push(("tracestate", v));
-            }
-        }
-        Ok(Self { bearer, trace })
-    }
-}
-
-impl tonic::service::Interceptor for CallMetadata {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let mut req = self.bearer.call(req)?;
-        for (k, v) in &self.trace {
-            req.metadata_mut().insert(*k, v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// `version-traceid-parentid-flags`, lowercase hex, ids not all zero (W3C Trace Context).
-fn is_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2)
-}
-
-pub(super) async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client, CliError> {
-    let url = match &conn.host {
-        Some(u) => u.clone(),
-        None => {
-            let loaded = crate::config::load(config)?;
-            let sock = loaded.config.host.control_socket.ok_or_else(|| {
-                CliError::Usage("no --host given and host.control_socket is not set".into())
-            })?;
-            format!("unix://{}", sock.display())
-        }
-    };
-    let token = match &conn.token_file {
-        Some(f) => Some(
-            crate::auth::read_token(f)
-                .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?,
-        ),
-        None => std::env::var("WEIR_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty()),
-    };
-    let bearer =
-        Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
-    let metadata = CallMetadata::from_env(bearer)?;
-    let tls = ClientTls::load(
-        conn.tls_ca.as_deref(),
-        conn.tls_cert.as_deref(),
-        conn.tls_key.as_deref(),
-    )
-    .map_err(|e| CliError::Usage(format!("--tls-ca/--tls-cert/--tls-key: {e}")))?;
-    let channel = connect_tls(&url, ChannelOptions::default(), &tls)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    Ok(ControlClient::with_interceptor(channel, metadata))
-}
-
-pub(super) fn refused(st: tonic::Status) -> CliError {
-    CliError::Failed(format!("{}: {}", code_name(st.code()), st.message()))
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
 pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -309,13 +173,6 @@ pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), 
             ClientCommand::Doctor { runner } => doctor(&mut c, runner, conn.json).await,
         }
     })
-}
-
-fn runner_json(r: &pb::RunnerStatus) -> Value {
-    json!({"name": r.name, "id": r.id, "subnet": r.subnet, "gateway": r.gateway,
-           "physical_ip": r.physical_ip, "active": r.active, "connected": r.connected,
-           "placeholder": r.placeholder, "last_seen_unix_ms": r.last_seen_unix_ms,
-           "labels": r.labels, "workloads": r.workloads})
 }
 
 async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
@@ -343,111 +200,6 @@ async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The status panel, like KohakuRiver's `node overlay`.
-pub fn render_status(s: &pb::GetStatusResponse) -> String {
-    let mut out = if s.overlay_enabled {
-        format!(
-            "overlay       {}\nhost ip       {}\nrunners       {} active, {} inactive, {} placeholders (max {})\nworkloads     {}\nreservations  {}\n\n",
-            s.plan,
-            s.host_ip,
-            s.active_runners,
-            s.inactive_runners,
-            s.placeholders,
-            s.max_runners,
-            s.workloads,
-            s.reservations
-        )
-    } else {
-        format!(
-            "overlay       disabled (isolated mode)\nrunners       {} active, {} inactive\nworkloads     {}\nreservations  {}\n\n",
-            s.active_runners, s.inactive_runners, s.workloads, s.reservations
-        )
-    };
-    if s.networks.len() > 1 {
-        out.push_str(&network_table(&s.networks));
-        out.push('\n');
-    }
-    out.push_str(&runner_table(&s.runners));
-    out
-}
-
-fn network_table(networks: &[pb::NetworkStatus]) -> String {
-    let rows: Vec<[String; 8]> = networks
-        .iter()
-        .map(|n| {
-            [
-                n.name.clone(),
-                n.plan.clone(),
-                n.host_ip.clone(),
-                n.vxlan_id_base.to_string(),
-                format!("{}{}", n.egress, if n.masquerade { " (nat)" } else { "" }),
-                format!("{}/{}", n.runners, n.max_runners),
-                n.workloads.to_string(),
-                n.reservations.to_string(),
-            ]
-        })
-        .collect();
-    super::table(
-        &[
-            "Network",
-            "Plan",
-            "Host IP",
-            "VNI base",
-            "Egress",
-            "Runners",
-            "Workloads",
-            "Reservations",
-        ],
-        &rows,
-    )
-}
-
-fn runner_table(runners: &[pb::RunnerStatus]) -> String {
-    let now = crate::clock::now_ms();
-    let rows: Vec<[String; 8]> = runners
-        .iter()
-        .map(|r| {
-            let state = match (r.placeholder, r.active, r.connected) {
-                (true, _, _) => "placeholder",
-                (_, true, true) => "active",
-                (_, true, false) => "active (reconnecting)",
-                (_, false, _) => "inactive",
-            };
-            [
-                if r.name.is_empty() {
-                    "-".into()
-                } else {
-                    r.name.clone()
-                },
-                if r.id == 0 {
-                    "-".into()
-                } else {
-                    r.id.to_string()
-                },
-                r.subnet.clone(),
-                r.gateway.clone(),
-                r.physical_ip.clone(),
-                state.to_string(),
-                format!("{}s ago", ((now - r.last_seen_unix_ms).max(0)) / 1000),
-                r.workloads.to_string(),
-            ]
-        })
-        .collect();
-    super::table(
-        &[
-            "RUNNER",
-            "ID",
-            "SUBNET",
-            "GATEWAY",
-            "PHYSICAL IP",
-            "STATUS",
-            "LAST SEEN",
-            "WORKLOADS",
-        ],
-        &rows,
-    )
-}
-
 async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {
     let r = c
         .list_runners(pb::ListRunnersRequest {})
@@ -460,14 +212,6 @@ async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {
         print!("{}", runner_table(&r.runners));
     }
     Ok(())
-}
-
-fn kind_name(k: i32) -> &'static str {
-    if k == pb::WorkloadKind::Vm as i32 {
-        "vm"
-    } else {
-        "container"
-    }
 }
 
 async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliError> {
@@ -554,17 +298,6 @@ async fn attach(c: &mut Client, a: AttachArgs, json: bool) -> Result<(), CliErro
         }
     }
     Ok(())
-}
-
-fn attach_json(r: &pb::AttachWorkloadResponse) -> serde_json::Value {
-    let mut v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
-        "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname,
-        "prefix": r.prefix, "kind": kind_name(r.kind)});
-    if r.kind == pb::WorkloadKind::Vm as i32 {
-        v["mac"] = json!(r.mac);
-        v["dns"] = json!(r.dns);
-    }
-    v
 }
 
 async fn detach(c: &mut Client, a: DetachArgs, json: bool) -> Result<(), CliError> {
@@ -686,11 +419,6 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
         )
     );
     Ok(())
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 async fn reserve(c: &mut Client, a: ReserveArgs, json: bool) -> Result<(), CliError> {
@@ -890,19 +618,6 @@ async fn doctor(c: &mut Client, runner: Option<String>, json: bool) -> Result<()
     }
 }
 
-fn event_kind(k: i32) -> String {
-    pb::EventKind::try_from(k)
-        .map(|k| k.as_str_name().to_ascii_lowercase())
-        .unwrap_or_else(|_| format!("kind_{k}"))
-}
-
-/// One event as stable JSON (also what `weir watch --json` prints per line).
-pub fn event_json(e: &pb::Event) -> Value {
-    json!({"seq": e.seq, "unix_ms": e.unix_ms, "kind": event_kind(e.kind), "runner": e.runner,
-           "runner_id": e.runner_id, "network": e.network, "workload": e.workload_id,
-           "ip": e.ip, "reservation": e.reservation_id, "detail": e.detail})
-}
-
 async fn watch(c: &mut Client, a: WatchArgs, json: bool) -> Result<(), CliError> {
     let mut stream = c
         .watch_events(pb::WatchEventsRequest {
@@ -942,27 +657,4 @@ async fn watch(c: &mut Client, a: WatchArgs, json: bool) -> Result<(), CliError>
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_traceparent;
-
-    #[test]
-    fn traceparent_follows_w3c() {
-        assert!(is_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-        ] {
-            assert!(!is_traceparent(bad), "{bad:?}");
-        }
-    }
 }

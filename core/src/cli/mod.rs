@@ -1,14 +1,17 @@
-//! The `weir` command line: argument parsing and one module per command family.
+//! The `weir` command line: argument parsing and one module per command family (`*_cmd`,
+//! `daemon`); `conn` reaches the host and `render` shows its answers for the client commands.
 //!
 //! Exit status: 0 on success, 1 when an operation was refused or failed, 2 on a usage error
 //! (bad arguments, a bad plan, a configuration that does not load).
 
 mod client_cmd;
 mod config_cmd;
+mod conn;
 mod daemon;
 mod lab_cmd;
 mod plan_cmd;
 mod plugin_cmd;
+mod render;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +44,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "WEIR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub conn: client_cmd::Conn,
+    pub conn: conn::Conn,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -124,6 +127,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// An argument that should have been `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not KEY=VALUE")]
+pub struct NotKeyValue(String);
+
+/// A `KEY=VALUE` argument (labels, plugin settings); the value may contain `=`.
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), NotKeyValue> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
+}
+
 /// Render rows as a left-aligned text table with a header.
 pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
@@ -148,4 +163,21 @@ pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) ->
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("tenant=a=b"),
+            Ok(("tenant".into(), "a=b".into()))
+        );
+        assert_eq!(
+            parse_key_value("tenant").unwrap_err().to_string(),
+            "\"tenant\" is not KEY=VALUE"
+        );
+    }
 }

@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use weir_proto::v1 as pb;
 
-use super::CliError;
-use super::client_cmd::{Conn, client, refused};
+use super::conn::{Conn, client, refused};
+use super::{CliError, parse_key_value};
 use crate::policy::types::{Hook, Request};
 use crate::policy::wasm::{self, WasmPlugin};
 use crate::policy::{Limits, audit};
@@ -42,7 +42,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE.json")]
     pub input: PathBuf,
     /// A plugin setting KEY=VALUE for its `configure` (repeatable).
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub config: Vec<(String, String)>,
     /// Wall-clock limit of the decision.
     #[arg(long, default_value = "50ms")]
@@ -61,10 +61,15 @@ pub struct BenchArgs {
     pub n: u32,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+/// Why a `--input` file is not a request for the hook.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("{0}")]
+    Shape(#[source] serde_json::Error),
+    #[error("a {call} request is not for the {hook} hook")]
+    WrongHook { call: &'static str, hook: Hook },
 }
 
 pub fn run(cmd: PluginCommand, conn: Conn, config: Option<&Path>) -> Result<(), CliError> {
@@ -137,16 +142,15 @@ fn load(a: &EvalArgs) -> Result<(WasmPlugin, Request), CliError> {
 
 /// A request for `hook`: either tagged with `"call"`, or the bare request of the hook (an
 /// allocator request with a `workload_id` is `assign-address`, otherwise `assign-runner`).
-pub fn parse_request(hook: Hook, text: &str) -> Result<Request, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse_request(hook: Hook, text: &str) -> Result<Request, RequestError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(RequestError::NotJson)?;
     let req = if value.get("call").is_some() {
-        serde_json::from_value::<Request>(value).map_err(|e| e.to_string())?
+        serde_json::from_value::<Request>(value).map_err(RequestError::Shape)?
     } else {
         let tagged = |call: &str| {
             let mut v = value.clone();
             v["call"] = json!(call);
-            serde_json::from_value::<Request>(v).map_err(|e| e.to_string())
+            serde_json::from_value::<Request>(v).map_err(RequestError::Shape)
         };
         match hook {
             Hook::Allocator if value.get("workload_id").is_some() => tagged("assign-address")?,
@@ -156,10 +160,10 @@ pub fn parse_request(hook: Hook, text: &str) -> Result<Request, String> {
         }
     };
     if req.hook() != hook {
-        return Err(format!(
-            "a {} request is not for the {hook} hook",
-            req.call_name()
-        ));
+        return Err(RequestError::WrongHook {
+            call: req.call_name(),
+            hook,
+        });
     }
     Ok(req)
 }
@@ -366,9 +370,10 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
         Some(s) => Some(match s.parse::<i64>() {
             Ok(ms) => ms,
             Err(_) => {
-                let d: crate::config::Duration = s
-                    .parse()
-                    .map_err(|e: String| CliError::Usage(format!("--since: {e}")))?;
+                let d: crate::config::Duration =
+                    s.parse().map_err(|e: crate::config::ValueError| {
+                        CliError::Usage(format!("--since: {e}"))
+                    })?;
                 crate::clock::now_ms() - d.get().as_millis() as i64
             }
         }),
@@ -440,10 +445,11 @@ mod tests {
             "route"
         );
         let e = parse_request(Hook::Firewall, tagged).unwrap_err();
-        assert!(e.contains("not for the firewall hook"), "{e}");
+        assert!(e.to_string().contains("not for the firewall hook"), "{e}");
         assert!(
             parse_request(Hook::Allocator, "{")
                 .unwrap_err()
+                .to_string()
                 .contains("not JSON")
         );
         assert!(

@@ -12,17 +12,14 @@ use ipnet::Ipv4Net;
 use super::firewalld::Firewalld;
 use super::netlink::{Link, Netlink, VxlanSpec};
 use super::nfnl::{self, Elem};
-use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
-use super::runner::{NETWORK_ALIAS_PREFIX, network_alias};
+use super::nft::TableSpec;
+use super::overlay::{NETWORK_ALIAS_PREFIX, OverlayRules, network_alias};
+pub use super::overlay::{UNDERLAY_DROPS, UNDERLAY_SET, underlay_notrack};
 use super::{DataplaneError, Result, nft, sysctl};
 use crate::plan::{self, Plan};
 
 /// Weir's nftables table on the host.
 pub const HOST_TABLE: &str = "weir_host";
-/// The set of underlay addresses VXLAN is accepted from (host and runners alike).
-pub const UNDERLAY_SET: &str = "vxlan_peers";
-/// The counter of VXLAN packets dropped for coming from elsewhere.
-pub const UNDERLAY_DROPS: &str = "vxlan_dropped";
 
 /// What the host builds for one overlay network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,121 +329,71 @@ impl TunnelChange {
     }
 }
 
-/// Why a tunnel-named VXLAN link is not a valid tunnel of the plan, or its runner id.
-fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, String> {
+/// Why a tunnel-named link is not a valid tunnel of the plan (the reason it is deleted).
+#[derive(Debug, thiserror::Error)]
+enum InvalidTunnel {
+    #[error("not a VXLAN link")]
+    NotVxlan,
+    #[error("{name:?} is not {prefix} + a base-36 runner id")]
+    Name { name: String, prefix: String },
+    #[error(transparent)]
+    OutsidePlan(#[from] plan::PlanError),
+    #[error("no VXLAN attributes")]
+    NoAttributes,
+    #[error("VNI {found} instead of {want}")]
+    Vni { found: u32, want: u32 },
+    #[error("UDP port {found} instead of {want}")]
+    Port { found: u16, want: u16 },
+}
+
+/// The runner id of a tunnel-named VXLAN link that is a valid tunnel of the plan, or why not.
+fn validate_tunnel(net: &HostNetwork, link: &Link) -> Result<u32, InvalidTunnel> {
     if link.kind.as_deref() != Some("vxlan") {
-        return Err("not a VXLAN link".into());
+        return Err(InvalidTunnel::NotVxlan);
     }
     let id = plan::parse_tunnel_name(&net.tunnel_prefix, &link.name).ok_or_else(|| {
-        format!(
-            "{:?} is not {} + a base-36 runner id",
-            link.name, net.tunnel_prefix
-        )
+        InvalidTunnel::Name {
+            name: link.name.clone(),
+            prefix: net.tunnel_prefix.clone(),
+        }
     })?;
-    net.plan
-        .check_runner(u64::from(id))
-        .map_err(|e| e.to_string())?;
-    let vx = link.vxlan.as_ref().ok_or("no VXLAN attributes")?;
+    net.plan.check_runner(u64::from(id))?;
+    let vx = link.vxlan.as_ref().ok_or(InvalidTunnel::NoAttributes)?;
     let want_vni = net.vxlan_id_base + id;
     if vx.vni != want_vni {
-        return Err(format!("VNI {} instead of {want_vni}", vx.vni));
+        return Err(InvalidTunnel::Vni {
+            found: vx.vni,
+            want: want_vni,
+        });
     }
     if vx.port != net.port {
-        return Err(format!("UDP port {} instead of {}", vx.port, net.port));
+        return Err(InvalidTunnel::Port {
+            found: vx.port,
+            want: net.port,
+        });
     }
     Ok(id)
 }
 
-/// VXLAN's own UDP packets to or from this machine's underlay address need no connection
-/// state.
-pub fn underlay_notrack(addr: Cond, port: u16) -> RuleSpec {
-    RuleSpec::new(
-        vec![addr, Cond::UdpDport(port)],
-        Action::NoTrack,
-        "weir: VXLAN underlay, untracked",
-    )
-}
-
-/// The host's forward rules: traffic from or to any overlay passes, whatever the default policy
-/// of other tables' chains in this hook says about the rest.
+/// The host's table: each network's traffic forwarded and, inside the overlay, untracked
+/// (routing between runners needs no connection state: tracking every overlay packet would cost
+/// a quarter of the throughput); NAT through `uplink` for masquerading networks (runners whose
+/// egress is via the host); VXLAN only from `underlay`.
 pub fn host_table(
     networks: &[HostNetwork],
     underlay: &BTreeSet<Ipv4Addr>,
     uplink: Option<&str>,
 ) -> TableSpec {
-    let mut rules = Vec::new();
-    let mut input = Vec::new();
-    let mut nat = Vec::new();
-    let mut raw_in = Vec::new();
-    let mut raw_out = Vec::new();
-    let mut ports = BTreeSet::new();
-    for net in networks {
-        let cidr = net.plan.overlay();
-        let tag = format!("weir network {}", net.name);
-        // Routing between runners needs no connection state (NAT only applies to traffic
-        // leaving the overlay): tracking every overlay packet would cost a quarter of the
-        // throughput.
-        raw_in.push(RuleSpec::new(
-            vec![Cond::SaddrIn(cidr), Cond::DaddrIn(cidr)],
-            Action::NoTrack,
-            &tag,
-        ));
-        rules.push(RuleSpec::new(
-            vec![Cond::SaddrIn(cidr)],
-            Action::Accept,
-            &tag,
-        ));
-        rules.push(RuleSpec::new(
-            vec![Cond::DaddrIn(cidr)],
-            Action::Accept,
-            &tag,
-        ));
-        // Runners whose egress is via the host leave through the host's uplink: NATed, or for
-        // a routed network with the workloads' own addresses.
-        if let Some(up) = uplink
-            && net.masquerade
-        {
-            nat.push(RuleSpec::new(
-                vec![
-                    Cond::SaddrIn(cidr),
-                    Cond::DaddrNotIn(cidr),
-                    Cond::Oifname(up.to_string()),
-                ],
-                Action::Masquerade,
-                &tag,
-            ));
-        }
-        ports.insert(net.port);
-    }
-    // VXLAN is accepted only from the runners Weir knows; anything else is counted and dropped.
+    let mut t = OverlayRules::new(HOST_TABLE);
+    // Tunnels are sourced from `host.reachable_address`, the same for every network.
     let local = networks.first().map(|n| n.local);
-    for port in ports {
-        input.push(RuleSpec::new(
-            vec![
-                Cond::UdpDport(port),
-                Cond::SaddrNotInSet(UNDERLAY_SET.into()),
-            ],
-            Action::CountDrop(UNDERLAY_DROPS),
-            "weir: VXLAN from an unknown underlay address",
-        ));
+    for net in networks {
+        let masquerade_via = uplink.filter(|_| net.masquerade);
+        t.network(&net.name, net.plan.overlay(), false, masquerade_via);
         if let Some(local) = local {
-            raw_in.push(underlay_notrack(Cond::DaddrIn(local.into()), port));
-            raw_out.push(underlay_notrack(Cond::SaddrIn(local.into()), port));
+            t.vxlan(net.port, local);
         }
     }
-    TableSpec {
-        name: HOST_TABLE.into(),
-        chains: vec![
-            ChainSpec::raw_prerouting(raw_in),
-            ChainSpec::raw_output(raw_out),
-            ChainSpec::forward(rules),
-            ChainSpec::input(input),
-            ChainSpec::postrouting(nat),
-        ],
-        sets: vec![SetSpec {
-            name: UNDERLAY_SET.into(),
-            elements: underlay.iter().copied().collect(),
-        }],
-        counters: vec![UNDERLAY_DROPS],
-    }
+    t.peers(underlay.iter().copied());
+    t.build()
 }

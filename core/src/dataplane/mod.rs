@@ -3,6 +3,7 @@
 //! - [`netns`]: open workload namespaces safely; enter, create and delete network namespaces
 //! - [`netlink`]: links, addresses and routes (rtnetlink)
 //! - [`nft`]: Weir's own nftables tables, replaced atomically
+//! - [`overlay`]: the names and the rule builder the host's and the runners' tables share
 //! - [`host`]: the hub's devices, tunnels and rules
 //! - [`runner`]: a runner's tunnel, bridge, route and NAT
 //! - [`attach`]: workload interfaces created inside the workload's namespace
@@ -22,6 +23,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nfnl;
 pub mod nft;
+pub mod overlay;
 pub mod runner;
 pub mod runner_kernel;
 pub mod sysctl;

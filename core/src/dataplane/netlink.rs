@@ -279,13 +279,6 @@ impl Netlink {
         Ok(true)
     }
 
-    /// Create a veth pair with both ends here (the lab moves nothing either: it creates the peer
-    /// in place with [`Netlink::add_veth_into`]; this is for pairs inside one namespace).
-    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link> {
-        let msg = LinkVeth::new(name, peer).mtu(mtu).up().build();
-        self.add_link(name, msg).await
-    }
-
     async fn add_link(&self, name: &str, msg: LinkMessage) -> Result<Link> {
         self.handle
             .link()

@@ -10,22 +10,14 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::host::{UNDERLAY_DROPS, UNDERLAY_SET, underlay_notrack};
 use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, RoutingRule, VxlanSpec};
-use super::nft::{Action, ChainSpec, Cond, RuleSpec, SetSpec, TableSpec};
+use super::nft::TableSpec;
+use super::overlay::OverlayRules;
+pub use super::overlay::{NETWORK_ALIAS_PREFIX, network_alias};
 use super::{DataplaneError, Result, nft, sysctl};
 
 /// Weir's nftables table on a runner.
 pub const RUNNER_TABLE: &str = "weir_runner";
-/// Bridges and tunnels Weir builds on a runner carry this alias prefix (+ network name), so
-/// the runner finds its own stale objects after a configuration change.
-pub const NETWORK_ALIAS_PREFIX: &str = "weir-net:";
-
-/// The alias of a network's bridges, tunnels and host devices: found again by it after a
-/// configuration change.
-pub fn network_alias(network: &str) -> String {
-    format!("{NETWORK_ALIAS_PREFIX}{network}")
-}
 
 /// The tunnel of an overlay network, as the host assigned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -726,87 +718,26 @@ impl RunnerDataplane {
     }
 }
 
-/// The runner's rules: forward everything of each network, and masquerade what leaves it
-/// through the uplink. Unless `track_overlay`, traffic inside a network skips connection
-/// tracking (the masquerade rule only concerns traffic leaving it).
+/// The runner's table: each network's traffic forwarded, masqueraded when it leaves the
+/// network through its uplink, and, unless `track_overlay`, untracked inside it (the masquerade
+/// rule only concerns traffic leaving it); VXLAN only from `underlay` and the tunnels' remotes
+/// (the host).
 pub fn runner_table(
     networks: &[RunnerNetwork],
     underlay: &[Ipv4Addr],
     track_overlay: bool,
 ) -> TableSpec {
-    let mut forward = Vec::new();
-    let mut nat = Vec::new();
-    let mut raw_in = Vec::new();
+    let mut t = OverlayRules::new(RUNNER_TABLE);
     for net in networks {
-        let cidr = net.cidr();
-        let tag = format!("weir network {}", net.name);
-        if !track_overlay {
-            raw_in.push(RuleSpec::new(
-                vec![Cond::SaddrIn(cidr), Cond::DaddrIn(cidr)],
-                Action::NoTrack,
-                &tag,
-            ));
-        }
-        forward.push(RuleSpec::new(
-            vec![Cond::SaddrIn(cidr)],
-            Action::Accept,
-            &tag,
-        ));
-        forward.push(RuleSpec::new(
-            vec![Cond::DaddrIn(cidr)],
-            Action::Accept,
-            &tag,
-        ));
-        if net.masquerade {
-            nat.push(RuleSpec::new(
-                vec![
-                    Cond::SaddrIn(cidr),
-                    Cond::DaddrNotIn(cidr),
-                    Cond::Oifname(net.uplink.clone()),
-                ],
-                Action::Masquerade,
-                &tag,
-            ));
-        }
+        let masquerade_via = net.masquerade.then_some(net.uplink.as_str());
+        t.network(&net.name, net.cidr(), track_overlay, masquerade_via);
     }
-    // VXLAN only from the host and the other runners (the tunnel's remote is always allowed).
-    let mut peers: BTreeSet<Ipv4Addr> = underlay.iter().copied().collect();
-    let mut input = Vec::new();
-    let mut raw_out = Vec::new();
-    let mut ports = BTreeSet::new();
-    for t in networks.iter().filter_map(|n| n.tunnel.as_ref()) {
-        peers.insert(t.remote);
-        if ports.insert(t.port) {
-            // The tunnels' own packets need no connection state.
-            raw_in.push(underlay_notrack(Cond::DaddrIn(t.local.into()), t.port));
-            raw_out.push(underlay_notrack(Cond::SaddrIn(t.local.into()), t.port));
-        }
+    for tunnel in networks.iter().filter_map(|n| n.tunnel.as_ref()) {
+        t.vxlan(tunnel.port, tunnel.local);
+        t.peers([tunnel.remote]);
     }
-    for port in ports {
-        input.push(RuleSpec::new(
-            vec![
-                Cond::UdpDport(port),
-                Cond::SaddrNotInSet(UNDERLAY_SET.into()),
-            ],
-            Action::CountDrop(UNDERLAY_DROPS),
-            "weir: VXLAN from an unknown underlay address",
-        ));
-    }
-    TableSpec {
-        name: RUNNER_TABLE.into(),
-        chains: vec![
-            ChainSpec::raw_prerouting(raw_in),
-            ChainSpec::raw_output(raw_out),
-            ChainSpec::forward(forward),
-            ChainSpec::input(input),
-            ChainSpec::postrouting(nat),
-        ],
-        sets: vec![SetSpec {
-            name: UNDERLAY_SET.into(),
-            elements: peers.into_iter().collect(),
-        }],
-        counters: vec![UNDERLAY_DROPS],
-    }
+    t.peers(underlay.iter().copied());
+    t.build()
 }
 
 /// Direct tunnels carry this alias prefix (+ network), so stale ones are found and removed.

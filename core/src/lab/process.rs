@@ -169,11 +169,6 @@ impl Daemon {
     pub fn forget(&mut self) {
         self.child = None;
     }
-
-    /// The last lines of the daemon's log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log, lines)
-    }
 }
 
 impl Drop for Daemon {

@@ -9,7 +9,18 @@ use weir_proto::v1::policy_plugin_client::PolicyPluginClient;
 
 use super::Fault;
 use super::types::{self as t, Decision, Request};
-use crate::api::client::{ChannelOptions, endpoint};
+use crate::transport::{ChannelOptions, ClientError, endpoint};
+
+/// Why a gRPC plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Url(#[from] ClientError),
+    #[error("{url}: configure failed: {message}")]
+    Configure { url: String, message: String },
+    #[error("configure refused the settings: {0}")]
+    Refused(String),
+}
 
 pub struct GrpcPlugin {
     name: String,
@@ -23,12 +34,12 @@ impl GrpcPlugin {
         url: &str,
         config: &[(String, String)],
         deadline: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConnectError> {
         let opts = ChannelOptions {
             connect_timeout: deadline.max(Duration::from_secs(1)),
             keepalive: None,
         };
-        let ep = endpoint(url, opts).map_err(|e| e.to_string())?;
+        let ep = endpoint(url, opts)?;
         // Lazy: a plugin that dies later is reconnected on the next call.
         let channel = ep.connect_lazy();
         let mut client = PolicyPluginClient::new(channel);
@@ -39,10 +50,13 @@ impl GrpcPlugin {
         let resp = client
             .configure(req)
             .await
-            .map_err(|st| format!("{url}: configure failed: {}", st.message()))?
+            .map_err(|st| ConnectError::Configure {
+                url: url.to_string(),
+                message: st.message().to_string(),
+            })?
             .into_inner();
         if !resp.error.is_empty() {
-            return Err(format!("configure refused the settings: {}", resp.error));
+            return Err(ConnectError::Refused(resp.error));
         }
         Ok(Self {
             name: name.to_string(),

@@ -1,0 +1,158 @@
+//! How client commands show the host's answers: the status panel and tables for people, stable
+//! JSON for scripts.
+
+use serde_json::{Value, json};
+use weir_proto::v1 as pb;
+
+pub(super) fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub(super) fn runner_json(r: &pb::RunnerStatus) -> Value {
+    json!({"name": r.name, "id": r.id, "subnet": r.subnet, "gateway": r.gateway,
+           "physical_ip": r.physical_ip, "active": r.active, "connected": r.connected,
+           "placeholder": r.placeholder, "last_seen_unix_ms": r.last_seen_unix_ms,
+           "labels": r.labels, "workloads": r.workloads})
+}
+
+/// The status panel, like KohakuRiver's `node overlay`.
+pub fn render_status(s: &pb::GetStatusResponse) -> String {
+    let mut out = if s.overlay_enabled {
+        format!(
+            "overlay       {}\nhost ip       {}\nrunners       {} active, {} inactive, {} placeholders (max {})\nworkloads     {}\nreservations  {}\n\n",
+            s.plan,
+            s.host_ip,
+            s.active_runners,
+            s.inactive_runners,
+            s.placeholders,
+            s.max_runners,
+            s.workloads,
+            s.reservations
+        )
+    } else {
+        format!(
+            "overlay       disabled (isolated mode)\nrunners       {} active, {} inactive\nworkloads     {}\nreservations  {}\n\n",
+            s.active_runners, s.inactive_runners, s.workloads, s.reservations
+        )
+    };
+    if s.networks.len() > 1 {
+        out.push_str(&network_table(&s.networks));
+        out.push('\n');
+    }
+    out.push_str(&runner_table(&s.runners));
+    out
+}
+
+pub(super) fn network_table(networks: &[pb::NetworkStatus]) -> String {
+    let rows: Vec<[String; 8]> = networks
+        .iter()
+        .map(|n| {
+            [
+                n.name.clone(),
+                n.plan.clone(),
+                n.host_ip.clone(),
+                n.vxlan_id_base.to_string(),
+                format!("{}{}", n.egress, if n.masquerade { " (nat)" } else { "" }),
+                format!("{}/{}", n.runners, n.max_runners),
+                n.workloads.to_string(),
+                n.reservations.to_string(),
+            ]
+        })
+        .collect();
+    super::table(
+        &[
+            "Network",
+            "Plan",
+            "Host IP",
+            "VNI base",
+            "Egress",
+            "Runners",
+            "Workloads",
+            "Reservations",
+        ],
+        &rows,
+    )
+}
+
+pub(super) fn runner_table(runners: &[pb::RunnerStatus]) -> String {
+    let now = crate::clock::now_ms();
+    let rows: Vec<[String; 8]> = runners
+        .iter()
+        .map(|r| {
+            let state = match (r.placeholder, r.active, r.connected) {
+                (true, _, _) => "placeholder",
+                (_, true, true) => "active",
+                (_, true, false) => "active (reconnecting)",
+                (_, false, _) => "inactive",
+            };
+            [
+                if r.name.is_empty() {
+                    "-".into()
+                } else {
+                    r.name.clone()
+                },
+                if r.id == 0 {
+                    "-".into()
+                } else {
+                    r.id.to_string()
+                },
+                r.subnet.clone(),
+                r.gateway.clone(),
+                r.physical_ip.clone(),
+                state.to_string(),
+                format!("{}s ago", ((now - r.last_seen_unix_ms).max(0)) / 1000),
+                r.workloads.to_string(),
+            ]
+        })
+        .collect();
+    super::table(
+        &[
+            "RUNNER",
+            "ID",
+            "SUBNET",
+            "GATEWAY",
+            "PHYSICAL IP",
+            "STATUS",
+            "LAST SEEN",
+            "WORKLOADS",
+        ],
+        &rows,
+    )
+}
+
+pub(super) fn kind_name(k: i32) -> &'static str {
+    if k == pb::WorkloadKind::Vm as i32 {
+        "vm"
+    } else {
+        "container"
+    }
+}
+
+pub(super) fn attach_json(r: &pb::AttachWorkloadResponse) -> serde_json::Value {
+    let mut v = json!({"id": r.workload_id, "runner": r.runner, "network": r.network, "ip": r.ip,
+        "gateway": r.gateway, "mtu": r.mtu, "host_ip": r.host_ip, "ifname": r.ifname,
+        "prefix": r.prefix, "kind": kind_name(r.kind)});
+    if r.kind == pb::WorkloadKind::Vm as i32 {
+        v["mac"] = json!(r.mac);
+        v["dns"] = json!(r.dns);
+    }
+    v
+}
+
+pub(super) fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub(super) fn event_kind(k: i32) -> String {
+    pb::EventKind::try_from(k)
+        .map(|k| k.as_str_name().to_ascii_lowercase())
+        .unwrap_or_else(|_| format!("kind_{k}"))
+}
+
+/// One event as stable JSON (also what `weir watch --json` prints per line).
+pub fn event_json(e: &pb::Event) -> Value {
+    json!({"seq": e.seq, "unix_ms": e.unix_ms, "kind": event_kind(e.kind), "runner": e.runner,
+           "runner_id": e.runner_id, "network": e.network, "workload": e.workload_id,
+           "ip": e.ip, "reservation": e.reservation_id, "detail": e.detail})
+}
