@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
-use weir::policy::Limits;
-use weir::policy::types::{
+use weir::decision::{
     AddressDecision, AddressRequest, Decision, Hook, PlanInfo, Request, RunnerDecision,
     RunnerRequest, TakenId,
 };
+use weir::policy::Limits;
 use weir::policy::wasm::{self, WasmPlugin};
 
 use crate::env::{self, Opts};

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tonic::Code;
+use weir::decision::{self as t, Decision, Hook, Request};
 use weir::lab::Lab;
-use weir::policy::types::{self as t, Decision, Hook, Request};
 use weir::policy::{Limits, grpc::GrpcPlugin, wasm};
 use weir_proto::v1 as pb;
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weir::policy::types::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest};
+use weir::decision::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest};
 use weir::policy::{Limits, wasm};
 
 fn component() -> std::path::PathBuf {

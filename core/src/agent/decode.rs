@@ -9,7 +9,7 @@ use weir_proto::v1 as pb;
 use super::error::{AgentError, Result};
 use crate::dataplane::netns::NsIdentity;
 use crate::dataplane::runner::{RunnerNetwork, RunnerTunnel};
-use crate::policy::types as t;
+use crate::decision as t;
 
 /// A field of a host message, parsed.
 pub(crate) fn parse<T: std::str::FromStr>(s: &str, field: &'static str) -> Result<T> {

@@ -435,13 +435,12 @@ impl Agent {
     /// The workloads of the network, for firewall selectors.
     async fn peers(&self, d: pb::PeerDirectory) -> Result<(), AgentError> {
         let mut fw = self.firewall.lock().await;
-        let entry =
-            |e: &pb::PeerEntry| -> Result<(Ipv4Addr, crate::policy::types::Labels), AgentError> {
-                Ok((
-                    parse(&e.address, "peer address")?,
-                    e.labels.clone().into_iter().collect(),
-                ))
-            };
+        let entry = |e: &pb::PeerEntry| -> Result<(Ipv4Addr, crate::decision::Labels), AgentError> {
+            Ok((
+                parse(&e.address, "peer address")?,
+                e.labels.clone().into_iter().collect(),
+            ))
+        };
         if d.full {
             fw.set_peers(d.upsert.iter().map(entry).collect::<Result<_, _>>()?);
         } else {

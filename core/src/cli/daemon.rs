@@ -217,7 +217,11 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
     let uplink = c.runner.uplink.as_ref().map(|u| u.to_string());
     {
         let nl = Netlink::current().map_err(fail)?;
-        let agent = Arc::new(Agent::new(nl, uplink, c.runner.netns_policy()));
+        let agent = Arc::new(Agent::new(
+            nl,
+            uplink,
+            crate::dataplane::netns::NetnsPolicy::from_config(&c.runner),
+        ));
         let local = crate::api::server::bind_unix(&socket).await.map_err(fail)?;
         tokio::spawn(crate::api::server::serve_local(local));
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");

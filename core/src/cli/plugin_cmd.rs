@@ -10,7 +10,7 @@ use weir_proto::v1 as pb;
 
 use super::conn::{Conn, client, refused};
 use super::{CliError, parse_key_value};
-use crate::policy::types::{Hook, Request};
+use crate::decision::{Hook, Request};
 use crate::policy::wasm::{self, WasmPlugin};
 use crate::policy::{Limits, audit};
 

@@ -357,4 +357,4 @@ proptest! {
     }
 }
 
-use crate::policy::types::Hook;
+use crate::decision::Hook;

@@ -261,16 +261,6 @@ pub struct RunnerConfig {
     pub netns_allow_pids: bool,
 }
 
-impl RunnerConfig {
-    /// Which workload namespace paths the runner accepts.
-    pub fn netns_policy(&self) -> crate::dataplane::netns::NetnsPolicy {
-        crate::dataplane::netns::NetnsPolicy {
-            allowed_prefixes: self.netns_allow.clone(),
-            allow_proc_pids: self.netns_allow_pids,
-        }
-    }
-}
-
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
@@ -286,7 +276,7 @@ impl Default for RunnerConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
-            netns_allow: crate::dataplane::netns::DEFAULT_ALLOWED_PREFIXES
+            netns_allow: crate::netns_path::DEFAULT_ALLOWED_PREFIXES
                 .iter()
                 .map(PathBuf::from)
                 .collect(),

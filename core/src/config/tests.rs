@@ -87,7 +87,7 @@ fn runner_netns_allow_defaults_validates_and_becomes_a_policy() {
     Jail::expect_with(|jail| {
         let c = load_in_jail(jail, None).unwrap();
         assert_eq!(
-            c.config.runner.netns_policy(),
+            crate::dataplane::netns::NetnsPolicy::from_config(&c.config.runner),
             crate::dataplane::netns::NetnsPolicy::default()
         );
         jail.create_file(
@@ -95,7 +95,7 @@ fn runner_netns_allow_defaults_validates_and_becomes_a_policy() {
             "[runner]\nnetns_allow = [\"/srv/ns/\", \"/run/k8s\"]\nnetns_allow_pids = false\n",
         )?;
         let c = load_in_jail(jail, Some("ok.toml")).unwrap();
-        let p = c.config.runner.netns_policy();
+        let p = crate::dataplane::netns::NetnsPolicy::from_config(&c.config.runner);
         assert_eq!(
             p.allowed_prefixes,
             vec![PathBuf::from("/srv/ns/"), PathBuf::from("/run/k8s")]

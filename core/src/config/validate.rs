@@ -362,17 +362,17 @@ fn validate_netns_allow(loaded: &LoadedConfig) -> Vec<String> {
         );
         let why = if trimmed == Path::new("/") {
             Some("it is \"/\", which would allow every path".into())
-        } else if let Some(why) = crate::dataplane::netns::not_normalised(trimmed) {
+        } else if let Some(why) = crate::netns_path::not_normalised(trimmed) {
             Some(why)
         } else if trimmed.starts_with("/proc") {
             Some(
                 "it is below /proc (allow processes' namespaces with runner.netns_allow_pids)"
                     .into(),
             )
-        } else if text.len() > crate::dataplane::netns::MAX_PATH_LEN {
+        } else if text.len() > crate::netns_path::MAX_PATH_LEN {
             Some(format!(
                 "it is longer than {} bytes",
-                crate::dataplane::netns::MAX_PATH_LEN
+                crate::netns_path::MAX_PATH_LEN
             ))
         } else {
             None

@@ -35,7 +35,7 @@ use ipnet::Ipv4Net;
 
 use super::nfnl::{self, Elem};
 use super::{DataplaneError, Result};
-use crate::policy::types::{Direction, FirewallDecision, Labels, Peer, Protocol, Verdict};
+use crate::decision::{Direction, FirewallDecision, Labels, Peer, Protocol, Verdict};
 
 pub const FIREWALL_TABLE: &str = "weir_fw";
 
@@ -340,7 +340,7 @@ impl Firewall {
 
     fn rule_line(
         &self,
-        rule: &crate::policy::types::Rule,
+        rule: &crate::decision::Rule,
         dir: Direction,
         monitor: bool,
     ) -> Option<String> {
@@ -418,7 +418,7 @@ fn matches(labels: &Labels, selector: &Labels) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::types::{PortRange, Rule};
+    use crate::decision::{PortRange, Rule};
 
     fn tenant(t: &str) -> FirewallDecision {
         let l: Labels = [("tenant".to_string(), t.to_string())].into();

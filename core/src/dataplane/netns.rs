@@ -9,7 +9,7 @@
 //! accepts only paths under [`NetnsPolicy`]'s prefixes, only network namespaces, and never the
 //! machine's or the runner's own.
 
-use std::ffi::OsStr;
+use crate::netns_path::{DEFAULT_ALLOWED_PREFIXES, MAX_PATH_LEN, not_normalised};
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -181,19 +181,15 @@ pub fn identity_of(file: &File) -> io::Result<NsIdentity> {
     file.metadata().map(|m| NsIdentity::of(&m))
 }
 
-/// Where the network namespaces of workloads may live.
-pub const DEFAULT_ALLOWED_PREFIXES: [&str; 6] = [
-    "/run/netns/",
-    "/var/run/netns/",
-    "/run/docker/netns/",
-    "/var/run/docker/netns/",
-    // containerd's CRI namespaces with `netns_mounts_under_state_dir`.
-    "/run/containerd/",
-    "/var/run/containerd/",
-];
-
-/// The longest workload namespace path accepted, in bytes.
-pub const MAX_PATH_LEN: usize = 256;
+impl NetnsPolicy {
+    /// The runner's configured policy (`runner.netns_allow`, `runner.netns_allow_pids`).
+    pub fn from_config(c: &crate::config::RunnerConfig) -> Self {
+        Self {
+            allowed_prefixes: c.netns_allow.clone(),
+            allow_proc_pids: c.netns_allow_pids,
+        }
+    }
+}
 
 /// Which paths [`open_workload`] accepts as a workload's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,32 +257,6 @@ impl NetnsPolicy {
             Some("it is not below an allowed directory".into())
         }
     }
-}
-
-/// Why `path` is not an absolute, normalised path (no `.`, `..` or empty components, no NUL),
-/// or `None`.
-pub fn not_normalised(path: &Path) -> Option<String> {
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.first() != Some(&b'/') {
-        return Some("it is not an absolute path".into());
-    }
-    if bytes.contains(&0) {
-        return Some("it contains a NUL byte".into());
-    }
-    // Byte by byte: `Path::components` silently drops `.` and repeated slashes.
-    for part in bytes[1..].split(|b| *b == b'/') {
-        match part {
-            b"" => return Some("it has an empty component (\"//\" or a trailing \"/\")".into()),
-            b"." | b".." => {
-                return Some(format!(
-                    "it has a {:?} component (only normalised paths are accepted)",
-                    OsStr::from_bytes(part)
-                ));
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// `/proc/<pid>/ns/net` with `pid` a positive decimal number without leading zeros.

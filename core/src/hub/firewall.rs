@@ -3,7 +3,7 @@
 
 use weir_proto::v1 as pb;
 
-use crate::policy::types as t;
+use crate::decision as t;
 use crate::store::{
     DirectionRecord, FirewallRecord, PeerRecord, PortRangeRecord, ProtocolRecord, RuleRecord,
     VerdictRecord,

@@ -259,7 +259,7 @@ impl Hub {
                     }
                 }
                 // A new router version may route runner pairs differently: tell the runners.
-                if reloaded && h.policy.has(crate::policy::types::Hook::Router) {
+                if reloaded && h.policy.has(crate::decision::Hook::Router) {
                     h.publish_topology().await;
                 }
             }

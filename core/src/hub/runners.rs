@@ -11,12 +11,9 @@ use weir_proto::v1 as pb;
 
 use super::{Hub, HubError, RunnerState, State, Txn, brief};
 use crate::clock::now_ms;
+use crate::decision::{self, Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest};
 use crate::ipam::{self, IdChoice, TakenId};
 use crate::network::NetworkKind;
-use crate::policy::{
-    self,
-    types::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest},
-};
 use crate::store::{Change, RunnerRecord};
 
 impl Hub {
@@ -568,7 +565,7 @@ impl Hub {
             labels: labels.clone(),
             taken: taken
                 .iter()
-                .map(|t| policy::types::TakenId {
+                .map(|t| decision::TakenId {
                     id: t.id,
                     runner: t.runner.clone(),
                     physical_ip: t.physical_ip.to_string(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use weir_proto::v1 as pb;
 
 use super::{Hub, SessionHandle, State};
+use crate::decision::{Decision, Egress, Hook, PathKind, PeerRunner, Request, RouteRequest};
 use crate::network::{EgressMode, NetworkDef};
-use crate::policy::types::{Decision, Egress, Hook, PathKind, PeerRunner, Request, RouteRequest};
 use crate::store::WorkloadRecord;
 
 impl Hub {

@@ -16,11 +16,9 @@ use super::session::{Answer, Readiness, SessionHandle};
 use super::{Hub, HubError, Phase, State, Txn, brief, check_workload_id};
 use crate::clock::now_ms;
 use crate::dataplane::attach;
+use crate::decision::{AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request};
 use crate::failpoint;
 use crate::network::NetworkDef;
-use crate::policy::types::{
-    AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request,
-};
 use crate::store::{Change, NamespaceId, WorkloadRecord, workload_key};
 use crate::telemetry::metrics::{metrics, outcome};
 

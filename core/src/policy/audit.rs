@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Fault;
-use super::types::{Decision, Request};
 use crate::config::AuditLevel;
+use crate::decision::{Decision, Request};
 
 /// One line of the decision log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

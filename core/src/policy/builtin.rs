@@ -2,7 +2,7 @@
 //! Allocation is [`crate::ipam`]; the firewall allows everything (today's open overlay); the
 //! router keeps every pair on the hub and NATs at the runner.
 
-use super::types::{Egress, FirewallDecision, PathKind, RouteDecision, RouteRequest, Verdict};
+use crate::decision::{Egress, FirewallDecision, PathKind, RouteDecision, RouteRequest, Verdict};
 
 pub fn firewall() -> FirewallDecision {
     FirewallDecision {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::types::Hook;
+use crate::decision::Hook;
 
 /// Why a plugin's decision could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use weir_proto::v1 as pb;
 use weir_proto::v1::policy_plugin_client::PolicyPluginClient;
 
 use super::Fault;
-use super::types::{self as t, Decision, Request};
+use crate::decision::{self as t, Decision, Request};
 use crate::transport::{ChannelOptions, ClientError, endpoint};
 
 /// Why a gRPC plugin could not be loaded.

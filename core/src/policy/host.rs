@@ -12,10 +12,10 @@ use tracing::Instrument;
 
 use super::fault::{Fault, FaultReport, Refusal};
 use super::load::{Backend, Loaded, PluginLoadError, load_one};
-use super::types::{AddressDecision, Decision, Hook, Request, RunnerDecision};
 use super::validate::validate;
 use super::{Limits, audit};
 use crate::config::{OnError, PluginConfig, PluginMode};
+use crate::decision::{AddressDecision, Decision, Hook, Request, RunnerDecision};
 
 /// One configured plugin and its current version.
 pub(super) struct Slot {

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::types::Hook;
 use super::{Limits, grpc, wasm};
 use crate::config::PluginConfig;
+use crate::decision::Hook;
 
 /// What serves a plugin's decisions: a component instance per hook, or a gRPC service.
 #[derive(Clone)]

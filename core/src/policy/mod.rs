@@ -27,7 +27,6 @@ pub mod grpc;
 pub mod host;
 pub mod load;
 pub mod reload;
-pub mod types;
 pub mod validate;
 pub mod wasm;
 

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 
 use super::Limits;
 use super::fault::Fault;
-use super::types::{self, AddressDecision, Decision, Request, RunnerDecision};
+use crate::decision::{self as types, AddressDecision, Decision, Request, RunnerDecision};
 
 /// Check a decision against its request: a plugin's output is untrusted input.
 pub fn validate(request: &Request, decision: Decision, limits: Limits) -> Result<Decision, Fault> {

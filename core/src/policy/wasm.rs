@@ -17,8 +17,8 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::types::{self as t, Decision, Hook, Request};
 use super::{Fault, Limits};
+use crate::decision::{self as t, Decision, Hook, Request};
 
 mod allocator_world {
     wasmtime::component::bindgen!({ path: "../wit", world: "allocator-plugin" });

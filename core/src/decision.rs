@@ -1,5 +1,7 @@
-//! The policy hooks' inputs and outputs, as plain Rust (and JSON, for `weir plugin eval` and
-//! the decision log). They mirror `wit/policy.wit` and `weir.v1.PolicyPlugin` one to one.
+//! The policy vocabulary: the hooks' inputs and outputs, as plain Rust (and JSON, for `weir
+//! plugin eval` and the decision log). They mirror `wit/policy.wit` and `weir.v1.PolicyPlugin`
+//! one to one. A leaf of the ground floor (it imports nothing of Weir): the plugin host, the
+//! hub, the agent and the data plane all speak it.
 
 use std::collections::BTreeMap;
 
