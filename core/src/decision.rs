@@ -265,3 +265,125 @@ impl Decision {
         }
     }
 }
+
+/// The `weir.v1` form of a firewall decision: what a gRPC plugin answers with, and what the
+/// host sends a runner. One conversion each way, for both.
+pub mod wire {
+    use weir_proto::v1 as pb;
+
+    use super::{Direction, FirewallDecision, Peer, PortRange, Protocol, Rule, Verdict};
+
+    /// A `weir.v1.FirewallDecision` that is not a decision: which part, and why.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("{0}")]
+    pub struct BadRules(pub String);
+
+    fn verdict_pb(v: Verdict) -> String {
+        match v {
+            Verdict::Allow => "allow".into(),
+            Verdict::Deny => "deny".into(),
+        }
+    }
+
+    fn verdict(s: &str) -> Result<Verdict, BadRules> {
+        match s {
+            "allow" => Ok(Verdict::Allow),
+            "deny" => Ok(Verdict::Deny),
+            other => Err(BadRules(format!(
+                "verdict {other:?} (allowed: allow, deny)"
+            ))),
+        }
+    }
+
+    pub fn firewall_to_pb(d: &FirewallDecision) -> pb::FirewallDecision {
+        use pb::peer::Peer as P;
+        pb::FirewallDecision {
+            rules: d
+                .rules
+                .iter()
+                .map(|r| pb::Rule {
+                    direction: match r.direction {
+                        Direction::Ingress => "ingress",
+                        Direction::Egress => "egress",
+                    }
+                    .into(),
+                    peer: Some(pb::Peer {
+                        peer: Some(match &r.peer {
+                            Peer::Labels(l) => P::Labels(pb::LabelSet {
+                                labels: l.clone().into_iter().collect(),
+                            }),
+                            Peer::Cidr(c) => P::Cidr(c.clone()),
+                            Peer::Host => P::Host(true),
+                            Peer::Wan => P::Wan(true),
+                            Peer::Any => P::Any(true),
+                        }),
+                    }),
+                    protocol: match r.protocol {
+                        Protocol::Any => "any",
+                        Protocol::Tcp => "tcp",
+                        Protocol::Udp => "udp",
+                        Protocol::Icmp => "icmp",
+                    }
+                    .into(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|p| pb::PortRange {
+                            first: u32::from(p.first),
+                            last: u32::from(p.last),
+                        })
+                        .collect(),
+                    verdict: verdict_pb(r.verdict),
+                })
+                .collect(),
+            default_verdict: verdict_pb(d.default_verdict),
+        }
+    }
+
+    pub fn firewall_from_pb(d: &pb::FirewallDecision) -> Result<FirewallDecision, BadRules> {
+        use pb::peer::Peer as P;
+        let port = |p: u32| u16::try_from(p).map_err(|_| BadRules(format!("port {p} above 65535")));
+        let rules = d
+            .rules
+            .iter()
+            .map(|r| {
+                Ok(Rule {
+                    direction: match r.direction.as_str() {
+                        "ingress" => Direction::Ingress,
+                        "egress" => Direction::Egress,
+                        o => return Err(BadRules(format!("direction {o:?}"))),
+                    },
+                    peer: match r.peer.as_ref().and_then(|p| p.peer.as_ref()) {
+                        Some(P::Labels(l)) => Peer::Labels(l.labels.clone().into_iter().collect()),
+                        Some(P::Cidr(c)) => Peer::Cidr(c.clone()),
+                        Some(P::Host(_)) => Peer::Host,
+                        Some(P::Wan(_)) => Peer::Wan,
+                        Some(P::Any(_)) | None => Peer::Any,
+                    },
+                    protocol: match r.protocol.as_str() {
+                        "" | "any" => Protocol::Any,
+                        "tcp" => Protocol::Tcp,
+                        "udp" => Protocol::Udp,
+                        "icmp" => Protocol::Icmp,
+                        o => return Err(BadRules(format!("protocol {o:?}"))),
+                    },
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            Ok(PortRange {
+                                first: port(p.first)?,
+                                last: port(p.last)?,
+                            })
+                        })
+                        .collect::<Result<_, BadRules>>()?,
+                    verdict: verdict(&r.verdict)?,
+                })
+            })
+            .collect::<Result<_, BadRules>>()?;
+        Ok(FirewallDecision {
+            rules,
+            default_verdict: verdict(&d.default_verdict)?,
+        })
+    }
+}

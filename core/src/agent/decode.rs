@@ -33,63 +33,9 @@ pub(crate) fn ns_id(n: pb::NetnsIdentity) -> NsIdentity {
     }
 }
 
-fn verdict(s: &str) -> Result<t::Verdict> {
-    match s {
-        "allow" => Ok(t::Verdict::Allow),
-        "deny" => Ok(t::Verdict::Deny),
-        other => Err(AgentError::FirewallRules(format!(
-            "verdict {other:?} (allowed: allow, deny)"
-        ))),
-    }
-}
-
 /// A workload's firewall decision as the host sent it (`weir.v1.FirewallDecision`).
 pub(crate) fn firewall_decision(d: &pb::FirewallDecision) -> Result<t::FirewallDecision> {
-    use pb::peer::Peer as P;
-    let bad = |what: String| AgentError::FirewallRules(what);
-    let port = |p: u32| u16::try_from(p).map_err(|_| bad(format!("port {p} above 65535")));
-    let rules = d
-        .rules
-        .iter()
-        .map(|r| {
-            Ok(t::Rule {
-                direction: match r.direction.as_str() {
-                    "ingress" => t::Direction::Ingress,
-                    "egress" => t::Direction::Egress,
-                    o => return Err(bad(format!("direction {o:?}"))),
-                },
-                peer: match r.peer.as_ref().and_then(|p| p.peer.as_ref()) {
-                    Some(P::Labels(l)) => t::Peer::Labels(l.labels.clone().into_iter().collect()),
-                    Some(P::Cidr(c)) => t::Peer::Cidr(c.clone()),
-                    Some(P::Host(_)) => t::Peer::Host,
-                    Some(P::Wan(_)) => t::Peer::Wan,
-                    Some(P::Any(_)) | None => t::Peer::Any,
-                },
-                protocol: match r.protocol.as_str() {
-                    "" | "any" => t::Protocol::Any,
-                    "tcp" => t::Protocol::Tcp,
-                    "udp" => t::Protocol::Udp,
-                    "icmp" => t::Protocol::Icmp,
-                    o => return Err(bad(format!("protocol {o:?}"))),
-                },
-                ports: r
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        Ok(t::PortRange {
-                            first: port(p.first)?,
-                            last: port(p.last)?,
-                        })
-                    })
-                    .collect::<Result<_>>()?,
-                verdict: verdict(&r.verdict)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(t::FirewallDecision {
-        rules,
-        default_verdict: verdict(&d.default_verdict)?,
-    })
+    crate::decision::wire::firewall_from_pb(d).map_err(|e| AgentError::FirewallRules(e.0))
 }
 
 /// One network of the host's assignment, as the runner builds it.

@@ -67,11 +67,15 @@ impl Control for ControlService {
         &self,
         req: Request<pb::AttachWorkloadRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = req.into_inner();
+        let network = req.network.clone();
+        let parsed = AttachRequest::parse(req).map_err(|e| {
+            self.hub.count_unparsed_attach(&network, started);
+            status(e)
+        })?;
         Ok(Response::new(
-            self.hub
-                .attach(AttachRequest::parse(req.into_inner()).map_err(status)?)
-                .await
-                .map_err(status)?,
+            self.hub.attach(parsed).await.map_err(status)?,
         ))
     }
 

@@ -157,7 +157,7 @@ mod tests {
         };
         assert_eq!(
             message(&record(d.clone())),
-            crate::policy::grpc::firewall_decision_pb(&d)
+            crate::decision::wire::firewall_to_pb(&d)
         );
     }
 }

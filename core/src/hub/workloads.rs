@@ -40,6 +40,18 @@ impl Hub {
         r
     }
 
+    /// Count an attach refused before it reached the hub (its request did not parse), so
+    /// `weir.attach.duration` counts every call, refused ones under `outcome="error"`.
+    pub fn count_unparsed_attach(&self, network: &str, started: Instant) {
+        metrics().attach_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[
+                self.network_attr(network),
+                KeyValue::new("outcome", "error"),
+            ],
+        );
+    }
+
     /// Remove a workload's interface and free its address (timed as `weir.detach.duration`).
     pub async fn detach(self: &Arc<Self>, req: pb::DetachWorkloadRequest) -> Result<(), HubError> {
         let network = self.network_attr(&req.network);
