@@ -1106,3 +1106,67 @@ async fn status_counts_runners_workloads_and_reservations() {
     assert_eq!(s.host_ip, "10.128.0.1/12");
     assert!(s.last_event_seq > 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several networks
+
+/// Two overlay networks, `private` (the primary) and `public`, as docs/networks.md shows.
+fn two_networks(dir: &TempDir) -> HubSettings {
+    let path = dir.0.join("weir.toml");
+    std::fs::write(
+        &path,
+        "[[networks]]\nname = \"private\"\nsubnet = \"10.128.0.0/12/6/14\"\nvxlan_id_base = 100\n\n\
+         [[networks]]\nname = \"public\"\nsubnet = \"198.51.100.0/22/2/8\"\nvxlan_id_base = 1000\n\
+         masquerade = false\negress = \"via-host\"\n",
+    )
+    .unwrap();
+    let loaded = crate::config::load(Some(&path)).unwrap();
+    let mut s = settings(true);
+    s.networks = crate::network::NetworkDef::from_config(&loaded.config, 1450);
+    assert_eq!(s.networks.len(), 2);
+    s
+}
+
+#[tokio::test]
+async fn a_second_network_refused_for_a_workload_keeps_nothing_of_it_and_the_first_intact() {
+    let dir = TempDir::new();
+    let s = two_networks(&dir);
+    let mut c = start(s, dir, Arc::default()).await;
+    c.join("r1").await;
+    let first = c.attach("r1", "w1").await.unwrap();
+    assert_eq!(first.network, "private");
+    let revision = c.snapshot().await.revision;
+    // The same workload on the second network, but in another namespace: refused, naming it.
+    let mut other = req("r1", "w1");
+    other.network = "public".into();
+    other.netns = "/run/netns/elsewhere".into();
+    let (k, m) = code(attach(&c.hub, other).await);
+    assert_eq!(k, "exists", "{m}");
+    assert!(m.contains("netns"), "{m}");
+    // The runner fails the second network's interface: nothing of it is kept.
+    c.runner("r1").answer(Answers::Fail {
+        nothing_applied: true,
+    });
+    let mut public = req("r1", "w1");
+    public.network = "public".into();
+    let (k, _) = code(attach(&c.hub, public.clone()).await);
+    assert_eq!(k, "runner");
+    let snap = c.snapshot().await;
+    assert_eq!(snap.revision, revision, "nothing was committed");
+    assert_eq!(
+        snap.workloads.keys().cloned().collect::<Vec<_>>(),
+        [crate::store::workload_key("private", "w1")]
+    );
+    // And once the runner can, the second network's interface is the workload's eth1.
+    c.runner("r1").answer(Answers::Apply);
+    let second = attach(&c.hub, public).await.unwrap();
+    assert_eq!(
+        (second.network.as_str(), second.ifname.as_str()),
+        ("public", "eth1")
+    );
+    assert_eq!(
+        c.attach("r1", "w1").await.unwrap(),
+        first,
+        "the first is unchanged"
+    );
+}
