@@ -52,47 +52,40 @@ pub(super) fn record(d: t::FirewallDecision) -> FirewallRecord {
     }
 }
 
-/// Stored rules as the runner receives them.
-pub(super) fn message(r: &FirewallRecord) -> pb::FirewallDecision {
-    use pb::peer::Peer as P;
+/// Stored rules as the plugin vocabulary has them (the inverse of [`record`]).
+fn decision(r: &FirewallRecord) -> t::FirewallDecision {
     let verdict = |v| match v {
-        VerdictRecord::Allow => "allow".to_string(),
-        VerdictRecord::Deny => "deny".to_string(),
+        VerdictRecord::Allow => t::Verdict::Allow,
+        VerdictRecord::Deny => t::Verdict::Deny,
     };
-    pb::FirewallDecision {
+    t::FirewallDecision {
         rules: r
             .rules
             .iter()
-            .map(|r| pb::Rule {
+            .map(|r| t::Rule {
                 direction: match r.direction {
-                    DirectionRecord::Ingress => "ingress",
-                    DirectionRecord::Egress => "egress",
-                }
-                .into(),
-                peer: Some(pb::Peer {
-                    peer: Some(match &r.peer {
-                        PeerRecord::Labels(l) => P::Labels(pb::LabelSet {
-                            labels: l.clone().into_iter().collect(),
-                        }),
-                        PeerRecord::Cidr(c) => P::Cidr(c.clone()),
-                        PeerRecord::Host => P::Host(true),
-                        PeerRecord::Wan => P::Wan(true),
-                        PeerRecord::Any => P::Any(true),
-                    }),
-                }),
+                    DirectionRecord::Ingress => t::Direction::Ingress,
+                    DirectionRecord::Egress => t::Direction::Egress,
+                },
+                peer: match &r.peer {
+                    PeerRecord::Labels(l) => t::Peer::Labels(l.clone()),
+                    PeerRecord::Cidr(c) => t::Peer::Cidr(c.clone()),
+                    PeerRecord::Host => t::Peer::Host,
+                    PeerRecord::Wan => t::Peer::Wan,
+                    PeerRecord::Any => t::Peer::Any,
+                },
                 protocol: match r.protocol {
-                    ProtocolRecord::Any => "any",
-                    ProtocolRecord::Tcp => "tcp",
-                    ProtocolRecord::Udp => "udp",
-                    ProtocolRecord::Icmp => "icmp",
-                }
-                .into(),
+                    ProtocolRecord::Any => t::Protocol::Any,
+                    ProtocolRecord::Tcp => t::Protocol::Tcp,
+                    ProtocolRecord::Udp => t::Protocol::Udp,
+                    ProtocolRecord::Icmp => t::Protocol::Icmp,
+                },
                 ports: r
                     .ports
                     .iter()
-                    .map(|p| pb::PortRange {
-                        first: u32::from(p.first),
-                        last: u32::from(p.last),
+                    .map(|p| t::PortRange {
+                        first: p.first,
+                        last: p.last,
                     })
                     .collect(),
                 verdict: verdict(r.verdict),
@@ -102,11 +95,17 @@ pub(super) fn message(r: &FirewallRecord) -> pb::FirewallDecision {
     }
 }
 
+/// Stored rules as the runner receives them: the one wire form of a decision.
+pub(super) fn message(r: &FirewallRecord) -> pb::FirewallDecision {
+    crate::decision::wire::firewall_to_pb(&decision(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every variant survives decision → record → message as the plugin adapter would send it.
+    /// Every variant survives decision → record → decision, and reaches the runner as the
+    /// plugin's decision itself would.
     #[test]
     fn a_decision_reaches_the_runner_as_the_plugin_gave_it() {
         let l: t::Labels = [("tenant".to_string(), "a".to_string())].into();
@@ -155,6 +154,7 @@ mod tests {
             ],
             default_verdict: t::Verdict::Deny,
         };
+        assert_eq!(decision(&record(d.clone())), d);
         assert_eq!(
             message(&record(d.clone())),
             crate::decision::wire::firewall_to_pb(&d)

@@ -1058,7 +1058,7 @@ async fn an_unclaimed_tunnel_found_at_start_becomes_a_placeholder_its_runner_cla
 #[tokio::test]
 async fn a_tunnel_of_an_id_outside_the_plan_is_removed_at_start() {
     let kernel = Arc::new(FakeHost::default());
-    // The default plan has 6 node bits: ids 1..=62 (63 is the host's block? no: outside).
+    // The default plan has 6 node bits: id 4000 is far outside it.
     kernel.leave_tunnel("default", 4000, physical("r9"));
     let c = start(settings(true), TempDir::new(), kernel).await;
     assert!(c.snapshot().await.placeholders.is_empty());

@@ -6,6 +6,7 @@
 //! record shapes, versioned. Opening a version-0 state checks that every record reads as
 //! version 1 and stamps it, in one transaction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -124,47 +125,13 @@ impl RedbStore {
 
     fn load_now(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
-        let mut snap = Snapshot::default();
-        for row in txn
-            .open_table(RUNNERS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: RunnerRecord = decode(k.value(), v.value())?;
-            snap.runners.insert(k.value().to_string(), rec);
-        }
-        for row in txn
-            .open_table(PLACEHOLDERS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: PlaceholderRecord = decode(&k.value().to_string(), v.value())?;
-            snap.placeholders.insert(k.value(), rec);
-        }
-        for row in txn
-            .open_table(WORKLOADS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: WorkloadRecord = decode(k.value(), v.value())?;
-            snap.workloads.insert(k.value().to_string(), rec);
-        }
-        for row in txn
-            .open_table(RESERVATIONS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: ReservationRecord = decode(k.value(), v.value())?;
-            snap.reservations.insert(k.value().to_string(), rec);
-        }
+        let mut snap = Snapshot {
+            runners: decode_all(&txn.open_table(RUNNERS).map_err(db_err)?)?,
+            placeholders: decode_placeholders(&txn.open_table(PLACEHOLDERS).map_err(db_err)?)?,
+            workloads: decode_all(&txn.open_table(WORKLOADS).map_err(db_err)?)?,
+            reservations: decode_all(&txn.open_table(RESERVATIONS).map_err(db_err)?)?,
+            ..Snapshot::default()
+        };
         for row in txn
             .open_table(EVENTS)
             .map_err(db_err)?
@@ -269,48 +236,38 @@ impl Store for RedbStore {
 /// Decode every record of a version-0 state as version 1 (a record that does not read stops
 /// the migration with its key); returns how many there are.
 fn count_and_check(txn: &WriteTransaction) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for row in txn
-        .open_table(RUNNERS)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
+    let runners: BTreeMap<String, RunnerRecord> =
+        decode_all(&txn.open_table(RUNNERS).map_err(db_err)?)?;
+    let placeholders = decode_placeholders(&txn.open_table(PLACEHOLDERS).map_err(db_err)?)?;
+    let workloads: BTreeMap<String, WorkloadRecord> =
+        decode_all(&txn.open_table(WORKLOADS).map_err(db_err)?)?;
+    let reservations: BTreeMap<String, ReservationRecord> =
+        decode_all(&txn.open_table(RESERVATIONS).map_err(db_err)?)?;
+    Ok(runners.len() + placeholders.len() + workloads.len() + reservations.len())
+}
+
+/// Every record of a table keyed by name, decoded.
+fn decode_all<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<BTreeMap<String, T>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(db_err)? {
         let (k, v) = row.map_err(db_err)?;
-        decode::<RunnerRecord>(k.value(), v.value())?;
-        n += 1;
+        out.insert(k.value().to_string(), decode(k.value(), v.value())?);
     }
-    for row in txn
-        .open_table(PLACEHOLDERS)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
+    Ok(out)
+}
+
+/// The placeholders table (keyed by runner id), decoded.
+fn decode_placeholders(
+    table: &impl ReadableTable<u32, &'static [u8]>,
+) -> Result<BTreeMap<u32, PlaceholderRecord>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(db_err)? {
         let (k, v) = row.map_err(db_err)?;
-        decode::<PlaceholderRecord>(&k.value().to_string(), v.value())?;
-        n += 1;
+        out.insert(k.value(), decode(&k.value().to_string(), v.value())?);
     }
-    for row in txn
-        .open_table(WORKLOADS)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
-        let (k, v) = row.map_err(db_err)?;
-        decode::<WorkloadRecord>(k.value(), v.value())?;
-        n += 1;
-    }
-    for row in txn
-        .open_table(RESERVATIONS)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
-        let (k, v) = row.map_err(db_err)?;
-        decode::<ReservationRecord>(k.value(), v.value())?;
-        n += 1;
-    }
-    Ok(n)
+    Ok(out)
 }
 
 fn apply(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
