@@ -50,7 +50,7 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
     let paths = Arc::new(paths);
     env::settle().await;
     println!("{n} attaches from {CLIENTS} clients …");
-    let attach = phase(&lab, n, {
+    let attach = phase(&lab, n, "attach", {
         let paths = paths.clone();
         move |i| {
             Op::Attach(pb::AttachWorkloadRequest {
@@ -91,7 +91,7 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
     diagnose_clean(&mut ctl).await?;
     env::settle().await;
     println!("{n} detaches from {CLIENTS} clients …");
-    let detach = phase(&lab, n, |i| {
+    let detach = phase(&lab, n, "detach", |i| {
         Op::Detach(pb::DetachWorkloadRequest {
             workload_id: format!("c{i}"),
             ..Default::default()
@@ -155,6 +155,7 @@ enum Op {
 async fn phase(
     lab: &weir::lab::Lab,
     n: usize,
+    label: &str,
     make: impl Fn(usize) -> Op + Send + Sync + 'static,
 ) -> Result<Phase> {
     let make = Arc::new(make);
@@ -175,6 +176,7 @@ async fn phase(
                     return Ok::<_, anyhow::Error>(took);
                 }
                 let t = Instant::now();
+                let at = t - started;
                 match make(i) {
                     Op::Attach(req) => {
                         c.attach_workload(req)
@@ -187,7 +189,7 @@ async fn phase(
                             .with_context(|| format!("detach c{i}"))?;
                     }
                 }
-                took.push(t.elapsed());
+                took.push((at, t.elapsed(), i));
             }
         }));
     }
@@ -196,8 +198,32 @@ async fn phase(
         all.extend(t.await.context("client task")??);
     }
     let wall = started.elapsed();
+    if let Ok(path) = std::env::var("WEIR_BENCH_TIMELINE") {
+        // One line per call (start offset, duration, index), to find when the tail happens.
+        let mut lines: Vec<_> = all
+            .iter()
+            .map(|(at, took, i)| {
+                format!(
+                    "{:.3} {:.3} {i}",
+                    at.as_secs_f64() * 1e3,
+                    took.as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        lines.sort_by(|a, b| {
+            let k = |s: &str| {
+                s.split(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            k(a).total_cmp(&k(b))
+        });
+        let path = format!("{path}.{label}");
+        let _ = std::fs::write(&path, lines.join("\n"));
+    }
     Ok(Phase {
-        samples: Samples::new(all),
+        samples: Samples::new(all.into_iter().map(|(_, took, _)| took).collect()),
         wall,
     })
 }

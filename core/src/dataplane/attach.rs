@@ -20,6 +20,8 @@ use super::{DataplaneError, Result};
 
 /// Aliases of Weir's workload interfaces start with this.
 pub const ALIAS_PREFIX: &str = "weir:";
+/// The loopback device's index in every network namespace (`LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// One interface of a workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +197,7 @@ pub async fn attach_checked(
             if !created {
                 repair_host_end(nl, w, &name).await?;
             }
-            configure_inside(&inner, w).await
+            configure_inside(&inner, w, created).await
         }
         .await;
         if let Err(e) = result {
@@ -292,7 +294,11 @@ async fn check_default_route(inner: &Netlink, w: &WorkloadIface, oif: Option<u32
     Ok(())
 }
 
-async fn configure_inside(inner: &Netlink, w: &WorkloadIface) -> Result<()> {
+/// Configure the workload's end inside its namespace. `fresh`: this attach has just created
+/// the pair (the peer down, without addresses), so only what is missing is sent — each request
+/// is a round trip under the kernel's rtnl lock, which every attach on the machine shares; a
+/// repair looks at everything and puts it right.
+async fn configure_inside(inner: &Netlink, w: &WorkloadIface, fresh: bool) -> Result<()> {
     let ns = &w.netns;
     let link = inner.link(&w.ifname).await?.ok_or_else(|| {
         DataplaneError::Invalid(format!(
@@ -301,26 +307,40 @@ async fn configure_inside(inner: &Netlink, w: &WorkloadIface) -> Result<()> {
             ns.display()
         ))
     })?;
-    if w.default_route {
+    if w.default_route && !fresh {
         // Again, now that the interface is known (a route may have appeared meanwhile).
         check_default_route(inner, w, Some(link.index)).await?;
     }
     if link.mtu != w.mtu {
         inner.set_mtu(link.index, w.mtu).await?;
     }
-    inner.sync_addrs(link.index, &[w.addr]).await?;
+    if fresh {
+        inner.add_addr(link.index, w.addr).await?;
+    } else {
+        inner.sync_addrs(link.index, &[w.addr]).await?;
+    }
     if !link.up {
         inner.set_up(link.index).await?;
     }
-    if let Some(lo) = inner.link("lo").await?
-        && !lo.up
-    {
-        inner.set_up(lo.index).await?;
-    }
+    // The loopback device is index 1 in every network namespace; setting it up when it is
+    // up already changes nothing.
+    inner.set_up(LOOPBACK_IFINDEX).await?;
     if w.default_route {
-        inner
-            .replace_route(Ipv4Net::default(), Some(w.gateway), Some(link.index))
-            .await?;
+        if fresh {
+            // Added only if there is none: a default route that appeared since the check
+            // before creation is the kernel's to refuse, and is then looked at.
+            let gw = w.gateway;
+            if !inner
+                .add_route_exclusive(Ipv4Net::default(), gw, link.index)
+                .await?
+            {
+                check_default_route(inner, w, Some(link.index)).await?;
+            }
+        } else {
+            inner
+                .replace_route(Ipv4Net::default(), Some(w.gateway), Some(link.index))
+                .await?;
+        }
     } else if let Some(overlay) = w.overlay {
         inner
             .replace_route(overlay, Some(w.gateway), Some(link.index))

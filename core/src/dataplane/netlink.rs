@@ -96,6 +96,8 @@ fn veth_into(
     peer_ns: &impl AsRawFd,
     mtu: u32,
 ) -> LinkMessageBuilder<LinkVeth> {
+    // The peer cannot be created up: the kernel opens it before the pair is joined
+    // (veth_open answers ENOTCONN), so it is set up from inside.
     let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
         .name(peer.to_string())
         .mtu(mtu)
@@ -744,6 +746,31 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| DataplaneError::netlink(format!("add route {destination}"), e))
+    }
+
+    /// Add a route only if none exists for `destination` (`NLM_F_EXCL`): `Ok(false)` when one
+    /// does, nothing changed. The kernel decides, so a route added meanwhile by someone else
+    /// is never replaced.
+    pub async fn add_route_exclusive(
+        &self,
+        destination: Ipv4Net,
+        gateway: Ipv4Addr,
+        oif: u32,
+    ) -> Result<bool> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .gateway(gateway)
+            .output_interface(oif)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("add route {destination}"),
+                e,
+            )),
+        }
     }
 
     /// Delete a route. A route that is already gone is not an error.
