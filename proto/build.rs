@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "weir/v1/agent.proto",
                 "weir/v1/control.proto",
+                "weir/v1/local.proto",
                 "weir/v1/policy.proto",
             ],
             &["."],

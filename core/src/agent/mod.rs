@@ -591,6 +591,41 @@ impl Agent {
         out
     }
 
+    /// One local container as the kernel holds it now (a CNI CHECK): its interface is there
+    /// and the namespace holds `want`. The error says what is wrong.
+    pub async fn check_one(
+        &self,
+        network: &str,
+        workload: &str,
+        want: Ipv4Net,
+    ) -> Result<(), AgentError> {
+        let l = self
+            .local
+            .lock()
+            .await
+            .get(&(network.to_string(), workload.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::InterfaceMissing(format!(
+                    "this runner holds no interface of {workload} on network {network}"
+                ))
+            })?;
+        if l.addr != want {
+            return Err(AgentError::InterfaceMissing(format!(
+                "this runner gave {workload} {}, but the host records {want}",
+                l.addr
+            )));
+        }
+        let (_, addr) = self.inspect_namespace(&l).await?;
+        if addr != want.to_string() {
+            return Err(AgentError::InterfaceMissing(format!(
+                "{workload}'s interface in {} has {addr}, not {want}",
+                l.netns.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Periodic check of every local container's namespace (one link dump, one `stat` per
     /// workload): a namespace that disappeared — its last process gone (the veth goes with
     /// it) or its bind mount removed — or that is another one at the same path starts the

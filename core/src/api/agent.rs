@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1 as pb;
 use weir_proto::v1::agent_server::Agent;
 
-use crate::hub::Hub;
+use crate::hub::{AttachRequest, Hub};
 
 pub struct AgentService {
     hub: Arc<Hub>,
@@ -36,6 +36,71 @@ impl Agent for AgentService {
     }
 
     type SessionStream = HostStream;
+
+    async fn relay_attach(
+        &self,
+        req: Request<pb::RelayAttachRequest>,
+    ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
+        let req = req.into_inner();
+        let runner = self
+            .hub
+            .relay_runner(req.runner)
+            .await
+            .map_err(super::status)?;
+        let attach = req.attach.unwrap_or_default();
+        let started = std::time::Instant::now();
+        let network = attach.network.clone();
+        let parsed = match AttachRequest::from_relay(&runner, attach) {
+            Ok(p) => p,
+            Err(e) => {
+                self.hub.count_unparsed_attach(&network, started);
+                return Err(super::status(e));
+            }
+        };
+        self.hub
+            .attach(parsed)
+            .await
+            .map(Response::new)
+            .map_err(super::status)
+    }
+
+    async fn relay_detach(
+        &self,
+        req: Request<pb::RelayDetachRequest>,
+    ) -> Result<Response<pb::DetachWorkloadResponse>, Status> {
+        let req = req.into_inner();
+        let runner = self
+            .hub
+            .relay_runner(req.runner)
+            .await
+            .map_err(super::status)?;
+        let d = req.detach.unwrap_or_default();
+        self.hub
+            .detach(pb::DetachWorkloadRequest {
+                runner,
+                workload_id: d.workload_id,
+                network: d.network,
+            })
+            .await
+            .map(|()| Response::new(pb::DetachWorkloadResponse::default()))
+            .map_err(super::status)
+    }
+
+    async fn relay_list(
+        &self,
+        req: Request<pb::RelayListRequest>,
+    ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
+        let req = req.into_inner();
+        let runner = self
+            .hub
+            .relay_runner(req.runner)
+            .await
+            .map_err(super::status)?;
+        Ok(Response::new(pb::ListWorkloadsResponse {
+            workloads: self.hub.runner_workloads(&runner, &req.origin).await,
+            next_page_token: String::new(),
+        }))
+    }
 
     async fn session(
         &self,

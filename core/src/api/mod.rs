@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod control;
 pub mod edge;
+pub mod local;
 pub mod runner;
 pub mod server;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use weir_proto::v1::agent_client::AgentClient;
 
 use super::auth::Bearer;
 use super::client::{ChannelOptions, ClientTls, code_name, connect_tls};
+use super::local::Uplink;
 use crate::agent::{Agent, Expectation, contradictions};
 use crate::telemetry::propagation::continue_trace;
 
@@ -53,6 +54,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub async fn run(
     settings: RunnerSettings,
     agent: Arc<Agent>,
+    uplink: Arc<Uplink>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunnerError> {
     tokio::pin!(shutdown);
@@ -60,7 +62,9 @@ pub async fn run(
     let mut notified = false;
     loop {
         let attempt = async {
-            match once(&settings, &agent, &mut notified).await {
+            let r = once(&settings, &agent, &uplink, &mut notified).await;
+            uplink.disconnected().await;
+            match r {
                 Ok(Ended::Revoked) => Ok(true),
                 Ok(Ended::Lost) => Ok(false),
                 Err(Fail::Fatal(e)) => Err(e),
@@ -117,7 +121,12 @@ enum Fail {
     Fatal(RunnerError),
 }
 
-async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Result<Ended, Fail> {
+async fn once(
+    s: &RunnerSettings,
+    agent: &Arc<Agent>,
+    uplink: &Uplink,
+    notified: &mut bool,
+) -> Result<Ended, Fail> {
     let opts = ChannelOptions {
         connect_timeout: Duration::from_secs(5),
         keepalive: Some(s.heartbeat_interval.max(Duration::from_secs(1))),
@@ -177,13 +186,15 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
     // The session: hello, then heartbeats; commands are handled in order on their own task so a
     // long sync never delays a heartbeat.
     let (up_tx, up_rx) = mpsc::channel::<pb::RunnerMessage>(256);
-    let hello = pb::RunnerMessage {
-        msg: Some(pb::runner_message::Msg::Hello(pb::SessionHello {
-            name: s.name.clone(),
-            runner_id: assignment.runner_id,
-            generation: assignment.generation,
-        })),
+    let identity = pb::SessionHello {
+        name: s.name.clone(),
+        runner_id: assignment.runner_id,
+        generation: assignment.generation,
     };
+    let hello = pb::RunnerMessage {
+        msg: Some(pb::runner_message::Msg::Hello(identity.clone())),
+    };
+    let relay_client = client.clone();
     let _ = up_tx.send(hello).await;
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
@@ -377,6 +388,8 @@ async fn once(s: &RunnerSettings, agent: &Arc<Agent>, notified: &mut bool) -> Re
                             crate::notify::ready(&format!("runner {} registered as id {}", s.name, assignment.runner_id));
                             *notified = true;
                         }
+                        // Relayed calls (the local socket) go to the host as this session's runner.
+                        uplink.connected(relay_client.clone(), identity.clone()).await;
                         tracing::info!("session accepted");
                     }
                     pb::host_message::Msg::Command(c) => {

@@ -62,22 +62,6 @@ pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, PathBuf)> 
     Ok((l, path.to_path_buf()))
 }
 
-/// The runner's local socket: `grpc.health.v1` today (a CNI plugin's entry point later).
-pub async fn serve_local((listener, path): (UnixListener, PathBuf)) {
-    let (health, service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    if let Err(e) = Server::builder()
-        .layer(GrpcTelemetryLayer)
-        .add_service(service)
-        .serve_with_incoming(UnixListenerStream::new(listener))
-        .await
-    {
-        tracing::error!(socket = %path.display(), error = %e, "local socket stopped");
-    }
-}
-
 /// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
 /// Besides `weir.v1.Agent` and `weir.v1.Control` (behind `gate`), every listener serves
 /// `grpc.health.v1.Health` and server reflection; `limits` apply to all listeners together

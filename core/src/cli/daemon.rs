@@ -223,9 +223,10 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
             crate::dataplane::netns::NetnsPolicy::from_config(&c.runner),
         ));
         let local = crate::api::server::bind_unix(&socket).await.map_err(fail)?;
-        tokio::spawn(crate::api::server::serve_local(local));
+        let uplink = Arc::new(crate::api::local::Uplink::new(&settings.name));
+        tokio::spawn(crate::api::local::serve(local, uplink.clone(), agent.clone()));
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
-        crate::api::runner::run(settings, agent, shutdown_signal())
+        crate::api::runner::run(settings, agent, uplink, shutdown_signal())
             .await
             .map_err(|e| CliError::Usage(e.to_string()))?;
         tracing::info!("runner stopped");

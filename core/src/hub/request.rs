@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use weir_proto::v1 as pb;
 
 use super::{HubError, brief, check_labels, check_netns, check_workload_id};
+use crate::store::SCHEDULER_ORIGIN;
 
 /// Where a new workload's address comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub struct AttachRequest {
     pub vm: bool,
     pub labels: BTreeMap<String, String>,
     pub address: AddressSource,
+    /// Who attaches (see [`check_origin`]).
+    pub origin: String,
+    /// The interface name asked for inside the namespace; `None`: the hub picks `eth<N>`.
+    pub ifname: Option<String>,
 }
 
 impl AttachRequest {
@@ -65,7 +70,79 @@ impl AttachRequest {
             vm,
             labels,
             address,
+            origin: SCHEDULER_ORIGIN.into(),
+            ifname: None,
         })
+    }
+
+    /// A runner's relayed `Local.Attach` (a container engine's plugin on `runner`): checked as
+    /// an `AttachWorkload` from the control API is, and its origin and interface name too.
+    pub fn from_relay(runner: &str, req: pb::LocalAttachRequest) -> Result<Self, HubError> {
+        let origin = check_origin(&req.origin)?;
+        let ifname = match req.ifname.trim() {
+            "" => None,
+            name => Some(check_ifname(name)?),
+        };
+        let mut parsed = Self::parse(pb::AttachWorkloadRequest {
+            runner: runner.to_string(),
+            workload_id: req.workload_id,
+            netns: req.netns,
+            pid: 0,
+            network: req.network,
+            labels: req.labels,
+            requested_ip: req.requested_ip,
+            reservation_token: req.reservation_token,
+            kind: pb::WorkloadKind::Container as i32,
+        })?;
+        parsed.origin = origin;
+        parsed.ifname = ifname;
+        Ok(parsed)
+    }
+}
+
+/// The engines whose plugins attach through a runner's local socket.
+pub const ENGINE_ORIGINS: [&str; 3] = ["cni", "docker", "netavark"];
+
+/// `origin`: `ENGINE/NAME` — an engine of [`ENGINE_ORIGINS`] and the engine's network (1 to 64
+/// letters, digits, `.`, `_` or `-`).
+pub fn check_origin(origin: &str) -> Result<String, HubError> {
+    let bad = || {
+        HubError::InvalidArgument(format!(
+            "origin: {} must be ENGINE/NAME with ENGINE one of {} and NAME 1 to 64 letters, digits, '.', '_' or '-'",
+            brief(origin),
+            ENGINE_ORIGINS.join(", ")
+        ))
+    };
+    let (engine, name) = origin.split_once('/').ok_or_else(bad)?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ENGINE_ORIGINS.contains(&engine) && name_ok {
+        Ok(origin.to_string())
+    } else {
+        Err(bad())
+    }
+}
+
+/// `ifname`: a Linux interface name (1 to 15 bytes, no '/', ':' or whitespace, not `.` or
+/// `..`), as the kernel's `dev_valid_name` accepts.
+pub fn check_ifname(name: &str) -> Result<String, HubError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(HubError::InvalidArgument(format!(
+            "ifname: {} must be 1 to 15 printable characters without '/', ':' or spaces, and not '.' or '..'",
+            brief(name)
+        )))
     }
 }
 

@@ -200,6 +200,7 @@ impl Hub {
                     e.network = w.network.clone();
                     e.workload_id = w.id.clone();
                     e.ip = w.ip.to_string();
+                    e.origin = w.origin.clone();
                     e.detail = why.to_string();
                 });
             }

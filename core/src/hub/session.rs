@@ -310,24 +310,10 @@ impl Hub {
         let mut st = self.state.lock().await;
         st.next_session += 1;
         let sid = st.next_session;
-        let runner = st.runners.get_mut(&hello.name).ok_or_else(|| {
-            HubError::FailedPrecondition(format!(
-                "runner {:?} holds no allocation; register again",
-                hello.name
-            ))
-        })?;
-        if runner.rec.id.unwrap_or(0) != hello.runner_id
-            || runner.rec.generation != hello.generation
-        {
-            return Err(HubError::FailedPrecondition(format!(
-                "runner {:?} presents id {} generation {}, but holds id {} generation {}; register again",
-                hello.name,
-                hello.runner_id,
-                hello.generation,
-                runner.rec.id.unwrap_or(0),
-                runner.rec.generation
-            )));
-        }
+        check_allocation(&st, &hello)?;
+        let Some(runner) = st.runners.get_mut(&hello.name) else {
+            return Err(no_allocation(&hello.name));
+        };
         let (handle, outbound) = SessionHandle::new(sid, &hello.name);
         if let Some(old) = runner.session.replace(handle.clone()) {
             tracing::info!(runner = %hello.name, old = old.id, "a new session replaces the old one");
@@ -370,5 +356,43 @@ impl Hub {
             r.session = None;
             tracing::info!(runner = %handle.runner, session = handle.id, "session closed");
         }
+    }
+}
+
+fn no_allocation(name: &str) -> HubError {
+    HubError::FailedPrecondition(format!(
+        "runner {name:?} holds no allocation; register again"
+    ))
+}
+
+/// The runner presents the allocation it holds now (name, id and generation).
+fn check_allocation(st: &super::State, hello: &pb::SessionHello) -> Result<(), HubError> {
+    let runner = st
+        .runners
+        .get(&hello.name)
+        .ok_or_else(|| no_allocation(&hello.name))?;
+    if runner.rec.id.unwrap_or(0) != hello.runner_id || runner.rec.generation != hello.generation
+    {
+        return Err(HubError::FailedPrecondition(format!(
+            "runner {:?} presents id {} generation {}, but holds id {} generation {}; register again",
+            hello.name,
+            hello.runner_id,
+            hello.generation,
+            runner.rec.id.unwrap_or(0),
+            runner.rec.generation
+        )));
+    }
+    Ok(())
+}
+
+impl Hub {
+    /// The runner a relayed call comes from, once it presents the allocation it holds: relayed
+    /// calls act only on that runner's own workloads.
+    pub async fn relay_runner(&self, hello: Option<pb::SessionHello>) -> Result<String, HubError> {
+        let hello = hello.ok_or_else(|| {
+            HubError::InvalidArgument("runner: a relayed call must name the runner's allocation".into())
+        })?;
+        check_allocation(&*self.state.lock().await, &hello)?;
+        Ok(hello.name)
     }
 }

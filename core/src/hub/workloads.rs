@@ -85,6 +85,8 @@ impl Hub {
             vm,
             labels,
             address: source,
+            origin,
+            ifname,
             ..
         } = req;
         let key = workload_key(&net.name, &workload_id);
@@ -131,6 +133,7 @@ impl Hub {
                     None => {}
                 }
                 self.same_attach(existing, &runner, &netns, vm, &labels, &source, &st)?;
+                same_origin(existing, &origin, ifname.as_deref())?;
                 // A repeat on another runner was refused above: the subnet is the record's.
                 break (existing.clone(), session, false, sub);
             }
@@ -147,6 +150,8 @@ impl Hub {
                     vm,
                     labels,
                     source,
+                    origin.clone(),
+                    ifname.clone(),
                 )
                 .await?;
             break (rec, session, true, sub);
@@ -328,6 +333,8 @@ impl Hub {
         vm: bool,
         labels: BTreeMap<String, String>,
         source: AddressSource,
+        origin: String,
+        ifname: Option<String>,
     ) -> Result<WorkloadRecord, HubError> {
         let prefix = net
             .runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
@@ -371,6 +378,14 @@ impl Hub {
                 attach::tap_ifname(&net.name, workload_id),
                 attach::vm_mac(&net.name, workload_id),
             )
+        } else if let Some(name) = ifname {
+            if let Some(w) = siblings.iter().find(|w| w.ifname == name) {
+                return Err(HubError::AlreadyExists(format!(
+                    "ifname: {name} is already the workload's interface on network {}",
+                    w.network
+                )));
+            }
+            (name, String::new())
         } else {
             let free = (0..)
                 .map(|k| format!("eth{k}"))
@@ -414,6 +429,7 @@ impl Hub {
             firewall_monitor: false,
             default_route,
             netns_id: None,
+            origin,
         };
         match self.hold(st, rec.clone()).await {
             Ok(held) => Ok(held),
@@ -564,6 +580,7 @@ impl Hub {
             e.workload_id = rec.id.clone();
             e.ip = rec.ip.to_string();
             e.reservation_id = rec.reservation.clone().unwrap_or_default();
+            e.origin = rec.origin.clone();
             e.detail = if rec.vm {
                 "vm".into()
             } else {
@@ -768,6 +785,7 @@ impl Hub {
             e.network = rec.network.clone();
             e.workload_id = rec.id.clone();
             e.ip = rec.ip.to_string();
+            e.origin = rec.origin.clone();
             e.detail = why.to_string();
         });
         self.commit(st, txn).await?;
@@ -848,25 +866,21 @@ impl Hub {
             .filter(|w| req.runner.is_empty() || w.runner == req.runner)
             .filter(|w| req.network.is_empty() || w.network == req.network)
             .filter(|w| req.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-            .map(|w| pb::Workload {
-                workload_id: w.id.clone(),
-                runner: w.runner.clone(),
-                network: w.network.clone(),
-                ip: w.ip.to_string(),
-                kind: if w.vm {
-                    pb::WorkloadKind::Vm
-                } else {
-                    pb::WorkloadKind::Container
-                } as i32,
-                netns: w.netns.display().to_string(),
-                ifname: w.ifname.clone(),
-                labels: w.labels.clone().into_iter().collect(),
-                mac: w.mac.clone(),
-                created_unix_ms: w.created_ms,
-                reservation_id: w.reservation.clone().unwrap_or_default(),
-            })
+            .map(workload_pb)
             .map(|w| (workload_key(&w.network, &w.workload_id), w));
         super::paging::page(listed, req.page_size, &req.page_token)
+    }
+
+    /// Every acknowledged workload of `runner` attached by `origin` (empty: any), in key order.
+    pub async fn runner_workloads(&self, runner: &str, origin: &str) -> Vec<pb::Workload> {
+        let st = self.state.lock().await;
+        st.workloads
+            .iter()
+            .filter(|(k, _)| !st.phases.contains_key(*k))
+            .map(|(_, w)| w)
+            .filter(|w| w.runner == runner && (origin.is_empty() || w.origin == origin))
+            .map(workload_pb)
+            .collect()
     }
 }
 
@@ -913,3 +927,48 @@ pub(super) fn workload_spec(
 
 /// Inside a workload, the routing table of `ethK` is `SOURCE_TABLE_BASE + K`.
 pub const SOURCE_TABLE_BASE: u32 = 100;
+
+/// A workload as the control API shows it.
+pub(super) fn workload_pb(w: &WorkloadRecord) -> pb::Workload {
+    pb::Workload {
+        workload_id: w.id.clone(),
+        runner: w.runner.clone(),
+        network: w.network.clone(),
+        ip: w.ip.to_string(),
+        kind: if w.vm {
+            pb::WorkloadKind::Vm
+        } else {
+            pb::WorkloadKind::Container
+        } as i32,
+        netns: w.netns.display().to_string(),
+        ifname: w.ifname.clone(),
+        labels: w.labels.clone().into_iter().collect(),
+        mac: w.mac.clone(),
+        created_unix_ms: w.created_ms,
+        reservation_id: w.reservation.clone().unwrap_or_default(),
+        origin: w.origin.clone(),
+    }
+}
+
+/// A repeated attach must come from the same origin, and ask for the same interface if it
+/// names one.
+fn same_origin(
+    existing: &WorkloadRecord,
+    origin: &str,
+    ifname: Option<&str>,
+) -> Result<(), HubError> {
+    let id = brief(&existing.id);
+    if existing.origin != origin {
+        return Err(HubError::AlreadyExists(format!(
+            "origin: workload_id {id} was attached by {}, not {origin}; detach it first to change it",
+            existing.origin
+        )));
+    }
+    match ifname {
+        Some(name) if name != existing.ifname => Err(HubError::AlreadyExists(format!(
+            "ifname: workload_id {id} is already attached with ifname {}, not {name}; detach it first to change it",
+            existing.ifname
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -58,6 +58,7 @@ pub(crate) fn workload(id: &str, runner: &str, ip: &str) -> WorkloadRecord {
             dev: 4,
             ino: 4026532001,
         }),
+        origin: "cni/podman".into(),
     }
 }
 

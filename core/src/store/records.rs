@@ -70,6 +70,17 @@ pub struct WorkloadRecord {
     /// never given this workload's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<NamespaceId>,
+    /// Who attached it: `scheduler` (the control API) or an engine's plugin on the runner
+    /// (`cni/NAME`, `docker/ID`, `netavark/NAME`). Records from before it have none.
+    #[serde(default = "scheduler_origin")]
+    pub origin: String,
+}
+
+/// The origin of a workload attached through the control API.
+pub const SCHEDULER_ORIGIN: &str = "scheduler";
+
+fn scheduler_origin() -> String {
+    SCHEDULER_ORIGIN.into()
 }
 
 /// A network namespace's identity: the device and inode of its nsfs file.

@@ -1,0 +1,189 @@
+//! `weir.v1.Local`, on the runner's unix socket (mode 0600): container engines' plugins on this
+//! machine (`weir-cni`, the Docker network driver, the netavark plugin) attach their containers
+//! here. Each call is relayed to the host over `weir.v1.Agent` as this runner, presenting the
+//! allocation it holds, so the host's rules, IPAM, policy and log are the same for every
+//! origin. Without a session there is nothing to relay to: calls are UNAVAILABLE (a CNI
+//! plugin's "try again later").
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::sync::RwLock;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Response, Status};
+use weir_proto::v1 as pb;
+use weir_proto::v1::agent_client::AgentClient;
+use weir_proto::v1::local_server::{Local, LocalServer};
+
+use super::auth::Bearer;
+use super::telemetry::GrpcTelemetryLayer;
+use crate::agent::Agent;
+
+type HostClient = AgentClient<InterceptedService<Channel, Bearer>>;
+
+/// The runner's way to the host while it holds a session: set when the host accepts the
+/// session, cleared when it ends.
+#[derive(Default)]
+pub struct Uplink {
+    name: String,
+    current: RwLock<Option<(HostClient, pb::SessionHello)>>,
+}
+
+impl Uplink {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            current: RwLock::default(),
+        }
+    }
+
+    pub async fn connected(&self, client: HostClient, hello: pb::SessionHello) {
+        *self.current.write().await = Some((client, hello));
+    }
+
+    pub async fn disconnected(&self) {
+        *self.current.write().await = None;
+    }
+
+    async fn get(&self) -> Result<(HostClient, pb::SessionHello), Status> {
+        self.current.read().await.clone().ok_or_else(|| {
+            Status::unavailable(format!(
+                "runner {} has no session with the host (it is starting or reconnecting); try again later",
+                self.name
+            ))
+        })
+    }
+}
+
+pub struct LocalService {
+    uplink: Arc<Uplink>,
+    agent: Arc<Agent>,
+}
+
+#[tonic::async_trait]
+impl Local for LocalService {
+    async fn attach(
+        &self,
+        req: Request<pb::LocalAttachRequest>,
+    ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
+        let (mut host, hello) = self.uplink.get().await?;
+        host.relay_attach(pb::RelayAttachRequest {
+            runner: Some(hello),
+            attach: Some(req.into_inner()),
+        })
+        .await
+    }
+
+    async fn detach(
+        &self,
+        req: Request<pb::LocalDetachRequest>,
+    ) -> Result<Response<pb::DetachWorkloadResponse>, Status> {
+        let (mut host, hello) = self.uplink.get().await?;
+        match host
+            .relay_detach(pb::RelayDetachRequest {
+                runner: Some(hello),
+                detach: Some(req.into_inner()),
+            })
+            .await
+        {
+            // Not attached (or not here): nothing to remove, which is what was asked.
+            Err(st) if st.code() == Code::NotFound => {
+                Ok(Response::new(pb::DetachWorkloadResponse::default()))
+            }
+            r => r,
+        }
+    }
+
+    async fn check(
+        &self,
+        req: Request<pb::LocalCheckRequest>,
+    ) -> Result<Response<pb::LocalCheckResponse>, Status> {
+        let req = req.into_inner();
+        let (mut host, hello) = self.uplink.get().await?;
+        let listed = host
+            .relay_list(pb::RelayListRequest {
+                runner: Some(hello),
+                origin: String::new(),
+            })
+            .await?
+            .into_inner()
+            .workloads;
+        let w = listed
+            .into_iter()
+            .find(|w| {
+                w.workload_id == req.workload_id
+                    && (req.network.is_empty() || w.network == req.network)
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "workload_id: {:?} is not attached on this runner",
+                    req.workload_id
+                ))
+            })?;
+        let want = w.ip.parse().map_err(|_| {
+            Status::internal(format!("the host records {} for {}", w.ip, w.workload_id))
+        })?;
+        self.agent
+            .check_one(&w.network, &w.workload_id, want)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::LocalCheckResponse { workload: Some(w) }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::LocalListRequest>,
+    ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
+        let (mut host, hello) = self.uplink.get().await?;
+        host.relay_list(pb::RelayListRequest {
+            runner: Some(hello),
+            origin: req.into_inner().origin,
+        })
+        .await
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::LocalStatusRequest>,
+    ) -> Result<Response<pb::LocalStatusResponse>, Status> {
+        let reply = match self.uplink.get().await {
+            Ok(_) => pb::LocalStatusResponse {
+                ready: true,
+                reason: String::new(),
+                runner: self.uplink.name.clone(),
+            },
+            Err(st) => pb::LocalStatusResponse {
+                ready: false,
+                reason: st.message().to_string(),
+                runner: self.uplink.name.clone(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// Serve `weir.v1.Local` and `grpc.health.v1` on the runner's socket.
+pub async fn serve(
+    (listener, path): (UnixListener, PathBuf),
+    uplink: Arc<Uplink>,
+    agent: Arc<Agent>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in ["", "weir.v1.Local"] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    if let Err(e) = Server::builder()
+        .layer(GrpcTelemetryLayer)
+        .add_service(health_service)
+        .add_service(LocalServer::new(LocalService { uplink, agent }))
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await
+    {
+        tracing::error!(socket = %path.display(), error = %e, "local socket stopped");
+    }
+}

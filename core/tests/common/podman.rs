@@ -1,0 +1,460 @@
+//! Podman 4.3 with its CNI backend, run inside a network namespace of the test's own, with all
+//! of its state in one private directory: for tests that drive a CNI plugin (`weir-cni`)
+//! through a real container engine (`podman run --network NAME ...`, NAME a conflist of ours).
+//!
+//! Verified by hand on Debian 12 (podman 4.3.1+ds1-8+deb12u1, runc 1.1.5, conmon 2.1.6,
+//! containernetworking-plugins 1.1.1, busybox-static 1.35, cgroup v1, hard nofile 20000) with a
+//! `bridge` + `host-local` conflist (10.99.0.0/24 on bridge `wh0`): import, `run -d`, the
+//! address in `inspect`, ping of the gateway from the container, `rm -f` releasing the
+//! host-local address, `--ip` static addresses, and that nothing is left behind after the
+//! cleanup below. Every command is
+//!
+//! ```text
+//! env -i PATH=... HOME=D/home TMPDIR=D/tmp CONTAINERS_CONF=D/containers.conf \
+//!     CONTAINERS_STORAGE_CONF=D/storage.conf CONTAINERS_REGISTRIES_CONF=D/registries.conf \
+//!   nsenter --net=NETNS podman --root D/root --runroot D/runroot --tmpdir D/tmp \
+//!     --cgroup-manager cgroupfs --events-backend file --network-config-dir D/cni \
+//!     --runtime-flag root=D/runc ARGS...
+//! ```
+//!
+//! and `run`/`create` also get `--cgroup-parent=/NAME` (NAME = D's file name). Why each piece:
+//! - `nsenter --net=` (not `ip netns exec`, which remounts /sys and so breaks runc's cgroup
+//!   detection): podman, conmon and the CNI plugins then see only our namespace; podman makes
+//!   each container's namespace there (`/run/netns/netns-<uuid>`, global, removed at `rm`).
+//! - `--root`/`--runroot` (also `graphroot`/`runroot` in storage.conf): image and container
+//!   storage, otherwise /var/lib/containers/storage and /run/containers/storage.
+//! - `--tmpdir` (also `engine.tmp_dir`): libpod's state (exits, locks, ...), otherwise /run/libpod.
+//! - `--cgroup-manager cgroupfs`: no systemd runs here. `--events-backend file` (+
+//!   `events_logfile_path`): no journald.
+//! - `--network-config-dir` (podman 4.3's name; also `network.network_config_dir`): where the
+//!   conflists are read (otherwise /etc/cni/net.d, where Debian's podman ships
+//!   `87-podman-bridge.conflist`). Podman writes a `cni.lock` there, so it is our own copy
+//!   (`D/cni`) of the caller's conflist directory, not that directory.
+//! - `--runtime-flag root=D/runc`: runc's state, otherwise /run/runc.
+//! - `--cgroup-parent=/NAME`: the container's cgroups (`/NAME/libpod-<id>`) and conmon's
+//!   (`/NAME/conmon`, left behind by podman) under a parent of our own, otherwise
+//!   `/libpod_parent`, shared. `--cgroups=disabled` would avoid them but runc refuses it.
+//! - containers.conf (`CONTAINERS_CONF` replaces every other containers.conf):
+//!   `network_backend = "cni"` (Debian's podman 4.3 defaults to netavark 1.4, which has no
+//!   plugins), `cni_plugin_dirs` = the caller's plugin directories (podman passes them as
+//!   `CNI_PATH`), `runtime = "runc"` (crun fails here), `default_ulimits` below the hard
+//!   limits (podman asks for nofile/nproc = 1048576/4194304 otherwise and runc fails with
+//!   "error setting rlimit type 6 (nproc): operation not permitted"), `lock_type = "file"`
+//!   (locks under tmp_dir instead of the shared `/dev/shm/libpod_lock`), `static_dir`,
+//!   `volume_path`, `events_logfile_path` under D.
+//! - storage.conf via `CONTAINERS_STORAGE_CONF`, an empty registries.conf via
+//!   `CONTAINERS_REGISTRIES_CONF`, `HOME` under D (nothing from /root/.config), `env -i`: the
+//!   CNI plugins inherit podman's whole environment, so they see only these variables.
+//!
+//! Config files alone (no global flags) were checked to give the same paths; the flags are
+//! kept as well, explicit.
+//!
+//! What podman 4.3 sends to a CNI plugin (captured by a wrapper that tees stdin and env):
+//! - conflists are validated at every load by `VERSION` (stdin `{"cniVersion":"<list's>"}`,
+//!   `CNI_COMMAND=VERSION CNI_CONTAINERID= CNI_IFNAME=dummy CNI_NETNS=dummy CNI_PATH=dummy`);
+//!   a conflist whose cniVersion a plugin does not list in `supportedVersions` is dropped with a
+//!   warning ("network not found"). Podman's libcni is 1.1.x (spec <= 1.0.0): use
+//!   cniVersion 1.0.0 (podman itself writes 0.4.0 conflists).
+//! - `run`/`start`: ADD of each plugin, `CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=<name>`, plus
+//!   `;MAC=<mac>` for `--mac-address` and `;IP=<ip>` for `--ip` (a static IP goes in CNI_ARGS,
+//!   never in `runtimeConfig.ips`), `CNI_CONTAINERID=<64 hex>`, `CNI_IFNAME=eth0`,
+//!   `CNI_NETNS=/run/netns/netns-<uuid>`, `CNI_PATH=<cni_plugin_dirs>`. stdin: the plugin's
+//!   conf with `name` and `cniVersion` injected and `runtimeConfig` holding only the declared
+//!   capabilities among `aliases` (`{"<net>": ["<alias>...", "<short id>"]}`, always) and
+//!   `portMappings` (with `-p`). Labels are not passed.
+//! - `stop`, `rm`: DEL with the same env and `prevResult`; `network reload`: DEL then ADD.
+//!   No CHECK, GC or STATUS ever.
+//!
+//! Global paths touched, and what [`Podman`]'s drop does about them:
+//! - `/run/netns/netns-<uuid>` per running container: removed by `rm`; any left (crash) is
+//!   unmounted and removed.
+//! - `/var/lib/cni/results/<net>-<id>-<if>` (podman's libcni cache, not configurable):
+//!   removed by DEL; leftovers of our containers removed; the directories removed at the last
+//!   drop if they did not exist before the first `Podman`.
+//! - `/var/lib/containers/cache/blob-info-cache-v1.boltdb` (written by `import`, not
+//!   configurable for root): removed at the last drop if it did not exist before.
+//! - `/sys/fs/cgroup/*/NAME` (with `conmon` in it): removed.
+//! - mounts under D (`D/root/overlay`, `.../merged`, `.../userdata/shm`): unmounted after
+//!   `rm -fa` (podman normally does it itself), then D is removed.
+//! A directory left by a test process that died is cleaned the same way by the next
+//! [`Podman::new`].
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The busybox image every [`Podman`] imports (`sleep`, `ping`, `nc`, `ip`; not `wget`, which
+/// segfaults in such a rootfs).
+pub const IMAGE: &str = "localhost/weir-bb";
+
+const PREFIX: &str = "weir-podman-";
+
+/// Global paths podman may create, deepest first; those absent before the first live
+/// [`Podman`] are removed (files) or removed if empty (directories) after the last one.
+const GLOBAL_PATHS: &[&str] = &[
+    "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+    "/var/lib/containers/cache",
+    "/var/lib/containers",
+    "/var/lib/cni/results",
+    "/var/lib/cni",
+    "/run/runc",
+];
+
+struct Global {
+    live: usize,
+    absent_before: Vec<&'static str>,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global { live: 0, absent_before: Vec::new() });
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One private podman: its state directory and the namespace it runs in.
+pub struct Podman {
+    dir: PathBuf,
+    netns: PathBuf,
+}
+
+impl Podman {
+    /// Write the configuration into a fresh `/tmp/weir-podman-<pid>-<n>`, copy the conflists
+    /// (`*.conflist`, `*.conf`, `*.json`) of `conflist_dir` into its `cni/`, and import the
+    /// busybox image as [`IMAGE`]. Podman re-reads [`Podman::network_dir`] at every command,
+    /// so conflists can be added there later.
+    pub fn new(netns: &Path, cni_plugin_dirs: &[&Path], conflist_dir: &Path) -> Podman {
+        assert!(netns.exists(), "no namespace {}", netns.display());
+        clean_stale();
+        {
+            let mut g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+            if g.live == 0 {
+                g.absent_before =
+                    GLOBAL_PATHS.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+            }
+            g.live += 1;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/{PREFIX}{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let p = Podman { dir, netns: netns.to_path_buf() };
+        // From here on, a panic drops `p`, which cleans up.
+        for sub in ["cni", "tmp", "home", "root", "runroot", "runc"] {
+            fs::create_dir_all(p.dir.join(sub)).unwrap();
+        }
+        p.write_config(cni_plugin_dirs);
+        if let Ok(entries) = fs::read_dir(conflist_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let s = name.to_string_lossy();
+                if s.ends_with(".conflist") || s.ends_with(".conf") || s.ends_with(".json") {
+                    fs::copy(e.path(), p.network_dir().join(&name)).unwrap();
+                }
+            }
+        }
+        p.import_busybox();
+        p
+    }
+
+    /// A podman for a member of a lab (its namespace `lab.ns(member)`).
+    pub fn in_lab(
+        lab: &weir::lab::Lab,
+        member: &str,
+        cni_plugin_dirs: &[&Path],
+        conflist_dir: &Path,
+    ) -> Podman {
+        Podman::new(&lab.ns(member), cni_plugin_dirs, conflist_dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory podman reads conflists from (our copy).
+    pub fn network_dir(&self) -> PathBuf {
+        self.dir.join("cni")
+    }
+
+    /// The exploded busybox rootfs (also usable as `podman run --rootfs DIR`).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    fn cgroup_parent(&self) -> String {
+        self.dir.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn write_config(&self, cni_plugin_dirs: &[&Path]) {
+        let d = self.dir.display();
+        let plugin_dirs: Vec<String> =
+            cni_plugin_dirs.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let containers = format!(
+            r#"[containers]
+default_ulimits = ["nofile=10000:10000", "nproc=10000:10000"]
+netns = "bridge"
+log_driver = "k8s-file"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = [{plugins}]
+network_config_dir = "{d}/cni"
+default_network = "weirpodmandefault"
+default_subnet = "10.254.254.0/24"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+static_dir = "{d}/root/libpod"
+volume_path = "{d}/root/volumes"
+lock_type = "file"
+num_locks = 128
+"#,
+            plugins = plugin_dirs.join(", ")
+        );
+        fs::write(self.dir.join("containers.conf"), containers).unwrap();
+        let storage = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/root\"\nrunroot = \"{d}/runroot\"\n"
+        );
+        fs::write(self.dir.join("storage.conf"), storage).unwrap();
+        fs::write(self.dir.join("registries.conf"), "").unwrap();
+    }
+
+    fn import_busybox(&self) {
+        let rootfs = self.rootfs();
+        let bin = rootfs.join("bin");
+        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+            fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is not installed (scripts/bootstrap.sh)");
+        fs::copy(busybox, bin.join("busybox")).unwrap();
+        let list = Command::new(bin.join("busybox")).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+            }
+        }
+        let tar = self.dir.join("rootfs.tar");
+        let st = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status();
+        assert!(st.map(|s| s.success()).unwrap_or(false), "tar of the busybox rootfs failed");
+        self.run_ok(&["import", tar.to_str().unwrap(), IMAGE]);
+        let _ = fs::remove_file(&tar);
+    }
+
+    /// The command `nsenter --net=NETNS podman <global flags> args...` with its environment.
+    /// `run` and `create` get `--cgroup-parent=/NAME` unless `args` have one.
+    pub fn command(&self, args: &[&str]) -> Command {
+        podman_command(&self.dir, &self.netns, &self.cgroup_parent(), args)
+    }
+
+    /// Run podman with `args` and return its output (no check of the status).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().expect("running podman")
+    }
+
+    /// Run podman with `args`; panic with its stderr unless it succeeds; return its stdout
+    /// (trimmed).
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The IPv4 address of `container` on `network` (from `podman inspect`).
+    pub fn ip(&self, container: &str, network: &str) -> String {
+        let tmpl = format!("{{{{(index .NetworkSettings.Networks {network:?}).IPAddress}}}}");
+        self.run_ok(&["inspect", "--format", &tmpl, container])
+    }
+}
+
+fn podman_command(dir: &Path, netns: &Path, cgroup_parent: &str, args: &[&str]) -> Command {
+    let d = |s: &str| dir.join(s);
+    let mut c = Command::new("nsenter");
+    c.env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", d("home"))
+        .env("TMPDIR", d("tmp"))
+        .env("CONTAINERS_CONF", d("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", d("storage.conf"))
+        .env("CONTAINERS_REGISTRIES_CONF", d("registries.conf"));
+    c.arg(format!("--net={}", netns.display())).arg("podman");
+    c.arg("--root").arg(d("root"));
+    c.arg("--runroot").arg(d("runroot"));
+    c.arg("--tmpdir").arg(d("tmp"));
+    c.args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+    c.arg("--network-config-dir").arg(d("cni"));
+    c.arg("--runtime-flag").arg(format!("root={}", d("runc").display()));
+    if let Some((first, rest)) = args.split_first() {
+        c.arg(first);
+        if matches!(*first, "run" | "create")
+            && !rest.iter().any(|a| a.starts_with("--cgroup-parent"))
+        {
+            c.arg(format!("--cgroup-parent=/{cgroup_parent}"));
+        }
+        c.args(rest);
+    }
+    c
+}
+
+/// Remove everything of the podman whose directory is `dir` (running or not): its
+/// containers, their namespaces, libcni cache entries, cgroups, mounts, and `dir`.
+fn teardown(dir: &Path, netns: Option<&Path>) {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    if let Some(netns) = netns.filter(|n| n.exists()) {
+        let pm = |args: &[&str]| {
+            podman_command(dir, netns, &name, args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()
+        };
+        let ids: Vec<String> = pm(&["ps", "-aq", "--no-trunc"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let mut sandboxes = BTreeSet::new();
+        if !ids.is_empty() {
+            let mut a = vec!["inspect", "--format", "{{.NetworkSettings.SandboxKey}}"];
+            a.extend(ids.iter().map(String::as_str));
+            if let Some(o) = pm(&a) {
+                sandboxes.extend(
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| l.starts_with("/run/netns/") || l.starts_with("/var/run/netns/"))
+                        .map(PathBuf::from),
+                );
+            }
+            pm(&["rm", "-fa", "-t", "0"]);
+        }
+        for ns in sandboxes.iter().filter(|p| p.exists()) {
+            let _ = Command::new("umount").arg("-l").arg(ns).stderr(Stdio::null()).status();
+            let _ = fs::remove_file(ns);
+        }
+        if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
+            for e in entries.flatten() {
+                let f = e.file_name().to_string_lossy().into_owned();
+                if ids.iter().any(|id| f.contains(&format!("-{id}-"))) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    // Processes still in our cgroups (a conmon or container that `rm` could not stop).
+    let cg = |ctl: &str| PathBuf::from(format!("/sys/fs/cgroup/{ctl}/{name}"));
+    for pid in cgroup_pids(&cg("pids")) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+    }
+    if let Ok(ctls) = fs::read_dir("/sys/fs/cgroup") {
+        for ctl in ctls.flatten() {
+            rmdir_tree(&ctl.path().join(&name));
+        }
+    }
+    if fs::symlink_metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
+        rmdir_tree(&PathBuf::from(format!("/sys/fs/cgroup/{name}"))); // cgroup v2
+    }
+    // Mounts under dir, deepest first.
+    let dir_s = dir.to_string_lossy().into_owned();
+    let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mountinfo))
+        .filter(|m| m == &dir_s || m.starts_with(&format!("{dir_s}/")))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).stderr(Stdio::null()).status();
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+fn cgroup_pids(cg: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(s) = fs::read_to_string(cg.join("cgroup.procs")) {
+        out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Remove a cgroup directory and its child cgroups (rmdir only; a cgroup's files go with it).
+fn rmdir_tree(p: &Path) {
+    if let Ok(entries) = fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(p);
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
+            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Tear down the directories of test processes that died (their namespace is gone too, so
+/// only what can be done without podman: cgroups, cache entries are left to the last drop).
+fn clean_stale() {
+    let Ok(entries) = fs::read_dir("/tmp") else { return };
+    for e in entries.flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = f.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            teardown(&e.path(), None);
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        teardown(&self.dir, Some(&self.netns));
+        let mut g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+        g.live -= 1;
+        if g.live == 0 {
+            for p in std::mem::take(&mut g.absent_before) {
+                let p = Path::new(p);
+                match fs::symlink_metadata(p) {
+                    Ok(m) if m.is_dir() => {
+                        let _ = fs::remove_dir(p);
+                    }
+                    Ok(_) => {
+                        let _ = fs::remove_file(p);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
