@@ -10,6 +10,15 @@ have nft || need_pkgs+=(nftables)
 have ip || need_pkgs+=(iproute2)
 have ping || need_pkgs+=(iputils-ping)
 have python3 || need_pkgs+=(python3 python3-pip)
+# Container-engine tests (core/tests/common/podman.rs): podman 4.3 with its CNI backend and
+# runc (crun fails here), the reference CNI plugins, and busybox-static for the image rootfs.
+have podman || need_pkgs+=(podman)
+have runc || need_pkgs+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# core/tests/cnitool (a libcni CLI, built offline with GO111MODULE=off GOPATH=…:/usr/share/gocode).
+have go || need_pkgs+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ] || need_pkgs+=(golang-github-appc-cni-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -16,7 +16,9 @@ mkdir -p target/python-plugins
 # parsers) need neither root nor namespaces: run them as nobody, so none of them can come to
 # depend on either without this failing.
 ./scripts/unit-as-nobody.sh
-# Everything else as root (the integration tests build namespaces).
+# Everything else as root (the integration tests build namespaces). The tests execute the
+# workspace's binaries (weir-cni is another package's, which nextest does not build).
+cargo build --quiet --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast -E 'not (package(weir) & kind(lib))' "$@"
 else

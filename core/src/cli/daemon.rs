@@ -224,7 +224,11 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
         ));
         let local = crate::api::server::bind_unix(&socket).await.map_err(fail)?;
         let uplink = Arc::new(crate::api::local::Uplink::new(&settings.name));
-        tokio::spawn(crate::api::local::serve(local, uplink.clone(), agent.clone()));
+        tokio::spawn(crate::api::local::serve(
+            local,
+            uplink.clone(),
+            agent.clone(),
+        ));
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
         crate::api::runner::run(settings, agent, uplink, shutdown_signal())
             .await

@@ -71,6 +71,27 @@ pub fn vm_mac(network: &str, workload: &str) -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", h[1], h[2], h[3])
 }
 
+/// A container interface's MAC, fixed by network and workload id (so a re-created interface
+/// keeps it, and the hub can answer it before the runner has made it): locally administered
+/// `02:57` + 4 bytes of the hash. The runner's end gets `02:77` + the same bytes.
+pub fn container_mac(network: &str, workload: &str) -> [u8; 6] {
+    let h = fnv1a(network, workload).to_be_bytes();
+    [0x02, 0x57, h[0], h[1], h[2], h[3]]
+}
+
+pub fn host_mac(network: &str, workload: &str) -> [u8; 6] {
+    let mut m = container_mac(network, workload);
+    m[1] = 0x77;
+    m
+}
+
+pub fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// FNV-1a of `a NUL b`: stable across releases and platforms, which std's hasher is not.
 fn fnv1a(a: &str, b: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -180,7 +201,18 @@ pub async fn attach_checked(
         // The usual case first: create the pair ready (up, MTU, on the bridge) in one request.
         // Only when something is already there is it looked at and repaired.
         let created = nl
-            .create_veth_port(&name, &w.ifname, &ns_file, w.mtu, w.bridge, &w.alias())
+            .create_veth_port(
+                &name,
+                &w.ifname,
+                &ns_file,
+                w.mtu,
+                w.bridge,
+                &w.alias(),
+                [
+                    host_mac(&w.network, &w.workload),
+                    container_mac(&w.network, &w.workload),
+                ],
+            )
             .await
             .map_err(|e| match e {
                 DataplaneError::BridgeFull(_) => e,

@@ -95,14 +95,18 @@ fn veth_into(
     peer: &str,
     peer_ns: &impl AsRawFd,
     mtu: u32,
+    peer_mac: Option<[u8; 6]>,
 ) -> LinkMessageBuilder<LinkVeth> {
     // The peer cannot be created up: the kernel opens it before the pair is joined
     // (veth_open answers ENOTCONN), so it is set up from inside.
-    let peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
         .name(peer.to_string())
         .mtu(mtu)
-        .setns_by_fd(peer_ns.as_raw_fd())
-        .build();
+        .setns_by_fd(peer_ns.as_raw_fd());
+    if let Some(mac) = peer_mac {
+        peer_msg = peer_msg.address(mac.to_vec());
+    }
+    let peer_msg = peer_msg.build();
     LinkVeth::new(name, peer)
         .set_info_data(InfoData::Veth(
             rtnetlink::packet_route::link::InfoVeth::Peer(peer_msg),
@@ -242,7 +246,7 @@ impl Netlink {
         peer_ns: &impl AsRawFd,
         mtu: u32,
     ) -> Result<Link> {
-        let msg = veth_into(name, peer, peer_ns, mtu).up().build();
+        let msg = veth_into(name, peer, peer_ns, mtu, None).up().build();
         self.add_link(name, msg).await
     }
 
@@ -260,8 +264,10 @@ impl Netlink {
         mtu: u32,
         master: u32,
         alias: &str,
+        [mac, peer_mac]: [[u8; 6]; 2],
     ) -> Result<bool> {
-        let msg = veth_into(name, peer, peer_ns, mtu)
+        let msg = veth_into(name, peer, peer_ns, mtu, Some(peer_mac))
+            .address(mac.to_vec())
             .controller(master)
             .up()
             .build();

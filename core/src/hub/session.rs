@@ -371,8 +371,7 @@ fn check_allocation(st: &super::State, hello: &pb::SessionHello) -> Result<(), H
         .runners
         .get(&hello.name)
         .ok_or_else(|| no_allocation(&hello.name))?;
-    if runner.rec.id.unwrap_or(0) != hello.runner_id || runner.rec.generation != hello.generation
-    {
+    if runner.rec.id.unwrap_or(0) != hello.runner_id || runner.rec.generation != hello.generation {
         return Err(HubError::FailedPrecondition(format!(
             "runner {:?} presents id {} generation {}, but holds id {} generation {}; register again",
             hello.name,
@@ -390,7 +389,9 @@ impl Hub {
     /// calls act only on that runner's own workloads.
     pub async fn relay_runner(&self, hello: Option<pb::SessionHello>) -> Result<String, HubError> {
         let hello = hello.ok_or_else(|| {
-            HubError::InvalidArgument("runner: a relayed call must name the runner's allocation".into())
+            HubError::InvalidArgument(
+                "runner: a relayed call must name the runner's allocation".into(),
+            )
         })?;
         check_allocation(&*self.state.lock().await, &hello)?;
         Ok(hello.name)

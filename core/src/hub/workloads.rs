@@ -228,13 +228,28 @@ impl Hub {
                 .unwrap_or_default(),
             ifname: rec.ifname.clone(),
             prefix: u32::from(rec.ip.prefix_len()),
-            mac: rec.mac.clone(),
+            mac: if vm {
+                rec.mac.clone()
+            } else {
+                attach::mac_string(attach::container_mac(&net.name, &rec.id))
+            },
+            host_mac: if vm {
+                String::new()
+            } else {
+                attach::mac_string(attach::host_mac(&net.name, &rec.id))
+            },
             dns: self.settings.dns.iter().map(|d| d.to_string()).collect(),
             kind: if vm {
                 pb::WorkloadKind::Vm
             } else {
                 pb::WorkloadKind::Container
             } as i32,
+            host_ifname: if vm {
+                rec.ifname.clone()
+            } else {
+                attach::host_ifname(&net.name, &rec.id)
+            },
+            default_route: rec.default_route,
         })
     }
 

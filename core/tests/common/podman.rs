@@ -69,15 +69,19 @@
 //! - `/run/netns/netns-<uuid>` per running container: removed by `rm`; any left (crash) is
 //!   unmounted and removed.
 //! - `/var/lib/cni/results/<net>-<id>-<if>` (podman's libcni cache, not configurable):
-//!   removed by DEL; leftovers of our containers removed; the directories removed at the last
-//!   drop if they did not exist before the first `Podman`.
+//!   removed by DEL; leftovers of our containers removed; `/var/lib/cni{/results,}` removed
+//!   after the last live `Podman` of the process if empty.
 //! - `/var/lib/containers/cache/blob-info-cache-v1.boltdb` (written by `import`, not
-//!   configurable for root): removed at the last drop if it did not exist before.
-//! - `/sys/fs/cgroup/*/NAME` (with `conmon` in it): removed.
+//!   configurable for root): removed after the last live `Podman` if it was absent before the
+//!   first one (or made by a dead process's); `/var/lib/containers{/cache,}` if empty.
+//! - `/sys/fs/cgroup/*/NAME` (with `conmon` in it): removed (after waiting for conmon to exit,
+//!   killing what is still in them after 2 s).
 //! - mounts under D (`D/root/overlay`, `.../merged`, `.../userdata/shm`): unmounted after
 //!   `rm -fa` (podman normally does it itself), then D is removed.
-//! A directory left by a test process that died is cleaned the same way by the next
-//! [`Podman::new`].
+//! - nothing in /run/containers, /run/libpod, /run/runc, /etc/cni, /dev/shm, /var/tmp.
+//! A directory `/tmp/weir-podman-<pid>-<n>` left by a test process that died is cleaned by the
+//! next [`Podman::new`]: `rm -fa` in the namespace recorded in `D/netns` if it still exists
+//! (so the plugins get their DEL), else only the kills, unmounts and removals above.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -93,10 +97,13 @@ pub const IMAGE: &str = "localhost/weir-bb";
 
 const PREFIX: &str = "weir-podman-";
 
-/// Global paths podman may create, deepest first; those absent before the first live
-/// [`Podman`] are removed (files) or removed if empty (directories) after the last one.
-const GLOBAL_PATHS: &[&str] = &[
-    "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+/// Written by `import` (containers/image's blob info cache; its place is not configurable for
+/// root). Removed after the last live [`Podman`] if it was absent before the first, or if a
+/// dead test process's [`Podman`] created it.
+const BLOB_CACHE: &str = "/var/lib/containers/cache/blob-info-cache-v1.boltdb";
+/// Directories podman may create, deepest first; removed after the last live [`Podman`] if
+/// empty.
+const GLOBAL_DIRS: &[&str] = &[
     "/var/lib/containers/cache",
     "/var/lib/containers",
     "/var/lib/cni/results",
@@ -106,10 +113,13 @@ const GLOBAL_PATHS: &[&str] = &[
 
 struct Global {
     live: usize,
-    absent_before: Vec<&'static str>,
+    remove_blob_cache: bool,
 }
 
-static GLOBAL: Mutex<Global> = Mutex::new(Global { live: 0, absent_before: Vec::new() });
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    live: 0,
+    remove_blob_cache: false,
+});
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One private podman: its state directory and the namespace it runs in.
@@ -125,22 +135,27 @@ impl Podman {
     /// so conflists can be added there later.
     pub fn new(netns: &Path, cni_plugin_dirs: &[&Path], conflist_dir: &Path) -> Podman {
         assert!(netns.exists(), "no namespace {}", netns.display());
-        clean_stale();
         {
             let mut g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
             if g.live == 0 {
-                g.absent_before =
-                    GLOBAL_PATHS.iter().copied().filter(|p| !Path::new(p).exists()).collect();
+                g.remove_blob_cache = clean_stale() || !Path::new(BLOB_CACHE).exists();
             }
             g.live += 1;
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = PathBuf::from(format!("/tmp/{PREFIX}{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let p = Podman { dir, netns: netns.to_path_buf() };
+        let p = Podman {
+            dir,
+            netns: netns.to_path_buf(),
+        };
         // From here on, a panic drops `p`, which cleans up.
         for sub in ["cni", "tmp", "home", "root", "runroot", "runc"] {
             fs::create_dir_all(p.dir.join(sub)).unwrap();
+        }
+        fs::write(p.dir.join("netns"), netns.as_os_str().as_encoded_bytes()).unwrap();
+        if !Path::new(BLOB_CACHE).exists() {
+            fs::write(p.dir.join("created-blob-cache"), "").unwrap();
         }
         p.write_config(cni_plugin_dirs);
         if let Ok(entries) = fs::read_dir(conflist_dir) {
@@ -186,8 +201,10 @@ impl Podman {
 
     fn write_config(&self, cni_plugin_dirs: &[&Path]) {
         let d = self.dir.display();
-        let plugin_dirs: Vec<String> =
-            cni_plugin_dirs.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let plugin_dirs: Vec<String> = cni_plugin_dirs
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         let containers = format!(
             r#"[containers]
 default_ulimits = ["nofile=10000:10000", "nproc=10000:10000"]
@@ -233,15 +250,27 @@ num_locks = 128
             .find(|p| Path::new(p).exists())
             .expect("busybox-static is not installed (scripts/bootstrap.sh)");
         fs::copy(busybox, bin.join("busybox")).unwrap();
-        let list = Command::new(bin.join("busybox")).arg("--list").output().unwrap();
+        let list = Command::new(bin.join("busybox"))
+            .arg("--list")
+            .output()
+            .unwrap();
         for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
             if applet != "busybox" {
                 std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
             }
         }
         let tar = self.dir.join("rootfs.tar");
-        let st = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status();
-        assert!(st.map(|s| s.success()).unwrap_or(false), "tar of the busybox rootfs failed");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status();
+        assert!(
+            st.map(|s| s.success()).unwrap_or(false),
+            "tar of the busybox rootfs failed"
+        );
         self.run_ok(&["import", tar.to_str().unwrap(), IMAGE]);
         let _ = fs::remove_file(&tar);
     }
@@ -249,12 +278,15 @@ num_locks = 128
     /// The command `nsenter --net=NETNS podman <global flags> args...` with its environment.
     /// `run` and `create` get `--cgroup-parent=/NAME` unless `args` have one.
     pub fn command(&self, args: &[&str]) -> Command {
-        podman_command(&self.dir, &self.netns, &self.cgroup_parent(), args)
+        podman_command(&self.dir, Some(&self.netns), &self.cgroup_parent(), args)
     }
 
     /// Run podman with `args` and return its output (no check of the status).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).stdin(Stdio::null()).output().expect("running podman")
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running podman")
     }
 
     /// Run podman with `args`; panic with its stderr unless it succeeds; return its stdout
@@ -279,23 +311,35 @@ num_locks = 128
     }
 }
 
-fn podman_command(dir: &Path, netns: &Path, cgroup_parent: &str, args: &[&str]) -> Command {
+/// `netns: None` runs podman in the caller's namespace: only for read-only commands (a CNI
+/// DEL there could touch the wrong namespace).
+fn podman_command(dir: &Path, netns: Option<&Path>, cgroup_parent: &str, args: &[&str]) -> Command {
     let d = |s: &str| dir.join(s);
-    let mut c = Command::new("nsenter");
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("podman");
+            c
+        }
+        None => Command::new("podman"),
+    };
     c.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", d("home"))
         .env("TMPDIR", d("tmp"))
         .env("CONTAINERS_CONF", d("containers.conf"))
         .env("CONTAINERS_STORAGE_CONF", d("storage.conf"))
         .env("CONTAINERS_REGISTRIES_CONF", d("registries.conf"));
-    c.arg(format!("--net={}", netns.display())).arg("podman");
     c.arg("--root").arg(d("root"));
     c.arg("--runroot").arg(d("runroot"));
     c.arg("--tmpdir").arg(d("tmp"));
     c.args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
     c.arg("--network-config-dir").arg(d("cni"));
-    c.arg("--runtime-flag").arg(format!("root={}", d("runc").display()));
+    c.arg("--runtime-flag")
+        .arg(format!("root={}", d("runc").display()));
     if let Some((first, rest)) = args.split_first() {
         c.arg(first);
         if matches!(*first, "run" | "create")
@@ -309,15 +353,30 @@ fn podman_command(dir: &Path, netns: &Path, cgroup_parent: &str, args: &[&str]) 
 }
 
 /// Remove everything of the podman whose directory is `dir` (running or not): its
-/// containers, their namespaces, libcni cache entries, cgroups, mounts, and `dir`.
-fn teardown(dir: &Path, netns: Option<&Path>) {
+/// containers (with `rm -fa` in its namespace, so the CNI plugins get their DEL, if the
+/// namespace still exists; else only by killing what is in its cgroups), their namespaces,
+/// libcni cache entries, cgroups, mounts, and `dir`.
+fn teardown(dir: &Path) {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    if let Some(netns) = netns.filter(|n| n.exists()) {
+    let netns = fs::read(dir.join("netns"))
+        .ok()
+        .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+        .filter(|n| n.exists());
+    if dir.join("storage.conf").exists() {
         let pm = |args: &[&str]| {
-            podman_command(dir, netns, &name, args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()
+            podman_command(dir, netns.as_deref(), &name, args)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .ok()
         };
         let ids: Vec<String> = pm(&["ps", "-aq", "--no-trunc"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut sandboxes = BTreeSet::new();
         if !ids.is_empty() {
@@ -328,14 +387,22 @@ fn teardown(dir: &Path, netns: Option<&Path>) {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
                         .map(str::trim)
-                        .filter(|l| l.starts_with("/run/netns/") || l.starts_with("/var/run/netns/"))
+                        .filter(|l| {
+                            l.starts_with("/run/netns/") || l.starts_with("/var/run/netns/")
+                        })
                         .map(PathBuf::from),
                 );
             }
-            pm(&["rm", "-fa", "-t", "0"]);
+            if netns.is_some() {
+                pm(&["rm", "-fa", "-t", "0"]);
+            }
         }
         for ns in sandboxes.iter().filter(|p| p.exists()) {
-            let _ = Command::new("umount").arg("-l").arg(ns).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(ns)
+                .stderr(Stdio::null())
+                .status();
             let _ = fs::remove_file(ns);
         }
         if let Ok(entries) = fs::read_dir("/var/lib/cni/results") {
@@ -347,18 +414,39 @@ fn teardown(dir: &Path, netns: Option<&Path>) {
             }
         }
     }
-    // Processes still in our cgroups (a conmon or container that `rm` could not stop).
-    let cg = |ctl: &str| PathBuf::from(format!("/sys/fs/cgroup/{ctl}/{name}"));
-    for pid in cgroup_pids(&cg("pids")) {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
-    }
-    if let Ok(ctls) = fs::read_dir("/sys/fs/cgroup") {
-        for ctl in ctls.flatten() {
-            rmdir_tree(&ctl.path().join(&name));
+    // Our cgroups: `/sys/fs/cgroup/<controller>/NAME` (v1) or `/sys/fs/cgroup/NAME` (v2).
+    // conmon exits a moment after `rm`, and a cgroup is busy until then: wait up to 2 s,
+    // then kill what is still there (a conmon or container that `rm` could not stop).
+    let mut cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .map(|ctls| ctls.flatten().map(|c| c.path().join(&name)).collect())
+        .unwrap_or_default();
+    cgroups.push(PathBuf::from(format!("/sys/fs/cgroup/{name}")));
+    cgroups.retain(|c| c.is_dir());
+    let start = std::time::Instant::now();
+    loop {
+        let pids: BTreeSet<u32> = cgroups.iter().flat_map(|c| cgroup_pids(c)).collect();
+        if pids.is_empty() {
+            break;
         }
+        if start.elapsed() > std::time::Duration::from_secs(2) {
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    if fs::symlink_metadata("/sys/fs/cgroup/cgroup.controllers").is_ok() {
-        rmdir_tree(&PathBuf::from(format!("/sys/fs/cgroup/{name}"))); // cgroup v2
+    for _ in 0..40 {
+        cgroups.iter().for_each(|c| rmdir_tree(c));
+        if cgroups.iter().all(|c| !c.exists()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // Mounts under dir, deepest first.
     let dir_s = dir.to_string_lossy().into_owned();
@@ -370,7 +458,11 @@ fn teardown(dir: &Path, netns: Option<&Path>) {
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
-        let _ = Command::new("umount").arg("-l").arg(&m).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&m)
+            .stderr(Stdio::null())
+            .status();
     }
     let _ = fs::remove_dir_all(dir);
 }
@@ -421,39 +513,40 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Tear down the directories of test processes that died (their namespace is gone too, so
-/// only what can be done without podman: cgroups, cache entries are left to the last drop).
-fn clean_stale() {
-    let Ok(entries) = fs::read_dir("/tmp") else { return };
+/// Tear down the directories of test processes that died; true if one of them had created
+/// the blob info cache.
+fn clean_stale() -> bool {
+    let mut blob_cache = false;
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return false;
+    };
     for e in entries.flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = f.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
             continue;
         };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            teardown(&e.path(), None);
+            blob_cache |= e.path().join("created-blob-cache").exists();
+            teardown(&e.path());
         }
     }
+    blob_cache
 }
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        teardown(&self.dir, Some(&self.netns));
+        teardown(&self.dir);
         let mut g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
         g.live -= 1;
         if g.live == 0 {
-            for p in std::mem::take(&mut g.absent_before) {
-                let p = Path::new(p);
-                match fs::symlink_metadata(p) {
-                    Ok(m) if m.is_dir() => {
-                        let _ = fs::remove_dir(p);
-                    }
-                    Ok(_) => {
-                        let _ = fs::remove_file(p);
-                    }
-                    Err(_) => {}
-                }
+            if g.remove_blob_cache {
+                let _ = fs::remove_file(BLOB_CACHE);
+            }
+            for d in GLOBAL_DIRS {
+                let _ = fs::remove_dir(d); // only if empty
             }
         }
     }
