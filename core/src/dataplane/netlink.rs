@@ -256,6 +256,7 @@ impl Netlink {
     /// already exists (nothing was changed). Every message about a veth whose peer lives in
     /// another namespace costs the kernel a walk over all namespace ids it knows, so with
     /// thousands of workloads each round trip saved counts.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_veth_port(
         &self,
         name: &str,

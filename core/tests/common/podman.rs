@@ -79,6 +79,7 @@
 //! - mounts under D (`D/root/overlay`, `.../merged`, `.../userdata/shm`): unmounted after
 //!   `rm -fa` (podman normally does it itself), then D is removed.
 //! - nothing in /run/containers, /run/libpod, /run/runc, /etc/cni, /dev/shm, /var/tmp.
+//!
 //! A directory `/tmp/weir-podman-<pid>-<n>` left by a test process that died is cleaned by the
 //! next [`Podman::new`]: `rm -fa` in the namespace recorded in `D/netns` if it still exists
 //! (so the plugins get their DEL), else only the kills, unmounts and removals above.
