@@ -384,13 +384,13 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
                 json!({"id": w.workload_id, "runner": w.runner, "network": w.network, "ip": w.ip,
                        "kind": kind_name(w.kind), "netns": w.netns, "ifname": w.ifname,
                        "labels": w.labels, "mac": w.mac, "created_unix_ms": w.created_unix_ms,
-                       "reservation_id": w.reservation_id})
+                       "reservation_id": w.reservation_id, "origin": w.origin})
             })
             .collect();
         print_json(&json!({"workloads": list}));
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = workloads
+    let rows: Vec<[String; 8]> = workloads
         .iter()
         .map(|w| {
             let labels: BTreeMap<_, _> = w.labels.iter().collect();
@@ -401,6 +401,7 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
                 w.ip.clone(),
                 kind_name(w.kind).into(),
                 w.ifname.clone(),
+                w.origin.clone(),
                 labels
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
@@ -413,7 +414,7 @@ async fn workloads(c: &mut Client, a: WorkloadsArgs, json: bool) -> Result<(), C
         "{}",
         super::table(
             &[
-                "WORKLOAD", "RUNNER", "NETWORK", "IP", "KIND", "IFNAME", "LABELS"
+                "WORKLOAD", "RUNNER", "NETWORK", "IP", "KIND", "IFNAME", "ORIGIN", "LABELS"
             ],
             &rows
         )

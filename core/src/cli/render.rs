@@ -154,5 +154,6 @@ pub(super) fn event_kind(k: i32) -> String {
 pub fn event_json(e: &pb::Event) -> Value {
     json!({"seq": e.seq, "unix_ms": e.unix_ms, "kind": event_kind(e.kind), "runner": e.runner,
            "runner_id": e.runner_id, "network": e.network, "workload": e.workload_id,
-           "ip": e.ip, "reservation": e.reservation_id, "detail": e.detail})
+           "ip": e.ip, "reservation": e.reservation_id, "detail": e.detail,
+           "origin": e.origin})
 }
