@@ -103,16 +103,6 @@ fn ip_of(result: &Value) -> Ipv4Addr {
     a.split('/').next().unwrap().parse().unwrap()
 }
 
-async fn listed(lab: &Lab) -> Vec<pb::Workload> {
-    control(lab)
-        .await
-        .list_workloads(pb::ListWorkloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .workloads
-}
-
 /// A detach is acknowledged once durable; the runner removes the interface right after.
 async fn no_interface_left(lab: &Lab, member: &str) {
     for _ in 0..150 {

@@ -42,16 +42,6 @@ fn plugin_dir() -> PathBuf {
     bin.parent().unwrap().to_path_buf()
 }
 
-async fn listed(lab: &Lab) -> Vec<pb::Workload> {
-    control(lab)
-        .await
-        .list_workloads(pb::ListWorkloadsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .workloads
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_containers_on_two_runners_talk_through_weir() {
     let mut spec = spec("pod");

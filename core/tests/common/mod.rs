@@ -357,3 +357,14 @@ pub fn tcp_source(lab: &Lab, from: &str, to: &str, ip: Ipv4Addr) -> Option<Ipv4A
         SocketAddr::V6(_) => None,
     }
 }
+
+/// Every workload the host lists (one page).
+pub async fn listed(lab: &Lab) -> Vec<weir_proto::v1::Workload> {
+    control(lab)
+        .await
+        .list_workloads(weir_proto::v1::ListWorkloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads
+}
