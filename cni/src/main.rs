@@ -135,7 +135,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// (no session, a restart, a timeout), the spec's codes where one fits, else Weir's own.
 fn refused(what: &str, st: tonic::Status) -> CniError {
     let code = match st.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => code::TRY_AGAIN_LATER,
+        // A runner's own refusal (ABORTED: a namespace it may not touch, a default route it
+        // will not take) stays a refusal; only what passes is worth a retry.
+        Code::Unavailable | Code::DeadlineExceeded => code::TRY_AGAIN_LATER,
+        // The connection to the runner broke mid-call (the runner stopped or restarted):
+        // tonic reports that as UNKNOWN with the transport's error as its source.
+        Code::Unknown if std::error::Error::source(&st).is_some() => code::TRY_AGAIN_LATER,
         Code::InvalidArgument => code::INVALID_NETWORK_CONFIG,
         _ => code::REFUSED,
     };
@@ -417,5 +422,45 @@ async fn status(conf: &NetConf) -> Result<()> {
         Ok(())
     } else {
         Err(CniError::new(code::NOT_AVAILABLE, s.reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chained_add_appends_after_the_previous_result() {
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "br0"}, {"name": "veth1"}, {"name": "net1", "sandbox": "/n"}],
+            "ips": [{"address": "192.0.2.5/24", "interface": 2}],
+            "routes": [{"dst": "192.0.2.0/24"}],
+            "dns": {"nameservers": ["192.0.2.53"]},
+        });
+        let ours = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "wk1"}, {"name": "eth0", "sandbox": "/n"}],
+            "ips": [{"address": "10.128.64.2/18", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.128.64.1"}],
+            "dns": {"nameservers": ["10.0.0.53"]},
+        });
+        let m = merge(&prev, ours, "1.1.0");
+        assert_eq!(m["cniVersion"], "1.1.0");
+        assert_eq!(m["interfaces"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            m["ips"][0]["interface"], 2,
+            "the previous plugin's address keeps its index"
+        );
+        assert_eq!(
+            m["ips"][1]["interface"], 4,
+            "ours points at our eth0, after theirs"
+        );
+        assert_eq!(m["interfaces"][4]["name"], "eth0");
+        assert_eq!(m["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            m["dns"]["nameservers"][0], "192.0.2.53",
+            "their DNS is kept"
+        );
     }
 }

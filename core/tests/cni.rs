@@ -320,8 +320,8 @@ async fn a_runner_killed_mid_add_leaks_nothing_after_restart_and_gc() {
     let k1 = new_netns(&lab, "k1");
     let o = cni("ADD", &conf(&lab, 1, "1.0.0"), "ctrk", &k1, &[]);
     assert_eq!(o.status, 1, "{}", o.out);
-    let code = o.out["code"].as_u64().unwrap();
-    assert!(code == 11 || code == 100, "{}", o.out);
+    // The host lost the runner before its answer: the attach is undone, try again later.
+    assert_eq!(o.out["code"], 11, "{}", o.out);
     assert!(
         !o.out["msg"].as_str().unwrap_or_default().is_empty(),
         "{}",

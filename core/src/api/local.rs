@@ -26,7 +26,6 @@ type HostClient = AgentClient<InterceptedService<Channel, Bearer>>;
 
 /// The runner's way to the host while it holds a session: set when the host accepts the
 /// session, cleared when it ends.
-#[derive(Default)]
 pub struct Uplink {
     name: String,
     current: RwLock<Option<(HostClient, pb::SessionHello)>>,
