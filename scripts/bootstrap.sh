@@ -19,6 +19,12 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # core/tests/cnitool (a libcni CLI, built offline with GO111MODULE=off GOPATH=…:/usr/share/gocode).
 have go || need_pkgs+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ] || need_pkgs+=(golang-github-appc-cni-dev)
+# Docker 20.10 (brings containerd 1.6 with its CRI plugin, and ctr): the Docker driver and CRI
+# tests start their own dockerd/containerd inside test namespaces; nothing is started here.
+have dockerd || need_pkgs+=(docker.io)
+have containerd || need_pkgs+=(containerd)
+# netavark 2.1 (below) is built from crates.io and needs protoc.
+have protoc || need_pkgs+=(protobuf-compiler)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -43,4 +49,16 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "bootstrap: adding the wasm32-wasip2 target" >&2
   rustup target add wasm32-wasip2 >/dev/null
+fi
+
+# netavark >= 1.6 runs plugins (Debian's 1.4 does not): netavark 2.1 from crates.io, built once
+# per machine into a cache outside the clone (~7 min on 2 cores), so later runs reuse it. The
+# netavark test finds it at $WEIR_NETAVARK or this path.
+NETAVARK_ROOT=/var/cache/weir/netavark-2.1
+if [ ! -x "$NETAVARK_ROOT/bin/netavark" ]; then
+  echo "bootstrap: building netavark 2.1 into $NETAVARK_ROOT (once per machine)" >&2
+  mkdir -p /var/cache/weir
+  CARGO_TARGET_DIR=/var/cache/weir/netavark-build \
+    cargo install --quiet --locked netavark --version '~2.1' --root "$NETAVARK_ROOT"
+  rm -rf /var/cache/weir/netavark-build
 fi

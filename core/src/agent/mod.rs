@@ -46,6 +46,8 @@ struct Local {
     netns: PathBuf,
     netns_id: Option<NsIdentity>,
     vm: bool,
+    /// Handed off to a container engine (Docker): no namespace of ours to look into.
+    handoff: bool,
     /// Since when (and why) its namespace is missing or replaced.
     missing: Option<(Instant, String)>,
     /// Reported gone to the host (once).
@@ -62,6 +64,10 @@ struct Failed {
 /// Device groups of batched deletions (`ip link ... group`): far from the small numbers
 /// operators use, and never 0 (every link's default group).
 const DETACH_GROUP_BASE: u32 = 0x5745_0000;
+
+/// Why a handed-off workload is reported gone.
+const HANDOFF_GONE: &str =
+    "namespace-gone: its handed-off interface is gone (the container it was moved into ended)";
 
 /// Used until the host says otherwise (`RegisterResponse.workload_grace_ms`).
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -325,7 +331,7 @@ impl Agent {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| AgentError::NetworkNotBuilt(spec.network.clone()))?;
-        let iface = if spec.vm {
+        let iface = if spec.vm || spec.handoff {
             None
         } else {
             Some(workload_iface(spec)?)
@@ -364,6 +370,18 @@ impl Agent {
     ) -> Result<Option<NsIdentity>, DataplaneError> {
         let Some(iface) = iface else {
             let owner = attach::alias(&spec.network, &spec.workload_id);
+            if spec.handoff {
+                let host = attach::host_ifname(&spec.network, &spec.workload_id);
+                let macs = [
+                    attach::host_mac(&spec.network, &spec.workload_id),
+                    attach::container_mac(&spec.network, &spec.workload_id),
+                ];
+                return self
+                    .kernel
+                    .attach_handoff(&host, &spec.ifname, &owner, bridge, spec.mtu, macs)
+                    .await
+                    .map(|()| None);
+            }
             return self
                 .kernel
                 .attach_tap(&spec.ifname, &owner, bridge, spec.mtu)
@@ -424,6 +442,7 @@ impl Agent {
                 netns: PathBuf::from(&spec.netns),
                 netns_id,
                 vm: spec.vm,
+                handoff: spec.handoff,
                 missing: None,
                 reported: false,
             },
@@ -507,7 +526,22 @@ impl Agent {
                 fw.remove_workload(ip);
             }
         }
+        let present: BTreeSet<String> = self
+            .kernel
+            .workload_links()
+            .await?
+            .into_iter()
+            .map(|(alias, _)| alias)
+            .collect();
         for spec in &set.workloads {
+            // A handed-off pair that is gone went with its container: making a new one would
+            // leave it in our namespace with nobody to move it.
+            if spec.handoff
+                && !present.contains(&attach::alias(&spec.network, &spec.workload_id))
+            {
+                self.note_missing(spec, HANDOFF_GONE.into()).await;
+                continue;
+            }
             match self.attach_workload(spec, false).await.map_err(|f| f.error) {
                 Ok(_) => {}
                 Err(e) if e.namespace_problem().is_some() => {
@@ -547,6 +581,7 @@ impl Agent {
                 netns: PathBuf::from(&spec.netns),
                 netns_id: spec.netns_id.map(ns_id),
                 vm: spec.vm,
+                handoff: spec.handoff,
                 missing: None,
                 reported: false,
             });
@@ -574,6 +609,7 @@ impl Agent {
                 h.netns = l.netns.display().to_string();
                 h.netns_id = l.netns_id.map(ns_pb);
                 h.vm = l.vm;
+                h.handoff = l.handoff;
                 if deep {
                     match self.inspect_namespace(l).await {
                         Ok((id, addr)) => {
@@ -642,7 +678,11 @@ impl Agent {
             if l.vm {
                 continue;
             }
-            let problem = if !present.contains(&attach::alias(network, workload)) {
+            let problem = if l.handoff {
+                // The engine owns the container end and its namespace; ours is the bridge end.
+                (!present.contains(&attach::alias(network, workload)))
+                    .then(|| HANDOFF_GONE.to_string())
+            } else if !present.contains(&attach::alias(network, workload)) {
                 Some(format!(
                     "namespace-gone: its interface is gone (the namespace at {} was deleted)",
                     l.netns.display()
@@ -701,7 +741,7 @@ impl Agent {
         &self,
         l: &Local,
     ) -> Result<(Option<NsIdentity>, String), AgentError> {
-        if l.vm {
+        if l.vm || l.handoff {
             return Ok((None, String::new()));
         }
         let id = self.ns_identity(&l.netns)?;

@@ -47,6 +47,36 @@ impl Uplink {
         *self.current.write().await = None;
     }
 
+    /// Attach a workload on this runner through the host (as this runner).
+    pub async fn attach(
+        &self,
+        req: pb::LocalAttachRequest,
+    ) -> Result<pb::AttachWorkloadResponse, Status> {
+        let (mut host, hello) = self.get().await?;
+        host.relay_attach(pb::RelayAttachRequest {
+            runner: Some(hello),
+            attach: Some(req),
+        })
+        .await
+        .map(Response::into_inner)
+    }
+
+    /// Detach one; a workload that is not attached (here) is fine: nothing to remove.
+    pub async fn detach(&self, req: pb::LocalDetachRequest) -> Result<(), Status> {
+        let (mut host, hello) = self.get().await?;
+        match host
+            .relay_detach(pb::RelayDetachRequest {
+                runner: Some(hello),
+                detach: Some(req),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(st) if st.code() == Code::NotFound => Ok(()),
+            Err(st) => Err(st),
+        }
+    }
+
     async fn get(&self) -> Result<(HostClient, pb::SessionHello), Status> {
         self.current.read().await.clone().ok_or_else(|| {
             Status::unavailable(format!(
@@ -68,32 +98,15 @@ impl Local for LocalService {
         &self,
         req: Request<pb::LocalAttachRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
-        let (mut host, hello) = self.uplink.get().await?;
-        host.relay_attach(pb::RelayAttachRequest {
-            runner: Some(hello),
-            attach: Some(req.into_inner()),
-        })
-        .await
+        self.uplink.attach(req.into_inner()).await.map(Response::new)
     }
 
     async fn detach(
         &self,
         req: Request<pb::LocalDetachRequest>,
     ) -> Result<Response<pb::DetachWorkloadResponse>, Status> {
-        let (mut host, hello) = self.uplink.get().await?;
-        match host
-            .relay_detach(pb::RelayDetachRequest {
-                runner: Some(hello),
-                detach: Some(req.into_inner()),
-            })
-            .await
-        {
-            // Not attached (or not here): nothing to remove, which is what was asked.
-            Err(st) if st.code() == Code::NotFound => {
-                Ok(Response::new(pb::DetachWorkloadResponse::default()))
-            }
-            r => r,
-        }
+        self.uplink.detach(req.into_inner()).await?;
+        Ok(Response::new(pb::DetachWorkloadResponse::default()))
     }
 
     async fn check(

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod docker;
 pub mod control;
 pub mod edge;
 pub mod local;

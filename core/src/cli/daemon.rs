@@ -229,6 +229,14 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
             uplink.clone(),
             agent.clone(),
         ));
+        if let Some(path) = &c.runner.docker_socket {
+            let app = crate::api::docker::driver(uplink.clone(), &c.runner.state_dir)
+                .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;
+            let listener = crate::api::server::bind_unix(path)
+                .await
+                .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;
+            tokio::spawn(crate::api::docker::serve(listener, app));
+        }
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
         crate::api::runner::run(settings, agent, uplink, shutdown_signal())
             .await

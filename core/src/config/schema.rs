@@ -247,6 +247,10 @@ pub struct RunnerConfig {
     pub join_token_file: Option<PathBuf>,
     /// The runner's local API socket (mode 0600), for local tools such as a CNI plugin.
     pub socket: PathBuf,
+    /// Serve Docker's remote network driver on this unix socket (mode 0600). Docker finds it
+    /// as `/run/docker/plugins/NAME.sock` (the driver is then `-d NAME`). Unset: no driver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_socket: Option<PathBuf>,
     /// The CA that signed the host's certificate (PEM), for an `https://` host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
@@ -273,6 +277,7 @@ impl Default for RunnerConfig {
             labels: BTreeMap::new(),
             join_token_file: None,
             socket: PathBuf::from("/run/weir/runner.sock"),
+            docker_socket: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,

@@ -60,6 +60,12 @@ pub fn host_ifname(network: &str, workload: &str) -> String {
     format!("wk{:08x}", fnv1a(network, workload))
 }
 
+/// The container end of a handed-off pair (Docker), left in the runner's namespace for the
+/// engine to move: `wh` + 8 hex digits.
+pub fn handoff_ifname(network: &str, workload: &str) -> String {
+    format!("wh{:08x}", fnv1a(network, workload))
+}
+
 /// A VM's tap device on the runner: `tap-` + 8 hex digits (KohakuRiver's naming).
 pub fn tap_ifname(network: &str, workload: &str) -> String {
     format!("tap-{:08x}", fnv1a(network, workload))
@@ -257,30 +263,66 @@ async fn remove_created(nl: &Netlink, name: &str, why: &DataplaneError) {
 
 /// The host end exists already: it must be this workload's; put it right.
 async fn repair_host_end(nl: &Netlink, w: &WorkloadIface, name: &str) -> Result<()> {
-    let Some(host) = nl.link(name).await? else {
-        return Err(DataplaneError::Invalid(format!(
+    if repair_port(nl, name, &w.alias(), w.bridge, w.mtu).await? {
+        Ok(())
+    } else {
+        Err(DataplaneError::Invalid(format!(
             "{} already exists inside {}",
             w.ifname,
             w.netns.display()
-        )));
+        )))
+    }
+}
+
+/// Put a workload's bridge port `name` right (it must carry `alias`); `false`: there is none.
+async fn repair_port(nl: &Netlink, name: &str, alias: &str, bridge: u32, mtu: u32) -> Result<bool> {
+    let Some(host) = nl.link(name).await? else {
+        return Ok(false);
     };
-    if host.alias.as_deref() != Some(w.alias().as_str()) {
+    if host.alias.as_deref() != Some(alias) {
         return Err(DataplaneError::Invalid(format!(
-            "interface {name} belongs to {}, not {}",
+            "interface {name} belongs to {}, not {alias}",
             host.alias.unwrap_or_else(|| "something else".into()),
-            w.alias()
         )));
     }
-    if host.master != Some(w.bridge) {
-        nl.set_master(host.index, w.bridge).await?;
+    if host.master != Some(bridge) {
+        nl.set_master(host.index, bridge).await?;
     }
-    if host.mtu != w.mtu {
-        nl.set_mtu(host.index, w.mtu).await?;
+    if host.mtu != mtu {
+        nl.set_mtu(host.index, mtu).await?;
     }
     if !host.up {
         nl.set_up(host.index).await?;
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Create (or repair the bridge end of) a handed-off pair (Docker's remote driver protocol):
+/// `host` on the bridge, `peer` left in this namespace, down and unconfigured, for the engine
+/// to move into its container and configure there. Docker works so; every other attach
+/// creates the container end directly inside its namespace.
+pub async fn attach_handoff(
+    nl: &Netlink,
+    host: &str,
+    peer: &str,
+    alias: &str,
+    bridge: u32,
+    mtu: u32,
+    macs: [[u8; 6]; 2],
+) -> Result<()> {
+    crate::telemetry::kernel("netlink.attach_handoff", async {
+        if nl
+            .create_veth_handoff(host, peer, mtu, bridge, alias, macs)
+            .await?
+            || repair_port(nl, host, alias, bridge, mtu).await?
+        {
+            return Ok(());
+        }
+        Err(DataplaneError::Invalid(format!(
+            "{peer} already exists in the runner's namespace and is not the other end of {host}"
+        )))
+    })
+    .await
 }
 
 /// Refuse a namespace whose default route is not through `w`'s gateway on its interface

@@ -518,6 +518,19 @@ impl RunnerKernel for FakeRunnerKernel {
         s.plug(name, alias.to_string(), bridge, None)
     }
 
+    async fn attach_handoff(
+        &self,
+        host: &str,
+        _peer: &str,
+        alias: &str,
+        bridge: u32,
+        mtu: u32,
+        _macs: [[u8; 6]; 2],
+    ) -> Result<()> {
+        // Recorded as the bridge end it is: a port like a VM's tap.
+        self.attach_tap(host, alias, bridge, mtu).await
+    }
+
     async fn detach_many(&self, workloads: &[(String, String)], _group: u32) -> Result<Vec<u32>> {
         self.record(
             Call::DetachMany(workloads.to_vec()),

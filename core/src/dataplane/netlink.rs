@@ -97,12 +97,26 @@ fn veth_into(
     mtu: u32,
     peer_mac: Option<[u8; 6]>,
 ) -> LinkMessageBuilder<LinkVeth> {
+    veth_pair(name, peer, Some(peer_ns.as_raw_fd()), mtu, peer_mac)
+}
+
+/// A veth pair `name` <-> `peer` at `mtu`; the peer in the namespace open at `peer_ns`, or
+/// beside `name` without one.
+fn veth_pair(
+    name: &str,
+    peer: &str,
+    peer_ns: Option<std::os::fd::RawFd>,
+    mtu: u32,
+    peer_mac: Option<[u8; 6]>,
+) -> LinkMessageBuilder<LinkVeth> {
     // The peer cannot be created up: the kernel opens it before the pair is joined
     // (veth_open answers ENOTCONN), so it is set up from inside.
     let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::default()
         .name(peer.to_string())
-        .mtu(mtu)
-        .setns_by_fd(peer_ns.as_raw_fd());
+        .mtu(mtu);
+    if let Some(fd) = peer_ns {
+        peer_msg = peer_msg.setns_by_fd(fd);
+    }
     if let Some(mac) = peer_mac {
         peer_msg = peer_msg.address(mac.to_vec());
     }
@@ -272,6 +286,31 @@ impl Netlink {
             .controller(master)
             .up()
             .build();
+        self.add_port(name, msg, master, alias).await
+    }
+
+    /// Create a veth pair `name` (up, MTU, MAC, on `master`, with `alias`) <-> `peer` (down,
+    /// unconfigured but for its MAC) in this namespace, for a container engine to move the
+    /// peer into its container. `false`: `name` or `peer` exists already (nothing was made).
+    pub async fn create_veth_handoff(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        master: u32,
+        alias: &str,
+        [mac, peer_mac]: [[u8; 6]; 2],
+    ) -> Result<bool> {
+        let msg = veth_pair(name, peer, None, mtu, Some(peer_mac))
+            .address(mac.to_vec())
+            .controller(master)
+            .up()
+            .build();
+        self.add_port(name, msg, master, alias).await
+    }
+
+    /// Create a bridge port from `msg` and give it its alias; `false`: it exists already.
+    async fn add_port(&self, name: &str, msg: LinkMessage, master: u32, alias: &str) -> Result<bool> {
         match self.handle.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if is_errno(&e, libc::EEXIST) => return Ok(false),

@@ -71,6 +71,17 @@ pub trait RunnerKernel: Send + Sync {
     ) -> Result<NsIdentity>;
     /// Create or repair a VM's tap `name` (owned by `alias`) on bridge `bridge`.
     async fn attach_tap(&self, name: &str, alias: &str, bridge: u32, mtu: u32) -> Result<()>;
+    /// Create (or repair the bridge end of) a veth pair `host` <-> `peer` whose `peer` end
+    /// stays, unconfigured, in this namespace for a container engine to move (Docker).
+    async fn attach_handoff(
+        &self,
+        host: &str,
+        peer: &str,
+        alias: &str,
+        bridge: u32,
+        mtu: u32,
+        macs: [[u8; 6]; 2],
+    ) -> Result<()>;
     /// Remove workloads' interfaces in one kernel batch (device group `group`); missing ones
     /// are fine. Returns the bridges that lost a port, one entry per removed port.
     async fn detach_many(&self, workloads: &[(String, String)], group: u32) -> Result<Vec<u32>>;
@@ -159,6 +170,18 @@ impl RunnerKernel for NetlinkRunnerKernel {
 
     async fn attach_tap(&self, name: &str, alias: &str, bridge: u32, mtu: u32) -> Result<()> {
         attach::attach_tap(self.nl(), name, alias, bridge, mtu).await
+    }
+
+    async fn attach_handoff(
+        &self,
+        host: &str,
+        peer: &str,
+        alias: &str,
+        bridge: u32,
+        mtu: u32,
+        macs: [[u8; 6]; 2],
+    ) -> Result<()> {
+        attach::attach_handoff(self.nl(), host, peer, alias, bridge, mtu, macs).await
     }
 
     async fn detach_many(&self, workloads: &[(String, String)], group: u32) -> Result<Vec<u32>> {

@@ -37,6 +37,9 @@ pub struct AttachRequest {
     pub origin: String,
     /// The interface name asked for inside the namespace; `None`: the hub picks `eth<N>`.
     pub ifname: Option<String>,
+    /// Handed off to the engine (Docker): no namespace; the container end of the pair is left
+    /// in the runner's namespace for the engine to move.
+    pub handoff: bool,
 }
 
 impl AttachRequest {
@@ -72,6 +75,7 @@ impl AttachRequest {
             address,
             origin: SCHEDULER_ORIGIN.into(),
             ifname: None,
+            handoff: false,
         })
     }
 
@@ -79,10 +83,20 @@ impl AttachRequest {
     /// an `AttachWorkload` from the control API is, and its origin and interface name too.
     pub fn from_relay(runner: &str, req: pb::LocalAttachRequest) -> Result<Self, HubError> {
         let origin = check_origin(&req.origin)?;
-        let ifname = match req.ifname.trim() {
-            "" => None,
-            name => Some(check_ifname(name)?),
+        let ifname = match (req.handoff, req.ifname.trim()) {
+            (_, "") => None,
+            (true, _) => {
+                return Err(HubError::InvalidArgument(
+                    "ifname: a handed-off interface is named by the runner (the engine renames it); leave it empty".into(),
+                ));
+            }
+            (false, name) => Some(check_ifname(name)?),
         };
+        if req.handoff && !req.netns.trim().is_empty() {
+            return Err(HubError::InvalidArgument(
+                "netns: a handed-off interface is left in the runner's namespace for the engine to move; leave netns empty".into(),
+            ));
+        }
         let mut parsed = Self::parse(pb::AttachWorkloadRequest {
             runner: runner.to_string(),
             workload_id: req.workload_id,
@@ -92,8 +106,15 @@ impl AttachRequest {
             labels: req.labels,
             requested_ip: req.requested_ip,
             reservation_token: req.reservation_token,
-            kind: pb::WorkloadKind::Container as i32,
+            // A handoff has no namespace, which only a VM's request may say; it is no VM.
+            kind: if req.handoff {
+                pb::WorkloadKind::Vm
+            } else {
+                pb::WorkloadKind::Container
+            } as i32,
         })?;
+        parsed.vm = false;
+        parsed.handoff = req.handoff;
         parsed.origin = origin;
         parsed.ifname = ifname;
         Ok(parsed)

@@ -87,6 +87,7 @@ impl Hub {
             address: source,
             origin,
             ifname,
+            handoff,
             ..
         } = req;
         let key = workload_key(&net.name, &workload_id);
@@ -152,6 +153,7 @@ impl Hub {
                     source,
                     origin.clone(),
                     ifname.clone(),
+                    handoff,
                 )
                 .await?;
             break (rec, session, true, sub);
@@ -350,6 +352,7 @@ impl Hub {
         source: AddressSource,
         origin: String,
         ifname: Option<String>,
+        handoff: bool,
     ) -> Result<WorkloadRecord, HubError> {
         let prefix = net
             .runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
@@ -393,6 +396,8 @@ impl Hub {
                 attach::tap_ifname(&net.name, workload_id),
                 attach::vm_mac(&net.name, workload_id),
             )
+        } else if handoff {
+            (attach::handoff_ifname(&net.name, workload_id), String::new())
         } else if let Some(name) = ifname {
             if let Some(w) = siblings.iter().find(|w| w.ifname == name) {
                 return Err(HubError::AlreadyExists(format!(
@@ -445,6 +450,7 @@ impl Hub {
             default_route,
             netns_id: None,
             origin,
+            handoff,
         };
         match self.hold(st, rec.clone()).await {
             Ok(held) => Ok(held),
@@ -929,6 +935,7 @@ pub(super) fn workload_spec(
         mtu: net.mtu,
         default_route: w.default_route,
         vm: w.vm,
+        handoff: w.handoff,
         firewall: w.firewall.as_ref().map(super::firewall::message),
         firewall_monitor: w.firewall_monitor,
         source_table,

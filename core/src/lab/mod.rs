@@ -68,6 +68,8 @@ pub struct LabSpec {
     pub host_extra: String,
     /// Extra sections of every runner's configuration (e.g. `[telemetry]`).
     pub runner_extra: String,
+    /// Each runner serves Docker's network driver as `weir` in [`Lab::docker_plugins`].
+    pub docker: bool,
     /// The URL runners reach the host at.
     pub host_url: String,
     /// How long to wait for a daemon's `READY=1`.
@@ -89,6 +91,7 @@ impl LabSpec {
             runner_keys: String::new(),
             host_extra: String::new(),
             runner_extra: String::new(),
+            docker: false,
             host_url: format!("http://{HOST_IP}:{HOST_PORT}"),
             ready_timeout: READY_TIMEOUT,
             detached: false,
@@ -300,10 +303,24 @@ impl Lab {
 
     fn runner_config(&self, i: u32) -> String {
         let d = self.dir.display();
+        let docker = if self.spec.docker {
+            format!(
+                "docker_socket = \"{}\"\n",
+                self.docker_plugins(i).join("weir.sock").display()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{}\n{}\n",
+            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{docker}{}\n{}\n",
             self.spec.host_url, self.spec.runner_keys, self.spec.runner_extra
         )
+    }
+
+    /// Runner `i`'s Docker plugin directory (with `spec.docker`): its driver's socket is
+    /// `weir.sock` there; a dockerd of the runner's sees it as `/run/docker/plugins`.
+    pub fn docker_plugins(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("r{i}-plugins"))
     }
 
     /// The control token of this lab's host (what `weir` commands and schedulers present).

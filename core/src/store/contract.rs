@@ -52,6 +52,7 @@ pub(crate) fn workload(id: &str, runner: &str, ip: &str) -> WorkloadRecord {
             }],
             default_verdict: VerdictRecord::Deny,
         }),
+        handoff: false,
         firewall_monitor: false,
         default_route: true,
         netns_id: Some(NamespaceId {

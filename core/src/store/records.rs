@@ -74,6 +74,10 @@ pub struct WorkloadRecord {
     /// (`cni/NAME`, `docker/ID`, `netavark/NAME`). Records from before it have none.
     #[serde(default = "scheduler_origin")]
     pub origin: String,
+    /// Handed off (Docker): a veth pair whose container end, `ifname` in the runner's own
+    /// namespace when made, the engine moved into its container; `netns` is empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
 }
 
 /// The origin of a workload attached through the control API.

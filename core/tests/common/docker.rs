@@ -1,0 +1,257 @@
+//! A private dockerd (Debian's docker.io 20.10) inside a lab member's network namespace and a
+//! mount namespace of its own, for tests of Weir's Docker network driver.
+//!
+//! The daemon is started as
+//!
+//! ```text
+//! nsenter --net=NETNS unshare --mount --propagation private sh -c '
+//!     mount -t tmpfs … /tmp/NAME; bind /run/weir-lab into it; mount --move it to /run
+//!                                            # exec-root, containerd, runc, netns: private
+//!     mount --bind PLUGINS /run/docker/plugins   # the runner's driver socket, as `weir`
+//!     mount -t tmpfs … /etc/docker           # key.json
+//!     exec dockerd --data-root D/data --pidfile D/docker.pid -H unix://D/docker.sock
+//!         --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false
+//!         --default-runtime runc --cgroup-parent=/NAME [--bridge=none]'
+//! ```
+//!
+//! so everything Docker writes to global places (`/run/docker/plugins`, `/var/run/docker`,
+//! its containerd's state, `/etc/docker/key.json`) lands in mounts that vanish with it, and
+//! the runner's socket (made outside, in the lab directory) is what Docker finds as the
+//! plugin `weir`. The containers' cgroups are under `/NAME`, removed on drop. Images: the
+//! busybox-static rootfs imported as [`IMAGE`] (`docker import`).
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "weir-bb";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct Dockerd {
+    dir: PathBuf,
+    child: Child,
+    cgroup: String,
+}
+
+impl Dockerd {
+    /// Start a dockerd in `netns` whose `/run/docker/plugins` is `plugins`, wait until it
+    /// answers, and import the busybox image. `bridge`: keep Docker's own `docker0` network.
+    pub fn start(dir: &Path, netns: &Path, plugins: &Path, bridge: bool) -> Dockerd {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let cgroup = format!("weir-docker-{}-{n}", std::process::id());
+        fs::create_dir_all(dir.join("data")).unwrap();
+        fs::create_dir_all(dir.join("cli")).unwrap();
+        fs::create_dir_all(plugins).unwrap();
+        let d = dir.display();
+        // A fresh /run, made aside (with the labs' directory bound into it) and moved over.
+        let staging = PathBuf::from(format!("/tmp/{cgroup}"));
+        fs::create_dir_all(&staging).unwrap();
+        let script = format!(
+            "set -e\n\
+             mount -n -t tmpfs -o mode=0755 weir-docker-run {t}\n\
+             mkdir -p {t}/docker/plugins {t}/weir-lab\n\
+             mount -n --rbind /run/weir-lab {t}/weir-lab\n\
+             mount -n --move {t} /run\n\
+             mount -n --bind {plugins} /run/docker/plugins\n\
+             mount -n -t tmpfs -o mode=0755 weir-docker-etc /etc/docker\n\
+             exec dockerd --data-root {d}/data --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
+             --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
+             --default-runtime runc --cgroup-parent=/{cgroup} {bridge} >{d}/dockerd.log 2>&1\n",
+            plugins = plugins.display(),
+            t = staging.display(),
+            bridge = if bridge { "" } else { "--bridge=none" },
+        );
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dockerd (is docker.io installed? scripts/bootstrap.sh)");
+        let mut me = Dockerd {
+            dir: dir.to_path_buf(),
+            child,
+            cgroup,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if me.docker(&["version"]).status.success() {
+                break;
+            }
+            if let Ok(Some(st)) = me.child.try_wait() {
+                panic!("dockerd exited ({st}): {}", me.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60 s: {}",
+                me.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        me.import_busybox();
+        me
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// `docker ARGS…` against this daemon (no check of the status).
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker ARGS…`, which must succeed; its stdout, trimmed.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {} failed: {}{}\ndockerd's log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn import_busybox(&self) {
+        let rootfs = self.dir.join("rootfs");
+        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+            fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox-static is not installed (scripts/bootstrap.sh)");
+        let bin = rootfs.join("bin");
+        fs::copy(busybox, bin.join("busybox")).unwrap();
+        let list = Command::new(bin.join("busybox"))
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+            }
+        }
+        let tar = self.dir.join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar of the busybox rootfs failed");
+        self.ok(&["import", tar.to_str().unwrap(), IMAGE]);
+        let _ = fs::remove_file(&tar);
+        let _ = fs::remove_dir_all(&rootfs);
+    }
+
+    /// A container's address on a network (`docker inspect`).
+    pub fn ip(&self, container: &str, network: &str) -> String {
+        self.ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+            container,
+        ])
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Containers first (their endpoints' DeleteEndpoint reach the driver while it runs).
+        let ids = self.docker(&["ps", "-aq"]);
+        let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = self.docker(&args);
+        }
+        // SIGTERM through its pid file (the child is the shell's exec: the same process).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // What is still in our cgroups (shims, containers) dies; then the cgroups go.
+        let mut cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+            .map(|r| r.flatten().map(|e| e.path().join(&self.cgroup)).collect())
+            .unwrap_or_default();
+        cgroups.push(PathBuf::from(format!("/sys/fs/cgroup/{}", self.cgroup)));
+        cgroups.retain(|c| c.is_dir());
+        for _ in 0..100 {
+            for c in &cgroups {
+                for pid in cgroup_pids(c) {
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+                rmdir_tree(c);
+            }
+            if cgroups.iter().all(|c| !c.exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = fs::remove_dir_all(self.dir.join("data"));
+        let _ = fs::remove_dir(format!("/tmp/{}", self.cgroup));
+    }
+}
+
+fn cgroup_pids(cg: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = fs::read_to_string(cg.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+fn rmdir_tree(p: &Path) {
+    if let Ok(entries) = fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(p);
+}

@@ -1,0 +1,188 @@
+//! Docker 20.10 attaching containers through Weir's network driver (served by each runner),
+//! each dockerd inside a runner's namespace of the lab: `docker network create -d weir`, two
+//! containers on two runners talk over TCP, `docker rm` frees the address, and the driver
+//! restarted between two `docker run`s keeps working (Docker never sends it the network again).
+
+mod common;
+#[path = "common/docker.rs"]
+mod docker;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::*;
+use docker::{Dockerd, IMAGE};
+use weir::lab::Lab;
+
+fn dockerd(lab: &Lab, i: u32, bridge: bool) -> Dockerd {
+    Dockerd::start(
+        &lab.dir.join(format!("docker-r{i}")),
+        &lab.ns(&format!("r{i}")),
+        &lab.docker_plugins(i),
+        bridge,
+    )
+}
+
+/// Whether runner `i` can attach now (its session is up): `weir-cni`'s STATUS on its socket.
+fn runner_ready(lab: &Lab, i: u32) -> bool {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_weir")).with_file_name("weir-cni");
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "probe",
+        "type": "weir-cni",
+        "socket": lab.dir.join(format!("r{i}.sock")),
+    });
+    let mut child = Command::new(bin)
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", "/nonexistent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir-cni (build the workspace)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    child.wait().map(|s| s.success()).unwrap_or(false)
+}
+
+/// The Docker network's id as Weir shows it in a workload's origin.
+fn origin(d: &Dockerd, network: &str) -> String {
+    let id = d.ok(&["network", "inspect", "-f", "{{.Id}}", network]);
+    format!("docker/{}", &id[..12])
+}
+
+/// Wait until the hub lists `n` workloads (a removal is acknowledged once durable).
+async fn workloads_become(lab: &Lab, n: usize, what: &str) {
+    for _ in 0..200 {
+        if listed(lab).await.len() == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: still {:?}", listed(lab).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
+    let mut spec = spec("dkr");
+    spec.runners = 2;
+    spec.workloads_per_runner = 0;
+    spec.docker = true;
+    let mut lab = must(Lab::up(spec).await);
+    let d1 = dockerd(&lab, 1, false);
+    let d2 = dockerd(&lab, 2, false);
+    for d in [&d1, &d2] {
+        d.ok(&[
+            "network",
+            "create",
+            "-d",
+            "weir",
+            "--ipam-driver",
+            "null",
+            "weir",
+        ]);
+    }
+
+    // b on r2 answers one TCP connection.
+    d2.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bee",
+        "--network",
+        "weir",
+        IMAGE,
+        "sh",
+        "-c",
+        "while true; do echo pong-from-b | nc -l -p 5000; done",
+    ]);
+    let ip_b: Ipv4Addr = d2.ip("bee", "weir").parse().expect("b has an IPv4 address");
+    let w = listed(&lab).await;
+    let rec = w
+        .iter()
+        .find(|w| w.ip.split('/').next() == Some(&ip_b.to_string()))
+        .unwrap_or_else(|| panic!("Weir has no workload with b's address {ip_b}: {w:?}"));
+    assert_eq!(rec.runner, "r2");
+    assert_eq!(rec.origin, origin(&d2, "weir"));
+    assert!(
+        ip_b.octets()[0] == 10,
+        "b's address {ip_b} is not on Weir's overlay"
+    );
+    wait_until("b listens on port 5000", dur(20), || {
+        d2.docker(&["exec", "bee", "netstat", "-tln"])
+            .stdout
+            .windows(5)
+            .any(|s| s == b":5000")
+    })
+    .await;
+
+    // a on r1 connects to b over the overlay.
+    let got = d1.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "weir",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("nc -w 5 {ip_b} 5000 </dev/null"),
+    ]);
+    assert_eq!(got, "pong-from-b", "a did not get b's answer over TCP");
+    // a was removed (--rm): its workload is gone.
+    workloads_become(&lab, 1, "a's workload is gone after --rm").await;
+
+    // docker rm frees b's address.
+    d2.ok(&["rm", "-f", "bee"]);
+    assert!(
+        listed(&lab).await.is_empty(),
+        "workloads left after docker rm"
+    );
+    d2.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cee",
+        "--network",
+        "weir",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        d2.ip("cee", "weir"),
+        ip_b.to_string(),
+        "the next container does not get the freed address"
+    );
+
+    // The driver (the runner) restarted between two docker runs: it still knows the network.
+    lab.runners
+        .get_mut(&1)
+        .unwrap()
+        .stop(libc::SIGTERM)
+        .unwrap();
+    lab.start_runner(1).await.unwrap();
+    wait_until("r1's session is back", dur(30), || runner_ready(&lab, 1)).await;
+    let got = d1.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "weir",
+        IMAGE,
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ]);
+    assert!(
+        got.contains(" 10."),
+        "after the driver's restart the container has no Weir address: {got}"
+    );
+    drop(d1);
+    drop(d2);
+    workloads_become(&lab, 0, "every docker workload is gone").await;
+}
