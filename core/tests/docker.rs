@@ -1,6 +1,7 @@
 //! Docker 20.10 attaching containers through Weir's network driver (served by each runner),
 //! each dockerd inside a runner's namespace of the lab: `docker network create -d weir`, two
-//! containers on two runners talk over TCP, `docker rm` frees the address, and the driver
+//! containers on two runners talk over TCP (one network with Weir's IPAM driver, one with
+//! Docker's `null` IPAM), `docker rm` frees the address, and the driver
 //! restarted between two `docker run`s keeps working (Docker never sends it the network again).
 
 mod common;
@@ -14,6 +15,9 @@ use std::process::{Command, Stdio};
 use common::*;
 use docker::{Dockerd, IMAGE};
 use weir::lab::Lab;
+
+/// The lab's overlay (the default plan's).
+const OVERLAY: &str = "10.128.0.0/12";
 
 fn dockerd(lab: &Lab, i: u32, bridge: bool) -> Dockerd {
     Dockerd::start(
@@ -77,17 +81,28 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
     let mut lab = must(Lab::up(spec).await);
     let d1 = dockerd(&lab, 1, false);
     let d2 = dockerd(&lab, 2, false);
-    for d in [&d1, &d2] {
-        d.ok(&[
-            "network",
-            "create",
-            "-d",
-            "weir",
-            "--ipam-driver",
-            "null",
-            "weir",
-        ]);
-    }
+    // Weir's IPAM driver on r1 (addresses reserved at the hub, then attached), none on r2
+    // (the address comes with the endpoint's attach).
+    d1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "weir",
+        "--ipam-driver",
+        "weir",
+        "--subnet",
+        OVERLAY,
+        "weir",
+    ]);
+    d2.ok(&[
+        "network",
+        "create",
+        "-d",
+        "weir",
+        "--ipam-driver",
+        "null",
+        "weir",
+    ]);
 
     // b on r2 answers one TCP connection.
     d2.ok(&[
@@ -182,7 +197,32 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         got.contains(" 10."),
         "after the driver's restart the container has no Weir address: {got}"
     );
+    // A chosen address through Weir's IPAM (a reservation of exactly it).
+    let got = d1.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "weir",
+        "--ip",
+        "10.128.64.77",
+        IMAGE,
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ]);
+    assert!(
+        got.contains(" 10.128.64.77/18 "),
+        "docker run --ip did not get the address asked for: {got}"
+    );
     drop(d1);
     drop(d2);
     workloads_become(&lab, 0, "every docker workload is gone").await;
+    let held = control(&lab)
+        .await
+        .list_reservations(weir_proto::v1::ListReservationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .reservations;
+    assert!(held.is_empty(), "reservations left behind: {held:?}");
 }

@@ -76,6 +76,8 @@ pub struct Agent {
     kernel: Arc<dyn RunnerKernel>,
     uplink: Option<String>,
     networks: Mutex<BTreeMap<String, RunnerNetwork>>,
+    /// The first network the host assigned (what an empty network name means).
+    primary: Mutex<String>,
     firewall: Mutex<Firewall>,
     /// The local workloads the host asked for, by (network, workload id).
     local: Mutex<BTreeMap<(String, String), Local>>,
@@ -109,6 +111,7 @@ impl Agent {
             kernel,
             uplink,
             networks: Mutex::new(BTreeMap::new()),
+            primary: Mutex::default(),
             firewall: Mutex::new(Firewall::new()),
             local: Mutex::new(BTreeMap::new()),
             grace: Mutex::new(DEFAULT_GRACE),
@@ -151,6 +154,7 @@ impl Agent {
         }
         {
             let mut current = self.networks.lock().await;
+            *self.primary.lock().await = nets.first().map(|n| n.name.clone()).unwrap_or_default();
             *current = nets.into_iter().map(|n| (n.name.clone(), n)).collect();
         }
         let plan = {
@@ -536,9 +540,7 @@ impl Agent {
         for spec in &set.workloads {
             // A handed-off pair that is gone went with its container: making a new one would
             // leave it in our namespace with nobody to move it.
-            if spec.handoff
-                && !present.contains(&attach::alias(&spec.network, &spec.workload_id))
-            {
+            if spec.handoff && !present.contains(&attach::alias(&spec.network, &spec.workload_id)) {
                 self.note_missing(spec, HANDOFF_GONE.into()).await;
                 continue;
             }
@@ -625,6 +627,24 @@ impl Agent {
             out.workloads.push(h);
         }
         out
+    }
+
+    /// A network as built here: its name (`""` asks for the primary one), this runner's subnet,
+    /// its gateway and the network's whole CIDR (the overlay; the subnet in isolated mode).
+    /// `None`: no such network (or none assigned yet).
+    pub async fn network_addressing(
+        &self,
+        name: &str,
+    ) -> Option<(String, Ipv4Net, Ipv4Addr, Ipv4Net)> {
+        let name = match name {
+            "" => self.primary.lock().await.clone(),
+            n => n.to_string(),
+        };
+        self.networks
+            .lock()
+            .await
+            .get(&name)
+            .map(|n| (n.name.clone(), n.subnet, n.gateway, n.cidr()))
     }
 
     /// One local container as the kernel holds it now (a CNI CHECK): its interface is there

@@ -86,6 +86,45 @@ impl Agent for AgentService {
             .map_err(super::status)
     }
 
+    async fn relay_reserve(
+        &self,
+        req: Request<pb::RelayReserveRequest>,
+    ) -> Result<Response<pb::ReserveAddressResponse>, Status> {
+        let req = req.into_inner();
+        let runner = self
+            .hub
+            .relay_runner(req.runner)
+            .await
+            .map_err(super::status)?;
+        self.hub
+            .reserve(pb::ReserveAddressRequest {
+                runner,
+                ip: req.ip,
+                ttl_seconds: req.ttl_seconds,
+                network: req.network,
+            })
+            .await
+            .map(Response::new)
+            .map_err(super::status)
+    }
+
+    async fn relay_release(
+        &self,
+        req: Request<pb::RelayReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let req = req.into_inner();
+        let runner = self
+            .hub
+            .relay_runner(req.runner)
+            .await
+            .map_err(super::status)?;
+        self.hub
+            .release_relayed_reservation(&runner, &req.token)
+            .await
+            .map(|()| Response::new(pb::ReleaseReservationResponse::default()))
+            .map_err(super::status)
+    }
+
     async fn relay_list(
         &self,
         req: Request<pb::RelayListRequest>,

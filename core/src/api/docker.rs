@@ -14,8 +14,11 @@
 //! endpoints, for `Join` and `DeleteEndpoint`) are kept in a file (`docker-driver.json` in the
 //! runner's state directory), written before each answer that depends on it.
 //!
-//! Addresses are Weir's: create the network with `--ipam-driver null` (Docker then allocates
-//! nothing and takes the endpoint's address from this driver).
+//! Addresses are Weir's. The same socket serves an IPAM driver (`--ipam-driver weir
+//! --subnet <the network's overlay>`): its pool is this runner's subnet, and each address it hands Docker is a reservation the hub
+//! holds for this runner until the endpoint takes it (`docker run --ip` reserves that one).
+//! With `--ipam-driver null` Docker allocates nothing and takes the address the endpoint's
+//! attach got.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,7 @@ use tokio::sync::Mutex;
 use weir_proto::v1 as pb;
 
 use super::local::Uplink;
+use crate::agent::Agent;
 
 /// Docker's plugin media type.
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -48,6 +52,16 @@ struct Remembered {
     networks: BTreeMap<String, DockerNetwork>,
     /// Docker endpoint id → what Weir gave it.
     endpoints: BTreeMap<String, Endpoint>,
+    /// Addresses the IPAM driver handed to Docker and no endpoint took yet: address → its
+    /// reservation (the hub holds it for this runner until it is used or expires).
+    #[serde(default)]
+    addresses: BTreeMap<String, Held>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Held {
+    network: String,
+    token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +83,7 @@ struct Endpoint {
 
 struct Driver {
     uplink: Arc<Uplink>,
+    agent: Arc<Agent>,
     file: PathBuf,
     state: Mutex<Remembered>,
 }
@@ -140,6 +155,45 @@ struct Interface {
     #[serde(default)]
     mac_address: String,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestPool {
+    #[serde(default)]
+    pool: String,
+    #[serde(default)]
+    sub_pool: String,
+    #[serde(default)]
+    options: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "V6")]
+    v6: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RequestAddress {
+    #[serde(rename = "PoolID")]
+    pool_id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    options: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReleaseAddress {
+    #[serde(rename = "PoolID")]
+    #[allow(dead_code)]
+    pool_id: String,
+    address: String,
+}
+
+/// Docker's `RequestAddressType` of the network's own gateway address.
+const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
+/// How long an address the IPAM driver gave stays held for its endpoint (Docker creates the
+/// endpoint right after; one it never creates is freed by the hub then).
+const RESERVATION_TTL_S: u32 = 60;
 
 #[derive(Deserialize)]
 struct EndpointRef {
@@ -222,12 +276,31 @@ impl Driver {
         let req: CreateEndpoint = body("CreateEndpoint", &b)?;
         check_id("EndpointID", &req.endpoint_id)?;
         let iface = req.interface.unwrap_or_default();
-        if !iface.address.is_empty() || !iface.address_ipv6.is_empty() {
+        if !iface.address_ipv6.is_empty() {
             return Err(DriverError(format!(
-                "Interface.Address: Docker's IPAM gave {}{}, but Weir's hub assigns the addresses of a weir network; create the network with --ipam-driver null",
-                iface.address, iface.address_ipv6
+                "Interface.AddressIPv6: {} — Weir's networks are IPv4 only",
+                iface.address_ipv6
             )));
         }
+        // An address from Weir's IPAM driver comes with its reservation; any other IPAM's
+        // address is not Weir's to give.
+        let token = match iface.address.split('/').next().unwrap_or_default() {
+            "" => None,
+            ip => Some(
+                self.state
+                    .lock()
+                    .await
+                    .addresses
+                    .get(ip)
+                    .map(|h| h.token.clone())
+                    .ok_or_else(|| {
+                        DriverError(format!(
+                            "Interface.Address: {} was not handed out by Weir's IPAM; create the network with --ipam-driver weir (or null)",
+                            iface.address
+                        ))
+                    })?,
+            ),
+        };
         let network = self
             .state
             .lock()
@@ -248,6 +321,7 @@ impl Driver {
                 workload_id: req.endpoint_id.clone(),
                 network,
                 handoff: true,
+                reservation_token: token.clone().unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -262,12 +336,20 @@ impl Driver {
         let mut st = self.state.lock().await;
         let mut next = st.clone();
         next.endpoints.insert(req.endpoint_id.clone(), ep);
+        if token.is_some() {
+            next.addresses
+                .remove(iface.address.split('/').next().unwrap_or_default());
+        }
         if let Err(e) = self.save(&next).await {
             drop(st);
             self.detach(&req.endpoint_id, &attached.network).await;
             return Err(e);
         }
         *st = next;
+        if token.is_some() {
+            // Docker gave the address; the answer must not (the pair has the MAC already).
+            return Ok(answer(json!({})));
+        }
         let mut out = json!({ "Address": attached.ip });
         // A MAC Docker was given (`--mac-address`) stays; otherwise the pair's own.
         if iface.mac_address.is_empty() {
@@ -326,6 +408,115 @@ impl Driver {
         Ok(answer(json!({})))
     }
 
+    async fn request_pool(&self, b: Bytes) -> Reply {
+        let req: RequestPool = body("RequestPool", &b)?;
+        if req.v6 {
+            return Err(DriverError("V6: Weir's networks are IPv4 only".into()));
+        }
+        if req.pool.is_empty() && !req.sub_pool.is_empty() {
+            return Err(DriverError("SubPool: given without a Pool".into()));
+        }
+        let asked = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(NETWORK_OPTION))
+            .cloned()
+            .unwrap_or_default();
+        let (name, subnet, _, cidr) = self.agent.network_addressing(&asked).await.ok_or_else(|| {
+            DriverError(format!(
+                "{NETWORK_OPTION}: {} is not a network of this runner (or it has not joined the host yet)",
+                if asked.is_empty() { "the primary network" } else { asked.as_str() }
+            ))
+        })?;
+        // Without a subnet Docker checks the pool against the routes it finds here (Weir's
+        // bridge is one), and asks for another one forever: a subnet must be given.
+        if req.pool != subnet.to_string() && req.pool != cidr.to_string() {
+            return Err(DriverError(format!(
+                "Pool: {} — give --subnet {cidr} (network {name}'s whole overlay; each runner's network then gets the runner's own subnet, here {subnet}) or --subnet {subnet}",
+                if req.pool.is_empty() {
+                    "none given"
+                } else {
+                    req.pool.as_str()
+                },
+            )));
+        }
+        Ok(answer(
+            json!({ "PoolID": name, "Pool": subnet.to_string(), "Data": {} }),
+        ))
+    }
+
+    async fn request_address(&self, b: Bytes) -> Reply {
+        let req: RequestAddress = body("RequestAddress", &b)?;
+        let (name, subnet, gateway, _) = self
+            .agent
+            .network_addressing(&req.pool_id)
+            .await
+            .ok_or_else(|| {
+                DriverError(format!(
+                    "PoolID: {:?} is not a network of this runner",
+                    req.pool_id
+                ))
+            })?;
+        let prefix = subnet.prefix_len();
+        let is_gateway = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get("RequestAddressType"))
+            .is_some_and(|t| t == GATEWAY_REQUEST);
+        if is_gateway {
+            if !req.address.is_empty() && req.address != gateway.to_string() {
+                return Err(DriverError(format!(
+                    "Address: the gateway of network {name} on this runner is {gateway}, not {}",
+                    req.address
+                )));
+            }
+            return Ok(answer(
+                json!({ "Address": format!("{gateway}/{prefix}"), "Data": {} }),
+            ));
+        }
+        let reserved = self
+            .uplink
+            .reserve(&name, &req.address, RESERVATION_TTL_S)
+            .await
+            .map_err(|st| status_error("reserve an address", st))?;
+        let mut st = self.state.lock().await;
+        let mut next = st.clone();
+        next.addresses.insert(
+            reserved.ip.clone(),
+            Held {
+                network: name,
+                token: reserved.token.clone(),
+            },
+        );
+        if let Err(e) = self.save(&next).await {
+            drop(st);
+            let _ = self.uplink.release(&reserved.token).await;
+            return Err(e);
+        }
+        *st = next;
+        Ok(answer(
+            json!({ "Address": format!("{}/{prefix}", reserved.ip), "Data": {} }),
+        ))
+    }
+
+    async fn release_address(&self, b: Bytes) -> Reply {
+        let req: ReleaseAddress = body("ReleaseAddress", &b)?;
+        let mut st = self.state.lock().await;
+        let Some(held) = st.addresses.get(&req.address).cloned() else {
+            // The gateway, or an address an endpoint took (freed when it was deleted).
+            return Ok(answer(json!({})));
+        };
+        self.uplink
+            .release(&held.token)
+            .await
+            .map_err(|st| status_error("release an address", st))?;
+        let mut next = st.clone();
+        next.addresses.remove(&req.address);
+        self.save(&next).await?;
+        *st = next;
+        Ok(answer(json!({})))
+    }
+
     /// Best effort, undoing an attach whose endpoint could not be remembered.
     async fn detach(&self, endpoint: &str, network: &str) {
         if let Err(st) = self
@@ -378,7 +569,37 @@ fn router(driver: Arc<Driver>) -> Router {
     Router::new()
         .route(
             "/Plugin.Activate",
-            post(|| fixed(json!({ "Implements": ["NetworkDriver"] }))),
+            post(|| fixed(json!({ "Implements": ["NetworkDriver", "IpamDriver"] }))),
+        )
+        .route(
+            "/IpamDriver.GetCapabilities",
+            post(|| fixed(json!({ "RequiresMACAddress": false }))),
+        )
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            post(|| {
+                fixed(json!({
+                    "LocalDefaultAddressSpace": "weir",
+                    "GlobalDefaultAddressSpace": "weir"
+                }))
+            }),
+        )
+        .route(
+            "/IpamDriver.RequestPool",
+            post(|State(d): State<Arc<Driver>>, b: Bytes| async move { d.request_pool(b).await }),
+        )
+        .route("/IpamDriver.ReleasePool", post(|| fixed(json!({}))))
+        .route(
+            "/IpamDriver.RequestAddress",
+            post(
+                |State(d): State<Arc<Driver>>, b: Bytes| async move { d.request_address(b).await },
+            ),
+        )
+        .route(
+            "/IpamDriver.ReleaseAddress",
+            post(
+                |State(d): State<Arc<Driver>>, b: Bytes| async move { d.release_address(b).await },
+            ),
         )
         .route(
             "/NetworkDriver.GetCapabilities",
@@ -394,11 +615,15 @@ fn router(driver: Arc<Driver>) -> Router {
         )
         .route(
             "/NetworkDriver.CreateEndpoint",
-            post(|State(d): State<Arc<Driver>>, b: Bytes| async move { d.create_endpoint(b).await }),
+            post(
+                |State(d): State<Arc<Driver>>, b: Bytes| async move { d.create_endpoint(b).await },
+            ),
         )
         .route(
             "/NetworkDriver.DeleteEndpoint",
-            post(|State(d): State<Arc<Driver>>, b: Bytes| async move { d.delete_endpoint(b).await }),
+            post(
+                |State(d): State<Arc<Driver>>, b: Bytes| async move { d.delete_endpoint(b).await },
+            ),
         )
         .route(
             "/NetworkDriver.Join",
@@ -427,11 +652,12 @@ fn router(driver: Arc<Driver>) -> Router {
 }
 
 /// The driver, ready to serve: its remembered networks and endpoints loaded from `state_dir`.
-pub fn driver(uplink: Arc<Uplink>, state_dir: &Path) -> std::io::Result<Router> {
+pub fn driver(uplink: Arc<Uplink>, agent: Arc<Agent>, state_dir: &Path) -> std::io::Result<Router> {
     let file = state_dir.join("docker-driver.json");
     let state = load(&file)?;
     Ok(router(Arc::new(Driver {
         uplink,
+        agent,
         file,
         state: Mutex::new(state),
     })))

@@ -77,6 +77,35 @@ impl Uplink {
         }
     }
 
+    /// Hold an address for a workload this runner attaches soon (a reservation of its own).
+    pub async fn reserve(
+        &self,
+        network: &str,
+        ip: &str,
+        ttl_seconds: u32,
+    ) -> Result<pb::ReserveAddressResponse, Status> {
+        let (mut host, hello) = self.get().await?;
+        host.relay_reserve(pb::RelayReserveRequest {
+            runner: Some(hello),
+            network: network.to_string(),
+            ip: ip.to_string(),
+            ttl_seconds,
+        })
+        .await
+        .map(Response::into_inner)
+    }
+
+    /// Give back an unused reservation of this runner's.
+    pub async fn release(&self, token: &str) -> Result<(), Status> {
+        let (mut host, hello) = self.get().await?;
+        host.relay_release(pb::RelayReleaseRequest {
+            runner: Some(hello),
+            token: token.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn get(&self) -> Result<(HostClient, pb::SessionHello), Status> {
         self.current.read().await.clone().ok_or_else(|| {
             Status::unavailable(format!(
@@ -98,7 +127,10 @@ impl Local for LocalService {
         &self,
         req: Request<pb::LocalAttachRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
-        self.uplink.attach(req.into_inner()).await.map(Response::new)
+        self.uplink
+            .attach(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn detach(

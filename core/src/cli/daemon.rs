@@ -230,8 +230,9 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
             agent.clone(),
         ));
         if let Some(path) = &c.runner.docker_socket {
-            let app = crate::api::docker::driver(uplink.clone(), &c.runner.state_dir)
-                .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;
+            let app =
+                crate::api::docker::driver(uplink.clone(), agent.clone(), &c.runner.state_dir)
+                    .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;
             let listener = crate::api::server::bind_unix(path)
                 .await
                 .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;

@@ -197,6 +197,39 @@ impl Hub {
         Ok(reservation_pb(r))
     }
 
+    /// A runner's relayed release: only its own reservations; one that is gone (used and
+    /// detached, expired, released) or in use is left as it is.
+    pub async fn release_relayed_reservation(
+        &self,
+        runner: &str,
+        token: &str,
+    ) -> Result<(), HubError> {
+        let r = match self
+            .validate_reservation(pb::ValidateReservationRequest {
+                token: token.to_string(),
+                runner: runner.to_string(),
+            })
+            .await
+        {
+            Ok(r) => r,
+            // Gone, or expired (the sweep frees it).
+            Err(HubError::NotFound(_) | HubError::FailedPrecondition(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !r.workload_id.is_empty() {
+            return Ok(());
+        }
+        match self
+            .release_reservation(pb::ReleaseReservationRequest {
+                token: token.to_string(),
+            })
+            .await
+        {
+            Ok(()) | Err(HubError::NotFound(_) | HubError::FailedPrecondition(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Give an unused reservation's address back.
     pub async fn release_reservation(
         &self,

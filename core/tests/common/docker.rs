@@ -41,8 +41,9 @@ impl Dockerd {
     /// Start a dockerd in `netns` whose `/run/docker/plugins` is `plugins`, wait until it
     /// answers, and import the busybox image. `bridge`: keep Docker's own `docker0` network.
     pub fn start(dir: &Path, netns: &Path, plugins: &Path, bridge: bool) -> Dockerd {
+        clean_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let cgroup = format!("weir-docker-{}-{n}", std::process::id());
+        let cgroup = format!("{PREFIX}{}-{n}", std::process::id());
         fs::create_dir_all(dir.join("data")).unwrap();
         fs::create_dir_all(dir.join("cli")).unwrap();
         fs::create_dir_all(plugins).unwrap();
@@ -204,28 +205,59 @@ impl Drop for Dockerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // What is still in our cgroups (shims, containers) dies; then the cgroups go.
-        let mut cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
-            .map(|r| r.flatten().map(|e| e.path().join(&self.cgroup)).collect())
-            .unwrap_or_default();
-        cgroups.push(PathBuf::from(format!("/sys/fs/cgroup/{}", self.cgroup)));
-        cgroups.retain(|c| c.is_dir());
-        for _ in 0..100 {
-            for c in &cgroups {
-                for pid in cgroup_pids(c) {
-                    unsafe {
-                        libc::kill(pid as i32, libc::SIGKILL);
-                    }
-                }
-                rmdir_tree(c);
-            }
-            if cgroups.iter().all(|c| !c.exists()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        remove_cgroups(&self.cgroup);
         let _ = fs::remove_dir_all(self.dir.join("data"));
         let _ = fs::remove_dir(format!("/tmp/{}", self.cgroup));
+    }
+}
+
+/// The cgroups and `/tmp` staging directories are named `PREFIX<pid>-<n>`.
+const PREFIX: &str = "weir-docker-";
+
+/// What is still in the cgroup `/NAME` (shims, containers) dies; then the cgroups go.
+fn remove_cgroups(name: &str) {
+    let mut cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .map(|r| r.flatten().map(|e| e.path().join(name)).collect())
+        .unwrap_or_default();
+    cgroups.push(PathBuf::from(format!("/sys/fs/cgroup/{name}")));
+    cgroups.retain(|c| c.is_dir());
+    for _ in 0..100 {
+        for c in &cgroups {
+            for pid in cgroup_pids(c) {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            rmdir_tree(c);
+        }
+        if cgroups.iter().all(|c| !c.exists()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What test processes that died (a timeout, a kill) left: their staging directories and
+/// cgroups. Their dockerds ran in lab namespaces, which the lab's own stale cleanup removes
+/// with everything in them.
+fn clean_stale() {
+    let Ok(entries) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        remove_cgroups(&name);
+        let _ = fs::remove_dir(e.path());
     }
 }
 
