@@ -5,8 +5,8 @@
 pub mod agent;
 pub mod auth;
 pub mod client;
-pub mod docker;
 pub mod control;
+pub mod docker;
 pub mod edge;
 pub mod local;
 pub mod runner;

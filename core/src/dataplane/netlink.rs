@@ -310,7 +310,13 @@ impl Netlink {
     }
 
     /// Create a bridge port from `msg` and give it its alias; `false`: it exists already.
-    async fn add_port(&self, name: &str, msg: LinkMessage, master: u32, alias: &str) -> Result<bool> {
+    async fn add_port(
+        &self,
+        name: &str,
+        msg: LinkMessage,
+        master: u32,
+        alias: &str,
+    ) -> Result<bool> {
         match self.handle.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if is_errno(&e, libc::EEXIST) => return Ok(false),

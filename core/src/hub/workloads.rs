@@ -397,7 +397,10 @@ impl Hub {
                 attach::vm_mac(&net.name, workload_id),
             )
         } else if handoff {
-            (attach::handoff_ifname(&net.name, workload_id), String::new())
+            (
+                attach::handoff_ifname(&net.name, workload_id),
+                String::new(),
+            )
         } else if let Some(name) = ifname {
             if let Some(w) = siblings.iter().find(|w| w.ifname == name) {
                 return Err(HubError::AlreadyExists(format!(
