@@ -3,7 +3,7 @@
 # Run as root on Debian 12. Arguments go to weir-bench:
 #   ./scripts/bench.sh                 every section, results into docs/benchmarks.md
 #   ./scripts/bench.sh --quick         a smoke run with every N shrunk
-#   ./scripts/bench.sh datapath scale  some sections only (attach policy datapath scale memory concurrency)
+#   ./scripts/bench.sh datapath scale  some sections only (attach policy datapath scale memory concurrency engines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# Debian packages: the reference CNI plugins, iperf3 and ethtool (plus what Weir itself needs).
+# Debian packages: the reference CNI plugins, iperf3, ethtool, Docker and busybox for the engines
+# section (plus what Weir itself needs).
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have iperf3 || need_pkgs+=(iperf3)
@@ -21,6 +22,8 @@ have nft || need_pkgs+=(nftables)
 have ip || need_pkgs+=(iproute2)
 have ping || need_pkgs+=(iputils-ping)
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need_pkgs+=(containernetworking-plugins)
+have dockerd || need_pkgs+=(docker.io)
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "bench: installing ${need_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +38,6 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 echo "bench: building the plugins and the release binaries" >&2
 (cd plugins && cargo build --quiet --release --target wasm32-wasip2)
-cargo build --quiet --release -p weir -p weir-bench
+cargo build --quiet --release -p weir -p weir-cni -p weir-bench
 
 exec target/release/weir-bench "$@"

@@ -19,17 +19,17 @@ use crate::table::Table;
 pub const TITLE: &str = "Attach and detach: Weir against the reference CNI bridge plugin";
 
 /// Where the reference CNI plugins are (Debian's `containernetworking-plugins`).
-const CNI_DIR: &str = "/usr/lib/cni";
+pub const CNI_DIR: &str = "/usr/lib/cni";
 /// host-local's state for this run.
 const CNI_DATA_DIR: &str = "/run/weir-bench/cni-ipam";
 /// Untimed attach+detach rounds before measuring (caches, first connections).
-const WARMUP: usize = 5;
+pub const WARMUP: usize = 5;
 
 /// Attach and detach latencies of one system.
-struct Latencies {
-    attach: Samples,
-    detach: Samples,
-    both: Samples,
+pub struct Latencies {
+    pub attach: Samples,
+    pub detach: Samples,
+    pub both: Samples,
 }
 
 impl Latencies {
@@ -154,11 +154,15 @@ struct DataDir(PathBuf);
 impl Drop for DataDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // And its parent, /run/weir-bench, when nothing else is in it.
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
 /// `n` timed ADD+DEL rounds of the reference bridge plugin.
-fn cni_rounds(n: usize) -> Result<Latencies> {
+pub fn cni_rounds(n: usize) -> Result<Latencies> {
     for plugin in ["bridge", "host-local"] {
         if !Path::new(CNI_DIR).join(plugin).is_file() {
             bail!(
@@ -187,23 +191,45 @@ fn cni_rounds(n: usize) -> Result<Latencies> {
         },
     })
     .to_string();
+    let bridge = Path::new(CNI_DIR).join("bridge");
+    cni_plugin_rounds(n, &group, &bridge, Some(&node), &config)
+}
+
+/// `WARMUP` untimed then `n` timed ADD+DEL rounds of the CNI plugin `plugin` with the network
+/// config `config`, each into a fresh namespace of `group` (created and deleted outside the
+/// timed region); the plugin runs inside `node` if given, else in this process's namespace.
+pub fn cni_plugin_rounds(
+    n: usize,
+    group: &NsGroup,
+    plugin: &Path,
+    node: Option<&Path>,
+    config: &str,
+) -> Result<Latencies> {
     let mut pairs = Vec::with_capacity(n);
     for i in 0..WARMUP + n {
         let member = format!("w{i}");
         let ns = group.create(&member)?;
         let id = format!("weir-bench-{i}");
         let started = Instant::now();
-        let added = cni_exec(&node, "ADD", &id, &ns, &config)?;
+        let added = cni_exec(plugin, node, "ADD", &id, &ns, config)?;
         let add = started.elapsed();
         if i == 0 {
             let v: serde_json::Value =
                 serde_json::from_slice(&added).context("read the CNI ADD result")?;
-            if v["ips"][0]["address"].as_str().is_none() {
+            let Some(addr) = v["ips"][0]["address"].as_str() else {
                 bail!("CNI ADD gave no address: {v}");
+            };
+            // The answer is real: the container's eth0 has it.
+            let shown = env::run_in(&ns, "ip", &["-4", "-o", "addr", "show", "eth0"])?;
+            if !String::from_utf8_lossy(&shown.stdout).contains(&format!(" {addr} ")) {
+                bail!(
+                    "CNI ADD answered {addr} but eth0 has: {}",
+                    String::from_utf8_lossy(&shown.stdout).trim()
+                );
             }
         }
         let started = Instant::now();
-        cni_exec(&node, "DEL", &id, &ns, &config)?;
+        cni_exec(plugin, node, "DEL", &id, &ns, config)?;
         let del = started.elapsed();
         group.delete(&member)?;
         if i >= WARMUP {
@@ -213,9 +239,16 @@ fn cni_rounds(n: usize) -> Result<Latencies> {
     Ok(Latencies::from_pairs(pairs))
 }
 
-/// Execute the bridge plugin once, per the CNI spec, inside the node namespace.
-fn cni_exec(node: &Path, command: &str, id: &str, ns: &Path, config: &str) -> Result<Vec<u8>> {
-    let mut cmd = Command::new(Path::new(CNI_DIR).join("bridge"));
+/// Execute a CNI plugin once, per the CNI spec (inside the namespace `node` if given).
+fn cni_exec(
+    plugin: &Path,
+    node: Option<&Path>,
+    command: &str,
+    id: &str,
+    ns: &Path,
+    config: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = Command::new(plugin);
     cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", ns)
@@ -224,9 +257,12 @@ fn cni_exec(node: &Path, command: &str, id: &str, ns: &Path, config: &str) -> Re
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = weir::lab::run_in_namespace(&mut cmd, node)?
+    if let Some(node) = node {
+        weir::lab::run_in_namespace(&mut cmd, node)?;
+    }
+    let mut child = cmd
         .spawn()
-        .context("start the CNI bridge plugin")?;
+        .with_context(|| format!("start the CNI plugin {}", plugin.display()))?;
     child
         .stdin
         .take()

@@ -1,7 +1,7 @@
 //! `weir-bench`: Weir beside the reference tools, on one machine, in one run.
 //!
 //! ```text
-//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale memory concurrency
+//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale memory concurrency engines
 //! ```
 //!
 //! Each section builds what it measures in network namespaces of its own (`weir-bench-…`),
@@ -11,6 +11,7 @@
 mod attach;
 mod concurrency;
 mod datapath;
+mod engines;
 mod env;
 mod memory;
 mod policy;
@@ -38,16 +39,18 @@ enum Section {
     Scale,
     Memory,
     Concurrency,
+    Engines,
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Attach,
         Section::Policy,
         Section::Datapath,
         Section::Scale,
         Section::Memory,
         Section::Concurrency,
+        Section::Engines,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Section {
             Section::Scale => "scale",
             Section::Memory => "memory",
             Section::Concurrency => "concurrency",
+            Section::Engines => "engines",
         }
     }
 
@@ -69,6 +73,7 @@ impl Section {
             Section::Scale => scale::TITLE,
             Section::Memory => memory::TITLE,
             Section::Concurrency => concurrency::TITLE,
+            Section::Engines => engines::TITLE,
         }
     }
 
@@ -80,6 +85,7 @@ impl Section {
             Section::Scale => Box::pin(scale::run(opts, run)),
             Section::Memory => Box::pin(memory::run(opts, run)),
             Section::Concurrency => Box::pin(concurrency::run(opts, run)),
+            Section::Engines => Box::pin(engines::run(opts, run)),
         }
     }
 }
