@@ -2,7 +2,8 @@
 //! each dockerd inside a runner's namespace of the lab: `docker network create -d weir`, two
 //! containers on two runners talk over TCP (one network with Weir's IPAM driver, one with
 //! Docker's `null` IPAM), `docker rm` frees the address, and the driver
-//! restarted between two `docker run`s keeps working (Docker never sends it the network again).
+//! restarted between two `docker run`s keeps working (Docker never sends it the network again),
+//! and so does a restarted dockerd.
 
 mod common;
 #[path = "common/docker.rs"]
@@ -213,6 +214,30 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
     assert!(
         got.contains(" 10.128.64.77/18 "),
         "docker run --ip did not get the address asked for: {got}"
+    );
+    // dockerd restarted: its containers stopped with it (their endpoints were deleted, their
+    // addresses freed), and new ones get Weir addresses again.
+    let mut d2 = d2;
+    d2.restart();
+    assert!(
+        !listed(&lab).await.iter().any(|w| w.runner == "r2"),
+        "a stopped container's workload outlived dockerd's restart"
+    );
+    d2.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dee",
+        "--network",
+        "weir",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        d2.ip("dee", "weir"),
+        ip_b.to_string(),
+        "after dockerd's restart the next container does not get the free address"
     );
     drop(d1);
     drop(d2);

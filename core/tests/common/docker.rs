@@ -35,6 +35,8 @@ pub struct Dockerd {
     dir: PathBuf,
     child: Child,
     cgroup: String,
+    /// Where it runs (for a restart).
+    netns: PathBuf,
 }
 
 impl Dockerd {
@@ -61,40 +63,64 @@ impl Dockerd {
              mount -n -t tmpfs -o mode=0755 weir-docker-etc /etc/docker\n\
              exec dockerd --data-root {d}/data --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
              --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
-             --default-runtime runc --cgroup-parent=/{cgroup} {bridge} >{d}/dockerd.log 2>&1\n",
+             --default-runtime runc --cgroup-parent=/{cgroup} {bridge} >>{d}/dockerd.log 2>&1\n",
             plugins = plugins.display(),
             t = staging.display(),
             bridge = if bridge { "" } else { "--bridge=none" },
         );
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-            .arg(script)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start dockerd (is docker.io installed? scripts/bootstrap.sh)");
-        let mut me = Dockerd {
+        let child = spawn(netns, &script);
+        let me = Dockerd {
             dir: dir.to_path_buf(),
             child,
             cgroup,
+            netns: netns.to_path_buf(),
         };
+        fs::write(dir.join("start.sh"), &script).unwrap();
+        me.wait_ready();
+        me.import_busybox();
+        me
+    }
+
+    /// Stop the daemon (SIGTERM: Docker stops its containers, which releases their
+    /// endpoints) and start it again on the same data.
+    pub fn restart(&mut self) {
+        self.terminate();
+        let script = fs::read_to_string(self.dir.join("start.sh")).unwrap();
+        self.child = spawn(&self.netns, &script);
+        self.wait_ready();
+    }
+
+    fn terminate(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if me.docker(&["version"]).status.success() {
-                break;
+            if self.docker(&["version"]).status.success() {
+                return;
             }
-            if let Ok(Some(st)) = me.child.try_wait() {
-                panic!("dockerd exited ({st}): {}", me.log());
-            }
+            let exited = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .map_or(true, |s| s.contains(") Z "));
+            assert!(!exited, "dockerd exited: {}", self.log());
             assert!(
                 Instant::now() < deadline,
                 "dockerd did not answer within 60 s: {}",
-                me.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        me.import_busybox();
-        me
     }
 
     pub fn log(&self) -> String {
@@ -174,6 +200,16 @@ impl Dockerd {
     }
 }
 
+fn spawn(netns: &Path, script: &str) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start dockerd (is docker.io installed? scripts/bootstrap.sh)")
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -192,19 +228,8 @@ impl Drop for Dockerd {
             args.extend(ids.iter().map(String::as_str));
             let _ = self.docker(&args);
         }
-        // SIGTERM through its pid file (the child is the shell's exec: the same process).
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The child is the shell's exec: dockerd itself.
+        self.terminate();
         remove_cgroups(&self.cgroup);
         let _ = fs::remove_dir_all(self.dir.join("data"));
         let _ = fs::remove_dir(format!("/tmp/{}", self.cgroup));
