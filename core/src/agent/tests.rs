@@ -621,6 +621,54 @@ async fn a_vm_attach_makes_a_tap() {
     assert!(fake.links().is_empty(), "its tap is removed");
 }
 
+fn handoff(id: &str, host: u8) -> pb::WorkloadSpec {
+    pb::WorkloadSpec {
+        network: NET.into(),
+        workload_id: id.into(),
+        ifname: attach::handoff_ifname(NET, id),
+        address: format!("10.128.64.{host}/18"),
+        gateway: "10.128.64.1".into(),
+        mtu: 1450,
+        handoff: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_handed_off_pair_is_watched_by_its_bridge_end_and_never_remade() {
+    let (fake, agent) = built(1).await;
+    let spec = handoff("ep", 9);
+    let r = attach(&agent, &spec).await;
+    assert_eq!(r.error, "");
+    assert_eq!(r.netns_id, None, "a handoff has no namespace of ours");
+    let port = attach::host_ifname(NET, "ep");
+    assert!(fake.calls().contains(&Call::AttachTap {
+        name: port.clone(),
+        bridge: fake.bridge(BRIDGE).unwrap(),
+    }));
+    assert!(agent.audit().await.is_empty(), "its bridge end is there");
+    // The container went (its end with it, so the pair): reported gone after the grace.
+    fake.remove_link_named(&port);
+    agent.audit().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let gone = agent.audit().await;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(gone[0].reason.contains("handed-off"), "{}", gone[0].reason);
+    // A sync does not make it again: nobody would move a new container end.
+    fake.clear_calls();
+    let r = agent
+        .handle(pb::command::Op::Sync(pb::WorkloadSet {
+            workloads: vec![spec],
+        }))
+        .await;
+    assert_eq!(r.error, "");
+    assert_eq!(
+        count(&fake.calls(), |c| matches!(c, Call::AttachTap { .. })),
+        0
+    );
+    assert!(fake.links().iter().all(|l| l.name != port));
+}
+
 #[tokio::test]
 async fn apply_finds_the_uplink_by_the_default_route_unless_configured() {
     let (fake, agent) = agent(None);

@@ -204,4 +204,35 @@ mod tests {
         .to_string();
         assert!(e.contains("requested_ip and reservation_token"), "{e}");
     }
+
+    fn relayed(netns: &str, ifname: &str) -> pb::LocalAttachRequest {
+        pb::LocalAttachRequest {
+            origin: "docker/0123456789ab".into(),
+            workload_id: "e".repeat(64),
+            netns: netns.into(),
+            ifname: ifname.into(),
+            handoff: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_handoff_has_no_namespace_and_is_no_vm() {
+        let r = AttachRequest::from_relay("r1", relayed("", "")).unwrap();
+        assert!(r.handoff && !r.vm);
+        assert_eq!(r.netns, PathBuf::new());
+        assert_eq!(r.origin, "docker/0123456789ab");
+    }
+
+    #[test]
+    fn a_handoff_naming_a_namespace_or_an_interface_is_refused_naming_it() {
+        let e = AttachRequest::from_relay("r1", relayed("/run/netns/x", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("netns:"), "{e}");
+        let e = AttachRequest::from_relay("r1", relayed("", "eth0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("ifname:"), "{e}");
+    }
 }
