@@ -306,11 +306,15 @@ async fn netavark_setup_and_teardown_give_and_free_an_address() {
     assert_eq!(w2.len(), 1, "{w2:?}");
     assert_eq!(w2[0].workload_id, id2);
     assert_eq!(w2[0].labels.get("app").map(String::as_str), Some("web"));
-    // c2 reaches its gateway on r1. Not yet the host right away: the host's neighbour entry
-    // for the reused address still has c1's MAC (REACHABLE, so for up to ~30 s; a dataplane
-    // finding: no gratuitous ARP when an address moves to a new interface).
+    // c2 reaches its gateway on r1, and the host at once: the host's neighbour entry for the
+    // reused address still had c1's MAC until c2's interface announced itself (gratuitous
+    // ARP at attach; without it the host answers c1's MAC for up to ~30 s).
     let gw: Ipv4Addr = gateway.as_str().unwrap().parse().unwrap();
     assert!(lab.ping("c2", gw), "c2 reaches its gateway");
+    assert!(
+        lab.ping("c2", HOST_OVERLAY_IP),
+        "c2 does not reach the host with an address c1 had a moment ago"
+    );
     nv.ok(&["teardown", &c2], &container(&net, &id2, per));
     no_interface_left(&lab, "c2").await;
 

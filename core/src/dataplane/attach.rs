@@ -193,7 +193,7 @@ pub async fn attach_checked(
         // Inside through the descriptor just checked, never the path again (it could be
         // re-bound meanwhile).
         let held = PathBuf::from(format!("/proc/self/fd/{}", ns_file.as_raw_fd()));
-        let inner = Netlink::in_namespace(&held).map_err(|e| {
+        let (inner, arp) = Netlink::in_namespace_with(&held, super::garp::socket).map_err(|e| {
             DataplaneError::Invalid(format!(
                 "open a netlink socket inside {}: {e}",
                 w.netns.display()
@@ -238,11 +238,21 @@ pub async fn attach_checked(
             configure_inside(&inner, w, created).await
         }
         .await;
-        if let Err(e) = result {
-            if created {
-                remove_created(nl, &name, &e).await;
+        let index = match result {
+            Ok(index) => index,
+            Err(e) => {
+                if created {
+                    remove_created(nl, &name, &e).await;
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        if created {
+            // The address may have been another interface's a moment ago.
+            let mac = container_mac(&w.network, &w.workload);
+            if let Err(e) = super::garp::announce(&arp, index, mac, w.addr.addr()) {
+                tracing::warn!(interface = %w.ifname, netns = %w.netns.display(), error = %e, "cannot announce the address (gratuitous ARP)");
+            }
         }
         Ok(id)
     })
@@ -372,7 +382,8 @@ async fn check_default_route(inner: &Netlink, w: &WorkloadIface, oif: Option<u32
 /// the pair (the peer down, without addresses), so only what is missing is sent — each request
 /// is a round trip under the kernel's rtnl lock, which every attach on the machine shares; a
 /// repair looks at everything and puts it right.
-async fn configure_inside(inner: &Netlink, w: &WorkloadIface, fresh: bool) -> Result<()> {
+/// Returns the interface's index inside.
+async fn configure_inside(inner: &Netlink, w: &WorkloadIface, fresh: bool) -> Result<u32> {
     let ns = &w.netns;
     let link = inner.link(&w.ifname).await?.ok_or_else(|| {
         DataplaneError::Invalid(format!(
@@ -423,7 +434,7 @@ async fn configure_inside(inner: &Netlink, w: &WorkloadIface, fresh: bool) -> Re
     if let Some(table) = w.source_table {
         source_route(inner, w, link.index, table).await?;
     }
-    Ok(())
+    Ok(link.index)
 }
 
 /// Replies leave by the interface they came in on: traffic from this interface's address looks

@@ -17,6 +17,7 @@ pub mod fake_host;
 pub mod fake_runner;
 pub mod firewall;
 pub mod firewalld;
+pub mod garp;
 pub mod host;
 pub mod host_kernel;
 pub mod netlink;

@@ -140,9 +140,26 @@ impl Netlink {
     /// A connection inside the namespace at `ns` (a `/run/netns/NAME` or `/proc/PID/ns/net`
     /// path). The socket is created on a thread inside that namespace and driven from tokio.
     pub fn in_namespace(ns: &Path) -> Result<Self> {
-        let fd = netns::run_in(ns, || {
-            rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
-                .map(|s| s.into_raw_fd())
+        Self::in_namespace_with(ns, || Ok(())).map(|(nl, ())| nl)
+    }
+
+    /// [`Netlink::in_namespace`], and `also` run inside the namespace on the same visit (e.g.
+    /// to open another socket there).
+    pub fn in_namespace_with<T: Send + 'static>(
+        ns: &Path,
+        also: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<(Self, T)> {
+        let (fd, extra) = netns::run_in(ns, || {
+            let fd = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map(|s| s.into_raw_fd())?;
+            match also() {
+                Ok(extra) => Ok((fd, extra)),
+                Err(e) => {
+                    // SAFETY: `fd` was just created here and is owned by nothing else.
+                    unsafe { libc::close(fd) };
+                    Err(e)
+                }
+            }
         })
         .and_then(|r| r)
         .map_err(|e| DataplaneError::io(format!("open netlink socket in {}", ns.display()), e))?;
@@ -152,7 +169,7 @@ impl Netlink {
         };
         let (conn, handle, _) = rtnetlink::from_socket(socket);
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok((Self { handle }, extra))
     }
 
     // ---- links -------------------------------------------------------------------------
