@@ -135,8 +135,19 @@ impl Agent for AgentService {
             .relay_runner(req.runner)
             .await
             .map_err(super::status)?;
+        let workloads = if req.workload_id.is_empty() {
+            self.hub.runner_workloads(&runner, &req.origin).await
+        } else {
+            self.hub
+                .runner_workload(&runner, &req.network, &req.workload_id)
+                .await
+                .map_err(super::status)?
+                .into_iter()
+                .filter(|w| req.origin.is_empty() || w.origin == req.origin)
+                .collect()
+        };
         Ok(Response::new(pb::ListWorkloadsResponse {
-            workloads: self.hub.runner_workloads(&runner, &req.origin).await,
+            workloads,
             next_page_token: String::new(),
         }))
     }

@@ -147,20 +147,17 @@ impl Local for LocalService {
     ) -> Result<Response<pb::LocalCheckResponse>, Status> {
         let req = req.into_inner();
         let (mut host, hello) = self.uplink.get().await?;
-        let listed = host
+        let w = host
             .relay_list(pb::RelayListRequest {
                 runner: Some(hello),
                 origin: String::new(),
+                workload_id: req.workload_id.clone(),
+                network: req.network.clone(),
             })
             .await?
             .into_inner()
-            .workloads;
-        let w = listed
-            .into_iter()
-            .find(|w| {
-                w.workload_id == req.workload_id
-                    && (req.network.is_empty() || w.network == req.network)
-            })
+            .workloads
+            .pop()
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "workload_id: {:?} is not attached on this runner",
@@ -185,6 +182,7 @@ impl Local for LocalService {
         host.relay_list(pb::RelayListRequest {
             runner: Some(hello),
             origin: req.into_inner().origin,
+            ..Default::default()
         })
         .await
     }

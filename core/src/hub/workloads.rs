@@ -896,6 +896,23 @@ impl Hub {
     }
 
     /// Every acknowledged workload of `runner` attached by `origin` (empty: any), in key order.
+    /// One of a runner's workloads, by key (none: not attached there, or still changing).
+    pub async fn runner_workload(
+        &self,
+        runner: &str,
+        network: &str,
+        workload_id: &str,
+    ) -> Result<Option<pb::Workload>, HubError> {
+        let net = self.network(network)?.name.clone();
+        let key = workload_key(&net, workload_id);
+        let st = self.state.lock().await;
+        Ok(st
+            .workloads
+            .get(&key)
+            .filter(|w| w.runner == runner && !st.phases.contains_key(&key))
+            .map(workload_pb))
+    }
+
     pub async fn runner_workloads(&self, runner: &str, origin: &str) -> Vec<pb::Workload> {
         let st = self.state.lock().await;
         st.workloads
