@@ -171,7 +171,7 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
          runner's unix socket and the runner's to the host; the bridge's is local (a lock and a \
          file in host-local's data directory). Docker's bridge network is built into dockerd; \
          Weir's is a remote driver, so each container costs Docker's HTTP calls to it \
-         (CreateEndpoint, Join, Leave, DeleteEndpoint) on top of Weir's attach and detach.",
+         (CreateEndpoint, Join, ProgramExternalConnectivity, and their reverse on removal) on top of Weir's attach and detach.",
     );
     Ok(r)
 }
