@@ -3,7 +3,8 @@
 //! containers on two runners talk over TCP (one network with Weir's IPAM driver, one with
 //! Docker's `null` IPAM), `docker rm` frees the address, and the driver
 //! restarted between two `docker run`s keeps working (Docker never sends it the network again),
-//! and so does a restarted dockerd.
+//! and so does a restarted dockerd (with `--live-restore` its running containers keep their
+//! network).
 
 mod common;
 #[path = "common/docker.rs"]
@@ -215,13 +216,23 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         got.contains(" 10.128.64.77/18 "),
         "docker run --ip did not get the address asked for: {got}"
     );
-    // dockerd restarted: its containers stopped with it (their endpoints were deleted, their
-    // addresses freed), and new ones get Weir addresses again.
+    // dockerd restarted (`--live-restore`): the running container keeps its address and its
+    // way through the overlay, and new containers attach as before.
     let mut d2 = d2;
     d2.restart();
+    assert_eq!(d2.ip("cee", "weir"), ip_b.to_string());
     assert!(
-        !listed(&lab).await.iter().any(|w| w.runner == "r2"),
-        "a stopped container's workload outlived dockerd's restart"
+        listed(&lab)
+            .await
+            .iter()
+            .any(|w| w.ip.starts_with(&format!("{ip_b}/"))),
+        "the running container's workload did not outlive dockerd's restart"
+    );
+    let ping = d2.docker(&["exec", "cee", "ping", "-c", "1", "-W", "2", "10.128.0.1"]);
+    assert!(
+        ping.status.success(),
+        "after dockerd's restart the running container cannot reach the host: {}",
+        String::from_utf8_lossy(&ping.stdout)
     );
     d2.ok(&[
         "run",
@@ -234,11 +245,9 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         "sleep",
         "1000",
     ]);
-    assert_eq!(
-        d2.ip("dee", "weir"),
-        ip_b.to_string(),
-        "after dockerd's restart the next container does not get the free address"
-    );
+    assert_ne!(d2.ip("dee", "weir"), ip_b.to_string());
+    d2.ok(&["rm", "-f", "cee", "dee"]);
+    workloads_become(&lab, 0, "docker rm after the restart frees both").await;
     drop(d1);
     drop(d2);
     workloads_become(&lab, 0, "every docker workload is gone").await;

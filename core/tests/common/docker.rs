@@ -1,7 +1,7 @@
 //! A private dockerd (Debian's docker.io 20.10) inside a lab member's network namespace and a
 //! mount namespace of its own, for tests of Weir's Docker network driver.
 //!
-//! The daemon is started as
+//! A holder process makes the mount namespace and keeps it:
 //!
 //! ```text
 //! nsenter --net=NETNS unshare --mount --propagation private sh -c '
@@ -9,9 +9,17 @@
 //!                                            # exec-root, containerd, runc, netns: private
 //!     mount --bind PLUGINS /run/docker/plugins   # the runner's driver socket, as `weir`
 //!     mount -t tmpfs … /etc/docker           # key.json
-//!     exec dockerd --data-root D/data --pidfile D/docker.pid -H unix://D/docker.sock
-//!         --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false
-//!         --default-runtime runc --cgroup-parent=/NAME [--bridge=none]'
+//!     touch D/mounted; exec sleep …'
+//! ```
+//!
+//! and dockerd runs (and is restarted) inside it, so a restarted dockerd finds the same `/run`
+//! (with `--live-restore`, its containers' shims and namespaces):
+//!
+//! ```text
+//! nsenter --net=NETNS --mount=/proc/HOLDER/ns/mnt dockerd --data-root D/data
+//!     --pidfile D/docker.pid -H unix://D/docker.sock --iptables=false --ip6tables=false
+//!     --ip-masq=false --ip-forward=false --default-runtime runc --cgroup-parent=/NAME
+//!     --live-restore [--bridge=none]
 //! ```
 //!
 //! so everything Docker writes to global places (`/run/docker/plugins`, `/var/run/docker`,
@@ -34,6 +42,9 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct Dockerd {
     dir: PathBuf,
     child: Child,
+    /// Holds the mount namespace (a `sleep`): a restarted dockerd finds the same `/run`, so
+    /// with `--live-restore` its running containers (their shims, namespaces) carry on.
+    holder: Child,
     cgroup: String,
     /// Where it runs (for a restart).
     netns: PathBuf,
@@ -53,7 +64,7 @@ impl Dockerd {
         // A fresh /run, made aside (with the labs' directory bound into it) and moved over.
         let staging = PathBuf::from(format!("/tmp/{cgroup}"));
         fs::create_dir_all(&staging).unwrap();
-        let script = format!(
+        let mounts = format!(
             "set -e\n\
              mount -n -t tmpfs -o mode=0755 weir-docker-run {t}\n\
              mkdir -p {t}/docker/plugins {t}/weir-lab\n\
@@ -61,32 +72,67 @@ impl Dockerd {
              mount -n --move {t} /run\n\
              mount -n --bind {plugins} /run/docker/plugins\n\
              mount -n -t tmpfs -o mode=0755 weir-docker-etc /etc/docker\n\
-             exec dockerd --data-root {d}/data --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
-             --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
-             --default-runtime runc --cgroup-parent=/{cgroup} {bridge} >>{d}/dockerd.log 2>&1\n",
+             touch {d}/mounted\n\
+             exec sleep 1000000\n",
             plugins = plugins.display(),
             t = staging.display(),
+        );
+        let holder = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(mounts)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare a mount namespace for dockerd");
+        let script = format!(
+            "exec dockerd --data-root {d}/data --pidfile {d}/docker.pid -H unix://{d}/docker.sock \
+             --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
+             --default-runtime runc --cgroup-parent=/{cgroup} --live-restore {bridge} \
+             >>{d}/dockerd.log 2>&1\n",
             bridge = if bridge { "" } else { "--bridge=none" },
         );
-        let child = spawn(netns, &script);
-        let me = Dockerd {
+        fs::write(dir.join("start.sh"), &script).unwrap();
+        let placeholder = Command::new("true").spawn().unwrap();
+        let mut me = Dockerd {
             dir: dir.to_path_buf(),
-            child,
+            child: placeholder,
+            holder,
             cgroup,
             netns: netns.to_path_buf(),
         };
-        fs::write(dir.join("start.sh"), &script).unwrap();
+        // From here on a panic drops `me`, which cleans up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !dir.join("mounted").exists() {
+            if let Ok(Some(st)) = me.holder.try_wait() {
+                panic!("the mount namespace for dockerd could not be made ({st})");
+            }
+            assert!(Instant::now() < deadline, "no mount namespace after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me.child = me.spawn();
         me.wait_ready();
         me.import_busybox();
         me
     }
 
-    /// Stop the daemon (SIGTERM: Docker stops its containers, which releases their
-    /// endpoints) and start it again on the same data.
+    /// dockerd inside the holder's mount namespace and `netns`.
+    fn spawn(&self) -> Child {
+        let script = fs::read_to_string(self.dir.join("start.sh")).unwrap();
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .args(["sh", "-c"])
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start dockerd (is docker.io installed? scripts/bootstrap.sh)")
+    }
+
+    /// Stop the daemon (SIGTERM; with `--live-restore` its containers keep running) and start
+    /// it again on the same data and mounts.
     pub fn restart(&mut self) {
         self.terminate();
-        let script = fs::read_to_string(self.dir.join("start.sh")).unwrap();
-        self.child = spawn(&self.netns, &script);
+        self.child = self.spawn();
         self.wait_ready();
     }
 
@@ -129,7 +175,13 @@ impl Dockerd {
 
     /// `docker ARGS…` against this daemon (no check of the status).
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
+        // Debian's client, of the daemon's version (another `docker` may come first on PATH).
+        let cli = if Path::new("/usr/bin/docker").exists() {
+            "/usr/bin/docker"
+        } else {
+            "docker"
+        };
+        Command::new(cli)
             .env("DOCKER_CONFIG", self.dir.join("cli"))
             .arg("-H")
             .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
@@ -200,16 +252,6 @@ impl Dockerd {
     }
 }
 
-fn spawn(netns: &Path, script: &str) -> Child {
-    Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(script)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start dockerd (is docker.io installed? scripts/bootstrap.sh)")
-}
-
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -230,6 +272,8 @@ impl Drop for Dockerd {
         }
         // The child is the shell's exec: dockerd itself.
         self.terminate();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
         remove_cgroups(&self.cgroup);
         let _ = fs::remove_dir_all(self.dir.join("data"));
         let _ = fs::remove_dir(format!("/tmp/{}", self.cgroup));
