@@ -260,3 +260,88 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         .reservations;
     assert!(held.is_empty(), "reservations left behind: {held:?}");
 }
+
+/// The driver (its runner) killed between an endpoint's attach and remembering it: `docker run`
+/// fails, and once the runner is back, Docker's roll-back of the endpoint reaches the driver,
+/// which detaches it although it never remembered it: nothing is left at the hub or on the
+/// bridge, and the next container attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_killed_mid_create_endpoint_leaves_nothing() {
+    let mut spec = spec("dkk");
+    spec.runners = 1;
+    spec.workloads_per_runner = 0;
+    spec.docker = true;
+    let mut lab = must(Lab::up(spec).await);
+    let d1 = dockerd(&lab, 1, false);
+    d1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "weir",
+        "--ipam-driver",
+        "weir",
+        "--subnet",
+        OVERLAY,
+        "weir",
+    ]);
+    lab.daemon_env.insert(
+        "r1".into(),
+        vec![(
+            "WEIR_FAILPOINTS".into(),
+            "docker.endpoint.after-attach".into(),
+        )],
+    );
+    lab.runners
+        .get_mut(&1)
+        .unwrap()
+        .stop(libc::SIGTERM)
+        .unwrap();
+    lab.start_runner(1).await.unwrap();
+    wait_until("r1's session is up", dur(30), || runner_ready(&lab, 1)).await;
+    lab.daemon_env.remove("r1");
+    // docker run in the background: it blocks until Docker gives up on the dead driver or the
+    // driver comes back.
+    let run = {
+        let mut c = d1.command(&["run", "--rm", "--network", "weir", IMAGE, "true"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut dead = false;
+    for _ in 0..300 {
+        if !lab.runners.get_mut(&1).unwrap().running() {
+            dead = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(dead, "the runner did not reach the failpoint");
+    lab.start_runner(1).await.unwrap();
+    wait_until("r1's session is back", dur(30), || runner_ready(&lab, 1)).await;
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "docker run succeeded through a driver that died mid-call"
+    );
+    workloads_become(&lab, 0, "the half-made endpoint is detached").await;
+    assert!(
+        !links(&lab, "r1")
+            .await
+            .iter()
+            .any(|l| l.name.starts_with("wk") || l.name.starts_with("wh")),
+        "a veth of the half-made endpoint is left on r1"
+    );
+    // And the next container attaches.
+    let got = d1.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "weir",
+        IMAGE,
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0",
+    ]);
+    assert!(got.contains(" 10.128."), "{got}");
+}

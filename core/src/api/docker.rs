@@ -56,6 +56,9 @@ struct Remembered {
     /// reservation (the hub holds it for this runner until it is used or expires).
     #[serde(default)]
     addresses: BTreeMap<String, Held>,
+    /// Endpoints being attached, not yet answered to Docker: endpoint id → Weir network.
+    #[serde(default)]
+    pending: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,29 +285,22 @@ impl Driver {
                 iface.address_ipv6
             )));
         }
+        let ip = iface.address.split('/').next().unwrap_or_default();
+        // Endpoint changes one at a time, under the state's lock: a crash recovery (below)
+        // never races an attach of the same endpoint.
+        let mut st = self.state.lock().await;
         // An address from Weir's IPAM driver comes with its reservation; any other IPAM's
         // address is not Weir's to give.
-        let token = match iface.address.split('/').next().unwrap_or_default() {
+        let token = match ip {
             "" => None,
-            ip => Some(
-                self.state
-                    .lock()
-                    .await
-                    .addresses
-                    .get(ip)
-                    .map(|h| h.token.clone())
-                    .ok_or_else(|| {
-                        DriverError(format!(
-                            "Interface.Address: {} was not handed out by Weir's IPAM; create the network with --ipam-driver weir (or null)",
-                            iface.address
-                        ))
-                    })?,
-            ),
+            ip => Some(st.addresses.get(ip).map(|h| h.token.clone()).ok_or_else(|| {
+                DriverError(format!(
+                    "Interface.Address: {} was not handed out by Weir's IPAM; create the network with --ipam-driver weir (or null)",
+                    iface.address
+                ))
+            })?),
         };
-        let network = self
-            .state
-            .lock()
-            .await
+        let network = st
             .networks
             .get(&req.network_id)
             .map(|n| n.network.clone())
@@ -314,34 +310,52 @@ impl Driver {
                     short(&req.network_id)
                 ))
             })?;
+        // Written ahead: if the runner dies before the answer, Docker takes the endpoint as
+        // never made (it does not delete it), so the restarted driver detaches it.
+        let mut next = st.clone();
+        next.pending
+            .insert(req.endpoint_id.clone(), network.clone());
+        self.save(&next).await?;
+        *st = next;
         let attached = self
             .uplink
             .attach(pb::LocalAttachRequest {
                 origin: format!("docker/{}", short(&req.network_id)),
                 workload_id: req.endpoint_id.clone(),
-                network,
+                network: network.clone(),
                 handoff: true,
                 reservation_token: token.clone().unwrap_or_default(),
                 ..Default::default()
             })
-            .await
-            .map_err(|st| status_error("attach", st))?;
-        let ep = Endpoint {
-            network_id: req.network_id,
-            network: attached.network.clone(),
-            ifname: attached.ifname.clone(),
-            gateway: attached.gateway.clone(),
-            default_route: attached.default_route,
-        };
-        let mut st = self.state.lock().await;
+            .await;
+        crate::failpoint::hit("docker.endpoint.after-attach");
         let mut next = st.clone();
-        next.endpoints.insert(req.endpoint_id.clone(), ep);
+        next.pending.remove(&req.endpoint_id);
+        let attached = match attached {
+            Ok(a) => a,
+            Err(status) => {
+                // Refused or undone at the host; an attach left unanswered is the host's to
+                // undo as well. Nothing to detach here.
+                self.save(&next).await?;
+                *st = next;
+                return Err(status_error("attach", status));
+            }
+        };
+        next.endpoints.insert(
+            req.endpoint_id.clone(),
+            Endpoint {
+                network_id: req.network_id,
+                network: attached.network.clone(),
+                ifname: attached.ifname.clone(),
+                gateway: attached.gateway.clone(),
+                default_route: attached.default_route,
+            },
+        );
         if token.is_some() {
-            next.addresses
-                .remove(iface.address.split('/').next().unwrap_or_default());
+            next.addresses.remove(ip);
         }
         if let Err(e) = self.save(&next).await {
-            drop(st);
+            // Still pending on disk: detached now, or at the next start.
             self.detach(&req.endpoint_id, &attached.network).await;
             return Err(e);
         }
@@ -356,6 +370,39 @@ impl Driver {
             out["MacAddress"] = json!(attached.mac);
         }
         Ok(answer(json!({ "Interface": out })))
+    }
+
+    /// Endpoints whose attach was begun but never answered to Docker (the runner died): once
+    /// the host is reachable, detach them.
+    async fn recover(&self) {
+        self.uplink.wait_connected().await;
+        let mut st = self.state.lock().await;
+        if st.pending.is_empty() {
+            return;
+        }
+        let mut next = st.clone();
+        for (endpoint, network) in std::mem::take(&mut next.pending) {
+            match self
+                .uplink
+                .detach(pb::LocalDetachRequest {
+                    workload_id: endpoint.clone(),
+                    network,
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(endpoint = %short(&endpoint), "detached an endpoint Docker was never answered for");
+                }
+                Err(status) => {
+                    tracing::warn!(endpoint = %short(&endpoint), error = %status.message(), "cannot detach an endpoint Docker was never answered for");
+                }
+            }
+        }
+        if let Err(e) = self.save(&next).await {
+            tracing::warn!(error = %e.0, "cannot save the docker driver's state");
+            return;
+        }
+        *st = next;
     }
 
     async fn endpoint(&self, r: &EndpointRef) -> Result<Endpoint, DriverError> {
@@ -389,18 +436,29 @@ impl Driver {
 
     async fn delete_endpoint(&self, b: Bytes) -> Reply {
         let req: EndpointRef = body("DeleteEndpoint", &b)?;
-        let Ok(ep) = self.endpoint(&req).await else {
-            // Not ours (any more): nothing to remove.
-            return Ok(answer(json!({})));
+        check_id("EndpointID", &req.endpoint_id)?;
+        // An endpoint not remembered is still detached: the runner may have died between its
+        // attach and remembering it (Docker then rolls the endpoint back with this call).
+        let mut st = self.state.lock().await;
+        let network = match st
+            .endpoints
+            .get(&req.endpoint_id)
+            .filter(|e| e.network_id == req.network_id)
+        {
+            Some(ep) => ep.network.clone(),
+            None => st
+                .networks
+                .get(&req.network_id)
+                .map(|n| n.network.clone())
+                .unwrap_or_default(),
         };
         self.uplink
             .detach(pb::LocalDetachRequest {
                 workload_id: req.endpoint_id.clone(),
-                network: ep.network.clone(),
+                network,
             })
             .await
             .map_err(|st| status_error("detach", st))?;
-        let mut st = self.state.lock().await;
         let mut next = st.clone();
         next.endpoints.remove(&req.endpoint_id);
         self.save(&next).await?;
@@ -655,12 +713,15 @@ fn router(driver: Arc<Driver>) -> Router {
 pub fn driver(uplink: Arc<Uplink>, agent: Arc<Agent>, state_dir: &Path) -> std::io::Result<Router> {
     let file = state_dir.join("docker-driver.json");
     let state = load(&file)?;
-    Ok(router(Arc::new(Driver {
+    let driver = Arc::new(Driver {
         uplink,
         agent,
         file,
         state: Mutex::new(state),
-    })))
+    });
+    let recovering = driver.clone();
+    tokio::spawn(async move { recovering.recover().await });
+    Ok(router(driver))
 }
 
 /// Serve the driver on `listener` (Docker finds it as `/run/docker/plugins/NAME.sock`, or

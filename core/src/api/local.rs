@@ -29,6 +29,8 @@ type HostClient = AgentClient<InterceptedService<Channel, Bearer>>;
 pub struct Uplink {
     name: String,
     current: RwLock<Option<(HostClient, pb::SessionHello)>>,
+    /// Whether a session is up, for those who wait for one.
+    up: tokio::sync::watch::Sender<bool>,
 }
 
 impl Uplink {
@@ -36,15 +38,25 @@ impl Uplink {
         Self {
             name: name.to_string(),
             current: RwLock::default(),
+            up: tokio::sync::watch::Sender::new(false),
         }
     }
 
     pub async fn connected(&self, client: HostClient, hello: pb::SessionHello) {
         *self.current.write().await = Some((client, hello));
+        self.up.send_replace(true);
     }
 
     pub async fn disconnected(&self) {
         *self.current.write().await = None;
+        self.up.send_replace(false);
+    }
+
+    /// Until the runner holds a session with the host.
+    pub async fn wait_connected(&self) {
+        let mut rx = self.up.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail while we are borrowed.
+        let _ = rx.wait_for(|up| *up).await;
     }
 
     /// Attach a workload on this runner through the host (as this runner).

@@ -175,20 +175,24 @@ impl Dockerd {
 
     /// `docker ARGS…` against this daemon (no check of the status).
     pub fn docker(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run docker")
+    }
+
+    /// The command `docker -H … ARGS…` (stdin closed).
+    pub fn command(&self, args: &[&str]) -> Command {
         // Debian's client, of the daemon's version (another `docker` may come first on PATH).
         let cli = if Path::new("/usr/bin/docker").exists() {
             "/usr/bin/docker"
         } else {
             "docker"
         };
-        Command::new(cli)
-            .env("DOCKER_CONFIG", self.dir.join("cli"))
+        let mut c = Command::new(cli);
+        c.env("DOCKER_CONFIG", self.dir.join("cli"))
             .arg("-H")
             .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run docker")
+            .stdin(Stdio::null());
+        c
     }
 
     /// `docker ARGS…`, which must succeed; its stdout, trimmed.
