@@ -9,14 +9,38 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const ETH_P_ARP: u16 = 0x0806;
 
+/// A packet socket for ARP. Closing one waits for an RCU grace period (`packet_release` →
+/// `synchronize_net`: milliseconds on a busy machine), so it is closed on a blocking thread,
+/// never on the async runtime where it would hold up every other attach.
+pub struct Socket(Option<OwnedFd>);
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(fd));
+                }
+                Err(_) => drop(fd),
+            }
+        }
+    }
+}
+
 /// A packet socket for ARP, opened in the calling thread's network namespace.
-pub fn socket() -> io::Result<OwnedFd> {
+pub fn socket() -> io::Result<Socket> {
+    raw_socket().map(|fd| Socket(Some(fd)))
+}
+
+fn raw_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned by the returned value.
     let fd = unsafe {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
+            // Protocol 0: send only. A protocol would hook the socket into the receive path
+            // of the namespace (a copy of every ARP packet) until it is closed.
+            0,
         )
     };
     if fd < 0 {
@@ -42,7 +66,10 @@ pub fn packet(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 28] {
 }
 
 /// Broadcast the announcement out of interface `ifindex` (of the socket's namespace).
-pub fn announce(sock: &OwnedFd, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+pub fn announce(sock: &Socket, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+    let Some(fd) = &sock.0 else {
+        return Err(io::Error::other("the socket is closed"));
+    };
     let p = packet(mac, ip);
     // SAFETY: a zeroed sockaddr_ll is valid; the fields set below are what AF_PACKET reads.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -54,7 +81,7 @@ pub fn announce(sock: &OwnedFd, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io:
     // SAFETY: `p` and `to` outlive the call; the lengths are theirs.
     let n = unsafe {
         libc::sendto(
-            sock.as_raw_fd(),
+            fd.as_raw_fd(),
             p.as_ptr().cast(),
             p.len(),
             0,
