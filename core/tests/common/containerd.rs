@@ -74,10 +74,10 @@
 //! containerd mounted there.
 #![allow(dead_code)]
 
+use crate::common::{busybox_rootfs, cgroup_pids, rmdir_tree, unescape_mountinfo};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -416,25 +416,7 @@ disabled_plugins = [
     /// namespaces; StopPodSandbox kills it with SIGKILL).
     fn build_sandbox_image(&self) -> PathBuf {
         let rootfs = self.dir.join("rootfs");
-        let bin = rootfs.join("bin");
-        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-            fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox-static is not installed (scripts/bootstrap.sh)");
-        fs::copy(busybox, bin.join("busybox")).unwrap();
-        fs::set_permissions(bin.join("busybox"), fs::Permissions::from_mode(0o755)).unwrap();
-        let list = Command::new(bin.join("busybox"))
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
+        busybox_rootfs(&rootfs);
         let layout = self.dir.join("oci");
         let blobs = layout.join("blobs/sha256");
         fs::create_dir_all(&blobs).unwrap();
@@ -728,52 +710,6 @@ fn teardown(dir: &Path) {
             .status();
     }
     let _ = fs::remove_dir_all(dir);
-}
-
-fn cgroup_pids(cg: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(s) = fs::read_to_string(cg.join("cgroup.procs")) {
-        out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    if let Ok(entries) = fs::read_dir(cg) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.extend(cgroup_pids(&e.path()));
-            }
-        }
-    }
-    out
-}
-
-/// Remove a cgroup directory and its child cgroups (rmdir only; a cgroup's files go with it).
-fn rmdir_tree(p: &Path) {
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(p);
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
-            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Tear down the directories of test processes that died.

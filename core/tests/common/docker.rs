@@ -29,6 +29,7 @@
 //! busybox-static rootfs imported as [`IMAGE`] (`docker import`).
 #![allow(dead_code)]
 
+use crate::common::{busybox_rootfs, cgroup_pids, rmdir_tree};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -212,24 +213,7 @@ impl Dockerd {
 
     fn import_busybox(&self) {
         let rootfs = self.dir.join("rootfs");
-        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-            fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox-static is not installed (scripts/bootstrap.sh)");
-        let bin = rootfs.join("bin");
-        fs::copy(busybox, bin.join("busybox")).unwrap();
-        let list = Command::new(bin.join("busybox"))
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
+        busybox_rootfs(&rootfs);
         let tar = self.dir.join("rootfs.tar");
         let st = Command::new("tar")
             .arg("-C")
@@ -332,31 +316,4 @@ fn clean_stale() {
         remove_cgroups(&name);
         let _ = fs::remove_dir(e.path());
     }
-}
-
-fn cgroup_pids(cg: &Path) -> Vec<u32> {
-    let mut out: Vec<u32> = fs::read_to_string(cg.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    if let Ok(entries) = fs::read_dir(cg) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                out.extend(cgroup_pids(&e.path()));
-            }
-        }
-    }
-    out
-}
-
-fn rmdir_tree(p: &Path) {
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(p);
 }

@@ -368,3 +368,78 @@ pub async fn listed(lab: &Lab) -> Vec<weir_proto::v1::Workload> {
         .into_inner()
         .workloads
 }
+
+// ---- what the container-engine harnesses (common/{podman,containerd,docker}.rs) share ----
+
+/// An exploded busybox-static rootfs at `rootfs` (`bin/busybox` and a symlink per applet; `etc`,
+/// `proc`, `sys`, `dev`, `tmp`): the image every engine test runs.
+pub fn busybox_rootfs(rootfs: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is not installed (scripts/bootstrap.sh)");
+    let bin = rootfs.join("bin");
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    std::fs::set_permissions(bin.join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = Command::new(bin.join("busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+}
+
+/// Every process in the cgroup `cg` and its child cgroups.
+pub fn cgroup_pids(cg: &std::path::Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(s) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+        out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Remove a cgroup directory and its child cgroups (rmdir only; a cgroup's files go with it).
+pub fn rmdir_tree(p: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(p);
+}
+
+/// A path field of `/proc/self/mountinfo` with its octal escapes (`\040` …) undone.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
+            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

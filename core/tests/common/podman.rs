@@ -85,6 +85,7 @@
 //! (so the plugins get their DEL), else only the kills, unmounts and removals above.
 #![allow(dead_code)]
 
+use crate::common::{busybox_rootfs, cgroup_pids, rmdir_tree, unescape_mountinfo};
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -242,24 +243,7 @@ num_locks = 128
 
     fn import_busybox(&self) {
         let rootfs = self.rootfs();
-        let bin = rootfs.join("bin");
-        for sub in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
-            fs::create_dir_all(rootfs.join(sub)).unwrap();
-        }
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("busybox-static is not installed (scripts/bootstrap.sh)");
-        fs::copy(busybox, bin.join("busybox")).unwrap();
-        let list = Command::new(bin.join("busybox"))
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
+        busybox_rootfs(&rootfs);
         let tar = self.dir.join("rootfs.tar");
         let st = Command::new("tar")
             .arg("-C")
@@ -466,52 +450,6 @@ fn teardown(dir: &Path) {
             .status();
     }
     let _ = fs::remove_dir_all(dir);
-}
-
-fn cgroup_pids(cg: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(s) = fs::read_to_string(cg.join("cgroup.procs")) {
-        out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    if let Ok(entries) = fs::read_dir(cg) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.extend(cgroup_pids(&e.path()));
-            }
-        }
-    }
-    out
-}
-
-/// Remove a cgroup directory and its child cgroups (rmdir only; a cgroup's files go with it).
-fn rmdir_tree(p: &Path) {
-    if let Ok(entries) = fs::read_dir(p) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(p);
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
-            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Tear down the directories of test processes that died; true if one of them had created
