@@ -57,6 +57,25 @@ fn runner_ready(lab: &Lab, i: u32) -> bool {
     child.wait().map(|s| s.success()).unwrap_or(false)
 }
 
+/// `docker network create -d weir --ipam-driver IPAM [--subnet OVERLAY] weir` (Weir's IPAM
+/// needs a subnet: see docs/engines/docker.md).
+fn create_network(d: &Dockerd, ipam: &str) {
+    let mut args = vec!["network", "create", "-d", "weir", "--ipam-driver", ipam];
+    if ipam == "weir" {
+        args.extend(["--subnet", OVERLAY]);
+    }
+    args.push("weir");
+    d.ok(&args);
+}
+
+/// The `eth0` address line of a fresh `docker run --rm --network weir EXTRA… IMAGE`.
+fn eth0_of_new_container(d: &Dockerd, extra: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", "--network", "weir"];
+    args.extend_from_slice(extra);
+    args.extend([IMAGE, "sh", "-c", "ip -4 -o addr show eth0"]);
+    d.ok(&args)
+}
+
 /// The Docker network's id as Weir shows it in a workload's origin.
 fn origin(d: &Dockerd, network: &str) -> String {
     let id = d.ok(&["network", "inspect", "-f", "{{.Id}}", network]);
@@ -85,26 +104,8 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
     let d2 = dockerd(&lab, 2, false);
     // Weir's IPAM driver on r1 (addresses reserved at the hub, then attached), none on r2
     // (the address comes with the endpoint's attach).
-    d1.ok(&[
-        "network",
-        "create",
-        "-d",
-        "weir",
-        "--ipam-driver",
-        "weir",
-        "--subnet",
-        OVERLAY,
-        "weir",
-    ]);
-    d2.ok(&[
-        "network",
-        "create",
-        "-d",
-        "weir",
-        "--ipam-driver",
-        "null",
-        "weir",
-    ]);
+    create_network(&d1, "weir");
+    create_network(&d2, "null");
 
     // b on r2 answers one TCP connection.
     d2.ok(&[
@@ -185,33 +186,13 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         .unwrap();
     lab.start_runner(1).await.unwrap();
     wait_until("r1's session is back", dur(30), || runner_ready(&lab, 1)).await;
-    let got = d1.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "weir",
-        IMAGE,
-        "sh",
-        "-c",
-        "ip -4 -o addr show eth0",
-    ]);
+    let got = eth0_of_new_container(&d1, &[]);
     assert!(
         got.contains(" 10."),
         "after the driver's restart the container has no Weir address: {got}"
     );
     // A chosen address through Weir's IPAM (a reservation of exactly it).
-    let got = d1.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "weir",
-        "--ip",
-        "10.128.64.77",
-        IMAGE,
-        "sh",
-        "-c",
-        "ip -4 -o addr show eth0",
-    ]);
+    let got = eth0_of_new_container(&d1, &["--ip", "10.128.64.77"]);
     assert!(
         got.contains(" 10.128.64.77/18 "),
         "docker run --ip did not get the address asked for: {got}"
@@ -273,17 +254,7 @@ async fn a_driver_killed_mid_create_endpoint_leaves_nothing() {
     spec.docker = true;
     let mut lab = must(Lab::up(spec).await);
     let d1 = dockerd(&lab, 1, false);
-    d1.ok(&[
-        "network",
-        "create",
-        "-d",
-        "weir",
-        "--ipam-driver",
-        "weir",
-        "--subnet",
-        OVERLAY,
-        "weir",
-    ]);
+    create_network(&d1, "weir");
     lab.daemon_env.insert(
         "r1".into(),
         vec![(
@@ -333,15 +304,6 @@ async fn a_driver_killed_mid_create_endpoint_leaves_nothing() {
         "a veth of the half-made endpoint is left on r1"
     );
     // And the next container attaches.
-    let got = d1.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "weir",
-        IMAGE,
-        "sh",
-        "-c",
-        "ip -4 -o addr show eth0",
-    ]);
+    let got = eth0_of_new_container(&d1, &[]);
     assert!(got.contains(" 10.128."), "{got}");
 }
