@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -52,8 +51,6 @@ fn cni(
     c.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if !container.is_empty() {
         c.env("CNI_CONTAINERID", container)
@@ -65,22 +62,9 @@ fn cni(
     for (k, v) in extra {
         c.env(k, v);
     }
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let out = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
+    let (status, out, _) = run_with_json(&mut c, conf);
     Outcome {
-        status: o.status.code().unwrap_or(-1),
+        status: status.unwrap_or(-1),
         out,
     }
 }
@@ -101,28 +85,6 @@ fn fails(o: Outcome, code: u64) -> String {
 fn ip_of(result: &Value) -> Ipv4Addr {
     let a = result["ips"][0]["address"].as_str().unwrap();
     a.split('/').next().unwrap().parse().unwrap()
-}
-
-/// A detach is acknowledged once durable; the runner removes the interface right after.
-async fn no_interface_left(lab: &Lab, member: &str) {
-    for _ in 0..150 {
-        if !links(lab, member).await.iter().any(|l| l.name == "eth0") {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{member} still has eth0 15 s after its detach");
-}
-
-async fn doctor_clean(lab: &Lab) {
-    let f = control(lab)
-        .await
-        .diagnose(pb::DiagnoseRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .findings;
-    assert!(f.is_empty(), "weir doctor finds: {f:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,22 +39,11 @@ fn runner_ready(lab: &Lab, i: u32) -> bool {
         "type": "weir-cni",
         "socket": lab.dir.join(format!("r{i}.sock")),
     });
-    let mut child = Command::new(bin)
-        .env("CNI_COMMAND", "STATUS")
+    let mut c = Command::new(bin);
+    c.env("CNI_COMMAND", "STATUS")
         .env("CNI_PATH", "/nonexistent")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("weir-cni (build the workspace)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    child.wait().map(|s| s.success()).unwrap_or(false)
+        .stderr(Stdio::null());
+    run_with_json(&mut c, &conf).0 == Some(0)
 }
 
 /// `docker network create -d weir --ipam-driver IPAM [--subnet OVERLAY] weir` (Weir's IPAM
@@ -240,12 +229,13 @@ async fn docker_containers_on_two_runners_talk_over_tcp_through_weir() {
         .into_inner()
         .reservations;
     assert!(held.is_empty(), "reservations left behind: {held:?}");
+    doctor_clean(&lab).await;
 }
 
 /// The driver (its runner) killed between an endpoint's attach and remembering it: `docker run`
-/// fails, and once the runner is back, Docker's roll-back of the endpoint reaches the driver,
-/// which detaches it although it never remembered it: nothing is left at the hub or on the
-/// bridge, and the next container attaches.
+/// fails (Docker takes the endpoint as never made and never deletes it), and the restarted
+/// driver detaches the endpoint it had written down as pending: nothing is left at the hub or
+/// on the bridge (`weir doctor` clean), and the next container attaches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_killed_mid_create_endpoint_leaves_nothing() {
     let mut spec = spec("dkk");
@@ -306,4 +296,6 @@ async fn a_driver_killed_mid_create_endpoint_leaves_nothing() {
     // And the next container attaches.
     let got = eth0_of_new_container(&d1, &[]);
     assert!(got.contains(" 10.128."), "{got}");
+    workloads_become(&lab, 0, "the last container's workload is gone").await;
+    doctor_clean(&lab).await;
 }

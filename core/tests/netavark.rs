@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -89,28 +88,13 @@ impl Netavark {
             .arg("--plugin-directory")
             .arg(&self.plugins)
             .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         run_in_namespace(&mut c, &self.ns).unwrap();
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.to_string().as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        let out = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-        };
+        let (status, out, stderr) = run_with_json(&mut c, stdin);
         Outcome {
-            ok: o.status.success(),
+            ok: status == Some(0),
             out,
-            stderr: String::from_utf8_lossy(&o.stderr).to_string(),
+            stderr,
         }
     }
 
@@ -181,17 +165,6 @@ fn ipnet_of(status: &Value) -> (String, String) {
 
 fn addr(ipnet: &str) -> Ipv4Addr {
     ipnet.split('/').next().unwrap().parse().unwrap()
-}
-
-/// A detach is acknowledged once durable; the runner removes the interface right after.
-async fn no_interface_left(lab: &Lab, member: &str) {
-    for _ in 0..150 {
-        if !links(lab, member).await.iter().any(|l| l.name == "eth0") {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{member} still has eth0 15 s after its teardown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,14 +318,7 @@ async fn netavark_setup_and_teardown_give_and_free_an_address() {
     weir::dataplane::netns::delete(&lab.ns_name("c3")).unwrap();
     nv.ok(&["teardown", &c3], &container(&net, &id3, per));
     assert!(listed(&lab).await.is_empty());
-    let findings = control(&lab)
-        .await
-        .diagnose(pb::DiagnoseRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .findings;
-    assert!(findings.is_empty(), "weir doctor finds: {findings:?}");
+    doctor_clean(&lab).await;
     // netavark keeps no state of its own for a plugin's network (its --config is untouched).
     assert_eq!(std::fs::read_dir(&nv.config).unwrap().count(), 0);
 }

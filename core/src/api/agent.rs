@@ -18,6 +18,11 @@ impl AgentService {
     pub fn new(hub: Arc<Hub>) -> Self {
         Self { hub }
     }
+
+    /// The runner a relayed call comes from (it must present the allocation it holds).
+    async fn relaying_runner(&self, hello: Option<pb::SessionHello>) -> Result<String, Status> {
+        self.hub.relay_runner(hello).await.map_err(super::status)
+    }
 }
 
 type HostStream = Pin<Box<dyn Stream<Item = Result<pb::HostMessage, Status>> + Send>>;
@@ -42,11 +47,7 @@ impl Agent for AgentService {
         req: Request<pb::RelayAttachRequest>,
     ) -> Result<Response<pb::AttachWorkloadResponse>, Status> {
         let req = req.into_inner();
-        let runner = self
-            .hub
-            .relay_runner(req.runner)
-            .await
-            .map_err(super::status)?;
+        let runner = self.relaying_runner(req.runner).await?;
         let attach = req.attach.unwrap_or_default();
         let started = std::time::Instant::now();
         let network = attach.network.clone();
@@ -69,11 +70,7 @@ impl Agent for AgentService {
         req: Request<pb::RelayDetachRequest>,
     ) -> Result<Response<pb::DetachWorkloadResponse>, Status> {
         let req = req.into_inner();
-        let runner = self
-            .hub
-            .relay_runner(req.runner)
-            .await
-            .map_err(super::status)?;
+        let runner = self.relaying_runner(req.runner).await?;
         let d = req.detach.unwrap_or_default();
         self.hub
             .detach(pb::DetachWorkloadRequest {
@@ -91,11 +88,7 @@ impl Agent for AgentService {
         req: Request<pb::RelayReserveRequest>,
     ) -> Result<Response<pb::ReserveAddressResponse>, Status> {
         let req = req.into_inner();
-        let runner = self
-            .hub
-            .relay_runner(req.runner)
-            .await
-            .map_err(super::status)?;
+        let runner = self.relaying_runner(req.runner).await?;
         self.hub
             .reserve(pb::ReserveAddressRequest {
                 runner,
@@ -113,11 +106,7 @@ impl Agent for AgentService {
         req: Request<pb::RelayReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
         let req = req.into_inner();
-        let runner = self
-            .hub
-            .relay_runner(req.runner)
-            .await
-            .map_err(super::status)?;
+        let runner = self.relaying_runner(req.runner).await?;
         self.hub
             .release_relayed_reservation(&runner, &req.token)
             .await
@@ -130,11 +119,7 @@ impl Agent for AgentService {
         req: Request<pb::RelayListRequest>,
     ) -> Result<Response<pb::ListWorkloadsResponse>, Status> {
         let req = req.into_inner();
-        let runner = self
-            .hub
-            .relay_runner(req.runner)
-            .await
-            .map_err(super::status)?;
+        let runner = self.relaying_runner(req.runner).await?;
         let workloads = if req.workload_id.is_empty() {
             self.hub.runner_workloads(&runner, &req.origin).await
         } else {

@@ -443,3 +443,60 @@ pub fn unescape_mountinfo(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Run `c` (stdin and stdout piped here) with `input` as JSON on its stdin: its exit code, its
+/// stdout as JSON (`Null` when empty) and its stderr (if the caller piped it) — how CNI and
+/// netavark plugins are driven.
+pub fn run_with_json(
+    c: &mut Command,
+    input: &serde_json::Value,
+) -> (Option<i32>, serde_json::Value, String) {
+    use std::io::Write;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let out = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (
+        o.status.code(),
+        out,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A detach is acknowledged once durable; the runner removes the interface right after: wait
+/// (15 s at most) until `member` has no `eth0`.
+pub async fn no_interface_left(lab: &Lab, member: &str) {
+    for _ in 0..150 {
+        if !links(lab, member).await.iter().any(|l| l.name == "eth0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{member} still has eth0 15 s after its detach");
+}
+
+/// `weir doctor` (Diagnose) finds nothing: the store and every runner's kernel agree.
+pub async fn doctor_clean(lab: &Lab) {
+    let f = control(lab)
+        .await
+        .diagnose(weir_proto::v1::DiagnoseRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .findings;
+    assert!(f.is_empty(), "weir doctor finds: {f:?}");
+}
