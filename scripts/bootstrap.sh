@@ -62,3 +62,11 @@ if [ ! -x "$NETAVARK_ROOT/bin/netavark" ]; then
     cargo install --quiet --locked netavark --version '~2.1' --root "$NETAVARK_ROOT"
   rm -rf /var/cache/weir/netavark-build
 fi
+
+# Tools of single test areas, one file each (sourced, in name order; same rules: idempotent,
+# install only what is missing).
+for part in scripts/bootstrap.d/*.sh; do
+  [ -e "$part" ] || continue
+  # shellcheck source=/dev/null
+  . "$part"
+done
