@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     // tonic-prost-build does not ask to be re-run when a .proto changes.
     println!("cargo:rerun-if-changed=weir");
+    println!("cargo:rerun-if-changed=grpc");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         // For gRPC server reflection (grpcurl and friends).
@@ -18,5 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["."],
         )?;
+    // The standard health service's descriptor under its canonical file name
+    // (`grpc/health/v1/health.proto`, as reflection clients expect); tonic-health serves the
+    // service itself, so only the descriptor set is used (the generated code is not included).
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .file_descriptor_set_path(out.join("health_descriptor.bin"))
+        .compile_protos(&["grpc/health/v1/health.proto"], &["."])?;
     Ok(())
 }

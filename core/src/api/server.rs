@@ -8,6 +8,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Server, ServerTlsConfig};
+use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+use tonic_reflection::server::v1alpha::{
+    ServerReflection as AlphaServerReflection,
+    ServerReflectionServer as AlphaServerReflectionServer,
+};
 use weir_proto::v1::agent_server::AgentServer;
 use weir_proto::v1::control_server::ControlServer;
 
@@ -62,9 +67,52 @@ pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, PathBuf)> 
     Ok((l, path.to_path_buf()))
 }
 
+/// The services every host listener serves, as reflection lists them.
+pub const SERVED_SERVICES: [&str; 5] = [
+    "weir.v1.Agent",
+    "weir.v1.Control",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Server reflection, v1 and v1alpha (grpcurl 1.8, grpcui and older grpc-go speak only the
+/// latter), advertising exactly [`SERVED_SERVICES`]: the descriptor sets also hold services
+/// the host does not serve (`weir.v1.Local`, `weir.v1.PolicyPlugin`), which stay resolvable
+/// by symbol but are not listed. Health's descriptor is registered under its canonical file
+/// name `grpc/health/v1/health.proto`.
+fn reflection() -> (
+    Option<ServerReflectionServer<impl ServerReflection>>,
+    Option<AlphaServerReflectionServer<impl AlphaServerReflection>>,
+) {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weir_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(weir_proto::v1::HEALTH_FILE_DESCRIPTOR_SET)
+            // Each version also describes the other, as both are listed.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for name in SERVED_SERVICES {
+            b = b.with_service_name(name);
+        }
+        b
+    };
+    let warn = |version: &str, e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "server reflection {version} unavailable");
+    };
+    let v1 = builder().build_v1().map_err(|e| warn("v1", &e)).ok();
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| warn("v1alpha", &e))
+        .ok();
+    (v1, v1alpha)
+}
+
 /// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
 /// Besides `weir.v1.Agent` and `weir.v1.Control` (behind `gate`), every listener serves
-/// `grpc.health.v1.Health` and server reflection; `limits` apply to all listeners together
+/// `grpc.health.v1.Health` and server reflection (v1 and v1alpha); `limits` apply to all listeners together
 /// (see [`super::edge`]).
 pub async fn serve(
     hub: Arc<Hub>,
@@ -82,17 +130,7 @@ pub async fn serve(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weir_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection = match reflection {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::warn!(error = %e, "server reflection unavailable");
-            None
-        }
-    };
+    let (reflection_v1, reflection_v1alpha) = reflection();
     let edge = EdgeLayer::new(limits, gate.clone());
     let router =
         |hub: Arc<Hub>, tls: Option<ServerTlsConfig>| -> Result<_, tonic::transport::Error> {
@@ -114,7 +152,8 @@ pub async fn serve(
                     gate.guard(Role::Control),
                 ))
                 .add_service(health_service.clone())
-                .add_optional_service(reflection.clone()))
+                .add_optional_service(reflection_v1.clone())
+                .add_optional_service(reflection_v1alpha.clone()))
         };
     let mut tasks = Vec::new();
     let mut rx = tx.subscribe();
