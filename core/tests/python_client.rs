@@ -64,3 +64,141 @@ async fn the_python_scheduler_example_runs_a_job_against_the_lab() {
     // Everything was detached.
     assert_eq!(lab.status().unwrap()["workloads"], 0);
 }
+
+/// A directory of the test's own outside the checkout, removed when dropped (also on failure).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("weir-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run a command to completion; panic with its output unless it succeeds.
+fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `clients/python` installs with pip into a fresh venv outside the checkout (from a copy, so
+/// nothing can come from the checkout), its checked-in stubs are what grpcio-tools makes of
+/// `proto/`, and its own tests pass against a lab's unix socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_installs_in_a_fresh_venv_and_its_tests_pass_against_a_lab() {
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = TempDir::new("pyclient");
+    let pkg = tmp.0.join("weir-client");
+    let venv = tmp.0.join("venv");
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(checkout.join("clients/python"))
+            .arg(&pkg),
+        "copy clients/python",
+    );
+    // Whatever a local run left in the checkout (bytecode) is not part of the package.
+    run_ok(
+        std::process::Command::new("find").arg(&pkg).args([
+            "-name",
+            "__pycache__",
+            "-prune",
+            "-exec",
+            "rm",
+            "-rf",
+            "{}",
+            "+",
+        ]),
+        "remove __pycache__",
+    );
+    run_ok(
+        std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+        "python3 -m venv",
+    );
+    let py = venv.join("bin/python");
+    run_ok(
+        std::process::Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(&pkg)
+            .arg("-r")
+            .arg(pkg.join("requirements-dev.txt"))
+            .current_dir(&tmp.0),
+        "pip install ./clients/python",
+    );
+
+    // The checked-in stubs are what the pinned grpcio-tools makes of proto/ now.
+    let check = run_ok(
+        std::process::Command::new(&py)
+            .arg(pkg.join("generate.py"))
+            .arg("--check")
+            .arg("--proto")
+            .arg(checkout.join("proto"))
+            .current_dir(&tmp.0),
+        "generate.py --check (clients/python/src/weir_client/v1 is stale: run clients/python/generate.py)",
+    );
+    assert!(check.contains("files match"), "{check}");
+
+    let mut s = spec("pyc");
+    s.runners = 2;
+    s.workloads_per_runner = 0;
+    let lab = must(Lab::up(s).await);
+    let netns = [("r1", "a"), ("r2", "b"), ("r1", "c")]
+        .map(|(r, m)| format!("{r}={}", new_netns(&lab, m)))
+        .join(",");
+    // The tests run from the copy's tests/ with the venv's python: `weir_client` can only be
+    // the installed one (a test asserts it).
+    let out = run_ok(
+        std::process::Command::new(&py)
+            .args(["-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v"])
+            .arg(pkg.join("tests"))
+            .env("WEIR_TEST_HOST", lab.control_url())
+            .env("WEIR_TEST_TOKEN_FILE", lab.dir.join("control.token"))
+            .env("WEIR_TEST_NETNS", &netns)
+            .env("WEIR_TEST_INSTALLED", "1")
+            .env_remove("WEIR_TOKEN")
+            .env_remove("WEIR_HOST")
+            .env_remove("PYTHONPATH")
+            .current_dir(&tmp.0),
+        "pytest clients/python/tests",
+    );
+    assert!(
+        !out.contains("SKIPPED") && out.contains(" passed"),
+        "every test ran:\n{out}"
+    );
+    for t in [
+        "test_a_job_reserve_attach_page_watch_detach PASSED",
+        "test_an_unreachable_host_is_skipped_for_the_next PASSED",
+        "test_the_installed_package_is_the_one_imported PASSED",
+    ] {
+        assert!(out.contains(t), "{t} missing:\n{out}");
+    }
+    // The tests detached everything they attached.
+    assert_eq!(lab.status().unwrap()["workloads"], 0);
+}
