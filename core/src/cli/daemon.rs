@@ -92,11 +92,18 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let timeout = c.host.heartbeat_timeout.get();
         let tick = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let liveness = hub.clone();
+        // The supervisor's watchdog is fed from the hub's liveness loop: a hub whose ticks hang
+        // (its state lock never free) stops the notifications and gets restarted.
+        let watchdog = crate::notify::Watchdog::from_env();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(tick);
+            let alive = crate::notify::keep_alive(watchdog);
+            tokio::pin!(alive);
             loop {
-                t.tick().await;
-                liveness.tick().await;
+                tokio::select! {
+                    _ = t.tick() => liveness.tick().await,
+                    never = &mut alive => match never {},
+                }
             }
         });
         tracing::info!(listen = %c.host.listen, overlay = c.overlay.enabled, "host ready");
@@ -239,9 +246,15 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
             tokio::spawn(crate::api::docker::serve(listener, app));
         }
         tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
-        crate::api::runner::run(settings, agent, uplink, shutdown_signal())
-            .await
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+        // The watchdog is fed from the task of the runner's main loop (polled beside it), so
+        // a loop that blocks its thread stops the notifications.
+        let watchdog = crate::notify::Watchdog::from_env();
+        tokio::select! {
+            r = crate::api::runner::run(settings, agent, uplink, shutdown_signal()) => {
+                r.map_err(|e| CliError::Usage(e.to_string()))?
+            }
+            never = crate::notify::keep_alive(watchdog) => match never {},
+        }
         tracing::info!("runner stopped");
         Ok(())
     }
@@ -413,4 +426,5 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
+    crate::notify::notify("STOPPING=1");
 }

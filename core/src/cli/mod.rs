@@ -16,7 +16,7 @@ mod render;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
 
@@ -70,6 +70,21 @@ pub enum Command {
     /// A whole cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
+    /// Print a shell completion script to stdout (e.g. `weir completion bash >
+    /// /etc/bash_completion.d/weir`).
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of `weir` to stdout, or write one page per command into
+    /// a directory (weir.1, weir-attach.1, weir-plugin-check.1, …).
+    Man {
+        /// Write every page into this directory (created if missing) instead of printing
+        /// weir(1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// A command's failure, mapped to the documented exit status.
@@ -100,12 +115,20 @@ impl From<crate::config::ConfigError> for CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // The lab merges a configuration given on its command line, not one from WEIR_CONFIG
+    // (which usually names this machine's own).
+    let config_on_command_line =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
     // Daemons install logging together with traces and metrics, once their config is loaded.
     if !matches!(cli.command, Command::Host | Command::Runner) {
         logging::init(cli.log_format);
     }
-    match run(cli) {
+    match run(cli, config_on_command_line) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -114,16 +137,57 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), CliError> {
+fn run(cli: Cli, config_on_command_line: bool) -> Result<(), CliError> {
     match cli.command {
         Command::Plan(args) => plan_cmd::run(args, cli.conn.json),
-        Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref()),
+        Command::Config(cmd) => config_cmd::run(cmd, cli.config.as_deref(), cli.conn.json),
         Command::Host => daemon::host(cli.config.as_deref(), cli.log_format),
         Command::Runner => daemon::runner(cli.config.as_deref(), cli.log_format),
         Command::Client(cmd) => client_cmd::run(cmd, cli.conn, cli.config.as_deref()),
-        Command::Lab(cmd) => lab_cmd::run(cmd),
+        Command::Lab(cmd) => lab_cmd::run(
+            cmd,
+            cli.config.as_deref().filter(|_| config_on_command_line),
+        ),
         Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Decisions(a) => plugin_cmd::decisions(a, cli.conn.json, cli.config.as_deref()),
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "weir", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
+    }
+}
+
+/// `weir man`: weir(1) on stdout, or every command's page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
+    let cmd = Cli::command();
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(|e| CliError::Failed(format!("render the man page: {e}")))?;
+            print_bytes(&page)
+        }
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| CliError::Failed(format!("create {}: {e}", d.display())))?;
+            clap_mangen::generate_to(cmd, d)
+                .map_err(|e| CliError::Failed(format!("write man pages to {}: {e}", d.display())))
+        }
+    }
+}
+
+/// Write `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Failed(format!("write to stdout: {e}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -168,6 +232,42 @@ pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command, flag and positional of the whole tree shows a help text (in `--help`,
+    /// the man pages and the completions).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{p}: the command itself"));
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "weir", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+        // The walk sees the whole tree (nested commands and global flags included).
+        let lab_up = cmd
+            .find_subcommand("lab")
+            .and_then(|l| l.find_subcommand("up"))
+            .expect("weir lab up");
+        assert!(lab_up.get_arguments().any(|a| a.get_id() == "runners"));
+    }
 
     #[test]
     fn key_values_split_at_the_first_equals_sign() {
