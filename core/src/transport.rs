@@ -13,7 +13,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 /// How a client failed to reach the host.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("host URL {url:?}: {reason} (use http://HOST:PORT or unix:///PATH)")]
+    #[error("host URL {url:?}: {reason} (use http://HOST:PORT, https://HOST:PORT or unix:///PATH)")]
     BadUrl { url: String, reason: String },
     #[error("cannot reach the host at {url}: {reason}")]
     Connect { url: String, reason: String },

@@ -7,7 +7,9 @@
 //! the JSON is stable for scripts ([`super::render`]).
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -16,14 +18,15 @@ use weir_proto::v1 as pb;
 use super::conn::{Client, Conn, client, refused};
 use super::render::{
     attach_json, event_json, event_kind, kind_name, print_json, render_status, rfc3339,
-    runner_json, runner_table,
+    runner_json, runner_table, status_json,
 };
 use super::{CliError, parse_key_value};
 
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Show the cluster: plan, host address, counts and runners.
-    Status,
+    /// Show the cluster: versions, plan, host address, counts and runners (--watch: redraw
+    /// it until interrupted).
+    Status(StatusArgs),
     /// List runners (and placeholders).
     Runners,
     /// Give a workload's network namespace (or a VM) an interface on its runner's network.
@@ -53,6 +56,30 @@ pub enum ClientCommand {
         #[arg(long)]
         runner: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Redraw the status every --interval until interrupted (Ctrl-C); with --json, one JSON
+    /// object per line and redraw.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between two redraws of --watch, e.g. 500ms, 2s, 1m (at least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval,
+          requires = "watch")]
+    pub interval: Duration,
+    /// With --watch: stop after this many redraws.
+    #[arg(long, value_name = "N", requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 2s)"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -90,8 +117,11 @@ pub struct AttachArgs {
 
 #[derive(Debug, Args)]
 pub struct DetachArgs {
+    /// Refuse unless the workload is on this runner (ids are unique per network, so the
+    /// runner is only a check).
     #[arg(long)]
     pub runner: Option<String>,
+    /// The workload's id, as given to `weir attach`.
     #[arg(long = "id", value_name = "WORKLOAD")]
     pub id: String,
     /// A network to leave (repeatable). Default: every network the workload is on.
@@ -107,7 +137,8 @@ pub struct WorkloadsArgs {
     /// Only workloads with this label KEY=VALUE (repeatable: all must match).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
-    #[arg(long)]
+    /// Only workloads on this network (default: every network).
+    #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
     /// Workloads per call (default: the host's, 1000); every page is fetched.
     #[arg(long, value_name = "N")]
@@ -116,6 +147,7 @@ pub struct WorkloadsArgs {
 
 #[derive(Debug, Args)]
 pub struct ReserveArgs {
+    /// The runner whose subnet the address comes from.
     #[arg(long)]
     pub runner: String,
     /// A specific address (default: the next free one).
@@ -124,7 +156,8 @@ pub struct ReserveArgs {
     /// Seconds the token stays valid unused (default: the host's, 300).
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<u32>,
-    #[arg(long)]
+    /// The network to reserve on (default: the host's primary network).
+    #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
 }
 
@@ -160,7 +193,7 @@ pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), 
     rt.block_on(async move {
         let mut c = client(&conn, config).await?;
         match cmd {
-            ClientCommand::Status => status(&mut c, conn.json).await,
+            ClientCommand::Status(a) => status(&mut c, a, conn.json).await,
             ClientCommand::Runners => runners(&mut c, conn.json).await,
             ClientCommand::Attach(a) => attach(&mut c, a, conn.json).await,
             ClientCommand::Detach(a) => detach(&mut c, a, conn.json).await,
@@ -175,29 +208,82 @@ pub fn run(cmd: ClientCommand, conn: Conn, config: Option<&Path>) -> Result<(), 
     })
 }
 
-async fn status(c: &mut Client, json: bool) -> Result<(), CliError> {
-    let s = c
-        .get_status(pb::GetStatusRequest {})
+async fn get_status(c: &mut Client) -> Result<pb::GetStatusResponse, CliError> {
+    Ok(c.get_status(pb::GetStatusRequest {})
         .await
         .map_err(refused)?
-        .into_inner();
-    if json {
-        print_json(
-            &json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
-            "max_runners": s.max_runners, "active_runners": s.active_runners,
-            "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
-            "workloads": s.workloads, "reservations": s.reservations,
-            "networks": s.networks.iter().map(|n| json!({"name": n.name, "mode": n.mode,
-                "plan": n.plan, "host_ip": n.host_ip, "vxlan_id_base": n.vxlan_id_base,
-                "masquerade": n.masquerade, "egress": n.egress, "runners": n.runners,
-                "max_runners": n.max_runners, "workloads": n.workloads,
-                "reservations": n.reservations})).collect::<Vec<_>>(),
-            "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()}),
-        );
-    } else {
-        print!("{}", render_status(&s));
+        .into_inner())
+}
+
+async fn status(c: &mut Client, a: StatusArgs, json: bool) -> Result<(), CliError> {
+    if !a.watch {
+        let s = get_status(c).await?;
+        if json {
+            print_json(&status_json(&s));
+        } else {
+            print!("{}", render_status(&s));
+        }
+        return Ok(());
     }
-    Ok(())
+    // On a terminal each redraw replaces the last (as watch(1) does); into a pipe or file the
+    // frames follow each other, separated by a blank line.
+    let tty = !json && std::io::stdout().is_terminal();
+    let every = humantime::format_duration(a.interval).to_string();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let frames = async {
+        let mut tick = tokio::time::interval(a.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drawn = 0u64;
+        loop {
+            tick.tick().await;
+            let got = get_status(c).await;
+            // A host that cannot be asked at all is an error; one that stops answering later
+            // is shown in the frame, and the watch goes on.
+            if drawn == 0 {
+                got.as_ref().map_err(|e| CliError::Failed(e.to_string()))?;
+            }
+            let mut out = std::io::stdout().lock();
+            let r = if json {
+                match &got {
+                    Ok(s) => writeln!(out, "{}", status_json(s)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        Ok(())
+                    }
+                }
+            } else {
+                let body = match &got {
+                    Ok(s) => render_status(s),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                let head = format!(
+                    "every {every}: weir status{}  {}\n\n",
+                    if tty { " (Ctrl-C to stop)" } else { "" },
+                    rfc3339(crate::clock::now_ms())
+                );
+                let sep = match (tty, drawn) {
+                    (true, _) => "\x1b[H\x1b[2J",
+                    (false, 0) => "",
+                    (false, _) => "\n",
+                };
+                write!(out, "{sep}{head}{body}")
+            };
+            match r.and_then(|()| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(CliError::Failed(format!("write to stdout: {e}"))),
+                Ok(()) => {}
+            }
+            drawn += 1;
+            if a.count.is_some_and(|n| drawn >= n) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::select! {
+        r = frames => r,
+        _ = &mut interrupted => Ok(()),
+    }
 }
 
 async fn runners(c: &mut Client, json: bool) -> Result<(), CliError> {

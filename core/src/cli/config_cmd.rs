@@ -8,14 +8,21 @@ use super::CliError;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the effective configuration (defaults < file < environment) as TOML.
+    /// Print the effective configuration (defaults < file < environment) as TOML, or as one
+    /// JSON object with --json.
     Show,
 }
 
-pub fn run(cmd: ConfigCommand, file: Option<&Path>) -> Result<(), CliError> {
+pub fn run(cmd: ConfigCommand, file: Option<&Path>, json: bool) -> Result<(), CliError> {
     match cmd {
         ConfigCommand::Show => {
             let loaded = crate::config::load(file)?;
+            if json {
+                let v = serde_json::to_value(&loaded.config)
+                    .map_err(|e| CliError::Failed(format!("render the configuration: {e}")))?;
+                super::render::print_json(&v);
+                return Ok(());
+            }
             match &loaded.file {
                 Some(p) => println!(
                     "# effective configuration: defaults < {} < environment",

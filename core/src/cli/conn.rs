@@ -11,15 +11,17 @@ use weir_proto::v1::control_client::ControlClient;
 
 use super::CliError;
 use crate::api::auth::Bearer;
-use crate::transport::{ChannelOptions, ClientTls, code_name, connect_tls};
+use crate::transport::{ChannelOptions, ClientError, ClientTls, code_name, connect_tls};
 
 /// Where the host is and how to prove who we are.
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
-    /// URL of the host: http://HOST:PORT or unix:///PATH (default: the configured control socket).
+    /// URL of the host: http://HOST:PORT, https://HOST:PORT or unix:///PATH (default: the
+    /// configured control socket).
     #[arg(long, env = "WEIR_HOST", value_name = "URL", global = true)]
     pub host: Option<String>,
-    /// File holding a control token (default: the WEIR_TOKEN environment variable).
+    /// File holding a control token (default: the WEIR_TOKEN environment variable, which holds
+    /// the token itself).
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -28,9 +30,10 @@ pub struct Conn {
     /// For an https:// host: the CA that signed its certificate (PEM).
     #[arg(long, env = "WEIR_TLS_CA", value_name = "FILE", global = true)]
     pub tls_ca: Option<PathBuf>,
-    /// For a host that requires mTLS: our certificate and key (PEM).
+    /// For a host that requires mTLS: our certificate (PEM), with --tls-key.
     #[arg(long, env = "WEIR_TLS_CERT", value_name = "FILE", global = true)]
     pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
     #[arg(long, env = "WEIR_TLS_KEY", value_name = "FILE", global = true)]
     pub tls_key: Option<PathBuf>,
 }
@@ -110,15 +113,23 @@ pub(super) async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client,
             format!("unix://{}", sock.display())
         }
     };
-    let token = match &conn.token_file {
-        Some(f) => Some(
-            crate::auth::read_token(f)
-                .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?,
+    let (token, source) = match &conn.token_file {
+        Some(f) => (
+            Some(
+                crate::auth::read_token(f)
+                    .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?,
+            ),
+            TokenSource::File(f.clone()),
         ),
-        None => std::env::var("WEIR_TOKEN")
+        None => match std::env::var("WEIR_TOKEN")
             .ok()
-            .filter(|t| !t.trim().is_empty()),
+            .filter(|t| !t.trim().is_empty())
+        {
+            Some(t) => (Some(t), TokenSource::Env),
+            None => (None, TokenSource::None),
+        },
     };
+    let _ = TOKEN_SOURCE.set(source);
     let bearer =
         Bearer::new(token.as_deref()).map_err(|e| CliError::Usage(format!("token: {e}")))?;
     let metadata = CallMetadata::from_env(bearer)?;
@@ -130,12 +141,42 @@ pub(super) async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client,
     .map_err(|e| CliError::Usage(format!("--tls-ca/--tls-cert/--tls-key: {e}")))?;
     let channel = connect_tls(&url, ChannelOptions::default(), &tls)
         .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+        .map_err(|e| match e {
+            // A URL that cannot work is a usage error; a host that does not answer is not.
+            ClientError::BadUrl { .. } => CliError::Usage(format!("--host: {e}")),
+            ClientError::Connect { .. } => CliError::Failed(e.to_string()),
+        })?;
     Ok(ControlClient::with_interceptor(channel, metadata))
 }
 
+/// Where this process's token came from, for the hint on an `UNAUTHENTICATED` refusal.
+#[derive(Debug)]
+enum TokenSource {
+    None,
+    Env,
+    File(PathBuf),
+}
+
+static TOKEN_SOURCE: std::sync::OnceLock<TokenSource> = std::sync::OnceLock::new();
+
 pub(super) fn refused(st: tonic::Status) -> CliError {
-    CliError::Failed(format!("{}: {}", code_name(st.code()), st.message()))
+    let mut msg = format!("{}: {}", code_name(st.code()), st.message());
+    if st.code() == tonic::Code::Unauthenticated {
+        msg.push_str(&token_hint(
+            TOKEN_SOURCE.get().unwrap_or(&TokenSource::None),
+        ));
+    }
+    CliError::Failed(msg)
+}
+
+fn token_hint(source: &TokenSource) -> String {
+    match source {
+        TokenSource::None => " (no token was given: set WEIR_TOKEN to a control token, or pass \
+                              --token-file FILE)"
+            .into(),
+        TokenSource::Env => " (the token came from WEIR_TOKEN)".into(),
+        TokenSource::File(f) => format!(" (the token came from --token-file {})", f.display()),
+    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,34 @@ pub(super) fn runner_json(r: &pb::RunnerStatus) -> Value {
     json!({"name": r.name, "id": r.id, "subnet": r.subnet, "gateway": r.gateway,
            "physical_ip": r.physical_ip, "active": r.active, "connected": r.connected,
            "placeholder": r.placeholder, "last_seen_unix_ms": r.last_seen_unix_ms,
-           "labels": r.labels, "workloads": r.workloads})
+           "labels": r.labels, "workloads": r.workloads, "version": r.version})
+}
+
+/// The status as stable JSON (`weir status --json`, one line per frame with `--watch`).
+pub(super) fn status_json(s: &pb::GetStatusResponse) -> Value {
+    json!({"plan": s.plan, "host_ip": s.host_ip, "overlay_enabled": s.overlay_enabled,
+    "host_version": s.host_version,
+    "max_runners": s.max_runners, "active_runners": s.active_runners,
+    "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
+    "workloads": s.workloads, "reservations": s.reservations,
+    "last_event_seq": s.last_event_seq,
+    "networks": s.networks.iter().map(|n| json!({"name": n.name, "mode": n.mode,
+        "plan": n.plan, "host_ip": n.host_ip, "vxlan_id_base": n.vxlan_id_base,
+        "masquerade": n.masquerade, "egress": n.egress, "runners": n.runners,
+        "max_runners": n.max_runners, "workloads": n.workloads,
+        "reservations": n.reservations})).collect::<Vec<_>>(),
+    "runners": s.runners.iter().map(runner_json).collect::<Vec<_>>()})
 }
 
 /// The status panel, like KohakuRiver's `node overlay`.
 pub fn render_status(s: &pb::GetStatusResponse) -> String {
-    let mut out = if s.overlay_enabled {
+    let version = if s.host_version.is_empty() {
+        "unknown (the host does not report it)"
+    } else {
+        &s.host_version
+    };
+    let mut out = format!("host version  {version}\n");
+    out += &if s.overlay_enabled {
         format!(
             "overlay       {}\nhost ip       {}\nrunners       {} active, {} inactive, {} placeholders (max {})\nworkloads     {}\nreservations  {}\n\n",
             s.plan,
@@ -76,7 +98,7 @@ pub(super) fn network_table(networks: &[pb::NetworkStatus]) -> String {
 
 pub(super) fn runner_table(runners: &[pb::RunnerStatus]) -> String {
     let now = crate::clock::now_ms();
-    let rows: Vec<[String; 8]> = runners
+    let rows: Vec<[String; 9]> = runners
         .iter()
         .map(|r| {
             let state = match (r.placeholder, r.active, r.connected) {
@@ -102,6 +124,11 @@ pub(super) fn runner_table(runners: &[pb::RunnerStatus]) -> String {
                 state.to_string(),
                 format!("{}s ago", ((now - r.last_seen_unix_ms).max(0)) / 1000),
                 r.workloads.to_string(),
+                if r.version.is_empty() {
+                    "-".into()
+                } else {
+                    r.version.clone()
+                },
             ]
         })
         .collect();
@@ -115,6 +142,7 @@ pub(super) fn runner_table(runners: &[pb::RunnerStatus]) -> String {
             "STATUS",
             "LAST SEEN",
             "WORKLOADS",
+            "VERSION",
         ],
         &rows,
     )

@@ -458,6 +458,7 @@ impl Hub {
                         .values()
                         .filter(|w| w.runner == r.rec.name)
                         .count() as u32,
+                    version: r.rec.version.clone(),
                 }
             })
             .collect();
@@ -475,6 +476,7 @@ impl Hub {
                 connected: false,
                 placeholder: true,
                 workloads: 0,
+                version: String::new(),
             });
         }
         runners.sort_by_key(|r| (r.id, r.name.clone()));
@@ -507,6 +509,7 @@ impl Hub {
             networks: self.network_statuses(&st),
             runners,
             last_event_seq: st.next_event.saturating_sub(1),
+            host_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 

@@ -77,6 +77,61 @@ pub struct LabSpec {
     /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
     /// with it.
     pub detached: bool,
+    /// A configuration merged over the daemons' generated ones (`weir lab up --config`): the
+    /// host takes every section but `[runner]`, each runner `[runner]` and `[telemetry]`.
+    /// It must not set [`LAB_KEYS`] (see [`lab_keys_in`]).
+    pub daemon_config: toml::Table,
+}
+
+/// The keys the lab sets itself in its daemons' configurations (addresses, sockets, state,
+/// tokens, the runners' names and their way to the host); a `daemon_config` may set any other.
+pub const LAB_KEYS: &[&str] = &[
+    "host.listen",
+    "host.control_socket",
+    "host.reachable_address",
+    "host.state_dir",
+    "host.tls_cert",
+    "host.tls_key",
+    "host.tls_client_ca",
+    "auth.control_token_files",
+    "auth.join_token_file",
+    "auth.insecure",
+    "runner.name",
+    "runner.host",
+    "runner.state_dir",
+    "runner.join_token_file",
+    "runner.socket",
+    "runner.docker_socket",
+    "runner.tls_ca",
+    "runner.tls_cert",
+    "runner.tls_key",
+];
+
+/// The [`LAB_KEYS`] a configuration sets.
+pub fn lab_keys_in(config: &toml::Table) -> Vec<&'static str> {
+    LAB_KEYS
+        .iter()
+        .copied()
+        .filter(|k| {
+            let (section, key) = k.split_once('.').unwrap_or((k, ""));
+            config
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(key))
+        })
+        .collect()
+}
+
+/// Merge `over` into `base`: tables key by key, any other value replaced.
+fn merge_tables(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
 }
 
 impl LabSpec {
@@ -95,6 +150,7 @@ impl LabSpec {
             host_url: format!("http://{HOST_IP}:{HOST_PORT}"),
             ready_timeout: READY_TIMEOUT,
             detached: false,
+            daemon_config: toml::Table::new(),
         }
     }
 }
@@ -293,7 +349,40 @@ impl Lab {
         Ok(())
     }
 
-    fn host_config(&self) -> String {
+    /// A generated configuration with the sections of `daemon_config` that `takes` merged
+    /// over it.
+    fn merged(&self, generated: String, takes: impl Fn(&str) -> bool) -> Result<String> {
+        let over: toml::Table = self
+            .spec
+            .daemon_config
+            .iter()
+            .filter(|(k, _)| takes(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if over.is_empty() {
+            return Ok(generated);
+        }
+        let mut base = self.step(
+            "read the generated configuration",
+            generated.parse::<toml::Table>(),
+        )?;
+        merge_tables(&mut base, &over);
+        self.step("merge the lab's --config", toml::to_string(&base))
+    }
+
+    fn host_config(&self) -> Result<String> {
+        let generated = self.generated_host_config();
+        self.merged(generated, |section| section != "runner")
+    }
+
+    fn runner_config(&self, i: u32) -> Result<String> {
+        let generated = self.generated_runner_config(i);
+        self.merged(generated, |section| {
+            section == "runner" || section == "telemetry"
+        })
+    }
+
+    fn generated_host_config(&self) -> String {
         let d = self.dir.display();
         format!(
             "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{}\n",
@@ -301,7 +390,7 @@ impl Lab {
         )
     }
 
-    fn runner_config(&self, i: u32) -> String {
+    fn generated_runner_config(&self, i: u32) -> String {
         let d = self.dir.display();
         let docker = if self.spec.docker {
             format!(
@@ -354,7 +443,7 @@ impl Lab {
     /// Start (or restart) the host daemon and wait until it is ready.
     pub async fn start_host(&mut self) -> Result<()> {
         let cfg = self.dir.join("host.toml");
-        let r = std::fs::write(&cfg, self.host_config());
+        let r = std::fs::write(&cfg, self.host_config()?);
         self.step("write host config", r)?;
         let r = Daemon::start(self, "host", &["host"], &cfg).await;
         let d = self.step("start the host", r)?;
@@ -386,7 +475,7 @@ impl Lab {
     /// Start (or restart) runner `i`'s daemon and wait until it is registered.
     pub async fn start_runner(&mut self, i: u32) -> Result<()> {
         let cfg = self.dir.join(format!("r{i}.toml"));
-        let r = std::fs::write(&cfg, self.runner_config(i));
+        let r = std::fs::write(&cfg, self.runner_config(i)?);
         self.step("write runner config", r)?;
         let r = Daemon::start(self, &format!("r{i}"), &["runner"], &cfg).await;
         let d = self.step(&format!("start runner {i}"), r)?;
