@@ -245,7 +245,7 @@ async fn add(conf: &NetConf, env: &Env) -> Result<Value> {
             requested_ip: ips.pop().unwrap_or_default(),
             reservation_token: args.reservation.unwrap_or_default(),
             ifname: ifname.clone(),
-            handoff: false,
+            ..Default::default()
         })
         .await
         .map_err(|st| refused("attach", st))?

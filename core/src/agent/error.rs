@@ -24,8 +24,21 @@ impl fmt::Display for NamespaceProblem {
     }
 }
 
+/// How a refusal for an address in use on the bridge starts (the host reads it to try
+/// another address).
+pub const ADDRESS_IN_USE: &str = "address-in-use: ";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The address is in use on the bridge by something Weir did not attach.
+    #[error(
+        "address-in-use: {ip} is in use on {bridge} by {mac} (the runner's neighbour table), which Weir did not attach; it is not given to a new workload"
+    )]
+    AddressInUse {
+        ip: std::net::Ipv4Addr,
+        bridge: String,
+        mac: String,
+    },
     /// A field of the host's message does not parse.
     #[error("the host sent a malformed {field}: {value:?}")]
     Malformed { field: &'static str, value: String },

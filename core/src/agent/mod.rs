@@ -20,6 +20,7 @@ use weir_proto::v1 as pb;
 use self::decode::{firewall_decision, ns_id, ns_pb, parse, runner_network};
 pub use self::error::{AgentError, NamespaceProblem};
 use crate::dataplane::DataplaneError;
+use crate::dataplane::adopt::{ForeignPort, Unadoptable};
 use crate::dataplane::attach::{self, WorkloadIface};
 use crate::dataplane::firewall::{self, Firewall};
 use crate::dataplane::netlink::Netlink;
@@ -216,7 +217,20 @@ impl Agent {
     pub async fn teardown(&self) -> Result<(), AgentError> {
         self.networks.lock().await.clear();
         self.local.lock().await.clear();
-        for (alias, index) in self.kernel.workload_links().await? {
+        let links = self.kernel.workload_links().await?;
+        let keys: Vec<(String, String)> = links
+            .iter()
+            .filter_map(|(alias, _)| split_alias(alias))
+            .map(|(n, w)| (n.to_string(), w.to_string()))
+            .collect();
+        // Adopted containers keep their interfaces.
+        let made = self.kernel.give_back_adopted(&keys).await?;
+        for (alias, index) in links {
+            if !split_alias(&alias)
+                .is_some_and(|(n, w)| made.contains(&(n.to_string(), w.to_string())))
+            {
+                continue;
+            }
             tracing::info!(workload = %alias, "removing a workload interface");
             self.kernel.remove_link(index).await?;
         }
@@ -268,7 +282,7 @@ impl Agent {
         let key = (spec.network.clone(), spec.workload_id.clone());
         let known = self.local.lock().await.contains_key(&key);
         let result = async {
-            let id = self.attach(spec).await?;
+            let id = self.attach(spec, !known).await?;
             let mut fw = self.firewall.lock().await;
             self.firewall_for(&mut fw, spec, id).await?;
             self.commit_firewall(&mut fw).await?;
@@ -279,10 +293,17 @@ impl Agent {
             Ok(id) => return Ok(id),
             Err(e) => e,
         };
+        let adopted = !spec.adopt_port.is_empty();
         let undone = undo
             && !known
             && {
-                match self.detach_many(&[key]).await {
+                // An adopted container keeps its interface: its port is given back as found.
+                let removed = if adopted {
+                    self.give_back(std::slice::from_ref(&key)).await
+                } else {
+                    self.detach_many(std::slice::from_ref(&key)).await
+                };
+                match removed {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(workload = %spec.workload_id, error = %e, "removing a failed attach's interface failed");
@@ -327,7 +348,11 @@ impl Agent {
 
     /// Create (or repair) a workload's interface; a container's namespace is checked first
     /// (it must be the one the workload was first attached in). Returns its identity.
-    async fn attach(&self, spec: &pb::WorkloadSpec) -> Result<Option<NsIdentity>, AgentError> {
+    async fn attach(
+        &self,
+        spec: &pb::WorkloadSpec,
+        first: bool,
+    ) -> Result<Option<NsIdentity>, AgentError> {
         let net = self
             .networks
             .lock()
@@ -335,6 +360,29 @@ impl Agent {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| AgentError::NetworkNotBuilt(spec.network.clone()))?;
+        if first && !spec.adopt_port.is_empty() && !spec.vm && !spec.handoff {
+            // A container Weir did not attach: its bridge port becomes the workload's in
+            // place, on the bridge it is on; the rest is a repair of what is there.
+            let iface = workload_iface(spec)?;
+            let bridge = self
+                .kernel
+                .take_over(
+                    &spec.adopt_port,
+                    &iface.host_ifname(),
+                    &iface.alias(),
+                    &net.bridge,
+                )
+                .await
+                .map_err(classify)?;
+            let iface = WorkloadIface { bridge, ..iface };
+            let expected = spec.netns_id.map(ns_id);
+            return self
+                .kernel
+                .attach_container(&iface, &self.netns_policy, expected)
+                .await
+                .map(Some)
+                .map_err(classify);
+        }
         let iface = if spec.vm || spec.handoff {
             None
         } else {
@@ -349,6 +397,12 @@ impl Agent {
         let mut retried = false;
         loop {
             let bridge = self.kernel.bridge_for(&net, &port).await?;
+            if first && let Err(e) = self.address_free(spec, &net, bridge.index).await {
+                if bridge.counted {
+                    self.kernel.port_freed(bridge.index).await;
+                }
+                return Err(e);
+            }
             let result = self.attach_to(spec, iface.as_ref(), bridge.index).await;
             match result {
                 Err(DataplaneError::BridgeFull(i)) if !retried => {
@@ -364,6 +418,66 @@ impl Agent {
                 Ok(identity) => return Ok(identity),
             }
         }
+    }
+
+    /// A new workload's address must not be in use on its bridge by something Weir did not
+    /// attach (a container set up by hand, another system's): the neighbour table is asked.
+    async fn address_free(
+        &self,
+        spec: &pb::WorkloadSpec,
+        net: &RunnerNetwork,
+        bridge: u32,
+    ) -> Result<(), AgentError> {
+        let ip = parse::<Ipv4Net>(&spec.address, "address")?.addr();
+        let own = if spec.vm {
+            parse_mac(&attach::vm_mac(&spec.network, &spec.workload_id))
+        } else {
+            attach::container_mac(&spec.network, &spec.workload_id)
+        };
+        match self.kernel.address_in_use(bridge, ip, own).await? {
+            None => Ok(()),
+            Some(mac) => Err(AgentError::AddressInUse {
+                ip,
+                bridge: net.bridge.clone(),
+                mac: attach::mac_string(mac),
+            }),
+        }
+    }
+
+    /// Give adopted containers' ports back as they were found (they keep their interfaces);
+    /// forget them. Workloads that are not adopted ones are left alone.
+    async fn give_back(&self, workloads: &[(String, String)]) -> Result<(), AgentError> {
+        let rest = self.kernel.give_back_adopted(workloads).await?;
+        let mut local = self.local.lock().await;
+        let mut fw = self.firewall.lock().await;
+        for k in workloads.iter().filter(|k| !rest.contains(k)) {
+            if let Some(l) = local.remove(k) {
+                fw.remove_workload(l.addr.addr());
+            }
+        }
+        drop(local);
+        self.commit_firewall(&mut fw).await
+    }
+
+    /// The containers on `network`'s bridge (`""`: the primary one) that Weir did not attach,
+    /// and the ports that are no adoptable container (with why); and the network's name.
+    pub async fn foreign_ports(
+        &self,
+        network: &str,
+    ) -> Result<(String, Vec<ForeignPort>, Vec<Unadoptable>), AgentError> {
+        let name = match network {
+            "" => self.primary.lock().await.clone(),
+            n => n.to_string(),
+        };
+        let net = self
+            .networks
+            .lock()
+            .await
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| AgentError::NetworkNotBuilt(name.clone()))?;
+        let (found, skipped) = self.kernel.foreign_ports(&net, &self.netns_policy).await?;
+        Ok((name, found, skipped))
     }
 
     async fn attach_to(
@@ -500,6 +614,15 @@ impl Agent {
                 (network.to_string(), workload.to_string())
             })
             .collect();
+        // Weir deletes only what it made: an adopted container the host no longer knows keeps
+        // its interface, its port given back as it was found.
+        let stale = match self.kernel.give_back_adopted(&stale).await {
+            Ok(rest) => rest,
+            Err(e) => {
+                errors.push(AgentError::Dataplane(e));
+                Vec::new()
+            }
+        };
         if !stale.is_empty()
             && let Err(e) = self.detach_many(&stale).await
         {
@@ -815,6 +938,15 @@ fn workload_iface(spec: &pb::WorkloadSpec) -> Result<WorkloadIface, AgentError> 
             Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
         },
     })
+}
+
+/// `52:54:00:…` → bytes (a MAC Weir formatted itself; zeros if it ever did not parse).
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut out = [0u8; 6];
+    for (o, part) in out.iter_mut().zip(s.split(':')) {
+        *o = u8::from_str_radix(part, 16).unwrap_or(0);
+    }
+    out
 }
 
 /// `weir:<network>/<workload>` → (network, workload).

@@ -199,6 +199,66 @@ impl Local for LocalService {
         .await
     }
 
+    async fn adopt(
+        &self,
+        req: Request<pb::LocalAdoptRequest>,
+    ) -> Result<Response<pb::LocalAdoptResponse>, Status> {
+        let req = req.into_inner();
+        let (network, found, skipped) = self
+            .agent
+            .foreign_ports(&req.network)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let mut out = pb::LocalAdoptResponse {
+            network: network.clone(),
+            skipped: skipped
+                .into_iter()
+                .map(|u| pb::UnadoptedPort {
+                    port: u.port,
+                    reason: u.reason,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        for f in found {
+            let ip = f.addr.addr().to_string();
+            let container = pb::AdoptedContainer {
+                workload_id: format!("kohakuriver-{}", ip.replace('.', "-")),
+                ip: ip.clone(),
+                netns: f.netns.display().to_string(),
+                ifname: f.ifname.clone(),
+                port: f.port.clone(),
+                mac: crate::dataplane::attach::mac_string(f.mac),
+            };
+            if req.dry_run {
+                out.adopted.push(container);
+                continue;
+            }
+            let attached = self
+                .uplink
+                .attach(pb::LocalAttachRequest {
+                    origin: format!("kohakuriver/{network}"),
+                    workload_id: container.workload_id.clone(),
+                    netns: container.netns.clone(),
+                    network: network.clone(),
+                    requested_ip: ip,
+                    ifname: f.ifname,
+                    adopt_port: f.port,
+                    mac: container.mac.clone(),
+                    ..Default::default()
+                })
+                .await;
+            match attached {
+                Ok(_) => out.adopted.push(container),
+                Err(st) => out.failed.push(pb::UnadoptedPort {
+                    port: container.port,
+                    reason: format!("{}: {}", container.workload_id, st.message()),
+                }),
+            }
+        }
+        Ok(Response::new(out))
+    }
+
     async fn status(
         &self,
         _: Request<pb::LocalStatusRequest>,

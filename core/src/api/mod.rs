@@ -26,7 +26,7 @@ pub fn status(e: HubError) -> Status {
     let code = match &e {
         HubError::InvalidArgument(_) => Code::InvalidArgument,
         HubError::NotFound(_) => Code::NotFound,
-        HubError::AlreadyExists(_) => Code::AlreadyExists,
+        HubError::AlreadyExists(_) | HubError::AddressInUse(_) => Code::AlreadyExists,
         HubError::FailedPrecondition(_) => Code::FailedPrecondition,
         HubError::ResourceExhausted(_) => Code::ResourceExhausted,
         HubError::OutOfRange(_) => Code::OutOfRange,

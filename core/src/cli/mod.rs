@@ -9,6 +9,7 @@ mod config_cmd;
 mod conn;
 mod daemon;
 mod lab_cmd;
+mod migrate_cmd;
 mod plan_cmd;
 mod plugin_cmd;
 mod render;
@@ -70,6 +71,9 @@ pub enum Command {
     /// A whole cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
+    /// Take over another system's running overlay in place (KohakuRiver).
+    #[command(subcommand)]
+    Migrate(migrate_cmd::MigrateCommand),
     /// Print a shell completion script to stdout (e.g. `weir completion bash >
     /// /etc/bash_completion.d/weir`).
     Completion {
@@ -148,6 +152,7 @@ fn run(cli: Cli, config_on_command_line: bool) -> Result<(), CliError> {
             cmd,
             cli.config.as_deref().filter(|_| config_on_command_line),
         ),
+        Command::Migrate(cmd) => migrate_cmd::run(cmd, cli.config.as_deref(), cli.conn.json),
         Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Decisions(a) => plugin_cmd::decisions(a, cli.conn.json, cli.config.as_deref()),
         Command::Completion { shell } => {

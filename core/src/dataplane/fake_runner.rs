@@ -562,6 +562,44 @@ impl RunnerKernel for FakeRunnerKernel {
         Ok(masters)
     }
 
+    async fn foreign_ports(
+        &self,
+        _net: &RunnerNetwork,
+        _policy: &NetnsPolicy,
+    ) -> Result<(
+        Vec<super::adopt::ForeignPort>,
+        Vec<super::adopt::Unadoptable>,
+    )> {
+        Ok((Vec::new(), Vec::new()))
+    }
+
+    async fn take_over(
+        &self,
+        _port: &str,
+        _name: &str,
+        _alias: &str,
+        _bridge: &str,
+    ) -> Result<u32> {
+        Ok(0)
+    }
+
+    async fn give_back_adopted(
+        &self,
+        workloads: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        // The fake makes every interface itself: nothing is adopted.
+        Ok(workloads.to_vec())
+    }
+
+    async fn address_in_use(
+        &self,
+        _bridge: u32,
+        _ip: std::net::Ipv4Addr,
+        _own: [u8; 6],
+    ) -> Result<Option<[u8; 6]>> {
+        Ok(None)
+    }
+
     async fn commit_firewall(&self, fw: &mut Firewall) -> Result<()> {
         let table = fw.needs_table();
         let script = if table { fw.script() } else { String::new() };

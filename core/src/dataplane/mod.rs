@@ -7,9 +7,11 @@
 //! - [`host`]: the hub's devices, tunnels and rules
 //! - [`runner`]: a runner's tunnel, bridge, route and NAT
 //! - [`attach`]: workload interfaces created inside the workload's namespace
+//! - [`adopt`]: containers Weir did not attach (KohakuRiver's), found on a bridge and taken over
 //! - [`runner_kernel`]: everything the runner agent asks of the kernel, as one interface
 //!   (and, in test builds, `fake_runner`: a recording fake of it)
 
+pub mod adopt;
 pub mod attach;
 #[cfg(test)]
 pub mod fake_host;

@@ -47,6 +47,11 @@ pub struct Link {
     /// The hardware address, when it is an Ethernet one.
     pub mac: Option<[u8; 6]>,
     pub vxlan: Option<Vxlan>,
+    /// A veth's peer: its index in the peer's namespace (`IFLA_LINK`).
+    pub peer_index: Option<u32>,
+    /// The id (in this namespace) of the namespace the peer lives in, when that is another
+    /// one (`IFLA_LINK_NETNSID`).
+    pub peer_netnsid: Option<i32>,
 }
 
 /// A VXLAN link's parameters.
@@ -390,6 +395,132 @@ impl Netlink {
             "set alias of",
         )
         .await
+    }
+
+    /// Rename a link (`ip link set … name`). The kernel renames only a link that is down.
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index)
+                .name(name.to_string())
+                .build(),
+            "rename",
+        )
+        .await
+    }
+
+    /// Set a link down.
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index).down().build(),
+            "set down",
+        )
+        .await
+    }
+
+    /// The hardware addresses the neighbour table holds for `ip` on link `index` (entries
+    /// that are resolved or being confirmed; failed and incomplete ones say nothing).
+    pub async fn neighbour_macs(&self, index: u32, ip: Ipv4Addr) -> Result<Vec<[u8; 6]>> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+        };
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list neighbours", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter(|m| {
+                !matches!(
+                    m.header.state,
+                    NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+                )
+            })
+            .filter(|m| {
+                m.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip)
+                })
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => <[u8; 6]>::try_from(v.as_slice()).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The MACs bridge `bridge`'s forwarding database holds behind its ports now (learned or
+    /// static): an entry goes when its port does.
+    pub async fn bridge_macs(&self, bridge: u32) -> Result<Vec<[u8; 6]>> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink("list the bridge's forwarding entries", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, NeighbourAttribute::Controller(b) if *b == bridge))
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(v) => {
+                        <[u8; 6]>::try_from(v.as_slice()).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The id this namespace knows the namespace open at `ns` by (`RTM_GETNSID` by
+    /// descriptor); `None` when it has none (no link of this namespace points there).
+    pub async fn nsid_of(&self, ns: &std::fs::File) -> Result<Option<i32>> {
+        use futures::StreamExt;
+        use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
+        use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
+        let mut msg = NsidMessage::default();
+        msg.attributes = vec![NsidAttribute::Fd(ns.as_raw_fd() as u32)];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut handle = self.handle.clone();
+        let mut answers = handle
+            .request(req)
+            .map_err(|e| DataplaneError::netlink("ask a namespace's id", e))?;
+        while let Some(a) = answers.next().await {
+            match a.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(DataplaneError::netlink(
+                        "ask a namespace's id",
+                        rtnetlink::Error::NetlinkError(e),
+                    ));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    return Ok(m.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                        _ => None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Give `link` the alias `alias` unless it has it already.
@@ -878,6 +1009,8 @@ fn parse_link(msg: &LinkMessage) -> Link {
         alias: None,
         mac: None,
         vxlan: None,
+        peer_index: None,
+        peer_netnsid: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -886,6 +1019,8 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
             LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
             LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::Link(i) if *i != 0 => link.peer_index = Some(*i),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {

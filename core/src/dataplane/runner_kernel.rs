@@ -14,6 +14,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
+use super::adopt::{self, ForeignPort, Unadoptable};
 use super::attach::{self, WorkloadIface};
 use super::firewall::Firewall;
 use super::netlink::Netlink;
@@ -85,6 +86,30 @@ pub trait RunnerKernel: Send + Sync {
     /// Remove workloads' interfaces in one kernel batch (device group `group`); missing ones
     /// are fine. Returns the bridges that lost a port, one entry per removed port.
     async fn detach_many(&self, workloads: &[(String, String)], group: u32) -> Result<Vec<u32>>;
+
+    /// The containers on `net`'s bridge that Weir did not attach (see [`adopt::discover`]).
+    async fn foreign_ports(
+        &self,
+        net: &RunnerNetwork,
+        policy: &NetnsPolicy,
+    ) -> Result<(Vec<ForeignPort>, Vec<Unadoptable>)>;
+    /// Take foreign port `port` of bridge `bridge` over as workload interface `name` (alias
+    /// `alias`); returns the bridge's index.
+    async fn take_over(&self, port: &str, name: &str, alias: &str, bridge: &str) -> Result<u32>;
+    /// Of `workloads`, give back (un-adopt) those whose bridge end Weir did not make (its MAC
+    /// is not Weir's for the workload): the container keeps its interface. Returns the rest.
+    async fn give_back_adopted(
+        &self,
+        workloads: &[(String, String)],
+    ) -> Result<Vec<(String, String)>>;
+    /// The MAC of something else on bridge `bridge` that uses `ip`, as far as the neighbour
+    /// table knows (`own`: the MAC the workload's interface will have).
+    async fn address_in_use(
+        &self,
+        bridge: u32,
+        ip: Ipv4Addr,
+        own: [u8; 6],
+    ) -> Result<Option<[u8; 6]>>;
 
     /// Apply the firewall's pending changes to the kernel.
     async fn commit_firewall(&self, fw: &mut Firewall) -> Result<()>;
@@ -186,6 +211,54 @@ impl RunnerKernel for NetlinkRunnerKernel {
 
     async fn detach_many(&self, workloads: &[(String, String)], group: u32) -> Result<Vec<u32>> {
         attach::detach_many(self.nl(), workloads, group).await
+    }
+
+    async fn foreign_ports(
+        &self,
+        net: &RunnerNetwork,
+        policy: &NetnsPolicy,
+    ) -> Result<(Vec<ForeignPort>, Vec<Unadoptable>)> {
+        let bridge = self.nl().link(&net.bridge).await?.ok_or_else(|| {
+            DataplaneError::Invalid(format!("bridge {} does not exist", net.bridge))
+        })?;
+        adopt::discover(self.nl(), bridge.index, net.subnet, policy).await
+    }
+
+    async fn take_over(&self, port: &str, name: &str, alias: &str, bridge: &str) -> Result<u32> {
+        adopt::take_over(self.nl(), port, name, alias, bridge).await
+    }
+
+    async fn give_back_adopted(
+        &self,
+        workloads: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        let links = self.nl().links().await?;
+        let mut rest = Vec::new();
+        for (network, workload) in workloads {
+            let name = attach::host_ifname(network, workload);
+            let owner = attach::alias(network, workload);
+            let adopted = links.iter().find(|l| {
+                l.name == name
+                    && l.alias.as_deref() == Some(owner.as_str())
+                    && l.kind.as_deref() == Some("veth")
+                    && l.mac
+                        .is_some_and(|m| m != attach::host_mac(network, workload))
+            });
+            match adopted {
+                Some(l) => adopt::give_back(self.nl(), l.index, &name).await?,
+                None => rest.push((network.clone(), workload.clone())),
+            }
+        }
+        Ok(rest)
+    }
+
+    async fn address_in_use(
+        &self,
+        bridge: u32,
+        ip: Ipv4Addr,
+        own: [u8; 6],
+    ) -> Result<Option<[u8; 6]>> {
+        adopt::in_use_by(self.nl(), bridge, ip, own).await
     }
 
     async fn commit_firewall(&self, fw: &mut Firewall) -> Result<()> {

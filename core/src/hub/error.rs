@@ -26,6 +26,9 @@ pub enum HubError {
     /// The runner that must carry out the operation is unreachable or too slow.
     #[error("{0}")]
     Unavailable(String),
+    /// The address is in use on the runner's bridge by something Weir did not attach.
+    #[error("{0}")]
+    AddressInUse(String),
     /// The runner tried and failed.
     #[error("runner failed: {0}")]
     Runner(String),

@@ -130,6 +130,9 @@ struct State {
     reservations: BTreeMap<String, ReservationRecord>,
     /// Address pools by (network, runner name).
     pools: HashMap<(String, String), AddressPool>,
+    /// Addresses a runner found in use on its bridge by something Weir did not attach, by
+    /// (network, runner name, address): why (taken in the pool, never handed out).
+    conflicts: HashMap<(String, String, Ipv4Addr), String>,
     /// Retained events, oldest first.
     history: VecDeque<pb::Event>,
     next_event: u64,

@@ -40,6 +40,16 @@ pub struct AttachRequest {
     /// Handed off to the engine (Docker): no namespace; the container end of the pair is left
     /// in the runner's namespace for the engine to move.
     pub handoff: bool,
+    /// An existing bridge port the runner takes over in place (a KohakuRiver container's),
+    /// and the MAC its container interface has.
+    pub adopt: Option<Adopt>,
+}
+
+/// A container adopted in place: its bridge port and its interface's MAC (both stay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopt {
+    pub port: String,
+    pub mac: String,
 }
 
 impl AttachRequest {
@@ -76,6 +86,7 @@ impl AttachRequest {
             origin: SCHEDULER_ORIGIN.into(),
             ifname: None,
             handoff: false,
+            adopt: None,
         })
     }
 
@@ -97,6 +108,27 @@ impl AttachRequest {
                 "netns: a handed-off interface is left in the runner's namespace for the engine to move; leave netns empty".into(),
             ));
         }
+        let adopt = match req.adopt_port.trim() {
+            "" => None,
+            port => {
+                if req.handoff || req.netns.trim().is_empty() || ifname.is_none() {
+                    return Err(HubError::InvalidArgument(
+                        "adopt_port: an adopted container needs its netns and ifname, and is no handoff".into(),
+                    ));
+                }
+                if req.requested_ip.trim().is_empty() {
+                    return Err(HubError::InvalidArgument(
+                        "adopt_port: an adopted container keeps its address; give it as requested_ip".into(),
+                    ));
+                }
+                let port = check_ifname(port)
+                    .map_err(|e| HubError::InvalidArgument(format!("adopt_port: {e}")))?;
+                Some(Adopt {
+                    port,
+                    mac: check_mac(&req.mac)?,
+                })
+            }
+        };
         let mut parsed = Self::parse(pb::AttachWorkloadRequest {
             runner: runner.to_string(),
             workload_id: req.workload_id,
@@ -117,12 +149,31 @@ impl AttachRequest {
         parsed.handoff = req.handoff;
         parsed.origin = origin;
         parsed.ifname = ifname;
+        parsed.adopt = adopt;
         Ok(parsed)
     }
 }
 
-/// The engines whose plugins attach through a runner's local socket.
-pub const ENGINE_ORIGINS: [&str; 3] = ["cni", "docker", "netavark"];
+/// `mac`: six hex bytes separated by ':' (normalised to lower case).
+fn check_mac(mac: &str) -> Result<String, HubError> {
+    let parts: Vec<&str> = mac.trim().split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if ok {
+        Ok(mac.trim().to_ascii_lowercase())
+    } else {
+        Err(HubError::InvalidArgument(format!(
+            "mac: {} is not a MAC address like 02:42:0a:80:40:02",
+            brief(mac)
+        )))
+    }
+}
+
+/// The engines whose plugins attach through a runner's local socket (and `kohakuriver`: the
+/// containers `weir migrate kohakuriver` adopts).
+pub const ENGINE_ORIGINS: [&str; 4] = ["cni", "docker", "netavark", "kohakuriver"];
 
 /// `origin`: `ENGINE/NAME` — an engine of [`ENGINE_ORIGINS`] and the engine's network (1 to 64
 /// letters, digits, `.`, `_` or `-`).

@@ -23,6 +23,10 @@ use crate::store::{Change, NamespaceId, WorkloadRecord, workload_key};
 use crate::telemetry::metrics::{metrics, outcome};
 
 use super::request::{AddressSource, AttachRequest};
+use crate::agent::error::ADDRESS_IN_USE;
+
+/// How many other addresses an attach tries when runners find its address in use.
+const CONFLICT_RETRIES: u32 = 8;
 
 impl Hub {
     /// Give a workload an interface on its runner's network (timed as `weir.attach.duration`).
@@ -32,7 +36,20 @@ impl Hub {
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
         let network = self.network_attr(&req.network);
         let started = Instant::now();
-        let r = self.attach_workload(req).await;
+        // An address the runner finds in use on its bridge is never handed out: the next one
+        // is tried (it was blocked when the runner refused it), a few times.
+        let mut tries = 0;
+        let r = loop {
+            match self.attach_workload(req.clone()).await {
+                Err(HubError::AddressInUse(why))
+                    if req.address == AddressSource::Next && tries < CONFLICT_RETRIES =>
+                {
+                    tracing::warn!(workload = %req.workload_id, runner = %req.runner, %why, "trying another address");
+                    tries += 1;
+                }
+                r => break r,
+            }
+        };
         metrics().attach_duration.record(
             started.elapsed().as_secs_f64(),
             &[network, KeyValue::new("outcome", outcome(&r))],
@@ -88,8 +105,10 @@ impl Hub {
             origin,
             ifname,
             handoff,
+            adopt,
             ..
         } = req;
+        let auto_address = source == AddressSource::Next;
         let key = workload_key(&net.name, &workload_id);
         // The whole plan (session, decision, record, subnet) is made under one lock. Workload
         // commands wait until the session's first sync is answered: only then does the hub
@@ -154,11 +173,15 @@ impl Hub {
                     origin.clone(),
                     ifname.clone(),
                     handoff,
+                    adopt.as_ref().map(|a| a.mac.clone()),
                 )
                 .await?;
             break (rec, session, true, sub);
         };
-        let spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
+        let mut spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
+        if fresh && let Some(a) = &adopt {
+            spec.adopt_port = a.port.clone();
+        }
         failpoint::hit("hub.attach.before-send");
         let pending = match session
             .enqueue(
@@ -186,6 +209,16 @@ impl Hub {
                 } else {
                     Ok(())
                 }
+            }
+            Answer::Done(r)
+                if fresh && r.nothing_applied && r.error.starts_with(ADDRESS_IN_USE) =>
+            {
+                self.forget_unapplied(&key).await;
+                self.block_conflicting(&rec, &r.error).await;
+                Err(HubError::AddressInUse(match auto_address {
+                    true => r.error,
+                    false => format!("requested_ip: {}", r.error),
+                }))
             }
             Answer::Done(r) => {
                 // The runner removed what it had begun (or never began): nothing to ask it.
@@ -230,7 +263,7 @@ impl Hub {
                 .unwrap_or_default(),
             ifname: rec.ifname.clone(),
             prefix: u32::from(rec.ip.prefix_len()),
-            mac: if vm {
+            mac: if !rec.mac.is_empty() {
                 rec.mac.clone()
             } else {
                 attach::mac_string(attach::container_mac(&net.name, &rec.id))
@@ -353,6 +386,7 @@ impl Hub {
         origin: String,
         ifname: Option<String>,
         handoff: bool,
+        adopted_mac: Option<String>,
     ) -> Result<WorkloadRecord, HubError> {
         let prefix = net
             .runner_subnet(st.runners.get(runner).and_then(|r| r.rec.id))
@@ -408,7 +442,7 @@ impl Hub {
                     w.network
                 )));
             }
-            (name, String::new())
+            (name, adopted_mac.unwrap_or_default())
         } else {
             let free = (0..)
                 .map(|k| format!("eth{k}"))
@@ -424,6 +458,10 @@ impl Hub {
                 .take_next()
                 .map_err(|e| HubError::ResourceExhausted(e.to_string()))?,
             AddressSource::Requested(ip) => {
+                let conflict = (net.name.clone(), runner.to_string(), ip);
+                if let Some(why) = st.conflicts.get(&conflict) {
+                    return Err(HubError::AddressInUse(format!("requested_ip: {why}")));
+                }
                 self.pool(st, &net.name, runner)?
                     .take(ip)
                     .map_err(|e| super::reservations::address_error("requested_ip", e))?;
@@ -624,6 +662,40 @@ impl Hub {
             && let Some(w) = st.remove_workload(key)
         {
             self.give_back(&mut st, &w);
+        }
+    }
+
+    /// A runner refused `rec`'s address: something it did not attach uses it on its bridge.
+    /// The address stays taken (in memory: until the host restarts, when the runner is asked
+    /// again at the next attach that picks it), and an event says so.
+    async fn block_conflicting(&self, rec: &WorkloadRecord, why: &str) {
+        let mut st = self.state.lock().await;
+        let ip = rec.ip.addr();
+        let blocked = match self.pool(&mut st, &rec.network, &rec.runner) {
+            Ok(pool) => pool.take(ip).is_ok(),
+            Err(_) => false,
+        };
+        if !blocked {
+            return;
+        }
+        st.conflicts.insert(
+            (rec.network.clone(), rec.runner.clone(), ip),
+            why.to_string(),
+        );
+        tracing::warn!(runner = %rec.runner, network = %rec.network, %ip, %why, "address in use on the runner's bridge; not handing it out");
+        metrics()
+            .address_conflicts
+            .add(1, &[KeyValue::new("network", rec.network.clone())]);
+        let mut txn = Txn::default();
+        txn.event(pb::EventKind::AddressConflict, |e| {
+            e.runner = rec.runner.clone();
+            e.network = rec.network.clone();
+            e.ip = ip.to_string();
+            e.workload_id = rec.id.clone();
+            e.detail = why.to_string();
+        });
+        if let Err(e) = self.commit(&mut st, txn).await {
+            tracing::warn!(error = %e, "cannot record the address conflict's event");
         }
     }
 
@@ -964,6 +1036,7 @@ pub(super) fn workload_spec(
             dev: n.dev,
             ino: n.ino,
         }),
+        adopt_port: String::new(),
     }
 }
 

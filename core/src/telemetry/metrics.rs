@@ -42,6 +42,9 @@ pub struct Metrics {
     pub grpc_requests: Counter<u64>,
     /// `weir.grpc.duration` {method}: until the response (or the stream) started.
     pub grpc_duration: Histogram<f64>,
+    /// `weir.address.conflicts` {network}: addresses a runner found in use on its bridge by
+    /// something Weir did not attach (each then withheld).
+    pub address_conflicts: Counter<u64>,
 }
 
 fn meter() -> Meter {
@@ -105,6 +108,12 @@ pub fn metrics() -> &'static Metrics {
                 "weir.grpc.duration",
                 "Time until a gRPC call's response (or stream) started",
             ),
+            address_conflicts: m
+                .u64_counter("weir.address.conflicts")
+                .with_description(
+                    "Addresses found in use on a runner's bridge by something Weir did not attach",
+                )
+                .build(),
         }
     })
 }
