@@ -22,6 +22,7 @@ def test_status_health_and_runners(weir, lab):
     names = {r.name for r in s.runners}
     assert {r for r, _ in lab.netns} <= names
     assert all(isinstance(r, weir_client.RunnerStatus) and r.active and r.connected for r in s.runners)
+    assert s.host_version and all(r.version == s.host_version for r in s.runners), s
     assert {r.name for r in weir.runners()} == names
     assert weir.health() == "SERVING"
     assert weir.health("weir.v1.Control") == "SERVING"

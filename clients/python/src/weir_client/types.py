@@ -57,6 +57,8 @@ class RunnerStatus:
     #: An allocation recovered from the kernel at host start, not yet claimed by a runner.
     placeholder: bool
     workloads: int
+    #: The runner's `weir` version at its last registration (empty for a placeholder).
+    version: str
 
     @classmethod
     def from_pb(cls, m: "pb.RunnerStatus") -> "RunnerStatus":
@@ -101,6 +103,8 @@ class Status:
     networks: List[NetworkStatus]
     #: Watch with `after=last_event_seq` to see exactly the changes since this snapshot.
     last_event_seq: int
+    #: The host's `weir` version, e.g. "0.1.0" (empty from a host older than this field).
+    host_version: str
 
     @classmethod
     def from_pb(cls, m: "pb.GetStatusResponse") -> "Status":
