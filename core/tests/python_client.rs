@@ -1,9 +1,13 @@
-//! The Python scheduler example (grpcio) against a real lab.
+//! The Python client package (clients/python) and the scheduler example built on it, against
+//! real labs.
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use common::*;
-use weir::lab::Lab;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use weir::lab::{self, Lab};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_scheduler_example_runs_a_job_against_the_lab() {
@@ -178,6 +182,11 @@ async fn the_python_client_installs_in_a_fresh_venv_and_its_tests_pass_against_a
         std::process::Command::new(&py)
             .args(["-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v"])
             .arg(pkg.join("tests"))
+            // test_tls.py runs below, against a TLS host.
+            .arg(format!(
+                "--ignore={}",
+                pkg.join("tests/test_tls.py").display()
+            ))
             .env("WEIR_TEST_HOST", lab.control_url())
             .env("WEIR_TEST_TOKEN_FILE", lab.dir.join("control.token"))
             .env("WEIR_TEST_NETNS", &netns)
@@ -201,4 +210,68 @@ async fn the_python_client_installs_in_a_fresh_venv_and_its_tests_pass_against_a
     }
     // The tests detached everything they attached.
     assert_eq!(lab.status().unwrap()["workloads"], 0);
+    drop(lab);
+
+    // TLS and mTLS: a host with a TLS listener that requires client certificates; the tests
+    // run in the host's namespace, where its TCP listener is.
+    let certs = tmp.0.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let pem = |name: &str, text: String| {
+        let p = certs.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: BoringSSL (grpcio) takes a leaf whose subject is its issuer's (rcgen's
+    // default for both) for a self-signed certificate.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "weir test CA");
+    let ca = pem("ca.pem", ca_params.self_signed(&ca_key).unwrap().pem());
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, ip: Option<Ipv4Addr>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.clone()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, names[0].as_str());
+        if let Some(ip) = ip {
+            p.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(ip)));
+        }
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (host_pem, host_key) = leaf(vec!["weir-host".into()], Some(lab::HOST_IP));
+    let (cli_pem, cli_key) = leaf(vec!["scheduler".into()], None);
+    let (host_cert, host_key) = (pem("host.pem", host_pem), pem("host.key", host_key));
+    let (cli_cert, cli_key) = (pem("client.pem", cli_pem), pem("client.key", cli_key));
+    let mut s = spec("pyt");
+    s.runners = 0;
+    s.workloads_per_runner = 0;
+    s.host_keys =
+        format!("tls_cert = \"{host_cert}\"\ntls_key = \"{host_key}\"\ntls_client_ca = \"{ca}\"\n");
+    s.host_url = format!("https://{}:{}", lab::HOST_IP, lab::HOST_PORT);
+    let lab = must(Lab::up(s).await);
+    let mut pytest = std::process::Command::new(&py);
+    pytest
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v"])
+        .arg(pkg.join("tests/test_tls.py"))
+        .env("WEIR_TEST_HOST", lab.control_url())
+        .env("WEIR_TEST_TOKEN_FILE", lab.dir.join("control.token"))
+        .env("WEIR_TEST_TLS_HOST", &lab.spec.host_url)
+        .env("WEIR_TEST_TLS_CA", &ca)
+        .env("WEIR_TEST_TLS_CERT", &cli_cert)
+        .env("WEIR_TEST_TLS_KEY", &cli_key)
+        .env_remove("WEIR_TOKEN")
+        .env_remove("PYTHONPATH")
+        .current_dir(&tmp.0);
+    lab::run_in_namespace(&mut pytest, &lab.ns("host")).unwrap();
+    let out = run_ok(&mut pytest, "pytest clients/python/tests/test_tls.py");
+    assert!(
+        !out.contains("SKIPPED") && out.contains("3 passed"),
+        "every TLS test ran:\n{out}"
+    );
 }

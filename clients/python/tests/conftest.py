@@ -1,9 +1,9 @@
 """The lab the tests run against, described by the environment (core/tests/python_client.rs
-builds one and sets these):
+builds one and sets these; test_tls.py has its own):
 
   WEIR_TEST_HOST        the host's URL, e.g. unix:///run/weir-lab/NAME/host.sock
   WEIR_TEST_TOKEN_FILE  a file holding a control token
-  WEIR_TEST_NETNS       namespaces to attach, RUNNER=PATH,RUNNER=PATH,… (at least three, on
+  WEIR_TEST_NETNS       (for the tests that attach) namespaces to attach, RUNNER=PATH,RUNNER=PATH,… (at least three, on
                         two runners or more; the tests detach everything they attach)
 """
 
@@ -37,5 +37,11 @@ def lab() -> LabInfo:
         if item:
             runner, _, path = item.partition("=")
             netns.append((runner, path))
-    assert len(netns) >= 3 and len({r for r, _ in netns}) >= 2, f"WEIR_TEST_NETNS: {netns}"
     return LabInfo(host, token_file, netns)
+
+
+@pytest.fixture
+def netns(lab) -> List[Tuple[str, str]]:
+    """The namespaces to attach (WEIR_TEST_NETNS): three at least, on two runners at least."""
+    assert len(lab.netns) >= 3 and len({r for r, _ in lab.netns}) >= 2, f"WEIR_TEST_NETNS: {lab.netns}"
+    return lab.netns

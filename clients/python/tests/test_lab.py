@@ -14,13 +14,13 @@ def weir(lab):
         yield c
 
 
-def test_status_health_and_runners(weir, lab):
+def test_status_health_and_runners(weir, netns):
     s = weir.status()
     assert s.plan == "10.128.0.0/12/6/14"
     assert s.overlay_enabled and s.host_ip == "10.128.0.1/12"
     assert s.networks[0].name == "default" and s.networks[0].mode == "overlay"
     names = {r.name for r in s.runners}
-    assert {r for r, _ in lab.netns} <= names
+    assert {r for r, _ in netns} <= names
     assert all(isinstance(r, weir_client.RunnerStatus) and r.active and r.connected for r in s.runners)
     assert s.host_version and all(r.version == s.host_version for r in s.runners), s
     assert {r.name for r in weir.runners()} == names
@@ -28,8 +28,8 @@ def test_status_health_and_runners(weir, lab):
     assert weir.health("weir.v1.Control") == "SERVING"
 
 
-def test_a_job_reserve_attach_page_watch_detach(weir, lab):
-    (r1, ns1), (r2, ns2), (r3, ns3) = lab.netns[:3]
+def test_a_job_reserve_attach_page_watch_detach(weir, netns):
+    (r1, ns1), (r2, ns2), (r3, ns3) = netns[:3]
     start = weir.status().last_event_seq
     events = weir.watch(after=start)
     seen = []
@@ -91,8 +91,8 @@ def _job(weir, ids, first, second, third):
     assert list(weir.workloads(labels={"job": "pyjob"})) == []
 
 
-def test_a_reservation_released_is_gone(weir, lab):
-    runner = lab.netns[0][0]
+def test_a_reservation_released_is_gone(weir, netns):
+    runner = netns[0][0]
     res = weir.reserve(runner)
     assert res.reservation_id in {r.reservation_id for r in weir.reservations(runner=runner)}
     weir.release(res.token)
@@ -101,15 +101,15 @@ def test_a_reservation_released_is_gone(weir, lab):
         weir.validate_reservation(res.token)
 
 
-def test_refusals_raise_their_exceptions(weir, lab):
+def test_refusals_raise_their_exceptions(weir, lab, netns):
     with pytest.raises(weir_client.NotFound, match="no-such-runner"):
-        weir.attach("no-such-runner", "x", netns=lab.netns[0][1])
+        weir.attach("no-such-runner", "x", netns=netns[0][1])
     with pytest.raises(weir_client.NotFound):
         weir.detach("never-attached")
     with pytest.raises(weir_client.InvalidArgument):
         weir.workloads_page(page_token="not a token")
     with pytest.raises(weir_client.InvalidArgument):
-        weir.reserve(lab.netns[0][0], ttl_seconds=5)
+        weir.reserve(netns[0][0], ttl_seconds=5)
     with pytest.raises(weir_client.OutOfRange):
         next(iter(weir.watch(after=weir.status().last_event_seq + 1000)))
     with Client(lab.host, token="not-the-token-0123456789") as wrong:
