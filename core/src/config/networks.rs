@@ -1,7 +1,7 @@
 //! The networks a configuration defines (`[[networks]]`, or `default` from `[overlay]`), each
 //! with its settings and interface names resolved.
 
-use super::schema::{Config, EgressMode};
+use super::schema::{Config, EgressMode, Naming};
 use crate::plan::Plan;
 
 /// The name of the network `[overlay]` defines, with KohakuRiver's interface names.
@@ -48,6 +48,27 @@ impl NetworkNames {
     }
 }
 
+impl NetworkNames {
+    /// KohakuRiver's names for its network number `index` (0-based, in configuration order)
+    /// called `name`, sharing `host_device` with every other network.
+    pub fn kohakuriver(index: usize, name: &str, host_device: &str) -> Self {
+        let cut = |s: String| {
+            let mut s = s;
+            while s.len() > crate::plan::MAX_IFNAME_LEN {
+                s.pop();
+            }
+            s
+        };
+        Self {
+            host_device: host_device.to_string(),
+            tunnel_prefix: format!("vx{index}_"),
+            runner_tunnel: cut(format!("vxlan-{name}")),
+            runner_bridge: cut(format!("kohaku-{name}")),
+            direct_prefix: format!("vd{index}_"),
+        }
+    }
+}
+
 impl Config {
     /// The networks this configuration defines, in order (the first is the primary one).
     pub fn resolved_networks(&self) -> Vec<ResolvedNetwork> {
@@ -75,8 +96,11 @@ impl Config {
         }
         self.networks
             .iter()
-            .map(|n| {
-                let mut names = if n.name.as_str() == DEFAULT_NETWORK {
+            .enumerate()
+            .map(|(index, n)| {
+                let mut names = if o.naming == Naming::Kohakuriver {
+                    NetworkNames::kohakuriver(index, n.name.as_str(), o.host_device.as_str())
+                } else if n.name.as_str() == DEFAULT_NETWORK {
                     NetworkNames {
                         host_device: o.host_device.to_string(),
                         tunnel_prefix: o.tunnel_prefix.clone(),

@@ -62,6 +62,20 @@ fn yes() -> bool {
     true
 }
 
+/// How the interfaces of `[[networks]]` are named (a network's explicit names win).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Naming {
+    /// Derived from the network's name: `wh-NAME`, `vx-NAME-<id>`, `vx-NAME`, `wb-NAME`.
+    #[default]
+    Weir,
+    /// KohakuRiver's several-network names, for every network of `[[networks]]` (`default`
+    /// too): every network's host address on `overlay.host_device` (`kohaku-host`), host
+    /// tunnels `vx<network index>_<id>` (index from 0 in configuration order), on runners
+    /// `vxlan-NAME` and `kohaku-NAME` (cut to 15 bytes).
+    Kohakuriver,
+}
+
 /// Where a network's traffic to the outside leaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -142,6 +156,8 @@ pub struct OverlayConfig {
     pub isolated_bridge: IfName,
     /// DNS servers handed to VMs (cloud-init) at attach.
     pub dns: Vec<Ipv4Addr>,
+    /// How the interfaces of `[[networks]]` are named: `weir` or `kohakuriver`.
+    pub naming: Naming,
 }
 
 impl Default for OverlayConfig {
@@ -161,6 +177,7 @@ impl Default for OverlayConfig {
             runner_bridge: IfName::new_static("kohaku-overlay"),
             isolated_bridge: IfName::new_static("kohakuriver-net"),
             dns: Vec::new(),
+            naming: Naming::Weir,
         }
     }
 }

@@ -250,6 +250,43 @@ fn cross_field_checks() {
 const TWO_NETWORKS: &str = "[[networks]]\nname = \"private\"\nsubnet = \"10.128.0.0/12/6/14\"\nvxlan_id_base = 100\n[[networks]]\nname = \"public\"\nsubnet = \"198.51.100.0/22/2/8\"\nvxlan_id_base = 1000\nmasquerade = false\negress = \"via-host\"\n";
 
 #[test]
+fn kohakuriver_naming_gives_its_several_network_names() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "kr.toml",
+            &format!("[overlay]\nnaming = \"kohakuriver\"\n{TWO_NETWORKS}")
+                .replace("\"public\"", "\"publicnet1\""),
+        )?;
+        let c = load_in_jail(jail, Some("kr.toml")).unwrap().config;
+        let names: Vec<_> = c
+            .resolved_networks()
+            .into_iter()
+            .map(|n| {
+                let n = n.names;
+                (
+                    n.host_device,
+                    n.tunnel_prefix,
+                    n.runner_tunnel,
+                    n.runner_bridge,
+                )
+            })
+            .collect();
+        let own = |a: &str, b: &str, c: &str, d: &str| {
+            (a.to_string(), b.to_string(), c.to_string(), d.to_string())
+        };
+        assert_eq!(
+            names,
+            [
+                own("kohaku-host", "vx0_", "vxlan-private", "kohaku-private"),
+                // Cut to 15 bytes, as KohakuRiver cuts them.
+                own("kohaku-host", "vx1_", "vxlan-publicnet", "kohaku-publicne"),
+            ]
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn several_networks_resolve_with_derived_names() {
     Jail::expect_with(|jail| {
         jail.create_file("nets.toml", TWO_NETWORKS)?;

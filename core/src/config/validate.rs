@@ -195,7 +195,9 @@ fn validate_networks(loaded: &LoadedConfig) -> Vec<String> {
     }
     for (i, (na, fa, pa)) in patterns.iter().enumerate() {
         for (nb, fb, pb) in &patterns[i + 1..] {
-            if !pa.clashes(*pb) {
+            // Networks may share the device that carries their host addresses (KohakuRiver's
+            // `kohaku-host` carries every network's).
+            if !pa.clashes(*pb) || (*fa == "host_device" && *fb == "host_device" && na != nb) {
                 continue;
             }
             problems.push(if na == nb {

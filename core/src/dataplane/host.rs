@@ -88,8 +88,20 @@ impl HostDataplane {
         crate::telemetry::kernel("netlink.host_setup", async {
             sysctl::enable_ip_forward()?;
             self.remove_other_networks(networks).await?;
+            // A device may carry several networks' host addresses (KohakuRiver's naming);
+            // it is named after the first of them.
+            let mut devices: Vec<(&HostNetwork, Vec<Ipv4Net>)> = Vec::new();
             for net in networks {
-                self.ensure_host_device(net).await?;
+                match devices
+                    .iter_mut()
+                    .find(|(n, _)| n.host_device == net.host_device)
+                {
+                    Some((_, addrs)) => addrs.push(net.plan.host_ip()),
+                    None => devices.push((net, vec![net.plan.host_ip()])),
+                }
+            }
+            for (net, addrs) in &devices {
+                self.ensure_host_device(net, addrs).await?;
             }
             let uplink = self.uplink().await?;
             nft::apply(&host_table(networks, &underlay, uplink.as_deref())).await?;
@@ -160,7 +172,7 @@ impl HostDataplane {
         Ok(())
     }
 
-    async fn ensure_host_device(&self, net: &HostNetwork) -> Result<()> {
+    async fn ensure_host_device(&self, net: &HostNetwork, addrs: &[Ipv4Net]) -> Result<()> {
         let link = match self.nl.link(&net.host_device).await? {
             Some(l) => l,
             // This kernel may lack the dummy driver; an empty bridge carries an address as well.
@@ -172,9 +184,7 @@ impl HostDataplane {
         if !link.up {
             self.nl.set_up(link.index).await?;
         }
-        self.nl
-            .sync_addrs(link.index, &[net.plan.host_ip()])
-            .await?;
+        self.nl.sync_addrs(link.index, addrs).await?;
         self.trust(&net.host_device).await;
         Ok(())
     }
