@@ -409,3 +409,42 @@ async fn removing_a_network_removes_its_kernel_objects_and_leaves_the_other_alon
     assert_eq!(s.networks[0].workloads, 2);
     assert!(lab.ping("a", b_private));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kohakuriver_naming_builds_the_links_kohakuriver_would() {
+    let mut s = spec("krn");
+    s.runners = 2;
+    s.workloads_per_runner = 0;
+    s.overlay.push_str("\nnaming = \"kohakuriver\"\n");
+    s.host_extra = format!("{PRIVATE}{PUBLIC}");
+    let lab = must(Lab::up(s).await);
+    let names = |links: Vec<weir::dataplane::netlink::Link>| -> Vec<String> {
+        links.into_iter().map(|l| l.name).collect()
+    };
+    let host = names(links(&lab, "host").await);
+    for want in ["kohaku-host", "vx0_1", "vx0_2", "vx1_1", "vx1_2"] {
+        assert!(host.contains(&want.to_string()), "{want} missing: {host:?}");
+    }
+    // One kohaku-host carries every network's host address.
+    let addrs = all_addresses(&lab, "host").await;
+    for want in ["10.128.0.1/12", "198.51.100.1/22"] {
+        assert!(addrs.iter().any(|a| a.contains(want)), "{want}: {addrs:?}");
+    }
+    let r1 = names(links(&lab, "r1").await);
+    for want in [
+        "vxlan-private",
+        "kohaku-private",
+        "vxlan-public",
+        "kohaku-public",
+    ] {
+        assert!(r1.contains(&want.to_string()), "{want} missing: {r1:?}");
+    }
+    // And the overlay works through them.
+    let mut c = control(&lab).await;
+    let a = new_netns(&lab, "a");
+    let b = new_netns(&lab, "b");
+    attach(&mut c, "r1", "a", &a, "private").await;
+    let ip_b = attach(&mut c, "r2", "b", &b, "private").await;
+    assert!(lab.ping("a", ip_b), "a reaches b across runners");
+    doctor_clean(&lab).await;
+}
