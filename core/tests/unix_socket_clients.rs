@@ -85,7 +85,8 @@ async fn the_documented_grpcio_and_buf_curl_commands_work_on_the_unix_socket() {
         output(
             Command::new("python3")
                 .args(["-c", code])
-                .env("PYTHONPATH", checkout().join("clients/python/src")),
+                .env("PYTHONPATH", checkout().join("clients/python/src"))
+                .env("PYTHONDONTWRITEBYTECODE", "1"),
         )
     };
     let (ok, stdout, stderr) = python(&local(&py[0]));

@@ -29,7 +29,9 @@ import threading
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT_CLIENT = os.path.normpath(os.path.join(HERE, "..", "..", "clients", "python", "src"))
 if os.path.isdir(os.path.join(CHECKOUT_CLIENT, "weir_client")):
-    # Run from a checkout: the package as it is here, not an installed (maybe older) one.
+    # Run from a checkout: the package as it is here, not an installed (maybe older) one, and
+    # no bytecode left in the checkout.
+    sys.dont_write_bytecode = True
     sys.path.insert(0, CHECKOUT_CLIENT)
 
 import weir_client  # noqa: E402
