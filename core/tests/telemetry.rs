@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -31,6 +31,10 @@ use weir::lab::Lab;
 #[derive(Debug, Clone)]
 struct Span {
     service: String,
+    /// The attributes of the resource it came with.
+    resource: BTreeMap<String, String>,
+    /// OTLP's status code: 0 unset, 1 ok, 2 error.
+    status: i32,
     name: String,
     trace: String,
     id: String,
@@ -42,6 +46,8 @@ struct Span {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// The resources metrics came with.
+    metric_resources: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
 }
 
 #[tonic::async_trait]
@@ -52,16 +58,18 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut out = self.spans.lock().unwrap();
         for rs in req.into_inner().resource_spans {
-            let service = rs
+            let resource: BTreeMap<String, String> = rs
                 .resource
                 .iter()
                 .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .map(|kv| text(&kv.value))
-                .unwrap_or_default();
+                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                .collect();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
             for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
                 out.push(Span {
                     service: service.clone(),
+                    resource: resource.clone(),
+                    status: s.status.as_ref().map_or(0, |st| st.code),
                     name: s.name,
                     trace: hex(&s.trace_id),
                     id: hex(&s.span_id),
@@ -82,8 +90,18 @@ impl TraceService for Collector {
 impl MetricsService for Collector {
     async fn export(
         &self,
-        _req: tonic::Request<ExportMetricsServiceRequest>,
+        req: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut out = self.metric_resources.lock().unwrap();
+        for rm in req.into_inner().resource_metrics {
+            out.push(
+                rm.resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .map(|kv| (kv.key.clone(), text(&kv.value)))
+                    .collect(),
+            );
+        }
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -628,4 +646,401 @@ async fn prometheus_endpoints_serve_every_documented_metric() {
         !underlay,
         "the host's metrics must not be reachable from the underlay by default"
     );
+}
+
+/// Run `f` on a runtime of its own in the namespace of lab member `member` (sockets it opens
+/// live there).
+fn in_ns<F, Fut, R>(lab: &Lab, member: &str, f: F) -> R
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R>,
+    R: Send + 'static,
+{
+    netns::run_in(&lab.ns(member), move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .unwrap()
+}
+
+/// One gRPC call to `path` with no credentials and an empty body: the code it got.
+async fn raw_call(ch: &mut tonic::transport::Channel, path: &str) -> tonic::Code {
+    use tower::Service;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    std::future::poll_fn(|cx| ch.poll_ready(cx)).await.unwrap();
+    let resp = ch.call(req).await.expect("an HTTP answer");
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .expect("a trailers-only answer with grpc-status");
+    tonic::Code::from_i32(code)
+}
+
+/// Paths no daemon serves: made-up services, made-up methods of served services, and a
+/// service of the descriptors that the host does not serve.
+fn made_up_paths(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => format!("/x{tag}{i}.Svc/M{i}"),
+            1 => format!("/weir.v1.Control/Nope{tag}{i}"),
+            2 => "/weir.v1.Local/Attach".to_string(),
+            _ => format!("/{tag}{i}"),
+        })
+        .collect()
+}
+
+/// The series of a Prometheus text (name and labels, without values or comments).
+fn series(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+/// The distinct values of label `label` in the samples of `name`.
+fn label_values(text: &str, name: &str, label: &str) -> BTreeSet<String> {
+    let prefix = format!("{name}{{");
+    let key = format!("{label}=\"");
+    series(text)
+        .into_iter()
+        .filter_map(|s| {
+            let rest = s.strip_prefix(&prefix)?;
+            let v = rest.split(&key).nth(1)?;
+            Some(v.split('"').next()?.to_string())
+        })
+        .collect()
+}
+
+/// The body of an HTTP answer as `scrape` returns it.
+fn body(http: &str) -> &str {
+    http.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn promtool() -> PathBuf {
+    std::env::var_os("WEIR_PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/weir/prometheus/usr/bin/promtool"))
+}
+
+/// `promtool check metrics` on a scrape: what it said when it refused the text.
+fn promtool_check(text: &str) -> Result<(), String> {
+    let tool = promtool();
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {} (scripts/bootstrap.d/promtool.sh installs it): {e}",
+                tool.display()
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_method_paths_add_no_series_and_promtool_accepts_the_metrics() {
+    let mut s = spec("card");
+    s.runners = 1;
+    s.workloads_per_runner = 0;
+    let lab = must(Lab::up(s).await);
+    let host_url = format!("http://{}:{}", weir::lab::HOST_IP, weir::lab::HOST_PORT);
+    // Unauthenticated calls from the underlay (over TCP, rate-limited per peer: some are
+    // refused with RESOURCE_EXHAUSTED before routing) and on the local socket.
+    let flood = |lab: &Lab, tag: &'static str, n: usize| {
+        let url = host_url.clone();
+        let over_tcp = in_ns(lab, "lan", move || async move {
+            let mut ch = weir::api::client::connect(&url, Default::default())
+                .await
+                .unwrap();
+            let mut codes = BTreeSet::new();
+            for p in made_up_paths(tag, n) {
+                codes.insert(raw_call(&mut ch, &p).await as i32);
+            }
+            codes
+        });
+        (over_tcp, n)
+    };
+    let local = |lab: &Lab| lab.control_url();
+    let mut unix = weir::api::client::connect(&local(&lab), Default::default())
+        .await
+        .unwrap();
+    // A first round creates the `unknown` series of each code.
+    let (codes, _) = flood(&lab, "warm", 60);
+    for p in made_up_paths("warmu", 8) {
+        // A made-up method of a served service is refused by its token check first.
+        let code = raw_call(&mut unix, &p).await;
+        assert!(
+            [tonic::Code::Unimplemented, tonic::Code::Unauthenticated].contains(&code),
+            "{p}: {code:?}"
+        );
+    }
+    assert!(
+        codes.contains(&(tonic::Code::Unimplemented as i32))
+            && codes.contains(&(tonic::Code::ResourceExhausted as i32)),
+        "the warm-up reached the router and the rate limit: {codes:?}"
+    );
+    let before = body(&scrape(&lab, "host", 9464)).to_string();
+    let unknown = |text: &str| {
+        sample(text, "weir_grpc_requests_total", &[("method", "unknown")]).unwrap_or(0.0)
+    };
+    let (_, n_tcp) = flood(&lab, "flood", 400);
+    let n_unix = 200;
+    for p in made_up_paths("floodu", n_unix) {
+        assert_ne!(raw_call(&mut unix, &p).await, tonic::Code::Ok, "{p}");
+    }
+    let after = body(&scrape(&lab, "host", 9464)).to_string();
+    assert_eq!(
+        unknown(&after) - unknown(&before),
+        (n_tcp + n_unix) as f64,
+        "every made-up call is counted as method=\"unknown\""
+    );
+    let methods_before = label_values(&before, "weir_grpc_requests_total", "method");
+    let methods_after = label_values(&after, "weir_grpc_requests_total", "method");
+    assert_eq!(methods_after, methods_before, "no new method label values");
+    assert!(methods_after.contains("unknown"));
+    let new: Vec<String> = series(&after)
+        .difference(&series(&before))
+        .filter(|s| s.contains("method=") || s.contains("flood"))
+        .cloned()
+        .collect();
+    assert!(new.is_empty(), "new series after the flood: {new:?}");
+    assert!(!after.contains("flood") && !after.contains("Nope"));
+
+    // The standard metrics beside Weir's own.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
+    ] {
+        assert!(
+            sample(&after, name, &[]).is_some_and(|v| v > 0.0),
+            "{name} in\n{after}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &after,
+            "weir_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "target_info",
+            &[
+                ("service_name", "weir-host"),
+                ("service_version", env!("CARGO_PKG_VERSION"))
+            ]
+        ),
+        Some(1.0),
+        "{after}"
+    );
+
+    // Prometheus' own linter accepts both daemons' text.
+    let runner = body(&scrape(&lab, "r1", 9465)).to_string();
+    assert!(runner.contains("weir_kernel_duration_seconds"), "{runner}");
+    assert!(
+        sample(&runner, "target_info", &[("service_instance_id", "r1")]).is_some(),
+        "{runner}"
+    );
+    for (who, text) in [("host", &after), ("runner", &runner)] {
+        if let Err(e) = promtool_check(text) {
+            panic!("promtool check metrics refused the {who}'s /metrics:\n{e}\n{text}");
+        }
+    }
+}
+
+/// A daemon's log: the lines that mention `what`.
+fn log_lines(path: &Path, what: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_daemon_has_its_own_resource_and_an_unreachable_collector_is_one_warning() {
+    let mut s = spec("res");
+    s.runners = 2;
+    s.workloads_per_runner = 0;
+    let mut lab = must(Lab::underlay(s).await);
+    // A port on the lan router where nothing listens yet: exports are refused.
+    let addr = listen_in(&lab.ns("lan"), "192.0.2.254")
+        .local_addr()
+        .unwrap();
+    lab.spec.host_extra = telemetry_section(addr);
+    lab.spec.runner_extra = telemetry_section(addr);
+    lab.start_host().await.unwrap_or_else(|e| panic!("{e}"));
+    lab.add_runner(1).await.unwrap_or_else(|e| panic!("{e}"));
+    lab.add_runner(2).await.unwrap_or_else(|e| panic!("{e}"));
+    let logs: Vec<(String, PathBuf)> = std::iter::once(("host", lab.host.as_ref().unwrap()))
+        .chain(
+            lab.runners
+                .iter()
+                .map(|(i, d)| (if *i == 1 { "r1" } else { "r2" }, d)),
+        )
+        .map(|(n, d)| (n.to_string(), d.log.clone()))
+        .collect();
+    let endpoint = format!("http://{addr}");
+    for (who, log) in &logs {
+        assert_eq!(
+            log_lines(
+                log,
+                &format!("exporting traces and metrics by OTLP/gRPC to {endpoint}")
+            )
+            .len(),
+            1,
+            "{who} says at start where it exports"
+        );
+    }
+    let failed = format!("OTLP export to {endpoint} failed");
+    wait_until("every daemon warns that its exports fail", dur(20), || {
+        logs.iter()
+            .all(|(_, log)| !log_lines(log, &failed).is_empty())
+    })
+    .await;
+    // What is tested is the passing of time: some ten export rounds (200 ms apart, traces
+    // and metrics each) that fail without another line.
+    tokio::time::sleep(dur(2)).await;
+
+    // The collector comes up at that address.
+    let ns = lab.ns("lan");
+    let listener = netns::run_in(&ns, move || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    let collector = Collector::default();
+    collector.serve(listener);
+    let again = format!("OTLP export to {endpoint} works again");
+    wait_until("every daemon says its exports work again", dur(30), || {
+        logs.iter()
+            .all(|(_, log)| !log_lines(log, &again).is_empty())
+    })
+    .await;
+    for (who, log) in &logs {
+        assert_eq!(log_lines(log, &failed).len(), 1, "{who}: one warning");
+        let errors = log_lines(log, "ERROR");
+        assert!(errors.is_empty(), "{who} logged errors: {errors:?}");
+        assert!(log_lines(log, "ExportError").is_empty());
+    }
+
+    // An unauthenticated call to a method nobody serves, from the underlay.
+    let url = format!("http://{}:{}", weir::lab::HOST_IP, weir::lab::HOST_PORT);
+    let code = in_ns(&lab, "lan", move || async move {
+        let mut ch = weir::api::client::connect(&url, Default::default())
+            .await
+            .unwrap();
+        raw_call(&mut ch, "/weir.v1.Nope/Nothing").await
+    });
+    assert_eq!(code, tonic::Code::Unimplemented);
+
+    // Metrics are pushed at every interval: each daemon's resource arrives with them.
+    let hostname = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let resource_of = |service: &str, instance: &str| {
+        collector
+            .metric_resources
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r.get("service.name").map(String::as_str) == Some(service)
+                    && r.get("service.instance.id").map(String::as_str) == Some(instance)
+            })
+            .cloned()
+    };
+    wait_until(
+        "metrics of the host and both runners arrive, and the unknown call's span",
+        dur(30),
+        || {
+            resource_of("weir-runner", "r1").is_some()
+                && resource_of("weir-runner", "r2").is_some()
+                && resource_of("weir-host", &hostname).is_some()
+                && collector
+                    .spans()
+                    .iter()
+                    .any(|s| s.service == "weir-host" && s.name == "unknown")
+        },
+    )
+    .await;
+    let (r1, r2) = (
+        resource_of("weir-runner", "r1").unwrap(),
+        resource_of("weir-runner", "r2").unwrap(),
+    );
+    assert_ne!(r1, r2, "two runners' resources differ");
+    for r in [&r1, &r2, &resource_of("weir-host", &hostname).unwrap()] {
+        assert_eq!(r["service.version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(r["host.name"], hostname);
+    }
+    let spans = collector.spans();
+    // Spans carry the same resource as metrics.
+    let host_span = spans.iter().find(|s| s.service == "weir-host").unwrap();
+    assert_eq!(host_span.resource["service.instance.id"], hostname);
+    let unknown = spans
+        .iter()
+        .find(|s| s.service == "weir-host" && s.name == "unknown")
+        .unwrap();
+    assert_eq!(unknown.status, 2, "UNIMPLEMENTED is an error: {unknown:?}");
+    assert_eq!(unknown.attrs["rpc.grpc.status_code"], "12");
+    assert_eq!(unknown.attrs["rpc.method"], "_OTHER");
+    assert_eq!(unknown.attrs["network.peer.address"], "192.0.2.254");
+    assert!(unknown.attrs["network.peer.port"].parse::<u16>().unwrap() > 0);
+    assert_eq!(
+        unknown.attrs["server.address"],
+        weir::lab::HOST_IP.to_string()
+    );
+    assert_eq!(
+        unknown.attrs["server.port"],
+        weir::lab::HOST_PORT.to_string()
+    );
+    // A call that worked is a server span without error.
+    assert!(lab.status().is_some(), "weir status works");
+    wait_until("the host's span of weir status arrives", dur(30), || {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.service == "weir-host" && s.name.starts_with("weir.v1.Control/"))
+    })
+    .await;
+    let spans = collector.spans();
+    let ok = spans
+        .iter()
+        .find(|s| s.service == "weir-host" && s.name.starts_with("weir.v1.Control/"))
+        .unwrap();
+    assert_eq!(ok.status, 0, "{ok:?}");
+    assert_eq!(ok.attrs["network.transport"], "unix");
 }

@@ -141,7 +141,7 @@ pub async fn serve(
                 builder = builder.tls_config(tls)?;
             }
             Ok(builder
-                .layer(GrpcTelemetryLayer)
+                .layer(GrpcTelemetryLayer::serving(&SERVED_SERVICES))
                 .layer(edge.clone())
                 .add_service(AgentServer::with_interceptor(
                     AgentService::new(hub.clone()),

@@ -139,7 +139,7 @@ async fn start_telemetry(
     role: Role,
     log_format: LogFormat,
 ) -> Result<Telemetry, CliError> {
-    let t = crate::telemetry::init(&loaded.config.telemetry, role, log_format)
+    let t = crate::telemetry::init(&loaded.config, role, log_format)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
     if let Some(addr) = t.prometheus_addr() {

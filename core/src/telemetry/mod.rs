@@ -6,16 +6,25 @@
 //! - the W3C trace-context propagator, so a caller's `traceparent` continues into Weir and the
 //!   host's context continues into its runners;
 //! - a tracer provider sampling parent-based at `telemetry.sampling_ratio`, exporting by OTLP
-//!   when `telemetry.otlp_endpoint` is set;
-//! - a meter provider read by a Prometheus registry (served at `telemetry.prometheus_listen`)
-//!   and, with an endpoint, pushed by OTLP every `telemetry.export_interval`.
+//!   when `telemetry.otlp_endpoint` (or a standard `OTEL_EXPORTER_OTLP_*ENDPOINT`) is set;
+//! - a meter provider read by a Prometheus registry (served at `telemetry.prometheus_listen`,
+//!   with `target_info`, `weir_build_info` and the `process_*` metrics) and, with an endpoint,
+//!   pushed by OTLP every `telemetry.export_interval`;
+//! - one resource for both: `service.name`, `service.version`, `service.instance.id` (the
+//!   runner's name, the host's hostname) and `host.name`, which `OTEL_RESOURCE_ATTRIBUTES` and
+//!   `OTEL_SERVICE_NAME` may override ([`resource`]);
+//! - export failures logged once as a WARN, then at most every [`export::RELOG_EVERY`] and when
+//!   export works again ([`export`]); the SDK's own repeated errors are kept out of the log.
 //!
 //! Other commands use [`crate::logging`] alone; without [`init`] every span and instrument is a
 //! no-op, so library code may use them unconditionally.
 
+pub mod export;
 pub mod metrics;
+mod process;
 mod prometheus_http;
 pub mod propagation;
+pub mod resource;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,18 +32,17 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::TelemetryConfig;
+use crate::config::Config;
 use crate::logging::LogFormat;
 
 pub use metrics::{kernel, kernel_sync, metrics};
@@ -47,7 +55,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn service_name(self) -> &'static str {
+    pub fn service_name(self) -> &'static str {
         match self {
             Role::Host => "weir-host",
             Role::Runner => "weir-runner",
@@ -99,20 +107,15 @@ impl Telemetry {
 /// Install logging, tracing and metrics for a daemon. Must run inside the tokio runtime (the
 /// OTLP exporter's channel and the Prometheus server live on it).
 pub async fn init(
-    cfg: &TelemetryConfig,
+    config: &Config,
     role: Role,
     log_format: LogFormat,
 ) -> Result<Telemetry, TelemetryError> {
+    let cfg = &config.telemetry;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let service = cfg
-        .service_name
-        .clone()
-        .unwrap_or_else(|| role.service_name().to_string());
-    let resource = Resource::builder()
-        .with_service_name(service)
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
+    let resource = resource::build(config, role);
     let interval = cfg.export_interval.get();
+    let endpoints = export::Endpoints::resolve(cfg.otlp_endpoint.as_deref());
 
     let mut tracer = SdkTracerProvider::builder()
         .with_resource(resource.clone())
@@ -120,33 +123,42 @@ pub async fn init(
             cfg.sampling_ratio,
         ))));
     let mut meter = SdkMeterProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &cfg.otlp_endpoint {
-        let exporter_err = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
-            endpoint: endpoint.clone(),
-            reason: e.to_string(),
-        };
-        let spans = opentelemetry_otlp::SpanExporter::builder()
+    let health = std::sync::Arc::new(export::Health::new(endpoints.describe()));
+    let exporter_err = |endpoint: &str, e: &dyn std::fmt::Display| TelemetryError::Exporter {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(endpoint) = &endpoints.traces {
+        let mut spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(EXPORT_TIMEOUT);
+        if let Some(e) = endpoint.explicit() {
+            spans = spans.with_endpoint(e);
+        }
+        let spans = spans
             .build()
-            .map_err(|e| exporter_err(&e))?;
+            .map_err(|e| exporter_err(endpoint.name(), &e))?;
         let batch = BatchConfigBuilder::default()
             .with_scheduled_delay(interval)
             .build();
         tracer = tracer.with_span_processor(
-            BatchSpanProcessor::builder(spans)
+            BatchSpanProcessor::builder(export::Watched::new(spans, "spans", health.clone()))
                 .with_batch_config(batch)
                 .build(),
         );
-        let points = opentelemetry_otlp::MetricExporter::builder()
+    }
+    if let Some(endpoint) = &endpoints.metrics {
+        let mut points = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(EXPORT_TIMEOUT);
+        if let Some(e) = endpoint.explicit() {
+            points = points.with_endpoint(e);
+        }
+        let points = points
             .build()
-            .map_err(|e| exporter_err(&e))?;
+            .map_err(|e| exporter_err(endpoint.name(), &e))?;
         meter = meter.with_reader(
-            PeriodicReader::builder(points)
+            PeriodicReader::builder(export::Watched::new(points, "metrics", health.clone()))
                 .with_interval(interval)
                 .build(),
         );
@@ -158,12 +170,16 @@ pub async fn init(
             .prometheus_listen
             .unwrap_or_else(|| role.default_prometheus_listen());
         let prom_err = |reason: String| TelemetryError::Prometheus { addr, reason };
+        // `target_info` carries the resource (service, instance, host) as labels.
         let reader = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
-            .without_target_info()
             .build()
             .map_err(|e| prom_err(e.to_string()))?;
         meter = meter.with_reader(reader);
+        let process = process::ProcessCollector::new().map_err(|e| prom_err(e.to_string()))?;
+        registry
+            .register(Box::new(process))
+            .map_err(|e| prom_err(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| prom_err(e.to_string()))?;
@@ -177,17 +193,21 @@ pub async fn init(
     if role == Role::Host {
         metrics::observe_cluster();
     }
+    observe_build_info();
 
+    // The SDK's own log events: the export errors the watched exporters report are dropped,
+    // any other one is shown at most every RELOG_EVERY (it would repeat at every export).
+    let quiet = export::sdk_log_filter();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = match log_format {
-        LogFormat::Text => fmt.with_filter(crate::logging::filter()).boxed(),
+        LogFormat::Text => fmt.with_filter(crate::logging::filter().and(quiet)).boxed(),
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_filter(crate::logging::filter())
+            .with_filter(crate::logging::filter().and(quiet))
             .boxed(),
     };
     // Spans of Weir's own code only: the libraries' internals would drown the traces.
@@ -200,11 +220,31 @@ pub async fn init(
         .with(fmt)
         .with(otel)
         .try_init();
+    match endpoints.describe() {
+        Some(to) => tracing::info!(
+            otlp = %to,
+            interval = %humantime::format_duration(interval),
+            "exporting traces and metrics by OTLP/gRPC to {to}"
+        ),
+        None => tracing::info!(
+            "no OTLP endpoint (telemetry.otlp_endpoint, OTEL_EXPORTER_OTLP_ENDPOINT): traces and metrics are not exported"
+        ),
+    }
     Ok(Telemetry {
         tracer,
         meter,
         prometheus: prometheus_addr,
     })
+}
+
+/// `weir.build.info` {version}: always 1, for joining a version onto other series
+/// (`weir_build_info` in Prometheus).
+fn observe_build_info() {
+    opentelemetry::global::meter("weir")
+        .u64_observable_gauge("weir.build.info")
+        .with_description("Always 1; the labels say which build of Weir runs")
+        .with_callback(|o| o.observe(1, &[KeyValue::new("version", env!("CARGO_PKG_VERSION"))]))
+        .build();
 }
 
 /// How long one OTLP export may take before it is dropped.
