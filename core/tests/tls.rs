@@ -125,3 +125,33 @@ async fn runners_join_over_mtls_and_clients_without_a_certificate_are_refused() 
     );
     std::fs::remove_dir_all(&certs).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_host_beyond_loopback_starts_only_when_allowed_and_then_warns() {
+    let mut s = spec("plain");
+    s.runners = 0;
+    s.workloads_per_runner = 0;
+    s.plaintext = false;
+    let mut lab = must(Lab::underlay(s).await);
+    let err = lab
+        .start_host()
+        .await
+        .expect_err("0.0.0.0 without TLS or host.allow_plaintext")
+        .to_string();
+    assert!(
+        err.contains("host.listen")
+            && err.contains("host.tls_cert")
+            && err.contains("host.allow_plaintext = true"),
+        "{err}"
+    );
+    assert!(lab.host.is_none());
+    lab.spec.plaintext = true;
+    lab.start_host().await.unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::read_to_string(&lab.host.as_ref().unwrap().log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("host.allow_plaintext = true")
+            && l.contains("clear text")),
+        "{log}"
+    );
+}

@@ -34,6 +34,9 @@ pub fn host(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> 
 }
 
 async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
+    if let Some(warning) = crate::config::validate::validate_host(loaded)? {
+        tracing::warn!("!!! {warning} !!!");
+    }
     let reachable = check_reachable(loaded)?;
     let gate = load_gate(loaded)?;
     let tls = server_tls(loaded)?;

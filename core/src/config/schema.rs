@@ -212,6 +212,10 @@ pub struct HostConfig {
     /// mTLS: clients on `listen` must present a certificate signed by this CA (PEM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on a `listen` address that is not loopback (tokens then cross the
+    /// network in clear text; the host warns at start). Without it such a host refuses to
+    /// start unless `tls_cert` and `tls_key` are set.
+    pub allow_plaintext: bool,
     /// Calls served at once (every listener together); a call beyond waits up to 5 s for a
     /// slot, then gets RESOURCE_EXHAUSTED.
     pub max_concurrent_calls: u32,
@@ -233,6 +237,7 @@ impl Default for HostConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            allow_plaintext: false,
             max_concurrent_calls: 256,
             unauthenticated_calls_per_second: 20,
         }

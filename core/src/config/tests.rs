@@ -496,3 +496,61 @@ fn show_roundtrips() {
         Ok(())
     });
 }
+
+#[test]
+fn a_host_listening_beyond_loopback_needs_tls_or_an_explicit_allowance() {
+    Jail::expect_with(|jail| {
+        let host = |jail: &Jail, toml: &str| {
+            jail.create_file("weir.toml", toml).unwrap();
+            validate::validate_host(&load_in_jail(jail, Some("weir.toml")).unwrap())
+        };
+        // The default listener (0.0.0.0:7700) without TLS: refused, naming the keys.
+        let e = validate::validate_host(&load_in_jail(jail, None).unwrap())
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "host.listen (built-in defaults)",
+            "0.0.0.0:7700",
+            "host.tls_cert",
+            "host.tls_key",
+            "host.allow_plaintext = true",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let e = host(
+            jail,
+            "[host]\nlisten = \"192.0.2.1:7700\"\ntls_cert = \"/c.pem\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("host.listen (file"), "{e}");
+        // Loopback, TLS, or the allowance (then a warning naming its source).
+        for ok in [
+            "[host]\nlisten = \"127.0.0.1:7700\"\n",
+            "[host]\nlisten = \"[::1]:7700\"\n",
+            "[host]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        ] {
+            assert_eq!(host(jail, ok).unwrap(), None, "{ok}");
+        }
+        let warning = host(jail, "[host]\nallow_plaintext = true\n")
+            .unwrap()
+            .expect("a warning");
+        assert!(
+            warning.contains("host.allow_plaintext = true (file")
+                && warning.contains("0.0.0.0:7700")
+                && warning.contains("clear text"),
+            "{warning}"
+        );
+        jail.set_env("WEIR_HOST__ALLOW_PLAINTEXT", "true");
+        assert!(
+            validate::validate_host(&load_in_jail(jail, None).unwrap())
+                .unwrap()
+                .unwrap()
+                .contains("WEIR_HOST__ALLOW_PLAINTEXT")
+        );
+        // A runner reading the same file is not concerned: the general checks pass.
+        jail.clear_env();
+        assert!(load_in_jail(jail, None).is_ok());
+        Ok(())
+    });
+}

@@ -72,6 +72,29 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
 }
 
+/// What only the host checks (a runner reads the same file and ignores `[host]`): a listener
+/// that is not loopback needs TLS, or `host.allow_plaintext`. `Ok(Some(warning))`: plaintext
+/// allowed, to be logged at start.
+pub fn validate_host(loaded: &LoadedConfig) -> Result<Option<String>, ConfigError> {
+    let h = &loaded.config.host;
+    let tls = h.tls_cert.is_some() && h.tls_key.is_some();
+    if tls || h.listen.ip().is_loopback() {
+        return Ok(None);
+    }
+    if h.allow_plaintext {
+        return Ok(Some(format!(
+            "host.allow_plaintext = true ({}): host.listen {} serves plaintext gRPC: control and join tokens cross the network in clear text; set host.tls_cert and host.tls_key (weir certs makes them) outside a lab",
+            loaded.source_of("host.allow_plaintext"),
+            h.listen
+        )));
+    }
+    Err(ConfigError::Invalid(vec![format!(
+        "host.listen ({}): {} is not a loopback address and host.tls_cert/host.tls_key are not set, so control and join tokens would cross the network in clear text; set host.tls_cert and host.tls_key (`weir certs ca` and `weir certs host` make them), listen on a loopback address, or set host.allow_plaintext = true to serve plaintext anyway",
+        loaded.source_of("host.listen"),
+        h.listen
+    )]))
+}
+
 /// A network's interface names as patterns: an exact name, or a prefix + a base-36 id.
 #[derive(Debug, Clone, Copy)]
 enum NamePattern<'a> {

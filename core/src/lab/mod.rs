@@ -74,6 +74,9 @@ pub struct LabSpec {
     pub host_url: String,
     /// How long to wait for a daemon's `READY=1`.
     pub ready_timeout: Duration,
+    /// Let the host serve plaintext on its namespace address (`host.allow_plaintext`; a host
+    /// with `host.tls_cert`/`host.tls_key` in `host_keys` serves TLS whatever this says).
+    pub plaintext: bool,
     /// Keep the daemons alive when the lab process exits (`weir lab up`); otherwise they die
     /// with it.
     pub detached: bool,
@@ -87,6 +90,7 @@ pub struct LabSpec {
 /// tokens, the runners' names and their way to the host); a `daemon_config` may set any other.
 pub const LAB_KEYS: &[&str] = &[
     "host.listen",
+    "host.allow_plaintext",
     "host.control_socket",
     "host.reachable_address",
     "host.state_dir",
@@ -149,6 +153,7 @@ impl LabSpec {
             docker: false,
             host_url: format!("http://{HOST_IP}:{HOST_PORT}"),
             ready_timeout: READY_TIMEOUT,
+            plaintext: true,
             detached: false,
             daemon_config: toml::Table::new(),
         }
@@ -385,8 +390,8 @@ impl Lab {
     fn generated_host_config(&self) -> String {
         let d = self.dir.display();
         format!(
-            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{}\n",
-            self.spec.overlay, self.spec.host_keys, self.spec.host_extra
+            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{}\n",
+            self.spec.overlay, self.spec.plaintext, self.spec.host_keys, self.spec.host_extra
         )
     }
 
