@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::config::Config;
-pub use crate::config::{DEFAULT_NETWORK, EgressMode};
+pub use crate::config::{DEFAULT_NETWORK, EgressMode, VM_NETWORK};
 use crate::plan::{Plan, RunnerBlock};
 
 /// How a network reaches other runners.
@@ -74,7 +74,7 @@ impl NetworkDef {
                         direct_prefix: n.names.direct_prefix,
                     }),
                     None => NetworkKind::Isolated {
-                        subnet: o.isolated_subnet.trunc(),
+                        subnet: n.isolated_subnet.unwrap_or(o.isolated_subnet).trunc(),
                     },
                 };
                 NetworkDef {

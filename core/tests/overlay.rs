@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use weir::lab::{self, Lab, WAN_IP};
+use weir_proto::v1 as pb;
 
 const HOST_OVERLAY_IP: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 1);
 
@@ -458,6 +459,53 @@ async fn isolated_mode_nats_workloads_and_builds_no_overlay() {
             .iter()
             .any(|l| l.name == "kohakuriver-net")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_vms_get_their_own_nat_bridge_with_vm_subnet() {
+    // KohakuRiver's VM NAT bridge: kohaku-br0 with 10.200.0.0/24, beside the containers'.
+    let mut s = spec("vmb");
+    s.runners = 1;
+    s.workloads_per_runner = 1;
+    s.overlay = "enabled = false\nvm_subnet = \"10.200.0.0/24\"\n".into();
+    let lab = must(Lab::up(s).await);
+    assert_eq!(workload_ip(&lab, 1, 1).await, Ipv4Addr::new(172, 30, 0, 2));
+    let vm = control(&lab)
+        .await
+        .attach_workload(pb::AttachWorkloadRequest {
+            runner: "r1".into(),
+            workload_id: "vm1".into(),
+            kind: pb::WorkloadKind::Vm as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (vm.network.as_str(), vm.ip.as_str(), vm.gateway.as_str()),
+        ("vm", "10.200.0.2/24", "10.200.0.1")
+    );
+    let r1 = links(&lab, "r1").await;
+    let br = r1
+        .iter()
+        .find(|l| l.name == "kohaku-br0")
+        .expect("the VM bridge exists");
+    let tap = r1
+        .iter()
+        .find(|l| l.name == vm.ifname)
+        .expect("the VM's tap exists");
+    assert_eq!(tap.master, Some(br.index), "the tap is on kohaku-br0");
+    assert!(
+        all_addresses(&lab, "r1")
+            .await
+            .contains(&"kohaku-br0 10.200.0.1/24".to_string())
+    );
+    let rules = ruleset(&lab, "r1");
+    assert!(
+        rules.contains("10.200.0.0/24") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    doctor_clean(&lab).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

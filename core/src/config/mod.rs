@@ -19,7 +19,7 @@ pub mod values;
 use std::path::Path;
 
 pub use load::{ConfigError, DEFAULT_CONFIG_PATH, ENV_PREFIX, LoadedConfig};
-pub use networks::{DEFAULT_NETWORK, NetworkNames, ResolvedNetwork};
+pub use networks::{DEFAULT_NETWORK, NetworkNames, ResolvedNetwork, VM_NETWORK};
 pub use schema::{
     AuditLevel, AuthConfig, Config, EgressMode, HostConfig, NetworkConfig, OnError, OverlayConfig,
     PluginConfig, PluginMode, PolicyConfig, ReservationConfig, RunnerConfig, TelemetryConfig,

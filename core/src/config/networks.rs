@@ -6,13 +6,18 @@ use crate::plan::Plan;
 
 /// The name of the network `[overlay]` defines, with KohakuRiver's interface names.
 pub const DEFAULT_NETWORK: &str = "default";
+/// The VMs' own network in isolated mode (`overlay.vm_subnet`).
+pub const VM_NETWORK: &str = "vm";
 
 /// A network as the configuration resolves it: settings and interface names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedNetwork {
     pub name: String,
-    /// `None`: isolated mode (only the default network, with `overlay.enabled = false`).
+    /// `None`: isolated mode (the default network with `overlay.enabled = false`, and the VMs'
+    /// network `vm` with `overlay.vm_subnet`).
     pub plan: Option<Plan>,
+    /// Isolated mode: every runner's subnet (the same on each, behind its own NAT).
+    pub isolated_subnet: Option<ipnet::Ipv4Net>,
     pub vxlan_id_base: u32,
     pub masquerade: bool,
     pub egress: EgressMode,
@@ -79,9 +84,10 @@ impl Config {
             } else {
                 (None, o.isolated_bridge.to_string())
             };
-            return vec![ResolvedNetwork {
+            let mut nets = vec![ResolvedNetwork {
                 name: DEFAULT_NETWORK.into(),
                 plan,
+                isolated_subnet: (!o.enabled).then_some(o.isolated_subnet),
                 vxlan_id_base: o.vxlan_id_base,
                 masquerade: true,
                 egress: EgressMode::RunnerNat,
@@ -93,6 +99,24 @@ impl Config {
                     direct_prefix: "vxd".into(),
                 },
             }];
+            if let (false, Some(vm)) = (o.enabled, o.vm_subnet) {
+                nets.push(ResolvedNetwork {
+                    name: VM_NETWORK.into(),
+                    plan: None,
+                    isolated_subnet: Some(vm),
+                    vxlan_id_base: o.vxlan_id_base,
+                    masquerade: true,
+                    egress: EgressMode::RunnerNat,
+                    names: NetworkNames {
+                        host_device: o.host_device.to_string(),
+                        tunnel_prefix: o.tunnel_prefix.clone(),
+                        runner_tunnel: o.runner_tunnel.to_string(),
+                        runner_bridge: o.vm_bridge.to_string(),
+                        direct_prefix: "vxd".into(),
+                    },
+                });
+            }
+            return nets;
         }
         self.networks
             .iter()
@@ -126,6 +150,7 @@ impl Config {
                 ResolvedNetwork {
                     name: n.name.to_string(),
                     plan: Some(n.subnet),
+                    isolated_subnet: None,
                     vxlan_id_base: n.vxlan_id_base,
                     masquerade: n.masquerade,
                     egress: n.egress,

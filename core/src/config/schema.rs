@@ -158,6 +158,13 @@ pub struct OverlayConfig {
     pub dns: Vec<Ipv4Addr>,
     /// How the interfaces of `[[networks]]` are named: `weir` or `kohakuriver`.
     pub naming: Naming,
+    /// Isolated mode only: VMs get their own NATed bridge `vm_bridge` with this subnet (the
+    /// network `vm`; KohakuRiver's VM NAT bridge is `kohaku-br0` with 10.200.0.0/24). Unset:
+    /// VMs share the isolated bridge with containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_subnet: Option<Ipv4Net>,
+    /// The VMs' bridge in isolated mode (with `vm_subnet`).
+    pub vm_bridge: IfName,
 }
 
 impl Default for OverlayConfig {
@@ -178,6 +185,8 @@ impl Default for OverlayConfig {
             isolated_bridge: IfName::new_static("kohakuriver-net"),
             dns: Vec::new(),
             naming: Naming::Weir,
+            vm_subnet: None,
+            vm_bridge: IfName::new_static("kohaku-br0"),
         }
     }
 }

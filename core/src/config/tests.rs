@@ -250,6 +250,43 @@ fn cross_field_checks() {
 const TWO_NETWORKS: &str = "[[networks]]\nname = \"private\"\nsubnet = \"10.128.0.0/12/6/14\"\nvxlan_id_base = 100\n[[networks]]\nname = \"public\"\nsubnet = \"198.51.100.0/22/2/8\"\nvxlan_id_base = 1000\nmasquerade = false\negress = \"via-host\"\n";
 
 #[test]
+fn a_vm_bridge_is_a_network_of_its_own_in_isolated_mode_only() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "vm.toml",
+            "[overlay]\nenabled = false\nvm_subnet = \"10.200.0.0/24\"\n",
+        )?;
+        let c = load_in_jail(jail, Some("vm.toml")).unwrap().config;
+        let nets = c.resolved_networks();
+        assert_eq!(nets.len(), 2);
+        assert_eq!(nets[1].name, "vm");
+        assert_eq!(nets[1].names.runner_bridge, "kohaku-br0");
+        assert_eq!(
+            nets[1].isolated_subnet,
+            Some("10.200.0.0/24".parse().unwrap())
+        );
+        // With the overlay on, VMs attach to the overlay: no second network.
+        jail.create_file("on.toml", "[overlay]\nvm_subnet = \"10.200.0.0/24\"\n")?;
+        let c = load_in_jail(jail, Some("on.toml")).unwrap().config;
+        assert_eq!(c.resolved_networks().len(), 1);
+        let e = error_of(
+            jail,
+            "[overlay]\nenabled = false\nvm_subnet = \"172.30.5.0/24\"\n",
+        );
+        assert!(
+            e.contains("overlay.vm_subnet") && e.contains("overlaps overlay.isolated_subnet"),
+            "{e}"
+        );
+        let e = error_of(
+            jail,
+            "[overlay]\nenabled = false\nvm_subnet = \"10.200.0.0/24\"\nvm_bridge = \"kohakuriver-net\"\n",
+        );
+        assert!(e.contains("kohakuriver-net"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
 fn kohakuriver_naming_gives_its_several_network_names() {
     Jail::expect_with(|jail| {
         jail.create_file(

@@ -57,6 +57,26 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             ISOLATED_PREFIX.end()
         ));
     }
+    if let Some(vm) = loaded.config.overlay.vm_subnet {
+        let src = loaded.source_of("overlay.vm_subnet");
+        if !ISOLATED_PREFIX.contains(&vm.prefix_len()) {
+            problems.push(format!(
+                "overlay.vm_subnet ({src}): {vm} leaves no room for a runner's VM bridge and VMs (allowed prefix lengths: /{} to /{})",
+                ISOLATED_PREFIX.start(),
+                ISOLATED_PREFIX.end()
+            ));
+        }
+        if vm.contains(&iso.network()) || iso.contains(&vm.network()) {
+            problems.push(format!(
+                "overlay.vm_subnet ({src}): {vm} overlaps overlay.isolated_subnet {iso}; the VMs' bridge needs addresses of its own"
+            ));
+        }
+        if !loaded.config.networks.is_empty() {
+            problems.push(format!(
+                "overlay.vm_subnet ({src}): only for isolated mode (overlay.enabled = false); with [[networks]], VMs attach to an overlay"
+            ));
+        }
+    }
     if let Some(name) = &loaded.config.runner.name
         && (name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()))
     {

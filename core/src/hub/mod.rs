@@ -319,6 +319,22 @@ impl Hub {
             })
     }
 
+    /// The network a workload attaches to: `name`, or when none is named the primary one —
+    /// except a VM's in isolated mode with a VM bridge (`overlay.vm_subnet`): network `vm`.
+    fn network_for(&self, name: &str, vm: bool) -> Result<&NetworkDef, HubError> {
+        if name.is_empty()
+            && vm
+            && let Some(n) = self
+                .settings
+                .networks
+                .iter()
+                .find(|n| n.name == crate::network::VM_NETWORK && n.overlay().is_none())
+        {
+            return Ok(n);
+        }
+        self.network(name)
+    }
+
     fn overlay_enabled(&self) -> bool {
         self.settings.networks.iter().any(|n| n.overlay().is_some())
     }

@@ -94,7 +94,7 @@ impl Hub {
         self: &Arc<Self>,
         req: AttachRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
-        let net = self.network(&req.network)?.clone();
+        let net = self.network_for(&req.network, req.vm)?.clone();
         let AttachRequest {
             runner,
             workload_id,
