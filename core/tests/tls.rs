@@ -1,48 +1,34 @@
-//! TLS and mTLS on the host's gRPC listener, with certificates made for the test.
+//! TLS and mTLS on the host's gRPC listener, with certificates made by `weir certs`; a host
+//! without TLS on a non-loopback address.
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::PathBuf;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 use weir::lab::{self, Lab};
 
-struct Pki {
-    ca: String,
-    host: (String, String),
-    client: (String, String),
-}
+/// A directory removed when the test ends, passed or not.
+struct TempDir(PathBuf);
 
-fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, ip: Option<Ipv4Addr>| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names).unwrap();
-        if let Some(ip) = ip {
-            p.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(ip)));
-        }
-        (
-            p.signed_by(&key, &issuer).unwrap().pem(),
-            key.serialize_pem(),
-        )
-    };
-    Pki {
-        ca: ca_cert.pem(),
-        host: leaf(vec!["weir-host".into()], Some(lab::HOST_IP)),
-        client: leaf(vec!["runner".into()], None),
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
+/// `weir certs ARGS`, which must succeed.
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weir certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,20 +36,41 @@ async fn runners_join_over_mtls_and_clients_without_a_certificate_are_refused() 
     let mut s = spec("tls");
     s.runners = 0;
     s.workloads_per_runner = 0;
-    let pki = pki();
-    let certs = std::env::temp_dir().join(format!("weir-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&certs).unwrap();
-    let ca = write(&certs, "ca.pem", &pki.ca);
-    let host_cert = write(&certs, "host.pem", &pki.host.0);
-    let host_key = write(&certs, "host.key", &pki.host.1);
-    let cli_cert = write(&certs, "client.pem", &pki.client.0);
-    let cli_key = write(&certs, "client.key", &pki.client.1);
+    s.plaintext = false;
+    // The cluster's certificates, made by `weir certs`: the CA, the host's (valid for its
+    // underlay address), and client certificates for the runners and the CLI.
+    let certs_dir = TempDir(std::env::temp_dir().join(format!("weir-tls-{}", std::process::id())));
+    let d = certs_dir.0.join("pki");
+    let dir = d.to_str().unwrap();
+    certs(&["ca", "--dir", dir]);
+    let host_ip = lab::HOST_IP.to_string();
+    certs(&["host", "--dir", dir, "--name", "host", "--san", &host_ip]);
+    certs(&["runner", "--dir", dir, "--name", "runner"]);
+    certs(&["runner", "--dir", dir, "--name", "cli"]);
+    use std::os::unix::fs::PermissionsExt;
+    for (file, mode) in [
+        ("ca.key", 0o600),
+        ("host.key", 0o600),
+        ("runner.key", 0o600),
+        ("ca.pem", 0o644),
+    ] {
+        let m = std::fs::metadata(d.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "{file}");
+    }
+    let path = |f: &str| d.join(f).display().to_string();
+    let (ca, host_cert, host_key) = (path("ca.pem"), path("host.pem"), path("host.key"));
+    let (cli_cert, cli_key) = (path("cli.pem"), path("cli.key"));
+    let (runner_cert, runner_key) = (path("runner.pem"), path("runner.key"));
     s.host_keys = format!(
         "heartbeat_timeout = \"3s\"\ntls_cert = \"{host_cert}\"\ntls_key = \"{host_key}\"\ntls_client_ca = \"{ca}\"\n"
     );
     s.host_url = format!("https://{}:{}", lab::HOST_IP, lab::HOST_PORT);
     s.runner_keys = format!(
-        "heartbeat_interval = \"300ms\"\ntls_ca = \"{ca}\"\ntls_cert = \"{cli_cert}\"\ntls_key = \"{cli_key}\"\n"
+        "heartbeat_interval = \"300ms\"\ntls_ca = \"{ca}\"\ntls_cert = \"{runner_cert}\"\ntls_key = \"{runner_key}\"\n"
     );
     let mut lab = must(Lab::up(s).await);
 
@@ -123,7 +130,6 @@ async fn runners_join_over_mtls_and_clients_without_a_certificate_are_refused() 
         Some(1),
         "plaintext to a TLS listener fails"
     );
-    std::fs::remove_dir_all(&certs).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! Exit status: 0 on success, 1 when an operation was refused or failed, 2 on a usage error
 //! (bad arguments, a bad plan, a configuration that does not load).
 
+mod certs_cmd;
 mod client_cmd;
 mod config_cmd;
 mod conn;
@@ -71,6 +72,9 @@ pub enum Command {
     /// A whole cluster in network namespaces on this machine.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
+    /// A CA and certificates for TLS and mTLS: `weir certs ca`, `host`, `runner`.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
     /// Take over another system's running overlay in place (KohakuRiver).
     #[command(subcommand)]
     Migrate(migrate_cmd::MigrateCommand),
@@ -152,6 +156,7 @@ fn run(cli: Cli, config_on_command_line: bool) -> Result<(), CliError> {
             cmd,
             cli.config.as_deref().filter(|_| config_on_command_line),
         ),
+        Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Migrate(cmd) => migrate_cmd::run(cmd, cli.config.as_deref(), cli.conn.json),
         Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Decisions(a) => plugin_cmd::decisions(a, cli.conn.json, cli.config.as_deref()),
