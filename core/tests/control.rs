@@ -192,6 +192,8 @@ fn the_host_refuses_to_start_without_tokens_unless_insecure() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
         .arg("host")
         .env("WEIR_HOST__REACHABLE_ADDRESS", "192.0.2.1")
+        // Past the plaintext check (tested in tls.rs), to reach the tokens'.
+        .env("WEIR_HOST__ALLOW_PLAINTEXT", "true")
         .env_remove("WEIR_CONFIG")
         .output()
         .unwrap();

@@ -151,6 +151,23 @@ async fn a_plaintext_host_beyond_loopback_starts_only_when_allowed_and_then_warn
         "{err}"
     );
     assert!(lab.host.is_none());
+    // The refusal comes before the daemon binds or starts anything: a usage error (exit 2).
+    // (In the lab's host namespace, should it ever start.)
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.arg("host")
+        .env("WEIR_HOST__REACHABLE_ADDRESS", "192.0.2.1")
+        .env("WEIR_HOST__STATE_DIR", lab.dir.join("refused-state"))
+        .env("WEIR_HOST__CONTROL_SOCKET", lab.dir.join("refused.sock"))
+        .env_remove("WEIR_CONFIG");
+    lab::run_in_namespace(&mut cmd, &lab.ns("host")).unwrap();
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("host.listen (built-in defaults): 0.0.0.0:7700")
+            && !stderr.contains("Prometheus metrics at"),
+        "{stderr}"
+    );
     lab.spec.plaintext = true;
     lab.start_host().await.unwrap_or_else(|e| panic!("{e}"));
     let log = std::fs::read_to_string(&lab.host.as_ref().unwrap().log).unwrap();

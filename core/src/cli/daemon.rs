@@ -25,8 +25,13 @@ use crate::telemetry::{Role, Telemetry};
 /// Run the hub.
 pub fn host(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> {
     let loaded = crate::config::load(file)?;
+    // Refused before anything starts (telemetry binds its port).
+    let plaintext = crate::config::validate::validate_host(&loaded)?;
     runtime()?.block_on(async move {
         let telemetry = start_telemetry(&loaded, Role::Host, log_format).await?;
+        if let Some(warning) = plaintext {
+            tracing::warn!("!!! {warning} !!!");
+        }
         let result = run_host(&loaded).await;
         stop_telemetry(telemetry).await;
         result
@@ -34,9 +39,6 @@ pub fn host(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError> 
 }
 
 async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
-    if let Some(warning) = crate::config::validate::validate_host(loaded)? {
-        tracing::warn!("!!! {warning} !!!");
-    }
     let reachable = check_reachable(loaded)?;
     let gate = load_gate(loaded)?;
     let tls = server_tls(loaded)?;
