@@ -99,7 +99,20 @@ async fn an_address_set_by_hand_on_the_bridge_is_never_handed_out() {
         .unwrap()
         .into_inner();
     assert_eq!(got.ip, "10.128.64.4/18");
-    assert!(lab.ping("squat", Ipv4Addr::new(10, 128, 64, 1)));
+    if !lab.ping("squat", Ipv4Addr::new(10, 128, 64, 1)) {
+        let show = |m: &str, args: &[&str]| {
+            let o = lab.exec(m, "ip", args).unwrap();
+            format!("{m} ip {args:?}:\n{}", String::from_utf8_lossy(&o.stdout))
+        };
+        panic!(
+            "the squatter lost the gateway:\n{}\n{}\n{}\n{}\n{}",
+            show("squat", &["-d", "link"]),
+            show("squat", &["neigh"]),
+            show("r1", &["neigh"]),
+            show("r1", &["-d", "link", "show", "master", "kohaku-overlay"]),
+            ruleset(&lab, "r1")
+        );
+    }
     assert!(lab.ping("w1", Ipv4Addr::new(10, 128, 64, 1)));
     doctor_clean(&lab).await;
 }

@@ -274,15 +274,9 @@ pub async fn in_use_by(
     ip: Ipv4Addr,
     own: [u8; 6],
 ) -> Result<Option<[u8; 6]>> {
-    let macs: Vec<[u8; 6]> = nl
-        .neighbour_macs(bridge, ip)
-        .await?
-        .into_iter()
-        .filter(|m| *m != own)
-        .collect();
-    if macs.is_empty() {
+    let Some(mac) = nl.neighbour_mac(bridge, ip).await?.filter(|m| *m != own) else {
         return Ok(None);
-    }
+    };
     let behind = nl.bridge_macs(bridge).await?;
-    Ok(macs.into_iter().find(|m| behind.contains(m)))
+    Ok(behind.contains(&mac).then_some(mac))
 }

@@ -409,6 +409,19 @@ impl Netlink {
         .await
     }
 
+    /// Set a link's hardware address (also when it is the one it has: the address then counts
+    /// as chosen, so a bridge keeps it instead of taking its lowest port's).
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            index,
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            "set the hardware address of",
+        )
+        .await
+    }
+
     /// Set a link down.
     pub async fn set_down(&self, index: u32) -> Result<()> {
         self.set(
@@ -419,42 +432,54 @@ impl Netlink {
         .await
     }
 
-    /// The hardware addresses the neighbour table holds for `ip` on link `index` (entries
-    /// that are resolved or being confirmed; failed and incomplete ones say nothing).
-    pub async fn neighbour_macs(&self, index: u32, ip: Ipv4Addr) -> Result<Vec<[u8; 6]>> {
+    /// The hardware address the neighbour table holds for `ip` on link `index`, if it is
+    /// resolved or being confirmed (failed and incomplete entries say nothing). One lookup
+    /// (`RTM_GETNEIGH` for the address, not a dump): it costs the same with any number of
+    /// neighbours.
+    pub async fn neighbour_mac(&self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        use futures::StreamExt;
+        use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use rtnetlink::packet_route::RouteNetlinkMessage;
         use rtnetlink::packet_route::neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
         };
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink("list neighbours", e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == index)
-            .filter(|m| {
-                !matches!(
-                    m.header.state,
-                    NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
-                )
-            })
-            .filter(|m| {
-                m.attributes.iter().any(|a| {
-                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip)
-                })
-            })
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(v) => <[u8; 6]>::try_from(v.as_slice()).ok(),
-                    _ => None,
-                })
-            })
-            .collect())
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))];
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut answers = handle
+            .request(req)
+            .map_err(|e| DataplaneError::netlink("look up a neighbour", e))?;
+        while let Some(a) = answers.next().await {
+            match a.payload {
+                NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => return Ok(None),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    return Err(DataplaneError::netlink(
+                        format!("look up neighbour {ip}"),
+                        rtnetlink::Error::NetlinkError(e),
+                    ));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
+                    if matches!(
+                        m.header.state,
+                        NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+                    ) {
+                        return Ok(None);
+                    }
+                    return Ok(m.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(v) => {
+                            <[u8; 6]>::try_from(v.as_slice()).ok()
+                        }
+                        _ => None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// The MACs bridge `bridge`'s forwarding database holds behind its ports now (learned or

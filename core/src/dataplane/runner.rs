@@ -85,6 +85,8 @@ pub struct RunnerDataplane {
     last: std::sync::Mutex<TableInputs>,
     /// Ports in use per bridge, and each network's overflow bridges.
     bridges: tokio::sync::Mutex<BridgePorts>,
+    /// Bridges whose hardware address this process has pinned (see [`Self::pin_mac`]).
+    pinned: std::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// A network's workloads fill its bridge up to [`PORTS_PER_BRIDGE`] and then spill over into
@@ -149,6 +151,25 @@ impl RunnerDataplane {
                 track_overlay: true,
             }),
             bridges: tokio::sync::Mutex::new(BridgePorts::default()),
+            pinned: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Pin a bridge's hardware address to the one it has. Left to itself a bridge takes its
+    /// lowest port's, so a workload port with a lower MAC changes the gateway's MAC: the
+    /// workloads' cached one is then another port's, whose frames the bridge passes up as
+    /// not its own and IP drops, until their neighbour entries expire (up to ~40 s without
+    /// the gateway). Once per bridge and process: setting it tells the kernel it was chosen
+    /// (and flushes the bridge's neighbour entries once, which are resolved again).
+    async fn pin_mac(&self, link: &Link) -> Result<()> {
+        let fresh = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link.index);
+        match link.mac {
+            Some(mac) if fresh => self.nl.set_mac(link.index, mac).await,
+            _ => Ok(()),
         }
     }
 
@@ -315,6 +336,7 @@ impl RunnerDataplane {
         tracing::info!(network = %net.name, bridge = %name, "the network's bridge is full: adding an overflow bridge");
         let alias = format!("{OVERFLOW_ALIAS_PREFIX}{}", net.name);
         let bridge = self.nl.add_bridge(&name, net.mtu).await?;
+        self.pin_mac(&bridge).await?;
         self.nl.set_alias(bridge.index, &alias).await?;
         let own = std::fs::File::open("/proc/self/ns/net")
             .map_err(|e| DataplaneError::io("open this process's network namespace", e))?;
@@ -602,6 +624,7 @@ impl RunnerDataplane {
             }
             None => self.nl.add_bridge(&net.bridge, net.mtu).await?,
         };
+        self.pin_mac(&link).await?;
         self.nl
             .ensure_alias(&link, &network_alias(&net.name))
             .await?;
