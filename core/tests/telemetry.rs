@@ -930,7 +930,9 @@ async fn each_daemon_has_its_own_resource_and_an_unreachable_collector_is_one_wa
         );
     }
     let failed = format!("OTLP export to {endpoint} failed");
-    wait_until("every daemon warns that its exports fail", dur(20), || {
+    // The first failed export may wait for the exporter's own timeout and retries (longer
+    // on a loaded machine); one warning is what is asserted, not how soon.
+    wait_until("every daemon warns that its exports fail", dur(60), || {
         logs.iter()
             .all(|(_, log)| !log_lines(log, &failed).is_empty())
     })
