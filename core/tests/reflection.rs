@@ -19,78 +19,50 @@ struct FileName {
 }
 
 /// What one reflection version answers: the listed services, and the file names holding
-/// `symbol`.
-async fn ask_v1(ch: Channel, symbol: &str) -> (BTreeSet<String>, Vec<String>) {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let reqs = [
-        MessageRequest::ListServices(String::new()),
-        MessageRequest::FileContainingSymbol(symbol.into()),
-    ]
-    .map(|m| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(m),
-    });
-    let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter(reqs))
-        .await
-        .expect("reflection v1 answers")
-        .into_inner();
-    let (mut services, mut files) = (BTreeSet::new(), Vec::new());
-    while let Some(r) = stream.message().await.expect("a v1 reply") {
-        match r.message_response.expect("a v1 reply's body") {
-            MessageResponse::ListServicesResponse(l) => {
-                services.extend(l.service.into_iter().map(|s| s.name))
+/// `symbol`. The two versions' messages are the same but for their package.
+macro_rules! ask {
+    ($name:ident, $version:ident) => {
+        async fn $name(ch: Channel, symbol: &str) -> (BTreeSet<String>, Vec<String>) {
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            let v = stringify!($version);
+            let reqs = [
+                MessageRequest::ListServices(String::new()),
+                MessageRequest::FileContainingSymbol(symbol.into()),
+            ]
+            .map(|m| ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(m),
+            });
+            let mut stream = ServerReflectionClient::new(ch)
+                .server_reflection_info(tokio_stream::iter(reqs))
+                .await
+                .unwrap_or_else(|e| panic!("reflection {v} answers: {e}"))
+                .into_inner();
+            let (mut services, mut files) = (BTreeSet::new(), Vec::new());
+            while let Some(r) = stream.message().await.expect("a reflection reply") {
+                match r.message_response.expect("a reflection reply's body") {
+                    MessageResponse::ListServicesResponse(l) => {
+                        services.extend(l.service.into_iter().map(|s| s.name))
+                    }
+                    MessageResponse::FileDescriptorResponse(f) => files.extend(
+                        f.file_descriptor_proto
+                            .iter()
+                            .map(|b| <FileName as prost::Message>::decode(b.as_slice()).unwrap())
+                            .map(|f| f.name.unwrap_or_default()),
+                    ),
+                    other => panic!("unexpected {v} reply {other:?}"),
+                }
             }
-            MessageResponse::FileDescriptorResponse(f) => files.extend(
-                f.file_descriptor_proto
-                    .iter()
-                    .map(|b| <FileName as prost::Message>::decode(b.as_slice()).unwrap())
-                    .map(|f| f.name.unwrap_or_default()),
-            ),
-            other => panic!("unexpected v1 reply {other:?}"),
+            (services, files)
         }
-    }
-    (services, files)
+    };
 }
 
-async fn ask_v1alpha(ch: Channel, symbol: &str) -> (BTreeSet<String>, Vec<String>) {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let reqs = [
-        MessageRequest::ListServices(String::new()),
-        MessageRequest::FileContainingSymbol(symbol.into()),
-    ]
-    .map(|m| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(m),
-    });
-    let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter(reqs))
-        .await
-        .expect("reflection v1alpha answers")
-        .into_inner();
-    let (mut services, mut files) = (BTreeSet::new(), Vec::new());
-    while let Some(r) = stream.message().await.expect("a v1alpha reply") {
-        match r.message_response.expect("a v1alpha reply's body") {
-            MessageResponse::ListServicesResponse(l) => {
-                services.extend(l.service.into_iter().map(|s| s.name))
-            }
-            MessageResponse::FileDescriptorResponse(f) => files.extend(
-                f.file_descriptor_proto
-                    .iter()
-                    .map(|b| <FileName as prost::Message>::decode(b.as_slice()).unwrap())
-                    .map(|f| f.name.unwrap_or_default()),
-            ),
-            other => panic!("unexpected v1alpha reply {other:?}"),
-        }
-    }
-    (services, files)
-}
+ask!(ask_v1, v1);
+ask!(ask_v1alpha, v1alpha);
 
 /// Both versions on one channel: (v1 services, v1alpha services), each with health's file.
 async fn both(ch: Channel) -> [(BTreeSet<String>, Vec<String>); 2] {

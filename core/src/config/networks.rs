@@ -75,6 +75,18 @@ impl NetworkNames {
 }
 
 impl Config {
+    /// `[overlay]`'s interface names (KohakuRiver's one-network names), with `bridge`.
+    fn overlay_names(&self, bridge: &str) -> NetworkNames {
+        let o = &self.overlay;
+        NetworkNames {
+            host_device: o.host_device.to_string(),
+            tunnel_prefix: o.tunnel_prefix.clone(),
+            runner_tunnel: o.runner_tunnel.to_string(),
+            runner_bridge: bridge.to_string(),
+            direct_prefix: "vxd".into(),
+        }
+    }
+
     /// The networks this configuration defines, in order (the first is the primary one).
     pub fn resolved_networks(&self) -> Vec<ResolvedNetwork> {
         let o = &self.overlay;
@@ -91,13 +103,7 @@ impl Config {
                 vxlan_id_base: o.vxlan_id_base,
                 masquerade: true,
                 egress: EgressMode::RunnerNat,
-                names: NetworkNames {
-                    host_device: o.host_device.to_string(),
-                    tunnel_prefix: o.tunnel_prefix.clone(),
-                    runner_tunnel: o.runner_tunnel.to_string(),
-                    runner_bridge: bridge,
-                    direct_prefix: "vxd".into(),
-                },
+                names: self.overlay_names(&bridge),
             }];
             if let (false, Some(vm)) = (o.enabled, o.vm_subnet) {
                 nets.push(ResolvedNetwork {
@@ -107,13 +113,7 @@ impl Config {
                     vxlan_id_base: o.vxlan_id_base,
                     masquerade: true,
                     egress: EgressMode::RunnerNat,
-                    names: NetworkNames {
-                        host_device: o.host_device.to_string(),
-                        tunnel_prefix: o.tunnel_prefix.clone(),
-                        runner_tunnel: o.runner_tunnel.to_string(),
-                        runner_bridge: o.vm_bridge.to_string(),
-                        direct_prefix: "vxd".into(),
-                    },
+                    names: self.overlay_names(o.vm_bridge.as_str()),
                 });
             }
             return nets;
@@ -125,13 +125,7 @@ impl Config {
                 let mut names = if o.naming == Naming::Kohakuriver {
                     NetworkNames::kohakuriver(index, n.name.as_str(), o.host_device.as_str())
                 } else if n.name.as_str() == DEFAULT_NETWORK {
-                    NetworkNames {
-                        host_device: o.host_device.to_string(),
-                        tunnel_prefix: o.tunnel_prefix.clone(),
-                        runner_tunnel: o.runner_tunnel.to_string(),
-                        runner_bridge: o.runner_bridge.to_string(),
-                        direct_prefix: "vxd".into(),
-                    }
+                    self.overlay_names(o.runner_bridge.as_str())
                 } else {
                     NetworkNames::derived(n.name.as_str())
                 };

@@ -485,17 +485,10 @@ impl Netlink {
     /// The MACs bridge `bridge`'s forwarding database holds behind its ports now (learned or
     /// static): an entry goes when its port does.
     pub async fn bridge_macs(&self, bridge: u32) -> Result<Vec<[u8; 6]>> {
-        use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink("list the bridge's forwarding entries", e))?;
-        Ok(msgs
+        use rtnetlink::packet_route::neighbour::NeighbourAttribute;
+        Ok(self
+            .bridge_family_entries("list the bridge's forwarding entries")
+            .await?
             .iter()
             .filter(|m| {
                 m.attributes
@@ -511,6 +504,21 @@ impl Netlink {
                 })
             })
             .collect())
+    }
+
+    /// Every forwarding entry of the bridge family (bridges' and VXLAN links').
+    async fn bridge_family_entries(
+        &self,
+        what: &str,
+    ) -> Result<Vec<rtnetlink::packet_route::neighbour::NeighbourMessage>> {
+        self.handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| DataplaneError::netlink(what.to_string(), e))
     }
 
     /// The id this namespace knows the namespace open at `ns` by (`RTM_GETNSID` by
@@ -722,18 +730,8 @@ impl Netlink {
 
     /// Static FDB entries of a VXLAN link: (MAC, destination).
     pub async fn fdb_entries(&self, vxlan: u32) -> Result<Vec<([u8; 6], Ipv4Addr)>> {
-        use rtnetlink::packet_route::neighbour::{
-            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
-        };
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink("list fdb entries", e))?;
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let msgs = self.bridge_family_entries("list fdb entries").await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.ifindex == vxlan)
