@@ -190,3 +190,78 @@ async fn a_container_weir_did_not_attach_is_adopted_in_place() {
     c.attach_workload(req).await.unwrap();
     doctor_clean(&lab).await;
 }
+
+/// An adoption whose answer came too late (the host undid it) leaves the container its
+/// interface: the runner gives the port back as it found it, instead of deleting it, and the
+/// next migration adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adoption_the_host_gave_up_on_gives_the_port_back() {
+    let mut s = spec("adu");
+    s.runners = 1;
+    s.workloads_per_runner = 0;
+    s.host_keys.push_str("command_timeout = \"2s\"\n");
+    let mut lab = Lab::underlay(s).await.unwrap();
+    lab.start_host().await.unwrap();
+    // The runner adopts, then stalls 5 s before answering: the host gives up after 2 s.
+    lab.daemon_env.insert(
+        "r1".into(),
+        vec![(
+            "WEIR_FAILPOINTS".into(),
+            "agent.attach.before-answer=delay:5000".into(),
+        )],
+    );
+    lab.add_runner(1).await.unwrap();
+    by_hand(
+        &lab,
+        "kr",
+        "veth5e6f7a8",
+        "10.128.64.9/18",
+        "02:42:0a:80:40:09",
+    );
+    let inner = ifindex(&lab, "kr", "eth0").await.expect("eth0 exists");
+    let socket = lab.dir.join("r1.sock").display().to_string();
+    let out = lab
+        .weir(&["migrate", "kohakuriver", "--socket", &socket, "--json"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the host gave up: not adopted");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
+
+    // Once the runner gets to the undo: no port of Weir's, the container's own again.
+    let mut given_back = false;
+    for _ in 0..200 {
+        let r1 = links(&lab, "r1").await;
+        let ours = r1
+            .iter()
+            .any(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("weir:")));
+        let port = r1
+            .iter()
+            .any(|l| l.name.starts_with("veth") && l.peer_index == Some(inner));
+        if !ours && port {
+            given_back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        given_back,
+        "the port was not given back: {:?}",
+        links(&lab, "r1").await
+    );
+    assert_eq!(ifindex(&lab, "kr", "eth0").await, Some(inner), "eth0 kept");
+    assert!(lab.ping("kr", Ipv4Addr::new(10, 128, 64, 1)));
+    assert!(listed(&lab).await.is_empty());
+
+    // The next migration adopts it (the failpoint fired once).
+    let out = lab
+        .weir(&["migrate", "kohakuriver", "--socket", &socket, "--json"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listed(&lab).await.len(), 1);
+    assert_eq!(ifindex(&lab, "kr", "eth0").await, Some(inner));
+    doctor_clean(&lab).await;
+}

@@ -252,7 +252,7 @@ impl Agent {
                     Err(error)
                 }
             },
-            pb::command::Op::Detach(r) => self.detach_many(&[(r.network, r.workload_id)]).await,
+            pb::command::Op::Detach(r) => self.detach_commands(&[r]).await,
             pb::command::Op::Sync(set) => {
                 let r = crate::telemetry::metrics::reconcile("runner-sync", self.sync(set)).await;
                 out.held = Some(self.held(false).await);
@@ -312,6 +312,19 @@ impl Agent {
                 }
             };
         Err(Failed { error, undone })
+    }
+
+    /// Carry out detach commands (one, or a batch queued behind each other): an undone attach
+    /// of an adopted container (`give_back`) gives its port back as found first, so the
+    /// removal then finds nothing of Weir's to delete for it.
+    pub async fn detach_commands(&self, refs: &[pb::WorkloadRef]) -> Result<(), AgentError> {
+        let key = |r: &pb::WorkloadRef| (r.network.clone(), r.workload_id.clone());
+        let back: Vec<(String, String)> = refs.iter().filter(|r| r.give_back).map(key).collect();
+        if !back.is_empty() {
+            self.give_back(&back).await?;
+        }
+        self.detach_many(&refs.iter().map(key).collect::<Vec<_>>())
+            .await
     }
 
     /// Remove workloads' interfaces and their firewall membership (missing ones are fine): one

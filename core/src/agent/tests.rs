@@ -271,6 +271,7 @@ async fn a_missing_workload_is_fine_to_detach() {
         .handle(pb::command::Op::Detach(pb::WorkloadRef {
             network: NET.into(),
             workload_id: "never-attached".into(),
+            give_back: false,
         }))
         .await;
     assert_eq!(r.error, "");

@@ -245,12 +245,10 @@ async fn once(
                                 Err(_) => break,
                             }
                         }
-                        let refs: Vec<(String, String)> = batch
+                        let refs: Vec<pb::WorkloadRef> = batch
                             .iter()
                             .filter_map(|c| match &c.op {
-                                Some(pb::command::Op::Detach(r)) => {
-                                    Some((r.network.clone(), r.workload_id.clone()))
-                                }
+                                Some(pb::command::Op::Detach(r)) => Some(r.clone()),
                                 _ => None,
                             })
                             .collect();
@@ -266,7 +264,7 @@ async fn once(
                         );
                         continue_trace(&span, &batch[0].trace_context);
                         let error = agent_ref
-                            .detach_many(&refs)
+                            .detach_commands(&refs)
                             .instrument(span)
                             .await
                             .err()

@@ -715,20 +715,21 @@ impl Hub {
                 .and_then(|r| r.session.clone())
         };
         if let Some(s) = session {
-            self.remove_on_runner(s, key.to_string());
+            self.remove_on_runner(s, key.to_string(), true);
         }
     }
 
     /// Queue the removal of a leaving workload's interface on its runner, and release its
     /// address once the runner confirms, however late. A session that ends first leaves it to
     /// the next session's sync.
-    fn remove_on_runner(self: &Arc<Self>, s: SessionHandle, key: String) {
+    fn remove_on_runner(self: &Arc<Self>, s: SessionHandle, key: String, give_back: bool) {
         let Some((network, workload_id)) = key.split_once('\u{0}') else {
             return;
         };
         let op = pb::command::Op::Detach(pb::WorkloadRef {
             network: network.to_string(),
             workload_id: workload_id.to_string(),
+            give_back,
         });
         let workload_id = workload_id.to_string();
         let hub = self.clone();
@@ -828,6 +829,7 @@ impl Hub {
             let op = pb::command::Op::Detach(pb::WorkloadRef {
                 network: net.name.clone(),
                 workload_id: workload_id.clone(),
+                give_back: false,
             });
             if let Ok(p) = s.enqueue(op, None).await {
                 match s.wait(p, self.command_timeout()).await {
@@ -934,7 +936,8 @@ impl Hub {
             s
         };
         for (key, ip) in removed {
-            self.remove_on_runner(s.clone(), key);
+            // Its namespace is gone: an adopted container's port (if any is left) goes back.
+            self.remove_on_runner(s.clone(), key, true);
             self.publish_peer(None, ip).await;
         }
     }
