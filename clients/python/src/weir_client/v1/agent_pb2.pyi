@@ -353,12 +353,14 @@ class NetnsIdentity(_message.Message):
     def __init__(self, dev: _Optional[int] = ..., ino: _Optional[int] = ...) -> None: ...
 
 class WorkloadRef(_message.Message):
-    __slots__ = ("network", "workload_id")
+    __slots__ = ("network", "workload_id", "give_back")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    GIVE_BACK_FIELD_NUMBER: _ClassVar[int]
     network: str
     workload_id: str
-    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ...) -> None: ...
+    give_back: bool
+    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ..., give_back: bool = ...) -> None: ...
 
 class WorkloadSet(_message.Message):
     __slots__ = ("workloads",)
