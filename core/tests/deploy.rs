@@ -541,6 +541,9 @@ fn debian_package_installs_and_upgrades_over_the_state_directory() {
         "usr/share/man/man1/weir.1.gz",
         "usr/share/man/man1/weir-host.1.gz",
         "usr/lib/modules-load.d/weir.conf",
+        "usr/lib/cni/weir-cni",
+        "usr/libexec/netavark/weir-netavark",
+        "usr/share/doc/weir/examples/cni/weir.conflist",
     ] {
         assert!(root.join(f).is_file(), "the package installed no {f}");
     }
