@@ -224,7 +224,12 @@ impl Agent {
             .map(|(n, w)| (n.to_string(), w.to_string()))
             .collect();
         // Adopted containers keep their interfaces.
-        let made = self.kernel.give_back_adopted(&keys).await?;
+        let made: BTreeSet<(String, String)> = self
+            .kernel
+            .give_back_adopted(&keys)
+            .await?
+            .into_iter()
+            .collect();
         for (alias, index) in links {
             if !split_alias(&alias)
                 .is_some_and(|(n, w)| made.contains(&(n.to_string(), w.to_string())))
@@ -443,7 +448,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let ip = parse::<Ipv4Net>(&spec.address, "address")?.addr();
         let own = if spec.vm {
-            parse_mac(&attach::vm_mac(&spec.network, &spec.workload_id))
+            attach::vm_mac_bytes(&spec.network, &spec.workload_id)
         } else {
             attach::container_mac(&spec.network, &spec.workload_id)
         };
@@ -461,6 +466,9 @@ impl Agent {
     /// forget them. Workloads that are not adopted ones are left alone.
     async fn give_back(&self, workloads: &[(String, String)]) -> Result<(), AgentError> {
         let rest = self.kernel.give_back_adopted(workloads).await?;
+        if rest.len() == workloads.len() {
+            return Ok(());
+        }
         let mut local = self.local.lock().await;
         let mut fw = self.firewall.lock().await;
         for k in workloads.iter().filter(|k| !rest.contains(k)) {
@@ -951,15 +959,6 @@ fn workload_iface(spec: &pb::WorkloadSpec) -> Result<WorkloadIface, AgentError> 
             Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
         },
     })
-}
-
-/// `52:54:00:…` → bytes (a MAC Weir formatted itself; zeros if it ever did not parse).
-fn parse_mac(s: &str) -> [u8; 6] {
-    let mut out = [0u8; 6];
-    for (o, part) in out.iter_mut().zip(s.split(':')) {
-        *o = u8::from_str_radix(part, 16).unwrap_or(0);
-    }
-    out
 }
 
 /// `weir:<network>/<workload>` → (network, workload).

@@ -73,8 +73,12 @@ pub fn tap_ifname(network: &str, workload: &str) -> String {
 
 /// A VM NIC's MAC: the locally administered QEMU prefix `52:54:00` + 3 bytes of the hash.
 pub fn vm_mac(network: &str, workload: &str) -> String {
+    mac_string(vm_mac_bytes(network, workload))
+}
+
+pub fn vm_mac_bytes(network: &str, workload: &str) -> [u8; 6] {
     let h = fnv1a(workload, network).to_be_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[1], h[2], h[3])
+    [0x52, 0x54, 0x00, h[1], h[2], h[3]]
 }
 
 /// A container interface's MAC, fixed by network and workload id (so a re-created interface

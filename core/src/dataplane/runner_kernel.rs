@@ -232,14 +232,19 @@ impl RunnerKernel for NetlinkRunnerKernel {
         &self,
         workloads: &[(String, String)],
     ) -> Result<Vec<(String, String)>> {
+        if workloads.is_empty() {
+            return Ok(Vec::new());
+        }
         let links = self.nl().links().await?;
+        let by_name: std::collections::HashMap<&str, &super::netlink::Link> =
+            links.iter().map(|l| (l.name.as_str(), l)).collect();
         let mut rest = Vec::new();
         for (network, workload) in workloads {
             let name = attach::host_ifname(network, workload);
             let owner = attach::alias(network, workload);
-            let adopted = links.iter().find(|l| {
-                l.name == name
-                    && l.alias.as_deref() == Some(owner.as_str())
+            // Weir's own ports carry Weir's MAC for the workload; an adopted one kept its own.
+            let adopted = by_name.get(name.as_str()).filter(|l| {
+                l.alias.as_deref() == Some(owner.as_str())
                     && l.kind.as_deref() == Some("veth")
                     && l.mac
                         .is_some_and(|m| m != attach::host_mac(network, workload))
