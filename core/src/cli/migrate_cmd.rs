@@ -23,8 +23,8 @@ pub struct KohakuriverArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// The Weir network whose bridge holds the containers (default: the primary one).
-    #[arg(long, value_name = "NAME", default_value = "")]
-    pub network: String,
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
     /// Find and print what would be adopted; adopt nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -56,7 +56,7 @@ fn kohakuriver(a: KohakuriverArgs, config: Option<&Path>, json: bool) -> Result<
         })?;
         LocalClient::new(channel)
             .adopt(pb::LocalAdoptRequest {
-                network: a.network.clone(),
+                network: a.network.clone().unwrap_or_default(),
                 dry_run: a.dry_run,
             })
             .await
