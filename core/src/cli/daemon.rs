@@ -407,10 +407,30 @@ async fn resolve_mtu(
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("start the async runtime: {e}")))
+}
+
+/// A daemon holds a few descriptors per workload command in flight (its namespace, a netlink
+/// and an ARP socket), more under a burst of attaches than the usual soft limit of 1,024
+/// allows. Raise the soft limit to the hard one, as systemd's `LimitNOFILE` would (the Go
+/// runtime does the same at start); a failure leaves the limit as it was.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> CliError {

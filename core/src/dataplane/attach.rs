@@ -255,7 +255,7 @@ pub async fn attach_checked(
             // The address may have been another interface's a moment ago. (The socket is
             // closed off the runtime: see `garp::Socket`.)
             let mac = container_mac(&w.network, &w.workload);
-            if let Err(e) = super::garp::announce(&arp, index, mac, w.addr.addr()) {
+            if let Err(e) = super::garp::announce_twice(arp, index, mac, w.addr.addr()) {
                 tracing::warn!(interface = %w.ifname, netns = %w.netns.display(), error = %e, "cannot announce the address (gratuitous ARP)");
             }
         }

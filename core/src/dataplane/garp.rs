@@ -96,6 +96,27 @@ pub fn announce(sock: &Socket, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::
     }
 }
 
+/// How long after the first announcement the second one goes out. The first can be lost: it
+/// is sent as soon as the interface is up, and its bridge port may start forwarding only
+/// after the kernel's link watch has run (RFC 5227 likewise announces twice).
+const REANNOUNCE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Announce now, and once more after [`REANNOUNCE_AFTER`] in the background (the socket is
+/// held until then). Returns the first send's outcome; the second is best effort (the
+/// interface may be gone by then, which is fine).
+pub fn announce_twice(sock: Socket, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+    let first = announce(&sock, ifindex, mac, ip);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            tokio::time::sleep(REANNOUNCE_AFTER).await;
+            if let Err(e) = announce(&sock, ifindex, mac, ip) {
+                tracing::debug!(%ip, ifindex, error = %e, "second gratuitous ARP not sent");
+            }
+        });
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -314,6 +314,19 @@ impl HostDataplane {
         .await
     }
 
+    /// Forget what the host's neighbour table holds for `ip` on runner `id`'s tunnel: the
+    /// address may have been another workload's a moment ago, and the host would go on
+    /// sending to that workload's MAC until the entry went stale (about 30 s). The new
+    /// workload's gratuitous ARP does the same, but it can be lost (sent before its bridge
+    /// port forwards); this cannot.
+    pub async fn forget_neighbour(&self, net: &HostNetwork, id: u32, ip: Ipv4Addr) -> Result<()> {
+        let name = plan::tunnel_name(&net.tunnel_prefix, id);
+        match self.nl.link(&name).await? {
+            Some(link) => self.nl.neighbour_del(link.index, ip).await,
+            None => Ok(()),
+        }
+    }
+
     /// The ifindex of each tunnel of `net` (for tests and status).
     pub async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>> {
         Ok(self

@@ -31,6 +31,11 @@ pub trait HostKernel: Send + Sync {
     async fn set_underlay(&self, peers: BTreeSet<Ipv4Addr>) -> Result<()>;
     /// The tunnels' ifindexes by name (for status and tests).
     async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>>;
+    /// Forget the host's neighbour entry for `ip` behind runner `id`'s tunnel (an address
+    /// handed to a new workload).
+    async fn forget_neighbour(&self, _net: &HostNetwork, _id: u32, _ip: Ipv4Addr) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -57,6 +62,9 @@ impl HostKernel for HostDataplane {
     }
     async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>> {
         HostDataplane::tunnel_indexes(self, net).await
+    }
+    async fn forget_neighbour(&self, net: &HostNetwork, id: u32, ip: Ipv4Addr) -> Result<()> {
+        HostDataplane::forget_neighbour(self, net, id, ip).await
     }
 }
 

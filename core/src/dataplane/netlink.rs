@@ -482,6 +482,26 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Forget the neighbour entry for `ip` on link `index` (`ip neigh del`); a missing one is
+    /// fine. The next packet to `ip` resolves it afresh.
+    pub async fn neighbour_del(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))];
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete neighbour {ip} on link #{index}"),
+                e,
+            )),
+        }
+    }
+
     /// The MACs bridge `bridge`'s forwarding database holds behind its ports now (learned or
     /// static): an entry goes when its port does.
     pub async fn bridge_macs(&self, bridge: u32) -> Result<Vec<[u8; 6]>> {

@@ -4,6 +4,7 @@
 //! steps between the hub's decision and the runner's confirmation.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -114,7 +115,7 @@ impl Hub {
         // commands wait until the session's first sync is answered: only then does the hub
         // know every address the runner still holds.
         let mut waited = false;
-        let (rec, session, fresh, sub) = loop {
+        let (rec, session, fresh, sub, runner_id) = loop {
             let mut st = self.state.lock().await;
             let session = self.usable_session(&st, &runner)?;
             if session.readiness() != Readiness::Ready {
@@ -155,7 +156,7 @@ impl Hub {
                 self.same_attach(existing, &runner, &netns, vm, &labels, &source, &st)?;
                 same_origin(existing, &origin, ifname.as_deref())?;
                 // A repeat on another runner was refused above: the subnet is the record's.
-                break (existing.clone(), session, false, sub);
+                break (existing.clone(), session, false, sub, id);
             }
             let source = self
                 .plugin_address(&mut st, &net, &runner, &workload_id, vm, &labels, source)
@@ -176,7 +177,7 @@ impl Hub {
                     adopt.as_ref().map(|a| a.mac.clone()),
                 )
                 .await?;
-            break (rec, session, true, sub);
+            break (rec, session, true, sub, id);
         };
         let mut spec = workload_spec(&rec, &net, sub, self.settings.networks.len() > 1);
         if fresh && let Some(a) = &adopt {
@@ -247,6 +248,9 @@ impl Hub {
         }
         failpoint::hit("hub.attach.after-commit");
         if fresh {
+            if let Some(id) = runner_id {
+                self.forget_neighbour(&net.name, id, rec.ip.addr()).await;
+            }
             self.publish_peer(Some(&rec), None).await;
         }
         tracing::info!(workload = %workload_id, runner = %rec.runner, ip = %rec.ip, vm, "workload attached");
@@ -652,6 +656,18 @@ impl Hub {
         self.commit(&mut st, txn).await?;
         st.phases.remove(key);
         Ok(())
+    }
+
+    /// The host's neighbour entry for a freshly attached address may still name the MAC of
+    /// the workload that held it before; forget it so the host's next packet asks anew.
+    /// Best effort: a failure leaves only the (lossy) gratuitous ARP to correct it.
+    async fn forget_neighbour(&self, network: &str, runner_id: u32, ip: Ipv4Addr) {
+        let Some(net) = self.host_networks().into_iter().find(|n| n.name == network) else {
+            return;
+        };
+        if let Err(e) = self.kernel.forget_neighbour(&net, runner_id, ip).await {
+            tracing::warn!(network, %ip, error = %e, "cannot forget the host's neighbour entry for a reused address");
+        }
     }
 
     /// An attach of which nothing is on the runner (never sent, or the runner reports it left
