@@ -1,7 +1,7 @@
 //! `weir-bench`: Weir beside the reference tools, on one machine, in one run.
 //!
 //! ```text
-//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale memory concurrency engines
+//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale hub memory concurrency engines
 //! ```
 //!
 //! Each section builds what it measures in network namespaces of its own (`weir-bench-…`),
@@ -13,10 +13,12 @@ mod concurrency;
 mod datapath;
 mod engines;
 mod env;
+mod hub;
 mod memory;
 mod policy;
 mod report;
 mod scale;
+mod sessions;
 mod stats;
 mod table;
 
@@ -37,17 +39,19 @@ enum Section {
     Policy,
     Datapath,
     Scale,
+    Hub,
     Memory,
     Concurrency,
     Engines,
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 8] = [
         Section::Attach,
         Section::Policy,
         Section::Datapath,
         Section::Scale,
+        Section::Hub,
         Section::Memory,
         Section::Concurrency,
         Section::Engines,
@@ -59,6 +63,7 @@ impl Section {
             Section::Policy => "policy",
             Section::Datapath => "datapath",
             Section::Scale => "scale",
+            Section::Hub => "hub",
             Section::Memory => "memory",
             Section::Concurrency => "concurrency",
             Section::Engines => "engines",
@@ -71,6 +76,7 @@ impl Section {
             Section::Policy => policy::TITLE,
             Section::Datapath => datapath::TITLE,
             Section::Scale => scale::TITLE,
+            Section::Hub => hub::TITLE,
             Section::Memory => memory::TITLE,
             Section::Concurrency => concurrency::TITLE,
             Section::Engines => engines::TITLE,
@@ -83,6 +89,7 @@ impl Section {
             Section::Policy => Box::pin(policy::run(opts, run)),
             Section::Datapath => Box::pin(datapath::run(opts, run)),
             Section::Scale => Box::pin(scale::run(opts, run)),
+            Section::Hub => Box::pin(hub::run(opts, run)),
             Section::Memory => Box::pin(memory::run(opts, run)),
             Section::Concurrency => Box::pin(concurrency::run(opts, run)),
             Section::Engines => Box::pin(engines::run(opts, run)),

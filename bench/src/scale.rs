@@ -1,12 +1,11 @@
-//! Scale: (a) 1,000 runners registering against one real host, (b) a host restart reconciling
-//! 255 tunnels without flapping one, (c) attach latency as workloads pile up on one runner with
-//! the `tenant-isolation` firewall loaded, and the firewall's rule count.
+//! Scale: attach latency as workloads pile up on one runner with the `tenant-isolation`
+//! firewall loaded, and the firewall's rule count. (Registrations and host restarts at
+//! thousands of runners are the `hub` section.)
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use weir::lab::Lab;
 use weir_proto::v1 as pb;
 
@@ -15,27 +14,12 @@ use crate::report::{Report, RunInfo};
 use crate::stats::{Samples, dur_ratio, fmt_dur, mean};
 use crate::table::Table;
 
-pub const TITLE: &str = "Scale: registrations, host restart, attach with many workloads";
+pub const TITLE: &str = "Scale: attach with many workloads";
 
 /// A plan with room for 1,023 runners.
 pub const BIG_PLAN: &str = "10.0.0.0/8/10/14";
-/// Runners registered before the restart.
-const RESTART_RUNNERS: usize = 255;
-
-/// KohakuRiver's own figures (its Python host, in namespaces on a machine of this kind;
-/// /work/shared/STACK.md). Not measured by this suite.
-const KR_REGISTRATION_P50: &str = "85 ms (growing with the number of runners)";
-const KR_RESTART: &str = "0.95 s with 60 tunnels, none re-created";
 
 pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
-    let n_runners = opts.n(1_000, 100);
-    println!("scale: {n_runners} registrations …");
-    let reg = registrations(n_runners).await.context("registrations")?;
-    let restarts = opts.n(3, 1);
-    println!("scale: {restarts} host restart(s) with {RESTART_RUNNERS} tunnels …");
-    let rs = restart(RESTART_RUNNERS, restarts)
-        .await
-        .context("host restart")?;
     let checkpoints = if opts.quick {
         [10, 100, 1_000]
     } else {
@@ -67,55 +51,7 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
 
     let mut r = Report::new("scale", TITLE, opts, run);
     r.text(&format!(
-        "**(a) Registration.** One real `weir host` in a lab (plan `{BIG_PLAN}`: 1,023 runner ids), \
-         `Agent.Register` called directly over gRPC with the lab's join token, one after another, for {n} \
-         distinct names and physical IPs from 198.18.0.0/15 — each registration allocates an id, commits to \
-         the store and creates the runner's real `vxkr` VXLAN link on the host before it answers. \
-         (No runner daemon answers on those addresses; no packet leaves the lab.)",
-        n = n_runners
-    ));
-    let mut t = Table::new(&["", "p50", "p95", "max", "total", "host tunnels after"]);
-    t.row([
-        format!("Weir, {n_runners} registrations"),
-        fmt_dur(reg.samples.median()),
-        fmt_dur(reg.samples.pct(0.95)),
-        fmt_dur(reg.samples.pct(1.0)),
-        fmt_dur(reg.total),
-        reg.tunnels.to_string(),
-    ]);
-    t.row([
-        "first 10% / last 10% (p50)".to_string(),
-        fmt_dur(reg.first_tenth_p50),
-        fmt_dur(reg.last_tenth_p50),
-    ]);
-    t.row([
-        "KohakuRiver — reference (published, not measured here)".to_string(),
-        KR_REGISTRATION_P50.to_string(),
-    ]);
-    r.table(&t);
-
-    r.text(&format!(
-        "**(b) Host restart.** {RESTART_RUNNERS} runners registered as in (a), then the host is killed with \
-         SIGKILL and started again (`lab.start_host()`: spawn → reconcile with the kernel and the store → \
-         `READY=1`), {restarts} time(s). *Flaps* = `vxkr*` links whose ifindex changed or that disappeared \
-         (it must be 0: valid tunnels are adopted in place)."
-    ));
-    let mut t = Table::new(&["", "time to ready (median)", "max", "tunnels", "flaps"]);
-    t.row([
-        format!("Weir, {RESTART_RUNNERS} tunnels"),
-        fmt_dur(rs.ready.median()),
-        fmt_dur(rs.ready.pct(1.0)),
-        rs.tunnels.to_string(),
-        rs.flaps.to_string(),
-    ]);
-    t.row([
-        "KohakuRiver — reference (published, not measured here)".to_string(),
-        KR_RESTART.to_string(),
-    ]);
-    r.table(&t);
-
-    r.text(&format!(
-        "**(c) Attach with many workloads.** A lab whose host loads `tenant-isolation` as its firewall \
+        "**Attach with many workloads.** A lab whose host loads `tenant-isolation` as its firewall \
          (enforce; labels `tenant=a` / `tenant=b` alternating), `Control.AttachWorkload` one after another, \
          each into its own namespace (all of them created before the first attach, as a container exists \
          before its network is attached), up to {} workloads; the mean (and median) latency of the attaches in \
@@ -174,126 +110,6 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
         ));
     }
     Ok(r)
-}
-
-struct Registrations {
-    samples: Samples,
-    total: Duration,
-    first_tenth_p50: Duration,
-    last_tenth_p50: Duration,
-    tunnels: usize,
-}
-
-/// The physical IP of synthetic runner `i` (0-based), from 198.18.0.0/15.
-fn synthetic_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)) + i as u32)
-}
-
-/// Register runners `from..to` directly through gRPC; their latencies.
-async fn register(lab: &Lab, from: usize, to: usize) -> Result<Vec<Duration>> {
-    let mut agent = env::agent(lab).await?;
-    let mut out = Vec::with_capacity(to - from);
-    for i in from..to {
-        let name = format!("s{i:04}");
-        let started = Instant::now();
-        let resp = agent
-            .register(pb::RegisterRequest {
-                name: name.clone(),
-                physical_ip: synthetic_ip(i).to_string(),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("register {name}"))?
-            .into_inner();
-        out.push(started.elapsed());
-        if resp.runner_id == 0 {
-            bail!("register {name}: no runner id in the answer");
-        }
-    }
-    Ok(out)
-}
-
-/// The host's `vxkr*` links: name → ifindex.
-async fn tunnels(lab: &Lab) -> Result<BTreeMap<String, u32>> {
-    let nl = weir::dataplane::netlink::Netlink::in_namespace(&lab.ns("host"))
-        .context("netlink in the host namespace")?;
-    Ok(nl
-        .links()
-        .await
-        .context("list the host's links")?
-        .into_iter()
-        .filter(|l| l.name.starts_with("vxkr"))
-        .map(|l| (l.name, l.index))
-        .collect())
-}
-
-async fn host_lab(tag: &str) -> Result<Lab> {
-    let mut spec = env::lab_spec(tag)?;
-    spec.overlay = format!("subnet = \"{BIG_PLAN}\"\n");
-    env::lab_up(spec).await
-}
-
-async fn registrations(n: usize) -> Result<Registrations> {
-    let lab = host_lab("sr").await?;
-    env::settle().await;
-    let started = Instant::now();
-    let lat = register(&lab, 0, n).await?;
-    let total = started.elapsed();
-    let tenth = (n / 10).max(1);
-    let tunnels = tunnels(&lab).await?.len();
-    if tunnels != n {
-        bail!("{n} runners registered but the host has {tunnels} vxkr links");
-    }
-    Ok(Registrations {
-        first_tenth_p50: Samples::new(lat[..tenth].to_vec()).median(),
-        last_tenth_p50: Samples::new(lat[n - tenth..].to_vec()).median(),
-        samples: Samples::new(lat),
-        total,
-        tunnels,
-    })
-}
-
-struct Restart {
-    ready: Samples,
-    tunnels: usize,
-    flaps: usize,
-}
-
-/// Register `n` runners, then SIGKILL and restart the host `times` times.
-async fn restart(n: usize, times: usize) -> Result<Restart> {
-    let mut lab = host_lab("rs").await?;
-    register(&lab, 0, n).await?;
-    let before = tunnels(&lab).await?;
-    if before.len() != n {
-        bail!(
-            "{n} runners registered but the host has {} vxkr links",
-            before.len()
-        );
-    }
-    let mut ready = Vec::new();
-    let mut flaps = 0;
-    env::settle().await;
-    let mut after = before.clone();
-    for _ in 0..times {
-        lab.host
-            .as_mut()
-            .context("the lab has no host")?
-            .stop(libc::SIGKILL)
-            .context("kill the host")?;
-        let started = Instant::now();
-        lab.start_host().await.context("restart the host")?;
-        ready.push(started.elapsed());
-        after = tunnels(&lab).await?;
-        flaps += before
-            .iter()
-            .filter(|(name, index)| after.get(*name) != Some(index))
-            .count();
-    }
-    Ok(Restart {
-        ready: Samples::new(ready),
-        tunnels: after.len(),
-        flaps,
-    })
 }
 
 /// Attach latencies as workloads accumulate.

@@ -47,8 +47,8 @@ pub enum RunnerError {
     Contradiction(Vec<String>),
 }
 
-const BACKOFF_START: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_START: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Run until `shutdown` resolves (Ok) or the configuration contradicts the host (Err).
 pub async fn run(
@@ -83,7 +83,7 @@ pub async fn run(
             continue;
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(jittered(backoff)) => {}
             _ = &mut shutdown => return Ok(()),
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -92,6 +92,27 @@ pub async fn run(
             backoff = backoff.min(Duration::from_secs(2));
         }
     }
+}
+
+/// A wait between half of `backoff` and all of it, chosen at random: runners that lost the
+/// host at the same moment (it restarted) come back spread over the interval rather than all
+/// at once at each step of the ladder.
+pub fn jittered(backoff: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        u64::from_le_bytes(b)
+    } else {
+        // No randomness: the clock's nanoseconds still differ between runners.
+        u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos(),
+        )
+    };
+    let half = backoff / 2;
+    let spread = half.as_micros().max(1) as u64;
+    half + Duration::from_micros(r % spread)
 }
 
 enum Ended {
@@ -495,5 +516,18 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, SourceAddressError::NoIpv4(_)), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn jittered_waits_stay_within_half_and_all_of_the_backoff_and_differ() {
+        let b = Duration::from_millis(800);
+        let waits: HashSet<Duration> = (0..50).map(|_| jittered(b)).collect();
+        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b), "{waits:?}");
+        assert!(waits.len() > 10, "the waits are spread: {waits:?}");
     }
 }

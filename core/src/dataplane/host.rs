@@ -4,7 +4,7 @@
 //! it is and repaired in place (remote, local, MTU, address); only tunnels that cannot be
 //! changed in place (wrong VNI or port, id outside the plan) are deleted and re-created.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -59,7 +59,23 @@ pub struct HostDataplane {
     firewalld: tokio::sync::OnceCell<Option<Firewalld>>,
     /// What the kernel's underlay set holds.
     underlay: std::sync::Mutex<BTreeSet<Ipv4Addr>>,
+    /// The tunnels the last [`HostDataplane::scan_tunnels`] read (link and addresses, by
+    /// name), each used once by the `ensure_tunnel` or `remove_tunnel` of the reconcile that
+    /// follows it, so a host adopting thousands of tunnels reads the kernel twice (one link
+    /// dump, one address dump), not twice per tunnel.
+    /// Kept only briefly: what a later call finds in the kernel is read afresh.
+    scanned: std::sync::Mutex<Scanned>,
 }
+
+/// See [`HostDataplane::scanned`].
+#[derive(Default)]
+struct Scanned {
+    at: Option<std::time::Instant>,
+    tunnels: HashMap<String, (Link, Vec<Ipv4Net>)>,
+}
+
+/// How long a scan stands for the kernel's state: the reconcile that follows it.
+const SCAN_VALID: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl HostDataplane {
     pub fn new(nl: Netlink) -> Self {
@@ -67,6 +83,7 @@ impl HostDataplane {
             nl,
             firewalld: tokio::sync::OnceCell::new(),
             underlay: std::sync::Mutex::new(BTreeSet::new()),
+            scanned: Default::default(),
         }
     }
 
@@ -194,6 +211,8 @@ impl HostDataplane {
     /// kinds are left alone. Returns the valid tunnels by runner id.
     pub async fn scan_tunnels(&self, net: &HostNetwork) -> Result<BTreeMap<u32, FoundTunnel>> {
         let mut found = BTreeMap::new();
+        let mut addrs = self.nl.all_addrs().await?;
+        let mut scanned = HashMap::new();
         for link in self.nl.links().await? {
             if !link.name.starts_with(&net.tunnel_prefix) || link.kind.as_deref() != Some("vxlan") {
                 continue;
@@ -208,6 +227,8 @@ impl HostDataplane {
                             remote: link.vxlan.as_ref().and_then(|v| v.remote),
                         },
                     );
+                    let a = addrs.remove(&link.index).unwrap_or_default();
+                    scanned.insert(link.name.clone(), (link, a));
                 }
                 Err(why) => {
                     tracing::warn!(link = %link.name, reason = %why, "deleting invalid tunnel");
@@ -215,7 +236,20 @@ impl HostDataplane {
                 }
             }
         }
+        *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = Scanned {
+            at: Some(std::time::Instant::now()),
+            tunnels: scanned,
+        };
         Ok(found)
+    }
+
+    /// What the last scan read of tunnel `name`, once.
+    fn take_scanned(&self, name: &str) -> Option<(Link, Vec<Ipv4Net>)> {
+        let mut s = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
+        if s.at.is_some_and(|at| at.elapsed() > SCAN_VALID) {
+            *s = Scanned::default();
+        }
+        s.tunnels.remove(name)
     }
 
     /// Make runner `id`'s tunnel exist with the right parameters, repairing in place what can
@@ -235,7 +269,13 @@ impl HostDataplane {
         let want_addr = Ipv4Net::new(block.host_ip_on_subnet(), block.subnet.prefix_len())
             .map_err(|e| DataplaneError::Invalid(e.to_string()))?;
         let mut change = TunnelChange::Unchanged;
-        let link = match self.nl.link(&name).await? {
+        // The addresses the link is known to hold: from the scan, or none for a new link;
+        // `None` when only the wanted one is checked (see below).
+        let (found, mut known_addrs) = match self.take_scanned(&name) {
+            Some((link, addrs)) => (Some(link), Some(addrs)),
+            None => (self.nl.link(&name).await?, None),
+        };
+        let link = match found {
             Some(link) if validate_tunnel(net, &link).is_ok() => link,
             Some(link) => {
                 if link.kind.as_deref() != Some("vxlan") {
@@ -246,11 +286,13 @@ impl HostDataplane {
                 }
                 self.nl.del_link(link.index).await?;
                 change = TunnelChange::Created;
+                known_addrs = Some(Vec::new());
                 self.create_tunnel(net, &name, block.vni(net.vxlan_id_base), remote)
                     .await?
             }
             None => {
                 change = TunnelChange::Created;
+                known_addrs = Some(Vec::new());
                 self.create_tunnel(net, &name, block.vni(net.vxlan_id_base), remote)
                     .await?
             }
@@ -269,7 +311,19 @@ impl HostDataplane {
         self.nl
             .ensure_alias(&link, &network_alias(&net.name))
             .await?;
-        if self.nl.sync_addrs(link.index, &[want_addr]).await? {
+        // Known addresses are made exact. Otherwise (a runner registering again while the
+        // host runs) only the wanted one is ensured, in one request rather than a dump of
+        // every address of the host: a tunnel gains other addresses only from another plan,
+        // and the plan changes only with a restart, whose scan removes them.
+        let addr_changed = match &known_addrs {
+            Some(have) => {
+                self.nl
+                    .sync_known_addrs(link.index, have, &[want_addr])
+                    .await?
+            }
+            None => self.nl.ensure_addr(link.index, want_addr).await?,
+        };
+        if addr_changed {
             change = change.max_with(TunnelChange::Repaired);
         }
         if !link.up {
@@ -306,7 +360,11 @@ impl HostDataplane {
     pub async fn remove_tunnel(&self, net: &HostNetwork, id: u32) -> Result<()> {
         crate::telemetry::kernel("netlink.remove_tunnel", async {
             let name = plan::tunnel_name(&net.tunnel_prefix, id);
-            if let Some(link) = self.nl.link(&name).await? {
+            let link = match self.take_scanned(&name) {
+                Some((link, _)) => Some(link),
+                None => self.nl.link(&name).await?,
+            };
+            if let Some(link) = link {
                 self.nl.del_link(link.index).await?;
             }
             Ok(())

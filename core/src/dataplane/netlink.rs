@@ -681,6 +681,76 @@ impl Netlink {
             .collect())
     }
 
+    /// Every IPv4 address of the namespace by link, in one dump (a host reading thousands of
+    /// tunnels asks once, not once per link: without strict checking the kernel walks every
+    /// device's addresses for each per-link dump).
+    pub async fn all_addrs(&self) -> Result<std::collections::HashMap<u32, Vec<Ipv4Net>>> {
+        let msgs: Vec<AddressMessage> =
+            self.handle
+                .address()
+                .get()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| DataplaneError::netlink("list addresses", e))?;
+        let mut by_link: std::collections::HashMap<u32, Vec<Ipv4Net>> = Default::default();
+        for m in msgs
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet)
+        {
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
+                    Ipv4Net::new(*ip, m.header.prefix_len).ok()
+                }
+                _ => None,
+            });
+            if let Some(a) = local {
+                by_link.entry(m.header.index).or_default().push(a);
+            }
+        }
+        Ok(by_link)
+    }
+
+    /// Make the addresses of a link whose current addresses are known (`have`, from
+    /// [`Netlink::all_addrs`]) exactly `want`, without reading them again. Returns whether
+    /// anything changed.
+    pub async fn sync_known_addrs(
+        &self,
+        index: u32,
+        have: &[Ipv4Net],
+        want: &[Ipv4Net],
+    ) -> Result<bool> {
+        let mut changed = false;
+        for stale in have.iter().filter(|a| !want.contains(a)) {
+            self.del_addr(index, *stale).await?;
+            changed = true;
+        }
+        for missing in want.iter().filter(|a| !have.contains(a)) {
+            self.add_addr(index, *missing).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Add `addr` to a link unless it is there already, in one request (no dump); returns
+    /// whether it was added. Other addresses of the link are left alone.
+    pub async fn ensure_addr(&self, index: u32, addr: Ipv4Net) -> Result<bool> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.addr().into(), addr.prefix_len())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(false),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("add address {addr} to link #{index}"),
+                e,
+            )),
+        }
+    }
+
     /// Make the link's IPv4 addresses exactly `want`: add what is missing, remove the rest.
     /// Returns whether anything changed.
     pub async fn sync_addrs(&self, index: u32, want: &[Ipv4Net]) -> Result<bool> {

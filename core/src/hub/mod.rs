@@ -111,6 +111,10 @@ pub struct Hub {
     events: broadcast::Sender<pb::Event>,
     /// Something committed since the gauges' counts were last published.
     counts_dirty: AtomicBool,
+    /// A topology publication is running; and another was asked for meanwhile (see
+    /// `Hub::spawn_publish`).
+    publishing: AtomicBool,
+    publish_again: AtomicBool,
 }
 
 #[derive(Default)]
@@ -207,6 +211,8 @@ impl Hub {
             state: Mutex::new(State::default()),
             events,
             counts_dirty: AtomicBool::new(true),
+            publishing: AtomicBool::new(false),
+            publish_again: AtomicBool::new(false),
         };
         crate::telemetry::metrics::reconcile("host-start", hub.recover(snap)).await?;
         hub.publish_counts().await;
@@ -439,9 +445,11 @@ impl Hub {
                 },
             );
         }
+        let runner_ids: std::collections::HashSet<u32> =
+            st.runners.values().filter_map(|r| r.rec.id).collect();
         for (id, ph) in snap.placeholders {
             if overlay_plan.is_some_and(|p| p.check_runner(u64::from(id)).is_ok())
-                && !st.runners.values().any(|r| r.rec.id == Some(id))
+                && !runner_ids.contains(&id)
             {
                 st.placeholders.insert(
                     id,
@@ -458,10 +466,8 @@ impl Hub {
         self.kernel.setup(&nets, self.underlay_peers(&st)).await?;
         for net in &nets {
             let found = self.kernel.scan_tunnels(net).await?;
-            let held = |st: &State, id: u32| {
-                st.runners.values().any(|r| r.rec.id == Some(id))
-                    || st.placeholders.contains_key(&id)
-            };
+            let held =
+                |st: &State, id: u32| runner_ids.contains(&id) || st.placeholders.contains_key(&id);
             for (id, tunnel) in &found {
                 let in_primary =
                     overlay_plan.is_some_and(|p| p.check_runner(u64::from(*id)).is_ok());

@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use weir_proto::v1 as pb;
 
@@ -100,6 +101,7 @@ impl Hub {
                 }
             }
         }
+        let relabelled = prior.as_ref().is_some_and(|p| p.labels != labels);
         let rec = RunnerRecord {
             name: name.clone(),
             id,
@@ -158,14 +160,43 @@ impl Hub {
         // in the background.
         self.kernel.set_underlay(self.underlay_peers(&st)).await?;
         drop(st);
-        self.spawn_publish();
+        // A runner registering again with the same allocation, address and labels (after its
+        // session dropped, or the host restarted) changes no one's topology.
+        let moved = relabelled
+            || prior
+                .as_ref()
+                .is_none_or(|p| changed || p.physical_ip != physical_ip);
+        if moved {
+            self.spawn_publish();
+        }
         Ok(answer)
     }
 
-    /// Tell every runner about a change of the runner set, without waiting.
+    /// Tell every runner about a change of the runner set, without waiting. Requests made
+    /// while a publication runs are folded into one more after it: each publication sends the
+    /// whole current topology, so a burst of a thousand registrations costs a few, not a
+    /// thousand (each of which would go to every runner).
     pub(super) fn spawn_publish(self: &Arc<Self>) {
+        self.publish_again.store(true, Ordering::SeqCst);
+        if self.publishing.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let hub = self.clone();
-        tokio::spawn(async move { hub.publish_topology().await });
+        tokio::spawn(async move {
+            loop {
+                while hub.publish_again.swap(false, Ordering::SeqCst) {
+                    hub.publish_topology().await;
+                }
+                hub.publishing.store(false, Ordering::SeqCst);
+                // A request that came between the last check and the release above found the
+                // flag still set and left: take it on, unless another task already has.
+                if !hub.publish_again.load(Ordering::SeqCst)
+                    || hub.publishing.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+            }
+        });
     }
 
     /// Remove a runner's allocation, workloads, reservations and pools (memory and `txn`).
