@@ -87,6 +87,10 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let hub = Hub::start(settings, store, kernel, signer, policy)
             .await
             .map_err(fail)?;
+        // Reading the store and the kernel at start (every runner, every tunnel) leaves freed
+        // memory the allocator would otherwise keep: give it back.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         if c.policy.watch {
             hub.policy().watch(c.policy.watch_interval.get());
         }
@@ -408,6 +412,11 @@ async fn resolve_mtu(
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     raise_open_file_limit();
+    // glibc gives every thread that allocates its own arena (up to 8 per core); the blocking
+    // threads (nftables, netlink batches) would each keep one, mostly free but resident.
+    // Two are enough for a daemon whose work is in two runtime threads.
+    // SAFETY: mallopt only tunes the allocator; called before any thread is started.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -128,6 +128,11 @@ impl HostKernel for FakeHost {
         i.underlay = peers;
         Ok(())
     }
+    async fn add_underlay(&self, peer: Ipv4Addr) -> Result<()> {
+        let mut i = self.record(format!("add_underlay {peer}"))?;
+        i.underlay.insert(peer);
+        Ok(())
+    }
     async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>> {
         let i = self.record(format!("tunnel_indexes {}", net.name))?;
         Ok(i.tunnels

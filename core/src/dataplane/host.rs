@@ -170,6 +170,34 @@ impl HostDataplane {
         .await
     }
 
+    /// Add one address to the underlay set (nothing to do when it is there already).
+    pub async fn add_underlay(&self, peer: Ipv4Addr) -> Result<()> {
+        if self
+            .underlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
+        {
+            return Ok(());
+        }
+        crate::telemetry::kernel("nftables.host_underlay", async {
+            let ops = vec![Elem::Add {
+                set: UNDERLAY_SET.into(),
+                key: peer,
+            }];
+            tokio::task::spawn_blocking(move || nfnl::apply(HOST_TABLE, &ops))
+                .await
+                .map_err(|e| DataplaneError::Nft(format!("underlay set: {e}")))?
+                .map_err(|e| DataplaneError::Nft(e.to_string()))?;
+            self.underlay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer);
+            Ok(())
+        })
+        .await
+    }
+
     /// Delete the host devices and tunnels of networks no longer configured (found by their
     /// alias), so removing a network from the configuration removes it from the kernel.
     async fn remove_other_networks(&self, networks: &[HostNetwork]) -> Result<()> {

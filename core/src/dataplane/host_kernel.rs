@@ -29,6 +29,9 @@ pub trait HostKernel: Send + Sync {
     async fn remove_tunnel(&self, net: &HostNetwork, id: u32) -> Result<()>;
     /// Make the underlay set exactly `peers`.
     async fn set_underlay(&self, peers: BTreeSet<Ipv4Addr>) -> Result<()>;
+    /// Accept VXLAN from `peer` too (one element, not the whole set: a registration must not
+    /// cost a pass over every runner).
+    async fn add_underlay(&self, peer: Ipv4Addr) -> Result<()>;
     /// The tunnels' ifindexes by name (for status and tests).
     async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>>;
     /// Forget the host's neighbour entry for `ip` behind runner `id`'s tunnel (an address
@@ -59,6 +62,9 @@ impl HostKernel for HostDataplane {
     }
     async fn set_underlay(&self, peers: BTreeSet<Ipv4Addr>) -> Result<()> {
         HostDataplane::set_underlay(self, peers).await
+    }
+    async fn add_underlay(&self, peer: Ipv4Addr) -> Result<()> {
+        HostDataplane::add_underlay(self, peer).await
     }
     async fn tunnel_indexes(&self, net: &HostNetwork) -> Result<BTreeMap<String, u32>> {
         HostDataplane::tunnel_indexes(self, net).await
@@ -92,6 +98,9 @@ impl HostKernel for Isolated {
         Ok(())
     }
     async fn set_underlay(&self, _: BTreeSet<Ipv4Addr>) -> Result<()> {
+        Ok(())
+    }
+    async fn add_underlay(&self, _: Ipv4Addr) -> Result<()> {
         Ok(())
     }
     async fn tunnel_indexes(&self, _: &HostNetwork) -> Result<BTreeMap<String, u32>> {

@@ -181,15 +181,16 @@ impl Netlink {
 
     /// Every link of the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
+        // Each message is read into a `Link` and dropped: thousands of full link messages
+        // (statistics and all) are never held at once.
+        self.handle
             .link()
             .get()
             .execute()
+            .map_ok(|m| parse_link(&m))
             .try_collect()
             .await
-            .map_err(|e| DataplaneError::netlink("list links", e))?;
-        Ok(msgs.iter().map(parse_link).collect())
+            .map_err(|e| DataplaneError::netlink("list links", e))
     }
 
     /// The link called `name`, if it exists.
@@ -685,19 +686,16 @@ impl Netlink {
     /// tunnels asks once, not once per link: without strict checking the kernel walks every
     /// device's addresses for each per-link dump).
     pub async fn all_addrs(&self) -> Result<std::collections::HashMap<u32, Vec<Ipv4Net>>> {
-        let msgs: Vec<AddressMessage> =
-            self.handle
-                .address()
-                .get()
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| DataplaneError::netlink("list addresses", e))?;
         let mut by_link: std::collections::HashMap<u32, Vec<Ipv4Net>> = Default::default();
-        for m in msgs
-            .iter()
-            .filter(|m| m.header.family == AddressFamily::Inet)
+        let mut msgs = self.handle.address().get().execute();
+        while let Some(m) = msgs
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("list addresses", e))?
         {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
             let local = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(std::net::IpAddr::V4(ip)) => {
                     Ipv4Net::new(*ip, m.header.prefix_len).ok()

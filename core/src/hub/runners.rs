@@ -17,6 +17,9 @@ use crate::ipam::{self, IdChoice, TakenId};
 use crate::network::NetworkKind;
 use crate::store::{Change, RunnerRecord};
 
+/// How long a topology publication waits for more changes before the next one.
+const PUBLISH_GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Hub {
     /// A runner joins. Returns everything it needs to build its side.
     pub async fn register(
@@ -47,15 +50,19 @@ impl Hub {
                     .map_or_else(|| st.take_generation(), |p| p.generation),
             ),
             Some(o) => {
-                let taken = taken_ids(&st, now, self.timeout_ms());
-                let choice = match self
-                    .plugin_runner_id(&name, physical_ip, &labels, &taken, o)
-                    .await?
-                {
-                    Some(id) => choice_for(id, &name, &taken),
-                    None => {
-                        ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners())
+                let choice = if self.policy.has(Hook::Allocator) {
+                    let taken = taken_ids(&st, now, self.timeout_ms());
+                    match self
+                        .plugin_runner_id(&name, physical_ip, &labels, &taken, o)
+                        .await?
+                    {
+                        Some(id) => choice_for(id, &name, &taken),
+                        None => {
+                            ipam::choose_runner_id(&name, physical_ip, &taken, o.plan.max_runners())
+                        }
                     }
+                } else {
+                    builtin_runner_id(&st, &name, physical_ip, now, self.timeout_ms(), o)
                 };
                 match choice {
                     IdChoice::Keep(id) => (Some(id), prior.as_ref().map_or(1, |p| p.generation)),
@@ -156,9 +163,10 @@ impl Hub {
         entry.last_seen_ms = now;
         tracing::info!(runner = %name, id = ?id, %physical_ip, "runner registered");
         let answer = self.assignment(&st.runners[&name].rec);
-        // The host accepts the runner's VXLAN before it answers; the other runners learn of it
-        // in the background.
-        self.kernel.set_underlay(self.underlay_peers(&st)).await?;
+        // The host accepts the runner's VXLAN before it answers (one element; a moved
+        // runner's old address leaves with the next publication); the other runners learn of
+        // it in the background.
+        self.kernel.add_underlay(physical_ip).await?;
         drop(st);
         // A runner registering again with the same allocation, address and labels (after its
         // session dropped, or the host restarted) changes no one's topology.
@@ -181,12 +189,22 @@ impl Hub {
         if self.publishing.swap(true, Ordering::SeqCst) {
             return;
         }
-        let hub = self.clone();
+        // Only a weak reference while it waits: a hub being dropped (a restart) is not kept
+        // alive, with its store open, by a publication nobody needs any more.
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                while hub.publish_again.swap(false, Ordering::SeqCst) {
+                loop {
+                    let Some(hub) = weak.upgrade() else { return };
+                    if !hub.publish_again.swap(false, Ordering::SeqCst) {
+                        break;
+                    }
                     hub.publish_topology().await;
+                    drop(hub);
+                    // Let a burst gather: each publication is a pass over every runner.
+                    tokio::time::sleep(PUBLISH_GATHER).await;
                 }
+                let Some(hub) = weak.upgrade() else { return };
                 hub.publishing.store(false, Ordering::SeqCst);
                 // A request that came between the last check and the release above found the
                 // flag still set and left: take it on, unless another task already has.
@@ -632,6 +650,51 @@ fn choice_for(id: u32, name: &str, taken: &[TakenId]) -> IdChoice {
             id,
             from: t.runner.clone(),
         },
+    }
+}
+
+/// The built-in choice, as `ipam::choose_runner_id` makes it, without a list of every taken
+/// id for the common cases: a runner that holds an id keeps it (one lookup), a placeholder
+/// is claimed by its address (placeholders are few), a fresh id is the lowest free one (one
+/// pass over a bitmap of the ids in use, no allocation per runner). Only a full plan builds
+/// the list, to find the allocation to reclaim.
+fn builtin_runner_id(
+    st: &State,
+    name: &str,
+    physical_ip: Ipv4Addr,
+    now: i64,
+    timeout: i64,
+    o: &crate::network::OverlayDef,
+) -> IdChoice {
+    if let Some(id) = st.runners.get(name).and_then(|r| r.rec.id) {
+        return IdChoice::Keep(id);
+    }
+    if let Some(p) = st
+        .placeholders
+        .values()
+        .find(|p| p.physical_ip == physical_ip)
+    {
+        return IdChoice::Claim(p.id);
+    }
+    let max = o.plan.max_runners();
+    // With n ids in use the lowest free one is at most n + 1: the bitmap never outgrows the
+    // runners, whatever the plan allows.
+    let held = st.runners.len() + st.placeholders.len();
+    let limit = max.min(u32::try_from(held).unwrap_or(u32::MAX).saturating_add(1));
+    let mut used = vec![false; limit as usize + 1];
+    for id in st
+        .runners
+        .values()
+        .filter_map(|r| r.rec.id)
+        .chain(st.placeholders.keys().copied())
+    {
+        if let Some(u) = used.get_mut(id as usize) {
+            *u = true;
+        }
+    }
+    match (1..=limit).find(|id| !used[*id as usize]) {
+        Some(id) => IdChoice::Fresh(id),
+        None => ipam::choose_runner_id(name, physical_ip, &taken_ids(st, now, timeout), max),
     }
 }
 

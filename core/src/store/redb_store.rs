@@ -34,6 +34,9 @@ const TERM_KEY: &str = "writer_term";
 /// Followers that fall this many commits behind miss some (they reload).
 const FOLLOW_QUEUE: usize = 1024;
 
+/// redb's page cache (see `RedbStore::open`).
+const CACHE_BYTES: usize = 8 << 20;
+
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
@@ -52,10 +55,16 @@ impl RedbStore {
             reason: e.to_string(),
         })?;
         let path = state_dir.join("weir.redb");
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        // The hub keeps its whole state in memory and reads the store only at start: redb's
+        // page cache (1 GiB by default, filled by every page written) would only hold pages
+        // already in the hub's memory and grow its resident set with the store.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let (followers, _) = broadcast::channel(FOLLOW_QUEUE);
         let store = Self {
             db,
