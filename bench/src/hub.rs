@@ -173,14 +173,7 @@ async fn sessions(n: usize) -> Result<Sessions> {
         let (u1, s1) = cpu_of(pid)?;
         let cpu_share = ((u1 + s1) - (u0 + s0)).as_secs_f64() / t0.elapsed().as_secs_f64();
         let rss = rss_bytes(pid)?;
-        lab.host
-            .as_mut()
-            .context("the lab has no host")?
-            .stop(libc::SIGKILL)
-            .context("kill the host")?;
-        let killed = Instant::now();
-        lab.start_host().await.context("restart the host")?;
-        let ready = killed.elapsed();
+        let (killed, ready) = kill_and_restart(&mut lab).await?;
         fleet.wait_connected(n, Duration::from_secs(120)).await?;
         let back = fleet.accepted_since(killed);
         let busiest = busiest(&back, Duration::from_millis(100));
@@ -260,14 +253,7 @@ async fn curve(checkpoints: &[usize]) -> Result<Curve> {
         }
         let rss_before = rss_bytes(host_pid(&lab)?)?;
         env::settle().await;
-        lab.host
-            .as_mut()
-            .context("the lab has no host")?
-            .stop(libc::SIGKILL)
-            .context("kill the host")?;
-        let started = Instant::now();
-        lab.start_host().await.context("restart the host")?;
-        let ready = started.elapsed();
+        let (_, ready) = kill_and_restart(&mut lab).await?;
         let pid = host_pid(&lab)?;
         let cpu = cpu_of(pid)?;
         let rss_after = rss_bytes(pid)?;
@@ -294,6 +280,18 @@ async fn curve(checkpoints: &[usize]) -> Result<Curve> {
         });
     }
     Ok(Curve { steps, latencies })
+}
+
+/// SIGKILL the host and start it again: when it was killed, and how long until it was ready.
+async fn kill_and_restart(lab: &mut Lab) -> Result<(Instant, Duration)> {
+    lab.host
+        .as_mut()
+        .context("the lab has no host")?
+        .stop(libc::SIGKILL)
+        .context("kill the host")?;
+    let killed = Instant::now();
+    lab.start_host().await.context("restart the host")?;
+    Ok((killed, killed.elapsed()))
 }
 
 fn host_pid(lab: &Lab) -> Result<u32> {

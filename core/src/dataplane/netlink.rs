@@ -753,33 +753,11 @@ impl Netlink {
     /// Returns whether anything changed.
     pub async fn sync_addrs(&self, index: u32, want: &[Ipv4Net]) -> Result<bool> {
         let have = self.addrs(index).await?;
-        let mut changed = false;
-        for stale in have.iter().filter(|a| !want.contains(a)) {
-            self.del_addr(index, *stale).await?;
-            changed = true;
-        }
-        for missing in want.iter().filter(|a| !have.contains(a)) {
-            self.add_addr(index, *missing).await?;
-            changed = true;
-        }
-        Ok(changed)
+        self.sync_known_addrs(index, &have, want).await
     }
 
     pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, addr.addr().into(), addr.prefix_len())
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
-            Err(e) => Err(DataplaneError::netlink(
-                format!("add address {addr} to link #{index}"),
-                e,
-            )),
-        }
+        self.ensure_addr(index, addr).await.map(|_| ())
     }
 
     pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
