@@ -16,6 +16,7 @@ pub mod telemetry;
 use tonic::{Code, Status};
 
 use crate::hub::HubError;
+use crate::store::StoreError;
 
 /// The longest status message a host sends (longer ones are cut, saying by how much): a
 /// message travels in an HTTP/2 header, and clients refuse large header blocks.
@@ -33,6 +34,11 @@ pub fn status(e: HubError) -> Status {
         HubError::PermissionDenied(_) => Code::PermissionDenied,
         HubError::Unavailable(_) => Code::Unavailable,
         HubError::Runner(_) => Code::Aborted,
+        // etcd unreachable, slow or without quorum: nothing was applied (or an unsettled
+        // change blocks writes until etcd answers again); the caller may retry.
+        HubError::Store(StoreError::Unavailable(_) | StoreError::Unknown(_)) => Code::Unavailable,
+        // Another writer got there first (or took over): retry from a fresh read.
+        HubError::Store(StoreError::Conflict { .. } | StoreError::Fenced { .. }) => Code::Aborted,
         HubError::Dataplane(_) | HubError::Store(_) | HubError::Internal(_) => Code::Internal,
     };
     Status::new(code, cap_message(e.to_string()))

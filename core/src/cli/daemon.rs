@@ -19,7 +19,6 @@ use crate::dataplane::netlink::Netlink;
 use crate::hub::{Hub, HubSettings, TtlBounds};
 use crate::logging::LogFormat;
 use crate::network::NetworkDef;
-use crate::store::RedbStore;
 use crate::telemetry::{Role, Telemetry};
 
 /// Run the hub.
@@ -47,7 +46,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let mtu = resolve_mtu(loaded, &nl, reachable).await?;
         let c = &loaded.config;
         let networks = NetworkDef::from_config(c, mtu);
-        let store = std::sync::Arc::new(RedbStore::open(&c.host.state_dir).map_err(fail)?);
+        let store = super::store_cmd::open(c).await?;
         let kernel: std::sync::Arc<dyn HostKernel> = if c.overlay.enabled {
             std::sync::Arc::new(HostDataplane::new(nl.clone()))
         } else {

@@ -14,6 +14,7 @@ mod migrate_cmd;
 mod plan_cmd;
 mod plugin_cmd;
 mod render;
+mod store_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ pub enum Command {
     /// A CA and certificates for TLS and mTLS: `weir certs ca`, `host`, `runner`.
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// The host's state store: `weir store migrate --from redb --to etcd` (and back).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// Take over another system's running overlay in place (KohakuRiver).
     #[command(subcommand)]
     Migrate(migrate_cmd::MigrateCommand),
@@ -158,6 +162,10 @@ fn run(cli: Cli, config_on_command_line: bool) -> Result<(), CliError> {
         ),
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Migrate(cmd) => migrate_cmd::run(cmd, cli.config.as_deref(), cli.conn.json),
+        Command::Store(cmd) => {
+            let loaded = crate::config::load(cli.config.as_deref())?;
+            store_cmd::run(cmd, &loaded, cli.conn.json)
+        }
         Command::Plugin(cmd) => plugin_cmd::run(cmd, cli.conn, cli.config.as_deref()),
         Command::Decisions(a) => plugin_cmd::decisions(a, cli.conn.json, cli.config.as_deref()),
         Command::Completion { shell } => {

@@ -20,6 +20,7 @@ pub struct Config {
     pub runner: RunnerConfig,
     pub auth: AuthConfig,
     pub reservations: ReservationConfig,
+    pub store: StoreConfig,
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
     /// Several overlay networks (`[[networks]]`). Empty: `[overlay]` defines the one network
@@ -105,6 +106,63 @@ pub struct AuthConfig {
     pub join_token_file: Option<PathBuf>,
     /// Serve without any token. The host refuses to start without token files otherwise.
     pub insecure: bool,
+}
+
+/// Where the host keeps its state: redb (one file in `host.state_dir`) or etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redb` (embedded; the default) or `etcd`.
+    pub backend: StoreBackend,
+    /// etcd client URLs (`http://…` or `https://…`).
+    pub endpoints: Vec<String>,
+    /// Every key starts with it: several clusters can share one etcd under different prefixes.
+    pub prefix: String,
+    /// etcd authentication: the user, and a file holding its password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// TLS to etcd: the CA that signed its certificate, and a client certificate and key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// One request's deadline.
+    pub timeout: Duration,
+    /// How long a commit whose answer was lost is retried to learn whether it applied; past
+    /// it, writes are refused until it is known.
+    pub resolve_timeout: Duration,
+    /// etcd's `--max-txn-ops` (a commit that needs more is refused whole).
+    pub max_txn_ops: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Redb,
+    Etcd,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Redb,
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/weir/".into(),
+            username: None,
+            password_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            timeout: Duration::from_secs(5),
+            resolve_timeout: Duration::from_secs(30),
+            max_txn_ops: 128,
+        }
+    }
 }
 
 /// Address reservations.

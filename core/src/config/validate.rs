@@ -32,6 +32,7 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     problems.extend(validate_telemetry(loaded));
     problems.extend(validate_netns_allow(loaded));
+    problems.extend(validate_store(loaded));
     let h = &loaded.config.host;
     for (key, value, max) in [
         ("host.max_concurrent_calls", h.max_concurrent_calls, 65_536),
@@ -90,6 +91,69 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// `[store]`: endpoints that are URLs, a prefix that is a key path, TLS and auth in pairs.
+fn validate_store(loaded: &LoadedConfig) -> Vec<String> {
+    let s = &loaded.config.store;
+    let mut problems = Vec::new();
+    let src = |k: &str| loaded.source_of(k);
+    if s.backend == super::schema::StoreBackend::Etcd && s.endpoints.is_empty() {
+        problems.push(format!(
+            "store.endpoints ({}): empty; the etcd back end needs at least one client URL, e.g. [\"http://10.0.0.5:2379\"]",
+            src("store.endpoints")
+        ));
+    }
+    for e in &s.endpoints {
+        let ok = ["http://", "https://"].iter().any(|scheme| {
+            e.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/') && !rest.contains(' '))
+        });
+        if !ok {
+            problems.push(format!(
+                "store.endpoints ({}): {e:?} is not an etcd client URL (allowed: http://HOST:PORT or https://HOST:PORT, no path)",
+                src("store.endpoints")
+            ));
+        }
+    }
+    if !s.prefix.starts_with('/')
+        || s.prefix.len() > 200
+        || s.prefix.chars().any(|c| c.is_control())
+    {
+        problems.push(format!(
+            "store.prefix ({}): {:?} must start with '/' and be 1 to 200 printable characters (e.g. \"/weir/\")",
+            src("store.prefix"),
+            s.prefix
+        ));
+    }
+    if s.password_file.is_some() != s.username.is_some() {
+        problems.push(format!(
+            "store.username/store.password_file ({}): give both or neither",
+            src("store.username")
+        ));
+    }
+    if s.tls_cert.is_some() != s.tls_key.is_some() {
+        problems.push(format!(
+            "store.tls_cert/store.tls_key ({}): give both or neither",
+            src("store.tls_cert")
+        ));
+    }
+    if !(16..=100_000).contains(&s.max_txn_ops) {
+        problems.push(format!(
+            "store.max_txn_ops ({}): {} is out of range (allowed: 16 to 100000; etcd's default is 128)",
+            src("store.max_txn_ops"),
+            s.max_txn_ops
+        ));
+    }
+    for (key, d) in [
+        ("store.timeout", s.timeout),
+        ("store.resolve_timeout", s.resolve_timeout),
+    ] {
+        if d.0.is_zero() {
+            problems.push(format!("{key} ({}): must be more than 0", src(key)));
+        }
+    }
+    problems
 }
 
 /// What only the host checks (a runner reads the same file and ignores `[host]`): a listener

@@ -11,7 +11,7 @@ use super::*;
 /// same state; a new `n` is a fresh, empty one).
 pub(crate) trait Harness {
     type S: Store;
-    fn open(&self, n: u32) -> Self::S;
+    async fn open(&self, n: u32) -> Self::S;
 }
 
 pub(crate) fn runner(name: &str, id: u32) -> RunnerRecord {
@@ -97,7 +97,7 @@ pub(crate) async fn every_behaviour(h: &impl Harness) {
 }
 
 async fn a_new_store_is_empty(h: &impl Harness) {
-    let s = h.open(1);
+    let s = h.open(1).await;
     let snap = s.load().await.unwrap();
     assert!(snap.runners.is_empty() && snap.workloads.is_empty() && snap.events.is_empty());
     assert!(snap.meta.is_empty(), "no hub meta yet: {:?}", snap.meta);
@@ -105,8 +105,8 @@ async fn a_new_store_is_empty(h: &impl Harness) {
 }
 
 async fn commits_survive_a_reopen(h: &impl Harness) {
-    {
-        let s = h.open(2);
+    let rev = {
+        let s = h.open(2).await;
         s.commit(Commit::new(vec![
             Change::PutRunner(runner("r1", 1)),
             Change::PutPlaceholder(PlaceholderRecord {
@@ -120,9 +120,10 @@ async fn commits_survive_a_reopen(h: &impl Harness) {
             Change::PutMeta("plan".into(), "10.128.0.0/12/6/14".into()),
         ]))
         .await
-        .unwrap();
-    }
-    let snap = h.open(2).load().await.unwrap();
+        .unwrap()
+    };
+    assert!(rev > 0);
+    let snap = h.open(2).await.load().await.unwrap();
     assert_eq!(snap.runners["r1"], runner("r1", 1));
     assert_eq!(
         snap.placeholders[&3].physical_ip,
@@ -141,12 +142,13 @@ async fn commits_survive_a_reopen(h: &impl Harness) {
         }]
     );
     assert_eq!(snap.meta["plan"], "10.128.0.0/12/6/14");
-    assert_eq!(snap.revision, 1);
+    assert_eq!(snap.revision, rev);
 }
 
 async fn a_commit_is_all_or_nothing(h: &impl Harness) {
-    let s = h.open(3);
-    s.commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
+    let s = h.open(3).await;
+    let rev = s
+        .commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
         .await
         .unwrap();
     // A batch whose last change is refused applies none of its changes.
@@ -160,11 +162,11 @@ async fn a_commit_is_all_or_nothing(h: &impl Harness) {
     assert!(refused.is_err());
     let snap = s.load().await.unwrap();
     assert_eq!(snap.runners.keys().collect::<Vec<_>>(), ["r1"]);
-    assert_eq!(snap.revision, 1, "a refused commit is no revision");
+    assert_eq!(snap.revision, rev, "a refused commit is no revision");
 }
 
 async fn deletes_remove_exactly_their_record(h: &impl Harness) {
-    let s = h.open(4);
+    let s = h.open(4).await;
     s.commit(Commit::new(vec![
         Change::PutRunner(runner("r1", 1)),
         Change::PutRunner(runner("r2", 2)),
@@ -199,26 +201,26 @@ async fn deletes_remove_exactly_their_record(h: &impl Harness) {
 }
 
 async fn revisions_count_commits_and_empty_commits_change_nothing(h: &impl Harness) {
-    let s = h.open(5);
+    // The revision grows with every commit (by one in redb; by etcd's revision, which other
+    // keys in the same etcd also move, in etcd) and an empty commit leaves it.
+    let s = h.open(5).await;
     assert_eq!(s.commit(Commit::default()).await.unwrap(), 0);
-    assert_eq!(
-        s.commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(s.commit(Commit::default()).await.unwrap(), 1);
-    assert_eq!(
-        s.commit(Commit::new(vec![Change::DeleteRunner("r1".into())]))
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(s.load().await.unwrap().revision, 2);
+    let r1 = s
+        .commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
+        .await
+        .unwrap();
+    assert!(r1 > 0);
+    assert_eq!(s.commit(Commit::default()).await.unwrap(), r1);
+    let r2 = s
+        .commit(Commit::new(vec![Change::DeleteRunner("r1".into())]))
+        .await
+        .unwrap();
+    assert!(r2 > r1);
+    assert_eq!(s.load().await.unwrap().revision, r2);
 }
 
 async fn events_read_in_order_after_a_sequence_and_are_trimmed(h: &impl Harness) {
-    let s = h.open(6);
+    let s = h.open(6).await;
     for seq in 1..=10 {
         s.commit(Commit::new(vec![event(seq, 0)])).await.unwrap();
     }
@@ -243,31 +245,34 @@ async fn events_read_in_order_after_a_sequence_and_are_trimmed(h: &impl Harness)
 }
 
 async fn followers_see_every_commit_in_order(h: &impl Harness) {
-    let s = h.open(7);
+    let s = h.open(7).await;
     let mut f = s.follow();
-    s.commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
+    let r1 = s
+        .commit(Commit::new(vec![Change::PutRunner(runner("r1", 1))]))
         .await
         .unwrap();
     s.commit(Commit::default()).await.unwrap();
-    s.commit(Commit::new(vec![Change::DeleteRunner("r1".into())]))
+    let r2 = s
+        .commit(Commit::new(vec![Change::DeleteRunner("r1".into())]))
         .await
         .unwrap();
     let a = f.recv().await.unwrap();
     let b = f.recv().await.unwrap();
-    assert_eq!(a.revision, 1);
+    assert_eq!(a.revision, r1);
     assert_eq!(a.changes, [Change::PutRunner(runner("r1", 1))]);
-    assert_eq!(b.revision, 2, "an empty commit is not published");
+    assert_eq!(b.revision, r2, "an empty commit is not published");
     assert!(f.try_recv().is_err());
 }
 
 async fn an_older_writer_term_is_fenced(h: &impl Harness) {
-    let s = h.open(8);
+    let s = h.open(8).await;
     let at = |term| Commit {
         changes: vec![Change::PutMeta("by".into(), format!("term {term}"))],
         fence: Some(Fence { term }),
     };
     s.commit(at(1)).await.unwrap();
     s.commit(at(2)).await.unwrap();
+    let before = s.load().await.unwrap().revision;
     match s.commit(at(1)).await {
         Err(StoreError::Fenced {
             term: 1,
@@ -275,14 +280,19 @@ async fn an_older_writer_term_is_fenced(h: &impl Harness) {
         }) => {}
         other => panic!("a deposed writer committed: {other:?}"),
     }
-    s.commit(at(2)).await.unwrap();
+    assert_eq!(
+        s.load().await.unwrap().revision,
+        before,
+        "the fenced commit applied nothing"
+    );
+    let last = s.commit(at(2)).await.unwrap();
     let snap = s.load().await.unwrap();
     assert_eq!(snap.meta["by"], "term 2");
-    assert_eq!(snap.revision, 3, "the fenced commit applied nothing");
+    assert_eq!(snap.revision, last);
 }
 
 async fn the_store_keeps_its_own_meta_keys(h: &impl Harness) {
-    let s = h.open(9);
+    let s = h.open(9).await;
     s.commit(Commit::new(vec![Change::PutMeta(
         "next_event".into(),
         "5".into(),

@@ -3,15 +3,20 @@
 //!
 //! The hub loads a [`Snapshot`] at start and from then on writes through: every operation's
 //! changes and events go in one [`Commit`], applied atomically or not at all. Back ends:
-//! [`RedbStore`] (embedded, one file under `state_dir`; the default). The interface is shaped
+//! [`RedbStore`] (embedded, one file under `state_dir`; the default) and [`EtcdStore`] (etcd v3,
+//! one key per record, every claimed id and address guarded in the commit's transaction). The interface is shaped
 //! for a distributed back end too: a commit may carry a [`Fence`] (the writer's term, refused
 //! once a newer writer took over) and every applied commit is published to followers
 //! ([`Store::follow`]), which is what a standby host tails.
 //!
+//! - `etcd_store`: the distributed back end: key layout, transaction rules, lost answers
+//! - `copy`: a whole state from one back end into another (`weir store migrate`)
 //! - `records`: the records (the store's own types, JSON on disk)
 //! - `redb_store`: the embedded back end, its schema version and migrations
 //! - `contract` (tests): the behaviour every back end must show, written once
 
+pub mod copy;
+mod etcd_store;
 mod records;
 mod redb_store;
 
@@ -24,12 +29,16 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+pub use etcd_store::{EtcdOptions, EtcdStore};
 pub use records::*;
 pub use redb_store::RedbStore;
 
 /// The version of the records' layout this build writes. A state written by an older build
 /// is migrated on first start; one written by a newer build is refused.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Meta keys of the store itself, refused in [`Change::PutMeta`] by every back end.
+pub const RESERVED_META: [&str; 3] = ["schema_version", "revision", "writer_term"];
 
 /// Everything in the store, loaded at start.
 #[derive(Debug, Clone, Default)]
@@ -113,9 +122,28 @@ pub enum StoreError {
     #[error("state store: record {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error(
-        "state store {path}: written by a newer Weir (schema version {found}; this build knows up to {SCHEMA_VERSION}); run that version, or restore a backup made for this one"
+        "state store {store}: written by a newer Weir (schema version {found}; this build knows up to {SCHEMA_VERSION}); run that version, or restore a backup made for this one"
     )]
-    TooNew { path: PathBuf, found: u32 },
+    TooNew { store: String, found: u32 },
+    /// The store cannot be reached, or did not answer in time; the change was not applied.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// A change's answer was lost and its outcome could not be learnt yet: the store refuses
+    /// writes until it has settled it (a change found applied is reverted).
+    #[error("state store: outcome unknown: {0}")]
+    Unknown(String),
+    /// Another writer changed a key this commit guards (or holds a claim it wants).
+    #[error("state store: conflict on {key}: {detail}")]
+    Conflict { key: String, detail: String },
+    #[error(
+        "state store: a commit of {changes} changes needs {compares} compares and {ops} operations; etcd allows {limit} of each per transaction (its --max-txn-ops)"
+    )]
+    TooLarge {
+        changes: usize,
+        compares: usize,
+        ops: usize,
+        limit: usize,
+    },
     #[error(
         "state store: commit refused, its writer's term {term} is older than term {current}: another host took over"
     )]

@@ -28,9 +28,9 @@ const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reserva
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// Meta keys of the store itself (the hub keeps its own keys beside them).
-const SCHEMA_KEY: &str = "schema_version";
-const REVISION_KEY: &str = "revision";
-const TERM_KEY: &str = "writer_term";
+const SCHEMA_KEY: &str = super::RESERVED_META[0];
+const REVISION_KEY: &str = super::RESERVED_META[1];
+const TERM_KEY: &str = super::RESERVED_META[2];
 /// Followers that fall this many commits behind miss some (they reload).
 const FOLLOW_QUEUE: usize = 1024;
 
@@ -97,7 +97,7 @@ impl RedbStore {
                 })?;
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::TooNew {
-                        path: self.path.clone(),
+                        store: self.describe(),
                         found,
                     });
                 }
@@ -387,7 +387,7 @@ mod tests {
 
     impl Harness for Redb {
         type S = RedbStore;
-        fn open(&self, n: u32) -> RedbStore {
+        async fn open(&self, n: u32) -> RedbStore {
             RedbStore::open(&self.0.0.join(n.to_string())).unwrap()
         }
     }

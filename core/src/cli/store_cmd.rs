@@ -1,0 +1,193 @@
+//! The host's state store from its configuration (`[store]`), and `weir store`: copy a state
+//! from one back end to another and check the copy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::CliError;
+use crate::config::schema::{StoreBackend, StoreConfig};
+use crate::config::{Config, LoadedConfig};
+use crate::store::{EtcdOptions, EtcdStore, RedbStore, Store};
+
+/// Open the store `[store]` names: the redb file in `host.state_dir`, or etcd.
+pub async fn open(c: &Config) -> Result<Arc<dyn Store>, CliError> {
+    match c.store.backend {
+        StoreBackend::Redb => Ok(Arc::new(
+            RedbStore::open(&c.host.state_dir).map_err(|e| CliError::Failed(e.to_string()))?,
+        )),
+        StoreBackend::Etcd => Ok(Arc::new(
+            EtcdStore::connect(etcd_options(&c.store)?)
+                .await
+                .map_err(|e| CliError::Failed(e.to_string()))?,
+        )),
+    }
+}
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Usage(format!("{what} {}: {e}", path.display())))
+}
+
+/// `[store]` as the etcd back end's options (files read here, so a missing one is named).
+pub fn etcd_options(s: &StoreConfig) -> Result<EtcdOptions, CliError> {
+    let user = match (&s.username, &s.password_file) {
+        (Some(u), Some(f)) => {
+            let pw = String::from_utf8(read("store.password_file", f)?).map_err(|_| {
+                CliError::Usage(format!("store.password_file {}: not UTF-8", f.display()))
+            })?;
+            Some((u.clone(), pw.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        _ => None,
+    };
+    let tls_ca = s
+        .tls_ca
+        .as_deref()
+        .map(|p| read("store.tls_ca", p))
+        .transpose()?;
+    let tls_identity = match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => Some((read("store.tls_cert", c)?, read("store.tls_key", k)?)),
+        _ => None,
+    };
+    Ok(EtcdOptions {
+        endpoints: s.endpoints.clone(),
+        prefix: s.prefix.clone(),
+        writer: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".into()),
+        user,
+        tls_ca,
+        tls_identity,
+        timeout: s.timeout.get(),
+        resolve_timeout: s.resolve_timeout.get(),
+        max_txn_ops: s.max_txn_ops as usize,
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the host's state from one back end into another (an empty one), then read both and
+    /// compare them. Stop the host first: the copy is of a state nobody writes.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Where to read: `redb` (the file in host.state_dir, or --state-dir) or `etcd` (the
+    /// [store] settings).
+    #[arg(long, value_enum)]
+    pub from: BackendArg,
+    /// Where to write: the other one. It must hold no Weir state yet.
+    #[arg(long, value_enum)]
+    pub to: BackendArg,
+    /// The redb state directory (default: host.state_dir of the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print what would be copied; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Redb,
+    Etcd,
+}
+
+pub fn run(cmd: StoreCommand, loaded: &LoadedConfig, json: bool) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    match cmd {
+        StoreCommand::Migrate(a) => rt.block_on(migrate(a, loaded, json)),
+    }
+}
+
+async fn open_backend(
+    b: BackendArg,
+    loaded: &LoadedConfig,
+    state_dir: Option<&Path>,
+) -> Result<Arc<dyn Store>, CliError> {
+    let mut c = loaded.config.clone();
+    if let Some(d) = state_dir {
+        c.host.state_dir = d.to_path_buf();
+    }
+    c.store.backend = match b {
+        BackendArg::Redb => StoreBackend::Redb,
+        BackendArg::Etcd => StoreBackend::Etcd,
+    };
+    open(&c).await
+}
+
+async fn migrate(a: MigrateArgs, loaded: &LoadedConfig, json: bool) -> Result<(), CliError> {
+    if a.from == a.to {
+        return Err(CliError::Usage(
+            "--from and --to name the same back end; nothing to copy".into(),
+        ));
+    }
+    let failed = |e: crate::store::StoreError| CliError::Failed(e.to_string());
+    let from = open_backend(a.from, loaded, a.state_dir.as_deref()).await?;
+    let to = open_backend(a.to, loaded, a.state_dir.as_deref()).await?;
+    let snap = from.load().await.map_err(failed)?;
+    let target = to.load().await.map_err(failed)?;
+    if !crate::store::copy::is_empty(&target) {
+        return Err(CliError::Failed(format!(
+            "{} already holds a Weir state ({}); refusing to overwrite it",
+            to.describe(),
+            crate::store::copy::summary(&target)
+        )));
+    }
+    let summary = crate::store::copy::summary(&snap);
+    if a.dry_run {
+        print_result(
+            json,
+            "would copy",
+            &from.describe(),
+            &to.describe(),
+            &summary,
+        );
+        return Ok(());
+    }
+    let commits = crate::store::copy::copy(&snap, to.as_ref(), max_changes(a.to, loaded))
+        .await
+        .map_err(failed)?;
+    let copied = to.load().await.map_err(failed)?;
+    crate::store::copy::same(&snap, &copied).map_err(|d| {
+        CliError::Failed(format!(
+            "the copy in {} differs from {}: {d}",
+            to.describe(),
+            from.describe()
+        ))
+    })?;
+    tracing::debug!(commits, "state copied");
+    print_result(
+        json,
+        "copied and checked",
+        &from.describe(),
+        &to.describe(),
+        &summary,
+    );
+    Ok(())
+}
+
+/// Changes per commit the target takes (etcd: within its operations limit).
+fn max_changes(b: BackendArg, loaded: &LoadedConfig) -> usize {
+    match b {
+        BackendArg::Redb => 10_000,
+        // A record costs at most two compares and two operations, with a few per commit.
+        BackendArg::Etcd => (loaded.config.store.max_txn_ops as usize).saturating_sub(8) / 2,
+    }
+}
+
+fn print_result(json: bool, what: &str, from: &str, to: &str, summary: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"result": what, "from": from, "to": to, "records": summary})
+        );
+    } else {
+        println!("{what}: {from} → {to}: {summary}");
+    }
+}
