@@ -23,6 +23,9 @@ have go || need_pkgs+=(golang-go)
 # tests start their own dockerd/containerd inside test namespaces; nothing is started here.
 have dockerd || need_pkgs+=(docker.io)
 have containerd || need_pkgs+=(containerd)
+# etcd 3.4 and etcdctl: the store tests and the etcd back end (servers from core/src/lab/etcd.rs).
+have etcd || need_pkgs+=(etcd-server)
+have etcdctl || need_pkgs+=(etcd-client)
 # netavark 2.1 (below) is built from crates.io and needs protoc.
 have protoc || need_pkgs+=(protobuf-compiler)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

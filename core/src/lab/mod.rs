@@ -13,6 +13,7 @@
 //! never collide with each other or touch the machine's own interfaces. `down` finds the lab's
 //! processes by the namespaces they run in, so it cleans up even after a crash.
 
+pub mod etcd;
 mod process;
 
 use std::collections::BTreeMap;
