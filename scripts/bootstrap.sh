@@ -28,6 +28,8 @@ have etcd || need_pkgs+=(etcd-server)
 have etcdctl || need_pkgs+=(etcd-client)
 # netavark 2.1 (below) is built from crates.io and needs protoc.
 have protoc || need_pkgs+=(protobuf-compiler)
+# The etcd-client crate compiles etcd's protos, which import protobuf's well-known types.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_pkgs+=(libprotobuf-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_pkgs[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

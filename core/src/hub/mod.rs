@@ -171,11 +171,51 @@ struct RunnerState {
 struct Txn {
     changes: Vec<Change>,
     events: Vec<pb::Event>,
+    /// Where the operation may be cut into several commits when it is larger than one commit
+    /// of the store may be (etcd's operations limit): after every event, and where a caller
+    /// marks [`Txn::unit`]. Each piece is still all or nothing.
+    cuts: Vec<(usize, usize)>,
 }
 
 impl Txn {
     fn change(&mut self, c: Change) {
         self.changes.push(c);
+    }
+    /// Everything so far is a whole (a bulk clean-up's one item).
+    fn unit(&mut self) {
+        self.cuts.push((self.changes.len(), self.events.len()));
+    }
+    /// Pieces of at most `limit` changes (an event counts two: itself and the next-event
+    /// counter), cut only where allowed; a single piece beyond the limit stays whole.
+    fn split(mut self, limit: usize) -> Vec<Txn> {
+        let cost = |c: usize, e: usize| c + 2 * e + 1;
+        if cost(self.changes.len(), self.events.len()) <= limit {
+            return vec![self];
+        }
+        self.unit();
+        let mut parts = Vec::new();
+        let mut changes = std::mem::take(&mut self.changes).into_iter();
+        let mut events = std::mem::take(&mut self.events).into_iter();
+        let (mut at_c, mut at_e) = (0, 0);
+        let mut part = Txn::default();
+        for (c, e) in std::mem::take(&mut self.cuts) {
+            let (dc, de) = (c - at_c, e - at_e);
+            if (dc, de) == (0, 0) {
+                continue;
+            }
+            if !part.changes.is_empty() || !part.events.is_empty() {
+                if cost(part.changes.len() + dc, part.events.len() + de) > limit {
+                    parts.push(std::mem::take(&mut part));
+                }
+            }
+            part.changes.extend(changes.by_ref().take(dc));
+            part.events.extend(events.by_ref().take(de));
+            (at_c, at_e) = (c, e);
+        }
+        if !part.changes.is_empty() || !part.events.is_empty() {
+            parts.push(part);
+        }
+        parts
     }
     fn event(&mut self, kind: pb::EventKind, fill: impl FnOnce(&mut pb::Event)) {
         // Runner and plugin events concern every network: their `network` stays empty.
@@ -185,6 +225,7 @@ impl Txn {
         };
         fill(&mut e);
         self.events.push(e);
+        self.unit();
     }
 }
 
@@ -354,8 +395,21 @@ impl Hub {
         self.settings.heartbeat_timeout.as_millis() as i64
     }
 
-    /// Persist a transaction and publish its events (numbered here, in commit order).
-    async fn commit(&self, st: &mut State, mut txn: Txn) -> Result<(), HubError> {
+    /// Persist a transaction and publish its events (numbered here, in commit order). One
+    /// larger than a commit of the store may be goes in pieces, each whole, in order.
+    async fn commit(&self, st: &mut State, txn: Txn) -> Result<(), HubError> {
+        match self.store.max_changes() {
+            Some(limit) => {
+                for part in txn.split(limit) {
+                    self.commit_one(st, part).await?;
+                }
+                Ok(())
+            }
+            None => self.commit_one(st, txn).await,
+        }
+    }
+
+    async fn commit_one(&self, st: &mut State, mut txn: Txn) -> Result<(), HubError> {
         let now = now_ms();
         for e in &mut txn.events {
             e.seq = st.next_event;
@@ -428,6 +482,7 @@ impl Hub {
             if !id_ok {
                 tracing::info!(runner = %name, id = ?rec.id, "dropping an allocation the current plan does not allow");
                 txn.change(Change::DeleteRunner(name));
+                txn.unit();
                 continue;
             }
             if overlay_plan.is_none() {
@@ -460,6 +515,7 @@ impl Hub {
                 );
             } else {
                 txn.change(Change::DeletePlaceholder(id));
+                txn.unit();
             }
         }
         let nets = self.host_networks();
@@ -482,6 +538,7 @@ impl Hub {
                         recovered_ms: now,
                     };
                     txn.change(Change::PutPlaceholder(ph.clone()));
+                    txn.unit();
                     st.placeholders.insert(*id, ph);
                 }
             }
@@ -522,6 +579,7 @@ impl Hub {
                 st.reservations.insert(id, r);
             } else {
                 txn.change(Change::DeleteReservation(id));
+                txn.unit();
             }
         }
         for (key, w) in snap.workloads {
@@ -530,6 +588,7 @@ impl Hub {
             {
                 tracing::info!(workload = %w.id, ip = %w.ip, "dropping a workload whose address the current plan does not allow");
                 txn.change(Change::DeleteWorkload(key));
+                txn.unit();
                 continue;
             }
             // A workload that used a reservation shares its address with it.
@@ -540,10 +599,12 @@ impl Hub {
             if !shared {
                 let Ok(pool) = self.pool(&mut st, &w.network, &w.runner) else {
                     txn.change(Change::DeleteWorkload(key));
+                    txn.unit();
                     continue;
                 };
                 if pool.take(w.ip.addr()).is_err() {
                     txn.change(Change::DeleteWorkload(key));
+                    txn.unit();
                     continue;
                 }
             }
@@ -959,5 +1020,65 @@ mod prop_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod txn_tests {
+    use super::*;
+
+    fn bulk(n: usize) -> Txn {
+        let mut t = Txn::default();
+        t.change(Change::DeleteRunner("r".into()));
+        for i in 0..n {
+            t.change(Change::DeleteWorkload(format!("default\u{0}w{i}")));
+            t.event(pb::EventKind::WorkloadDetached, |e| {
+                e.workload_id = format!("w{i}")
+            });
+        }
+        t.event(pb::EventKind::RunnerLeft, |_| {});
+        t
+    }
+
+    #[test]
+    fn a_small_operation_stays_one_commit() {
+        let parts = bulk(3).split(40);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].changes.len(), 4);
+        assert_eq!(parts[0].events.len(), 4);
+    }
+
+    #[test]
+    fn a_bulk_operation_is_cut_between_items_in_order_and_within_the_limit() {
+        let parts = bulk(100).split(40);
+        assert!(parts.len() > 1);
+        let changes: Vec<_> = parts.iter().flat_map(|p| p.changes.clone()).collect();
+        assert_eq!(changes, bulk(100).changes, "every change, once, in order");
+        let events: Vec<_> = parts
+            .iter()
+            .flat_map(|p| p.events.iter().map(|e| e.workload_id.clone()))
+            .collect();
+        assert_eq!(events.len(), 101);
+        for p in &parts {
+            assert!(p.changes.len() + 2 * p.events.len() + 1 <= 40);
+            // Each workload's deletion stays with its event.
+            for e in p.events.iter().filter(|e| !e.workload_id.is_empty()) {
+                assert!(p.changes.contains(&Change::DeleteWorkload(format!(
+                    "default\u{0}{}",
+                    e.workload_id
+                ))));
+            }
+        }
+    }
+
+    #[test]
+    fn a_piece_that_cannot_be_cut_stays_whole() {
+        let mut t = Txn::default();
+        for i in 0..50 {
+            t.change(Change::DeleteRunner(format!("r{i}")));
+        }
+        let parts = t.split(40);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].changes.len(), 50);
     }
 }

@@ -263,6 +263,7 @@ impl Hub {
         for id in res {
             st.reservations.remove(&id);
             txn.change(Change::DeleteReservation(id));
+            txn.unit();
         }
         st.pools.retain(|(_, runner), _| runner != name);
         txn.event(pb::EventKind::RunnerLeft, |e| {

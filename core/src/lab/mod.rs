@@ -85,6 +85,9 @@ pub struct LabSpec {
     /// host takes every section but `[runner]`, each runner `[runner]` and `[telemetry]`.
     /// It must not set [`LAB_KEYS`] (see [`lab_keys_in`]).
     pub daemon_config: toml::Table,
+    /// Keep the host's state on etcd: a cluster of this many members inside the host's
+    /// namespace (on its loopback), started with the host and stopped with the lab. 0: redb.
+    pub etcd_members: usize,
 }
 
 /// The keys the lab sets itself in its daemons' configurations (addresses, sockets, state,
@@ -157,6 +160,7 @@ impl LabSpec {
             plaintext: true,
             detached: false,
             daemon_config: toml::Table::new(),
+            etcd_members: 0,
         }
     }
 }
@@ -184,6 +188,8 @@ pub struct Lab {
     /// Extra environment of a member's daemon at its next start (e.g. `WEIR_FAILPOINTS` for
     /// `host` or `r1`).
     pub daemon_env: BTreeMap<String, Vec<(String, String)>>,
+    /// The host's etcd (with `spec.etcd_members`).
+    pub etcd: Option<etcd::EtcdCluster>,
     keep: bool,
 }
 
@@ -236,6 +242,7 @@ impl Lab {
             runners: BTreeMap::new(),
             workloads: BTreeMap::new(),
             daemon_env: BTreeMap::new(),
+            etcd: None,
             keep: false,
         };
         // A half-built lab is torn down by Drop when any step fails.
@@ -390,8 +397,16 @@ impl Lab {
 
     fn generated_host_config(&self) -> String {
         let d = self.dir.display();
+        let store = match &self.etcd {
+            Some(etcd) => format!(
+                "[store]\nbackend = \"etcd\"\nendpoints = {:?}\nprefix = \"/weir/{}/\"\n",
+                etcd.endpoints(),
+                self.spec.name
+            ),
+            None => String::new(),
+        };
         format!(
-            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{}\n",
+            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{store}{}\n",
             self.spec.overlay, self.spec.plaintext, self.spec.host_keys, self.spec.host_extra
         )
     }
@@ -446,8 +461,19 @@ impl Lab {
         Ok(())
     }
 
-    /// Start (or restart) the host daemon and wait until it is ready.
+    /// Start (or restart) the host daemon and wait until it is ready (with
+    /// `spec.etcd_members`, its etcd first, once).
     pub async fn start_host(&mut self) -> Result<()> {
+        if self.spec.etcd_members > 0 && self.etcd.is_none() {
+            let spec = etcd::EtcdSpec {
+                name: self.spec.name.clone(),
+                members: self.spec.etcd_members,
+                netns: Some(self.ns_name("host")),
+            };
+            let r = tokio::task::spawn_blocking(move || etcd::EtcdCluster::start(spec)).await;
+            let r = self.step("start etcd", r)?;
+            self.etcd = Some(self.step("start etcd", r)?);
+        }
         let cfg = self.dir.join("host.toml");
         let r = std::fs::write(&cfg, self.host_config()?);
         self.step("write host config", r)?;

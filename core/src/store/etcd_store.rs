@@ -1087,6 +1087,12 @@ impl Store for EtcdStore {
     fn follow(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.followers.subscribe()
     }
+
+    /// A record change costs at most three compares and three operations (the record, the
+    /// claim it leaves, the claim it takes); a commit adds up to eight of its own.
+    fn max_changes(&self) -> Option<usize> {
+        Some(self.opts.max_txn_ops.saturating_sub(8) / 3)
+    }
 }
 
 #[cfg(test)]

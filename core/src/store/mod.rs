@@ -165,4 +165,9 @@ pub trait Store: Send + Sync {
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
     /// Every commit applied from now on, in order.
     fn follow(&self) -> broadcast::Receiver<Arc<Committed>>;
+    /// The most changes one commit may carry (`None`: no limit). A writer cuts larger
+    /// operations into several commits where that keeps each one whole.
+    fn max_changes(&self) -> Option<usize> {
+        None
+    }
 }

@@ -28,7 +28,20 @@ pub fn spec(tag: &str) -> LabSpec {
     // Short timers keep the tests quick; the logic is the same at production values.
     s.host_keys = "heartbeat_timeout = \"3s\"\n".into();
     s.runner_keys = "heartbeat_interval = \"300ms\"\n".into();
+    s.etcd_members = store_members();
     s
+}
+
+/// The back end the host's state is on in these tests: `WEIR_TEST_STORE=etcd` (one member in
+/// the host's namespace) or `etcd3` (three members) runs the same tests with the host on etcd;
+/// unset or `redb`, on redb. `scripts/test.sh` runs the etcd subset this way.
+pub fn store_members() -> usize {
+    match std::env::var("WEIR_TEST_STORE").as_deref() {
+        Ok("etcd") => 1,
+        Ok("etcd3") => 3,
+        Ok("redb") | Err(_) => 0,
+        Ok(other) => panic!("WEIR_TEST_STORE={other:?}: allowed are redb, etcd and etcd3"),
+    }
 }
 
 /// The example Python scheduler (`examples/python-scheduler`), pointed at the lab's host.
