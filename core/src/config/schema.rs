@@ -158,7 +158,7 @@ impl Default for StoreConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
             resolve_timeout: Duration::from_secs(30),
             max_txn_ops: 128,
         }

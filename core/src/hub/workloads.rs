@@ -95,6 +95,9 @@ impl Hub {
         self: &Arc<Self>,
         req: AttachRequest,
     ) -> Result<pb::AttachWorkloadResponse, HubError> {
+        // A store known to be unreachable could not make the attach durable: refuse before
+        // the runner builds anything.
+        self.store.writable()?;
         let net = self.network_for(&req.network, req.vm)?.clone();
         let AttachRequest {
             runner,

@@ -57,6 +57,9 @@ use super::{
 const PAGE: i64 = 1000;
 /// Followers that fall this many commits behind miss some (they reload).
 const FOLLOW_QUEUE: usize = 1024;
+/// While etcd is known unreachable, one commit in this long tries it; the others are refused
+/// at once (so a dead etcd does not make every write wait out its deadlines in turn).
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// How to reach etcd and where the state lives in it.
 #[derive(Debug, Clone)]
@@ -89,7 +92,7 @@ impl Default for EtcdOptions {
             user: None,
             tls_ca: None,
             tls_identity: None,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
             resolve_timeout: Duration::from_secs(30),
             max_txn_ops: 128,
         }
@@ -102,6 +105,14 @@ pub struct EtcdStore {
     keys: Keys,
     inner: Mutex<Inner>,
     followers: broadcast::Sender<Arc<Committed>>,
+    /// Since when etcd has not answered (and why), and when it was last tried.
+    down: std::sync::Mutex<Option<Down>>,
+}
+
+struct Down {
+    why: String,
+    since: std::time::Instant,
+    probed: std::time::Instant,
 }
 
 /// What this writer knows of the keys it guards (filled by `load` and by its own commits).
@@ -125,6 +136,14 @@ struct Inner {
 struct Claim {
     owner: Vec<u8>,
     holders: BTreeSet<Vec<u8>>,
+}
+
+/// How a commit whose answer was lost turned out.
+enum Settled {
+    /// It did not apply and never will; the writer's counter key is now at `counter_rev`.
+    NotApplied { counter_rev: i64 },
+    /// It applied, at `rev`.
+    Applied { rev: i64 },
 }
 
 /// A commit sent but not answered.
@@ -318,9 +337,59 @@ impl EtcdStore {
             opts,
             inner: Mutex::new(Inner::default()),
             followers,
+            down: std::sync::Mutex::new(None),
         };
         store.prepare().await?;
         Ok(store)
+    }
+
+    /// `Err` while etcd is known down and no probe is due; `probe` takes the due probe.
+    fn fail_fast(&self, probe: bool) -> Result<(), StoreError> {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.as_mut() {
+            Some(d) if d.probed.elapsed() < PROBE_EVERY => Err(StoreError::Unavailable(format!(
+                "{} (etcd unreachable for {:.1}s; retried every {} ms)",
+                d.why,
+                d.since.elapsed().as_secs_f64(),
+                PROBE_EVERY.as_millis()
+            ))),
+            Some(d) => {
+                if probe {
+                    d.probed = std::time::Instant::now();
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Remember how the last commit went: unreachable (or unsettled) marks etcd down.
+    fn note<T>(&self, r: &Result<T, StoreError>) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match r {
+            Err(StoreError::Unavailable(why) | StoreError::Unknown(why)) => {
+                let now = std::time::Instant::now();
+                match down.as_mut() {
+                    Some(d) => {
+                        d.why = why.clone();
+                        d.probed = now;
+                    }
+                    None => {
+                        tracing::warn!(store = %self.describe(), error = %why, "etcd is unreachable; writes are refused until it answers");
+                        *down = Some(Down {
+                            why: why.clone(),
+                            since: now,
+                            probed: now,
+                        });
+                    }
+                }
+            }
+            _ => {
+                if let Some(d) = down.take() {
+                    tracing::info!(store = %self.describe(), after_s = d.since.elapsed().as_secs_f64(), "etcd answers again");
+                }
+            }
+        }
     }
 
     fn kv(&self) -> KvClient {
@@ -730,6 +799,16 @@ impl EtcdStore {
                 };
             }
         }
+        for key in &plan.events {
+            if let Ok(r) = self.get(key.clone(), None).await
+                && !r.kvs().is_empty()
+            {
+                return StoreError::Conflict {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    detail: "this event number is taken: another writer appends to this log".into(),
+                };
+            }
+        }
         // A claim this commit takes may be held by a record this writer never read.
         for (ck, _) in &plan.claims {
             if let Ok(r) = self.get(ck.clone(), None).await
@@ -751,8 +830,8 @@ impl EtcdStore {
     /// Settle a commit whose answer was lost: write the writer's counter key guarded by its
     /// revision before the commit. Success means the commit did not apply and never will;
     /// finding the commit's counter there means it applied (at that key's mod revision).
-    /// `Ok(None)`: not applied; `Ok(Some(rev))`: applied; `Err`: etcd still unreachable.
-    async fn settle(&self, pending: &Pending) -> Result<Option<i64>, etcd_client::Error> {
+    /// `Err`: etcd still unreachable.
+    async fn settle(&self, pending: &Pending) -> Result<Settled, etcd_client::Error> {
         let wk = self.keys.writer(&self.opts.writer);
         let guard = if pending.counter_before > 0 {
             Compare::mod_revision(wk.clone(), CompareOp::Equal, pending.counter_before)
@@ -769,7 +848,8 @@ impl EtcdStore {
             .or_else([TxnOp::get(wk.clone(), None)]);
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
-            return Ok(None);
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            return Ok(Settled::NotApplied { counter_rev: rev });
         }
         let found = resp.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g
@@ -779,10 +859,14 @@ impl EtcdStore {
             _ => None,
         });
         match found {
-            Some((rev, v)) if v == pending.plan.counter.to_string().as_bytes() => Ok(Some(rev)),
-            // Someone else wrote this writer's counter: treat as not applied by us, but the
-            // next commit's guard on the counter will name the conflict.
-            _ => Ok(None),
+            Some((rev, v)) if v == pending.plan.counter.to_string().as_bytes() => {
+                Ok(Settled::Applied { rev })
+            }
+            // Someone else wrote this writer's counter: not applied by us; the next commit's
+            // guard on the counter names the conflict.
+            other => Ok(Settled::NotApplied {
+                counter_rev: other.map_or(0, |(rev, _)| rev),
+            }),
         }
     }
 
@@ -800,24 +884,25 @@ impl EtcdStore {
         let mut wait = Duration::from_millis(50);
         loop {
             match self.settle(&pending).await {
-                Ok(None) => {
-                    // The counter key moved on: re-read its mod revision next time it is used.
-                    inner.mods.remove(&self.keys.writer(&self.opts.writer));
-                    if let Ok(r) = self.get(self.keys.writer(&self.opts.writer), None).await
-                        && let Some(kv) = r.kvs().first()
-                    {
-                        inner
-                            .mods
-                            .insert(self.keys.writer(&self.opts.writer), kv.mod_revision());
+                Ok(Settled::NotApplied { counter_rev }) => {
+                    // The counter key moved on (to the void written by the settling).
+                    let wk = self.keys.writer(&self.opts.writer);
+                    if counter_rev > 0 {
+                        inner.mods.insert(wk, counter_rev);
+                    } else {
+                        inner.mods.remove(&wk);
                     }
                     inner.counter = pending.plan.counter;
                     return Ok(None);
                 }
-                Ok(Some(rev)) if !told_failed => {
+                Ok(Settled::Applied { rev }) if !told_failed => {
                     return Ok(Some(self.applied(inner, pending.plan, rev)));
                 }
-                Ok(Some(rev)) => {
+                Ok(Settled::Applied { rev }) => {
                     inner.counter = pending.plan.counter;
+                    inner
+                        .mods
+                        .insert(self.keys.writer(&self.opts.writer), rev);
                     self.revert(inner, &pending.plan, rev).await?;
                     return Ok(None);
                 }
@@ -833,6 +918,53 @@ impl EtcdStore {
                     inner.pending = Some(pending);
                     return Err(StoreError::Unknown(err.to_string()));
                 }
+            }
+        }
+    }
+
+    async fn commit_now(&self, commit: Commit) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().await;
+        if inner.pending.is_some() {
+            let deadline = tokio::time::Instant::now() + self.opts.timeout;
+            self.settle_pending(&mut inner, deadline, true).await?;
+        }
+        if commit.changes.is_empty() {
+            return Ok(inner.revision.max(0) as u64);
+        }
+        let plan = self.plan(&inner, &commit)?;
+        let counter_before = inner
+            .mods
+            .get(&self.keys.writer(&self.opts.writer))
+            .copied()
+            .unwrap_or(0);
+        let txn = Txn::new()
+            .when(plan.compares.clone())
+            .and_then(plan.ops.clone())
+            .or_else([TxnOp::get(self.keys.term(), None)]);
+        match self.txn(txn).await {
+            Ok(resp) if resp.succeeded() => {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                Ok(self.applied(&mut inner, plan, rev))
+            }
+            Ok(_) => Err(self.refused(&mut inner, &plan).await),
+            Err(e) if ambiguous(&e) => {
+                tracing::warn!(store = %self.describe(), error = %describe_err(&e), "a commit's answer was lost; settling its outcome");
+                inner.pending = Some(Pending {
+                    plan,
+                    counter_before,
+                });
+                let deadline = tokio::time::Instant::now() + self.opts.resolve_timeout;
+                match self.settle_pending(&mut inner, deadline, false).await? {
+                    Some(rev) => Ok(rev),
+                    None => Err(self.unavailable("the commit was not applied", &e)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.describe(), error = ?e, "etcd refused a commit");
+                Err(StoreError::Db(format!(
+                    "etcd refused the commit: {}",
+                    describe_err(&e)
+                )))
             }
         }
     }
@@ -1008,47 +1140,13 @@ impl Store for EtcdStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let mut inner = self.inner.lock().await;
-        if inner.pending.is_some() {
-            let deadline = tokio::time::Instant::now() + self.opts.timeout;
-            self.settle_pending(&mut inner, deadline, true).await?;
-        }
         if commit.changes.is_empty() {
-            return Ok(inner.revision.max(0) as u64);
+            return Ok(self.inner.lock().await.revision.max(0) as u64);
         }
-        let plan = self.plan(&inner, &commit)?;
-        let counter_before = inner
-            .mods
-            .get(&self.keys.writer(&self.opts.writer))
-            .copied()
-            .unwrap_or(0);
-        let txn = Txn::new()
-            .when(plan.compares.clone())
-            .and_then(plan.ops.clone())
-            .or_else([TxnOp::get(self.keys.term(), None)]);
-        match self.txn(txn).await {
-            Ok(resp) if resp.succeeded() => {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                Ok(self.applied(&mut inner, plan, rev))
-            }
-            Ok(_) => Err(self.refused(&mut inner, &plan).await),
-            Err(e) if ambiguous(&e) => {
-                tracing::warn!(store = %self.describe(), error = %describe_err(&e), "a commit's answer was lost; settling its outcome");
-                inner.pending = Some(Pending {
-                    plan,
-                    counter_before,
-                });
-                let deadline = tokio::time::Instant::now() + self.opts.resolve_timeout;
-                match self.settle_pending(&mut inner, deadline, false).await? {
-                    Some(rev) => Ok(rev),
-                    None => Err(self.unavailable("the commit was not applied", &e)),
-                }
-            }
-            Err(e) => Err(StoreError::Db(format!(
-                "etcd refused the commit: {}",
-                describe_err(&e)
-            ))),
-        }
+        self.fail_fast(true)?;
+        let r = self.commit_now(commit).await;
+        self.note(&r);
+        r
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
@@ -1092,6 +1190,10 @@ impl Store for EtcdStore {
     /// claim it leaves, the claim it takes); a commit adds up to eight of its own.
     fn max_changes(&self) -> Option<usize> {
         Some(self.opts.max_txn_ops.saturating_sub(8) / 3)
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.fail_fast(false)
     }
 }
 

@@ -170,4 +170,10 @@ pub trait Store: Send + Sync {
     fn max_changes(&self) -> Option<usize> {
         None
     }
+    /// Whether a commit now would be tried at all: a back end that knows its server is
+    /// unreachable refuses at once ([`StoreError::Unavailable`]), so a writer can refuse an
+    /// operation before it changes anything elsewhere (a runner's kernel). Cheap; no I/O.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
