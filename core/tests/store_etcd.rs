@@ -120,8 +120,19 @@ async fn the_hosts_state_lives_in_etcd_and_survives_a_host_restart() {
         !lab.dir.join("host-state/weir.redb").exists(),
         "the host wrote a redb state too"
     );
+    let before = events_of(&lab, pb::EventKind::WorkloadAttached).await;
+    assert_eq!(before.len(), 1);
     lab.host.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
     lab.start_host().await.unwrap();
+    // The event log is etcd's too: a watch after the restart resumes at the same numbers.
+    let after = events_of(&lab, pb::EventKind::WorkloadAttached).await;
+    assert_eq!(
+        after
+            .iter()
+            .map(|e| (e.seq, e.workload_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(before[0].seq, "e1")]
+    );
     let listed = listed(&lab).await;
     assert_eq!(
         listed

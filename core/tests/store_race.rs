@@ -93,7 +93,7 @@ fn candidate(writer: &str, round: usize, k: usize, slot: u32) -> Held {
     match k % 3 {
         0 | 1 => {
             let a = ip((slot % ADDRESSES as u32) as u8);
-            if k % 3 == 0 {
+            if k.is_multiple_of(3) {
                 Held {
                     resource: format!("ip:{a}"),
                     record: Change::PutWorkload(workload(&name, a)),

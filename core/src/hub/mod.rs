@@ -203,10 +203,10 @@ impl Txn {
             if (dc, de) == (0, 0) {
                 continue;
             }
-            if !part.changes.is_empty() || !part.events.is_empty() {
-                if cost(part.changes.len() + dc, part.events.len() + de) > limit {
-                    parts.push(std::mem::take(&mut part));
-                }
+            if (!part.changes.is_empty() || !part.events.is_empty())
+                && cost(part.changes.len() + dc, part.events.len() + de) > limit
+            {
+                parts.push(std::mem::take(&mut part));
             }
             part.changes.extend(changes.by_ref().take(dc));
             part.events.extend(events.by_ref().take(de));
@@ -1060,7 +1060,7 @@ mod txn_tests {
             .collect();
         assert_eq!(events.len(), 101);
         for p in &parts {
-            assert!(p.changes.len() + 2 * p.events.len() + 1 <= 40);
+            assert!(p.changes.len() + 2 * p.events.len() < 40);
             // Each workload's deletion stays with its event.
             for e in p.events.iter().filter(|e| !e.workload_id.is_empty()) {
                 assert!(p.changes.contains(&Change::DeleteWorkload(format!(

@@ -740,9 +740,14 @@ pub fn down(lab: &str) -> Vec<String> {
             Err(e) => tracing::warn!(namespace = %n, error = %e, "cannot delete namespace"),
         }
     }
-    let dir = Path::new(LAB_RUN_DIR).join(lab);
-    if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
-        removed.push(format!("directory {}", dir.display()));
+    // The lab's directory, and its etcd's data (`lab::etcd` in the host's namespace).
+    for dir in [
+        Path::new(LAB_RUN_DIR).join(lab),
+        Path::new(LAB_RUN_DIR).join(format!("{lab}-etcd")),
+    ] {
+        if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(format!("directory {}", dir.display()));
+        }
     }
     removed
 }

@@ -174,6 +174,13 @@ struct Plan {
     fence_term: Option<u64>,
 }
 
+/// A record's value and the claim key it holds.
+type RecordValue = (Vec<u8>, Option<Vec<u8>>);
+/// A record's final value and the claim it takes (claim key, holder name).
+type FinalRecord = (Vec<u8>, Option<Claimed>);
+/// A key and a holder name: (claim key, holder) for a record, (record key, holder) for a claim.
+type Claimed = (Vec<u8>, Vec<u8>);
+
 /// The key layout under the prefix.
 #[derive(Clone)]
 struct Keys {
@@ -500,7 +507,7 @@ impl EtcdStore {
 
     /// The record key, value and claim (key and holder name) of a change to a record; `None`
     /// for events and hub meta.
-    fn record_of(&self, c: &Change) -> Option<(Vec<u8>, Option<(Vec<u8>, Option<Vec<u8>>)>)> {
+    fn record_of(&self, c: &Change) -> Option<(Vec<u8>, Option<RecordValue>)> {
         let k = &self.keys;
         Some(match c {
             Change::PutRunner(r) => {
@@ -556,8 +563,8 @@ impl EtcdStore {
             ..Plan::default()
         };
         // Net the changes: the final state of every key (a transaction may name a key once).
-        let mut records: BTreeMap<Vec<u8>, Option<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)>> =
-            BTreeMap::new();
+        // Record key → its final value and (claim key, holder name); None: deleted.
+        let mut records: BTreeMap<Vec<u8>, Option<FinalRecord>> = BTreeMap::new();
         let mut hub: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut events: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut trim = 0u64;
@@ -596,7 +603,8 @@ impl EtcdStore {
         };
         // Claims touched: holders removed and added.
         let mut touched: BTreeMap<Vec<u8>, Claim> = BTreeMap::new();
-        let mut wanted: BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        // Claim key → every record taking it, with its holder name.
+        let mut wanted: BTreeMap<Vec<u8>, Vec<Claimed>> = BTreeMap::new();
         for (key, fin) in &records {
             guard(&mut plan, key);
             match fin {
@@ -900,10 +908,12 @@ impl EtcdStore {
                 }
                 Ok(Settled::Applied { rev }) => {
                     inner.counter = pending.plan.counter;
-                    inner
-                        .mods
-                        .insert(self.keys.writer(&self.opts.writer), rev);
-                    self.revert(inner, &pending.plan, rev).await?;
+                    inner.mods.insert(self.keys.writer(&self.opts.writer), rev);
+                    if let Err(e) = self.revert(inner, &pending.plan, rev).await {
+                        // Writes stay refused: this writer's view no longer matches etcd.
+                        inner.pending = Some(pending);
+                        return Err(e);
+                    }
                     return Ok(None);
                 }
                 Err(e) if ambiguous(&e) && tokio::time::Instant::now() < deadline => {
