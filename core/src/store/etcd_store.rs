@@ -1526,3 +1526,6 @@ mod tests {
         );
     }
 }
+
+mod leader;
+pub use leader::Leadership;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-pub use etcd_store::{EtcdOptions, EtcdStore};
+pub use etcd_store::{EtcdOptions, EtcdStore, Leadership};
 pub use records::*;
 pub use redb_store::RedbStore;
 
