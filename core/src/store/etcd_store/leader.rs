@@ -114,7 +114,7 @@ impl EtcdStore {
                 .map_err(|e| self.unavailable("taking the leader key", &e))?;
             if resp.succeeded() {
                 tracing::info!(store = %self.describe(), name, term, "leading");
-                return Ok(self.keep(name, term, lease, ttl).await?);
+                return self.keep(name, term, lease, ttl).await;
             }
             // Someone leads: wait for its key to go (resign or lease expiry), then try again.
             let held = resp.op_responses().into_iter().find_map(|r| match r {
