@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use weir::lab::Lab;
 use weir_proto::v1 as pb;
 
 use crate::env::{self, NsGroup, Opts};
@@ -103,7 +104,13 @@ async fn weir_rounds(n: usize) -> Result<Latencies> {
     let mut spec = env::lab_spec("at")?;
     spec.runners = 1;
     let lab = env::lab_up(spec).await?;
-    let mut ctl = env::control(&lab).await?;
+    weir_rounds_in(&lab, n).await
+}
+
+/// `WARMUP` untimed then `n` timed attach+detach rounds through runner `r1` of `lab` (whatever
+/// its host is configured with: its store, its plan).
+pub async fn weir_rounds_in(lab: &Lab, n: usize) -> Result<Latencies> {
+    let mut ctl = env::control(lab).await?;
     env::settle().await;
     let mut pairs = Vec::with_capacity(n);
     for i in 0..WARMUP + n {

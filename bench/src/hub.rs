@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use weir::lab::Lab;
+use weir::lab::{Lab, LabSpec};
 use weir_proto::v1 as pb;
 
 use crate::env::{self, Opts, mb, rss_bytes};
@@ -155,8 +155,7 @@ struct Sessions {
 }
 
 async fn sessions(n: usize) -> Result<Sessions> {
-    let mut spec = env::lab_spec("hubs")?;
-    spec.overlay = format!("subnet = \"{PLAN}\"\n");
+    let spec = plan_spec("hubs")?;
     let mut lab = env::lab_up(spec).await?;
     env::settle().await;
     let started = Instant::now();
@@ -232,8 +231,7 @@ struct Curve {
 }
 
 async fn curve(checkpoints: &[usize]) -> Result<Curve> {
-    let mut spec = env::lab_spec("hub")?;
-    spec.overlay = format!("subnet = \"{PLAN}\"\n");
+    let spec = plan_spec("hub")?;
     let mut lab = env::lab_up(spec).await?;
     env::settle().await;
     let mut latencies = Vec::new();
@@ -315,6 +313,13 @@ fn cpu_of(pid: u32) -> Result<(Duration, Duration)> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let d = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
     Ok((d(ticks(11)?), d(ticks(12)?)))
+}
+
+/// A lab spec (`env::lab_spec`) with the plan [`PLAN`]: room for 4,095 runners.
+pub fn plan_spec(tag: &str) -> Result<LabSpec> {
+    let mut spec = env::lab_spec(tag)?;
+    spec.overlay = format!("subnet = \"{PLAN}\"\n");
+    Ok(spec)
 }
 
 /// The physical IP of synthetic runner `i` (0-based), from 198.18.0.0/15.

@@ -1,7 +1,7 @@
 //! `weir-bench`: Weir beside the reference tools, on one machine, in one run.
 //!
 //! ```text
-//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale hub memory concurrency engines
+//! weir-bench [--quick] [--out FILE] [SECTION...]    sections: attach policy datapath scale hub store memory concurrency engines
 //! ```
 //!
 //! Each section builds what it measures in network namespaces of its own (`weir-bench-…`),
@@ -20,6 +20,7 @@ mod report;
 mod scale;
 mod sessions;
 mod stats;
+mod store;
 mod table;
 
 use std::future::Future;
@@ -40,18 +41,20 @@ enum Section {
     Datapath,
     Scale,
     Hub,
+    Store,
     Memory,
     Concurrency,
     Engines,
 }
 
 impl Section {
-    const ALL: [Section; 8] = [
+    const ALL: [Section; 9] = [
         Section::Attach,
         Section::Policy,
         Section::Datapath,
         Section::Scale,
         Section::Hub,
+        Section::Store,
         Section::Memory,
         Section::Concurrency,
         Section::Engines,
@@ -64,6 +67,7 @@ impl Section {
             Section::Datapath => "datapath",
             Section::Scale => "scale",
             Section::Hub => "hub",
+            Section::Store => "store",
             Section::Memory => "memory",
             Section::Concurrency => "concurrency",
             Section::Engines => "engines",
@@ -77,6 +81,7 @@ impl Section {
             Section::Datapath => datapath::TITLE,
             Section::Scale => scale::TITLE,
             Section::Hub => hub::TITLE,
+            Section::Store => store::TITLE,
             Section::Memory => memory::TITLE,
             Section::Concurrency => concurrency::TITLE,
             Section::Engines => engines::TITLE,
@@ -90,6 +95,7 @@ impl Section {
             Section::Datapath => Box::pin(datapath::run(opts, run)),
             Section::Scale => Box::pin(scale::run(opts, run)),
             Section::Hub => Box::pin(hub::run(opts, run)),
+            Section::Store => Box::pin(store::run(opts, run)),
             Section::Memory => Box::pin(memory::run(opts, run)),
             Section::Concurrency => Box::pin(concurrency::run(opts, run)),
             Section::Engines => Box::pin(engines::run(opts, run)),

@@ -174,7 +174,7 @@ pub fn write_doc(path: &Path, order: &[&str], run: &RunInfo, reports: &[Report])
         out,
         "Everything below is measured by `weir-bench` ([`bench/`](../bench)) in one run on one machine. \
          Reproduce all of it with one command (as root, on Debian 12; it installs what is missing):\n\n\
-         ```sh\n./scripts/bench.sh            # every section\n./scripts/bench.sh --quick    # a smoke run with every N shrunk\n./scripts/bench.sh datapath   # one section (attach, policy, datapath, scale, memory, concurrency, engines)\n```\n\n\
+         ```sh\n./scripts/bench.sh            # every section\n./scripts/bench.sh --quick    # a smoke run with every N shrunk\n./scripts/bench.sh datapath   # one section (attach, policy, datapath, scale, hub, store, memory, concurrency, engines)\n```\n\n\
          Last run on: {}. Each section says when and at which commit it was measured. \
          Before each timed phase the suite waits until the machine is quiet (under 15% CPU busy), \
          since tearing a big lab down keeps the kernel busy for a while. \
