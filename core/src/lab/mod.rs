@@ -600,8 +600,22 @@ impl Lab {
             TcpStream::connect_timeout(&target, Duration::from_secs(3))
         });
         let _stream = connect.ok()?.ok()?;
-        probe.listener.set_nonblocking(false).ok()?;
-        let (_, peer) = probe.listener.accept().ok()?;
+        // The connection is normally queued by now; never wait for one without a bound (a
+        // connection reset before it was accepted leaves nothing to accept).
+        probe.listener.set_nonblocking(true).ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let peer = loop {
+            match probe.listener.accept() {
+                Ok((_, peer)) => break peer,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return None,
+            }
+        };
         match peer {
             SocketAddr::V4(v4) => Some(*v4.ip()),
             SocketAddr::V6(_) => None,
