@@ -475,7 +475,7 @@ impl EtcdStore {
     }
 
     /// Every key under the prefix, read at one revision, page by page.
-    async fn read_all(&self) -> Result<(Vec<etcd_client::KeyValue>, i64), StoreError> {
+    async fn read_all(&self) -> Result<Vec<etcd_client::KeyValue>, StoreError> {
         let end = self.keys.end();
         let mut from = self.keys.prefix.as_bytes().to_vec();
         let mut at = 0;
@@ -502,7 +502,7 @@ impl EtcdStore {
                 break;
             }
         }
-        Ok((out, at))
+        Ok(out)
     }
 
     /// The record key, value and claim (key and holder name) of a change to a record; `None`
@@ -523,7 +523,7 @@ impl EtcdStore {
             Change::DeletePlaceholder(id) => (k.placeholder(*id), None),
             Change::PutWorkload(w) => (
                 k.workload(&w.key()),
-                Some((encode(w), self.workload_claim(w))),
+                Some((encode(w), Some(self.workload_claim(w)))),
             ),
             Change::DeleteWorkload(key) => (k.workload(key), None),
             Change::PutReservation(r) => (
@@ -536,9 +536,9 @@ impl EtcdStore {
     }
 
     /// A workload holds its address; one using a reservation holds it through the reservation
-    /// (same claim, same holder name).
-    fn workload_claim(&self, w: &super::WorkloadRecord) -> Option<Vec<u8>> {
-        Some(self.keys.ip_claim(&w.network, w.ip.addr()))
+    /// (same claim, same holder name: see `owner_name`).
+    fn workload_claim(&self, w: &super::WorkloadRecord) -> Vec<u8> {
+        self.keys.ip_claim(&w.network, w.ip.addr())
     }
 
     /// The name a claim stores for a record: a workload on a reservation is held in the
@@ -1052,7 +1052,7 @@ impl Store for EtcdStore {
         let mut inner = self.inner.lock().await;
         let deadline = tokio::time::Instant::now() + self.opts.resolve_timeout;
         self.settle_pending(&mut inner, deadline, true).await?;
-        let (kvs, _) = self.read_all().await?;
+        let kvs = self.read_all().await?;
         let k = &self.keys;
         let mut snap = Snapshot::default();
         let mut fresh = Inner {
@@ -1113,9 +1113,7 @@ impl Store for EtcdStore {
                 }
                 "workloads" => {
                     let w: super::WorkloadRecord = decode(key, value)?;
-                    if let Some(ck) = self.workload_claim(&w) {
-                        claim_of(&mut fresh, ck);
-                    }
+                    claim_of(&mut fresh, self.workload_claim(&w));
                     snap.workloads.insert(w.key(), w);
                 }
                 "reservations" => {
