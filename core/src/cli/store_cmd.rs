@@ -84,7 +84,8 @@ pub struct MigrateArgs {
     /// The redb state directory (default: host.state_dir of the configuration).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Print what would be copied; write nothing.
+    /// Print what would be copied and copy nothing (opening an empty target still stamps it
+    /// with the schema version).
     #[arg(long)]
     pub dry_run: bool,
 }
