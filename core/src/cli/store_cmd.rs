@@ -151,7 +151,9 @@ async fn migrate(a: MigrateArgs, loaded: &LoadedConfig, json: bool) -> Result<()
         );
         return Ok(());
     }
-    let commits = crate::store::copy::copy(&snap, to.as_ref(), max_changes(a.to, loaded))
+    // Within what one commit of the target may carry (etcd's operations limit).
+    let per_commit = to.max_changes().unwrap_or(usize::MAX);
+    let commits = crate::store::copy::copy(&snap, to.as_ref(), per_commit)
         .await
         .map_err(failed)?;
     let copied = to.load().await.map_err(failed)?;
@@ -171,15 +173,6 @@ async fn migrate(a: MigrateArgs, loaded: &LoadedConfig, json: bool) -> Result<()
         &summary,
     );
     Ok(())
-}
-
-/// Changes per commit the target takes (etcd: within its operations limit).
-fn max_changes(b: BackendArg, loaded: &LoadedConfig) -> usize {
-    match b {
-        BackendArg::Redb => 10_000,
-        // A record costs at most two compares and two operations, with a few per commit.
-        BackendArg::Etcd => (loaded.config.store.max_txn_ops as usize).saturating_sub(8) / 2,
-    }
 }
 
 fn print_result(json: bool, what: &str, from: &str, to: &str, summary: &str) {

@@ -156,6 +156,7 @@ struct Pending {
 /// A commit translated into one transaction, and what it does to [`Inner`] once applied.
 #[derive(Clone, Default)]
 struct Plan {
+    /// Moved into the transaction when it is sent.
     compares: Vec<Compare>,
     ops: Vec<TxnOp>,
     /// Keys the commit writes (their mod revision becomes the commit's).
@@ -554,11 +555,10 @@ impl EtcdStore {
     }
 
     /// Translate a commit into one guarded transaction.
-    fn plan(&self, inner: &Inner, commit: &Commit) -> Result<Plan, StoreError> {
+    fn plan(&self, inner: &Inner, commit: Commit) -> Result<Plan, StoreError> {
         let k = &self.keys;
         let mut plan = Plan {
             counter: inner.counter + 1,
-            changes: commit.changes.clone(),
             fence_term: commit.fence.map(|f| f.term),
             ..Plan::default()
         };
@@ -714,10 +714,11 @@ impl EtcdStore {
             format!("{}:{}", self.opts.writer, plan.counter),
             None,
         ));
+        plan.changes = commit.changes;
         let limit = self.opts.max_txn_ops;
         if plan.compares.len() > limit || plan.ops.len() > limit {
             return Err(StoreError::TooLarge {
-                changes: commit.changes.len(),
+                changes: plan.changes.len(),
                 compares: plan.compares.len(),
                 ops: plan.ops.len(),
                 limit,
@@ -941,15 +942,17 @@ impl EtcdStore {
         if commit.changes.is_empty() {
             return Ok(inner.revision.max(0) as u64);
         }
-        let plan = self.plan(&inner, &commit)?;
+        let mut plan = self.plan(&inner, commit)?;
         let counter_before = inner
             .mods
             .get(&self.keys.writer(&self.opts.writer))
             .copied()
             .unwrap_or(0);
+        // The transaction takes the compares and operations; the plan keeps what the outcome
+        // needs (keys written, claims, the counter).
         let txn = Txn::new()
-            .when(plan.compares.clone())
-            .and_then(plan.ops.clone())
+            .when(std::mem::take(&mut plan.compares))
+            .and_then(std::mem::take(&mut plan.ops))
             .or_else([TxnOp::get(self.keys.term(), None)]);
         match self.txn(txn).await {
             Ok(resp) if resp.succeeded() => {
