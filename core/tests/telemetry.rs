@@ -932,11 +932,30 @@ async fn each_daemon_has_its_own_resource_and_an_unreachable_collector_is_one_wa
     let failed = format!("OTLP export to {endpoint} failed");
     // The first failed export may wait for the exporter's own timeout and retries (longer
     // on a loaded machine); one warning is what is asserted, not how soon.
-    wait_until("every daemon warns that its exports fail", dur(60), || {
-        logs.iter()
-            .all(|(_, log)| !log_lines(log, &failed).is_empty())
-    })
-    .await;
+    let start = std::time::Instant::now();
+    while !logs
+        .iter()
+        .all(|(_, log)| !log_lines(log, &failed).is_empty())
+    {
+        if start.elapsed() > dur(60) {
+            // Say which daemon stayed silent, and what it did log.
+            let report: Vec<String> = logs
+                .iter()
+                .filter(|(_, log)| log_lines(log, &failed).is_empty())
+                .map(|(who, log)| {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("--- {who} never warned; its log ends:\n{}", tail.join("\n"))
+                })
+                .collect();
+            panic!(
+                "after 60 s, not every daemon warned that its exports fail:\n{}",
+                report.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // What is tested is the passing of time: some ten export rounds (200 ms apart, traces
     // and metrics each) that fail without another line.
     tokio::time::sleep(dur(2)).await;
