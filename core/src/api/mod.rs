@@ -11,6 +11,7 @@ pub mod edge;
 pub mod local;
 pub mod runner;
 pub mod server;
+pub mod standby;
 pub mod telemetry;
 
 use tonic::{Code, Status};
@@ -38,7 +39,9 @@ pub fn status(e: HubError) -> Status {
         // change blocks writes until etcd answers again); the caller may retry.
         HubError::Store(StoreError::Unavailable(_) | StoreError::Unknown(_)) => Code::Unavailable,
         // Another writer got there first (or took over): retry from a fresh read.
-        HubError::Store(StoreError::Conflict { .. } | StoreError::Fenced { .. }) => Code::Aborted,
+        HubError::Store(
+            StoreError::Conflict { .. } | StoreError::Fenced { .. } | StoreError::LeaseLost { .. },
+        ) => Code::Aborted,
         HubError::Dataplane(_) | HubError::Store(_) | HubError::Internal(_) => Code::Internal,
     };
     Status::new(code, cap_message(e.to_string()))

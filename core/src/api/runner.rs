@@ -29,7 +29,9 @@ use crate::telemetry::propagation::continue_trace;
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
     pub name: String,
-    pub host_url: String,
+    /// Every host's URL (one, or several on etcd: the runner keeps its session with
+    /// whichever leads, following a standby's answer to the leader).
+    pub host_urls: Vec<String>,
     pub physical_ip: Option<Ipv4Addr>,
     pub heartbeat_interval: Duration,
     pub labels: BTreeMap<String, String>,
@@ -60,36 +62,69 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_START;
     let mut notified = false;
+    // Which configured host to try next, and a leader a standby named (tried first).
+    let mut next = 0usize;
+    let mut hint: Option<String> = None;
     loop {
+        let url = hint
+            .take()
+            .unwrap_or_else(|| settings.host_urls[next % settings.host_urls.len()].clone());
         let attempt = async {
-            let r = once(&settings, &agent, &uplink, &mut notified).await;
+            let r = once(&settings, &url, &agent, &uplink, &mut notified).await;
             uplink.disconnected().await;
-            match r {
-                Ok(Ended::Revoked) => Ok(true),
-                Ok(Ended::Lost) => Ok(false),
-                Err(Fail::Fatal(e)) => Err(e),
-                Err(Fail::Retry(msg)) => {
-                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{msg}");
-                    Ok(false)
+            r
+        };
+        let r = tokio::select! {
+            r = attempt => r,
+            _ = &mut shutdown => return Ok(()),
+        };
+        let wait = match r {
+            Ok(Ended::Revoked) => {
+                backoff = BACKOFF_START;
+                continue;
+            }
+            Ok(Ended::Lost) => {
+                // The next host, in case this one is gone (several hosts).
+                next += 1;
+                None
+            }
+            Err(Fail::Fatal(e)) => return Err(e),
+            Err(Fail::Retry(msg)) => {
+                tracing::warn!(host = %url, retry_in_ms = backoff.as_millis() as u64, "{msg}");
+                next += 1;
+                None
+            }
+            Err(Fail::Standby { msg, leader_url }) => {
+                // A live standby: an election is under way or the leader is elsewhere. Go
+                // there soon, without climbing the backoff ladder.
+                tracing::info!(host = %url, "{msg}");
+                match leader_url {
+                    Some(l) if l != url => hint = Some(l),
+                    _ => next += 1,
                 }
+                backoff = BACKOFF_START;
+                Some(jittered(BACKOFF_START))
             }
         };
-        let revoked = tokio::select! {
-            r = attempt => r?,
-            _ = &mut shutdown => return Ok(()),
+        let several = settings.host_urls.len() > 1;
+        let wait = match wait {
+            Some(w) => w,
+            // Several hosts: the next one may well lead; try it at once-ish, and climb the
+            // ladder only once every host has failed in a row.
+            None if several && next % settings.host_urls.len() != 0 => jittered(BACKOFF_START),
+            None => {
+                let w = jittered(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                if notified {
+                    // After a working session, the next failure starts a fresh backoff ladder.
+                    backoff = backoff.min(Duration::from_secs(2));
+                }
+                w
+            }
         };
-        if revoked {
-            backoff = BACKOFF_START;
-            continue;
-        }
         tokio::select! {
-            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return Ok(()),
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        if notified {
-            // After a working session, the next failure starts a fresh backoff ladder.
-            backoff = backoff.min(Duration::from_secs(2));
         }
     }
 }
@@ -139,25 +174,52 @@ enum Work {
 
 enum Fail {
     Retry(String),
+    /// A standby answered (several hosts): where the leader is, if it knows.
+    Standby {
+        msg: String,
+        leader_url: Option<String>,
+    },
     Fatal(RunnerError),
+}
+
+/// A standby's refusal, if `st` is one (see `api::standby`).
+fn standby(st: &tonic::Status, what: &str) -> Option<Fail> {
+    let md = st.metadata();
+    if md.get(super::standby::ROLE).and_then(|v| v.to_str().ok()) != Some("standby") {
+        return None;
+    }
+    Some(Fail::Standby {
+        msg: format!("{what}: {}", st.message()),
+        leader_url: md
+            .get(super::standby::LEADER_URL)
+            .and_then(|v| v.to_str().ok())
+            .filter(|u| !u.is_empty())
+            .map(String::from),
+    })
 }
 
 async fn once(
     s: &RunnerSettings,
+    host_url: &str,
     agent: &Arc<Agent>,
     uplink: &Uplink,
     notified: &mut bool,
 ) -> Result<Ended, Fail> {
     let opts = ChannelOptions {
-        connect_timeout: Duration::from_secs(5),
+        // With several hosts, a dead one must not hold the runner long.
+        connect_timeout: if s.host_urls.len() > 1 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        },
         keepalive: Some(s.heartbeat_interval.max(Duration::from_secs(1))),
     };
-    let channel = connect_tls(&s.host_url, opts, &s.tls)
+    let channel = connect_tls(host_url, opts, &s.tls)
         .await
         .map_err(|e| Fail::Retry(format!("registration failed: {e}")))?;
     let physical_ip = match s.physical_ip {
         Some(ip) => ip,
-        None => source_address_toward(&s.host_url).await.map_err(|e| {
+        None => source_address_toward(host_url).await.map_err(|e| {
             Fail::Retry(format!(
                 "cannot find this runner's physical IP: {e}; set runner.physical_ip"
             ))
@@ -177,6 +239,9 @@ async fn once(
     {
         Ok(a) => a.into_inner(),
         Err(st) => {
+            if let Some(f) = standby(&st, "registration refused") {
+                return Err(f);
+            }
             let msg = format!(
                 "registration refused ({}): {}",
                 code_name(st.code()),
@@ -221,6 +286,9 @@ async fn once(
         .session(tokio_stream::wrappers::ReceiverStream::new(up_rx))
         .await
         .map_err(|st| {
+            if let Some(f) = standby(&st, "session refused") {
+                return f;
+            }
             Fail::Retry(format!(
                 "session refused ({:?}): {}",
                 st.code(),

@@ -12,13 +12,16 @@ use crate::api::auth::Gate;
 use crate::api::runner::RunnerSettings;
 use crate::auth::TokenSet;
 use crate::auth::reservation::Signer;
+use crate::cluster::{Cluster, ConfigDigest, HostRecord};
+use crate::config::schema::StoreBackend;
 use crate::config::{LoadedConfig, Mtu};
 use crate::dataplane::host::HostDataplane;
 use crate::dataplane::host_kernel::{HostKernel, Isolated};
 use crate::dataplane::netlink::Netlink;
-use crate::hub::{Hub, HubSettings, TtlBounds};
+use crate::hub::{Hub, HubLeadership, HubSettings, TtlBounds};
 use crate::logging::LogFormat;
 use crate::network::NetworkDef;
+use crate::store::etcd_store::leader::Leadership;
 use crate::telemetry::{Role, Telemetry};
 
 /// Run the hub.
@@ -46,9 +49,40 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let mtu = resolve_mtu(loaded, &nl, reachable).await?;
         let c = &loaded.config;
         let networks = NetworkDef::from_config(c, mtu);
-        let store = super::store_cmd::open(c).await?;
+        // Several hosts on etcd: join the host set, serve as a standby until this host leads.
+        let (store, cluster): (Arc<dyn crate::store::Store>, Option<Cluster>) =
+            match c.store.backend {
+                StoreBackend::Etcd => {
+                    let etcd = super::store_cmd::open_etcd(c).await?;
+                    let me = host_record(loaded, reachable);
+                    let cluster = Cluster::join(etcd.clone(), me, c.host.lease_ttl.get())
+                        .await
+                        .map_err(fail)?;
+                    (etcd, Some(cluster))
+                }
+                StoreBackend::Redb => (super::store_cmd::open(c).await?, None),
+            };
+        let mut leadership = None;
+        if let Some(cl) = &cluster {
+            leadership = stand_by(loaded, cl, tls.clone()).await?;
+            if leadership.is_none() {
+                // Stopped while standing by: nothing of the hub's was built.
+                if let Some(cl) = cluster
+                    && let Err(e) = cl.leave().await
+                {
+                    tracing::warn!(error = %e, "leaving the host set failed; its record expires with the lease");
+                }
+                tracing::info!("host stopped (standby)");
+                return Ok(());
+            }
+        }
+        let dataplane = Arc::new(if cluster.is_some() {
+            HostDataplane::new(nl.clone()).with_stable_macs()
+        } else {
+            HostDataplane::new(nl.clone())
+        });
         let kernel: std::sync::Arc<dyn HostKernel> = if c.overlay.enabled {
-            std::sync::Arc::new(HostDataplane::new(nl.clone()))
+            dataplane.clone()
         } else {
             std::sync::Arc::new(Isolated)
         };
@@ -65,6 +99,15 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                 max: r.max_ttl.get(),
             },
             dns: c.overlay.dns.clone(),
+            leadership: match (&cluster, leadership) {
+                (Some(cl), Some((l, previous))) => Some(HubLeadership {
+                    name: cl.name(),
+                    fence: l.fence(),
+                    previous,
+                    hosts: cl.directory(),
+                }),
+                _ => None,
+            },
         };
         let signer =
             Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
@@ -116,7 +159,25 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         });
         tracing::info!(listen = %c.host.listen, overlay = c.overlay.enabled, "host ready");
         crate::notify::ready("host ready");
-        crate::api::server::serve(
+        // Serve until SIGTERM, or (several hosts) until this host's lease is lost.
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+        let stop = {
+            let lost = cluster.as_ref().map(|cl| cl.lost_signal());
+            async move {
+                let lost_lease = match lost {
+                    Some(lost) => tokio::select! {
+                        _ = shutdown_signal() => false,
+                        _ = lost => true,
+                    },
+                    None => {
+                        shutdown_signal().await;
+                        false
+                    }
+                };
+                let _ = lost_tx.send(lost_lease);
+            }
+        };
+        let served = crate::api::server::serve(
             hub,
             gate,
             listeners,
@@ -127,7 +188,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                 max_concurrent_calls: c.host.max_concurrent_calls,
                 ..Default::default()
             },
-            shutdown_signal(),
+            stop,
         )
         .await
         .map_err(|e| {
@@ -135,10 +196,115 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                 "gRPC server: {}",
                 crate::api::client::error_chain(&e)
             ))
-        })?;
+        });
+        let lost_lease = lost_rx.await.unwrap_or(false);
+        if let Some(cluster) = cluster {
+            return step_down(cluster, &dataplane, lost_lease, c.overlay.enabled).await;
+        }
+        served?;
         tracing::info!("host stopped");
         Ok(())
     }
+}
+
+/// This host's record in the host set.
+fn host_record(loaded: &LoadedConfig, reachable: Option<Ipv4Addr>) -> HostRecord {
+    let c = &loaded.config;
+    let tls = c.host.tls_cert.is_some() && c.host.tls_key.is_some();
+    let url = c.host.url.clone().unwrap_or_else(|| {
+        let ip = reachable
+            .map(std::net::IpAddr::V4)
+            .unwrap_or_else(|| c.host.listen.ip());
+        format!(
+            "{}://{ip}:{}",
+            if tls { "https" } else { "http" },
+            c.host.listen.port()
+        )
+    });
+    HostRecord {
+        name: super::store_cmd::host_name(c),
+        url,
+        underlay_ip: reachable.map(|a| a.to_string()).unwrap_or_default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: "standby".into(),
+        term: 0,
+        config: ConfigDigest::of(c),
+        refusal: String::new(),
+    }
+}
+
+/// Serve as a standby (health, and refusals naming the leader) until this host leads;
+/// `None` when SIGTERM came first (the host has then left the host set).
+async fn stand_by(
+    loaded: &LoadedConfig,
+    cluster: &Cluster,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<Option<(Leadership, Option<String>)>, CliError> {
+    let c = &loaded.config;
+    let listeners =
+        crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
+            .await
+            .map_err(fail)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let standby = tokio::spawn(crate::api::standby::serve(
+        cluster.role(),
+        listeners.tcp,
+        listeners.unix.map(|(l, _)| l),
+        tls,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(host = %cluster.name(), listen = %c.host.listen, "standing by: another host leads, or an election is under way");
+    crate::notify::ready("standby");
+    let won = tokio::select! {
+        r = cluster.campaign() => Some(r.map_err(fail)?),
+        _ = shutdown_signal() => None,
+    };
+    let _ = stop_tx.send(());
+    let _ = standby.await;
+    Ok(won)
+}
+
+/// After serving as the hub among several hosts: hand the role over (SIGTERM), or, with the
+/// lease lost, stop acting as the hub in the kernel too and exit with an error (the service
+/// manager starts it again, as a standby).
+async fn step_down(
+    cluster: Cluster,
+    dataplane: &HostDataplane,
+    lost_lease: bool,
+    overlay: bool,
+) -> Result<(), CliError> {
+    let m = &crate::telemetry::metrics::metrics().leadership_changes;
+    if lost_lease {
+        m.add(1, &[opentelemetry::KeyValue::new("change", "lost")]);
+        if overlay && let Err(e) = dataplane.step_down().await {
+            tracing::error!(error = %e, "removing the hub's tunnels after losing the lease failed");
+        }
+        return Err(CliError::Failed(
+            "this host lost its lease on etcd (it could not renew it in time): it no longer leads, its tunnels are removed; start it again to stand by".into(),
+        ));
+    }
+    // Another live host takes over at once: leave it the overlay addresses too. Alone, keep
+    // the kernel as it is (a restart adopts it without a flap).
+    let others = cluster
+        .directory()
+        .hosts()
+        .await
+        .into_iter()
+        .any(|h| h.name != cluster.name());
+    m.add(1, &[opentelemetry::KeyValue::new("change", "resigned")]);
+    if let Err(e) = cluster.leave().await {
+        tracing::warn!(error = %e, "handing over the hub role failed; a standby takes over once the lease expires");
+    }
+    if others
+        && overlay
+        && let Err(e) = dataplane.step_down().await
+    {
+        tracing::warn!(error = %e, "removing the hub's tunnels after handing over failed");
+    }
+    tracing::info!(handed_over = others, "host stopped");
+    Ok(())
 }
 
 /// Install logging, traces and metrics; a bad `[telemetry]` stops the daemon before it acts.
@@ -174,12 +340,18 @@ pub fn runner(file: Option<&Path>, log_format: LogFormat) -> Result<(), CliError
 
 async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
     let c = &loaded.config;
-    let host_url = c.runner.host.clone().ok_or_else(|| {
-        CliError::Usage(format!(
-            "runner.host ({}): required: the URL of the host's gRPC endpoint, e.g. \"http://192.0.2.1:7700\"",
+    let mut host_urls: Vec<String> = c.runner.host.iter().cloned().collect();
+    for u in &c.runner.hosts {
+        if !host_urls.contains(u) {
+            host_urls.push(u.clone());
+        }
+    }
+    if host_urls.is_empty() {
+        return Err(CliError::Usage(format!(
+            "runner.host ({}): required (or runner.hosts, with several hosts): the URL of the host's gRPC endpoint, e.g. \"http://192.0.2.1:7700\"",
             loaded.source_of("runner.host")
-        ))
-    })?;
+        )));
+    }
     let r = &c.runner;
     let tls = crate::api::client::ClientTls::load(
         r.tls_ca.as_deref(),
@@ -187,12 +359,16 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
         r.tls_key.as_deref(),
     )
     .map_err(|e| CliError::Usage(format!("runner.tls_ca/tls_cert/tls_key: {e}")))?;
-    crate::api::client::endpoint_tls(&host_url, Default::default(), &tls).map_err(|e| {
-        CliError::Usage(format!(
-            "runner.host ({}): {e}",
-            loaded.source_of("runner.host")
-        ))
-    })?;
+    for url in &host_urls {
+        crate::api::client::endpoint_tls(url, Default::default(), &tls).map_err(|e| {
+            let key = if c.runner.host.as_ref() == Some(url) {
+                "runner.host"
+            } else {
+                "runner.hosts"
+            };
+            CliError::Usage(format!("{key} ({}): {e}", loaded.source_of(key)))
+        })?;
+    }
     let name = match &c.runner.name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
@@ -223,7 +399,7 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
         tls,
         join_token,
         name,
-        host_url,
+        host_urls,
         physical_ip: c.runner.physical_ip,
         heartbeat_interval: c.runner.heartbeat_interval.get(),
         labels: c.runner.labels.clone(),
@@ -253,7 +429,7 @@ async fn run_runner(loaded: &LoadedConfig) -> Result<(), CliError> {
                 .map_err(|e| CliError::Failed(format!("runner.docker_socket: {e}")))?;
             tokio::spawn(crate::api::docker::serve(listener, app));
         }
-        tracing::info!(runner = %settings.name, host = %settings.host_url, "runner starting");
+        tracing::info!(runner = %settings.name, hosts = %settings.host_urls.join(","), "runner starting");
         // The watchdog is fed from the task of the runner's main loop (polled beside it), so
         // a loop that blocks its thread stops the notifications.
         let watchdog = crate::notify::Watchdog::from_env();

@@ -17,12 +17,29 @@ pub async fn open(c: &Config) -> Result<Arc<dyn Store>, CliError> {
         StoreBackend::Redb => Ok(Arc::new(
             RedbStore::open(&c.host.state_dir).map_err(|e| CliError::Failed(e.to_string()))?,
         )),
-        StoreBackend::Etcd => Ok(Arc::new(
-            EtcdStore::connect(etcd_options(&c.store)?)
-                .await
-                .map_err(|e| CliError::Failed(e.to_string()))?,
-        )),
+        StoreBackend::Etcd => Ok(open_etcd(c).await?),
     }
+}
+
+/// The etcd back end of `[store]`, writing as this host (`host.name`, or the hostname).
+pub async fn open_etcd(c: &Config) -> Result<Arc<EtcdStore>, CliError> {
+    let mut opts = etcd_options(&c.store)?;
+    opts.writer = host_name(c);
+    Ok(Arc::new(
+        EtcdStore::connect(opts)
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?,
+    ))
+}
+
+/// This host's name: `host.name`, or the machine's hostname.
+pub fn host_name(c: &Config) -> String {
+    c.host.name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "host".into())
+    })
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, CliError> {

@@ -255,6 +255,18 @@ impl Default for OverlayConfig {
 pub struct HostConfig {
     /// gRPC listener for runners and schedulers.
     pub listen: SocketAddr,
+    /// This host's name among several hosts on etcd (default: the machine's hostname). Each
+    /// host's must be unique.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Several hosts: the URL others (runners, clients, the other hosts' answers) reach this
+    /// host's gRPC API at (default: `http://` or `https://` + `reachable_address` + the port of
+    /// `listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Several hosts: the TTL of this host's lease on etcd. The leader steps down when it
+    /// could not renew it for half of this; a standby takes over once it expired.
+    pub lease_ttl: Duration,
     /// A unix socket serving the same API to local tools (`weir status` on the host machine).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -295,6 +307,9 @@ impl Default for HostConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            name: None,
+            url: None,
+            lease_ttl: Duration::from_secs(2),
             control_socket: Some(PathBuf::from("/run/weir/host.sock")),
             reachable_address: None,
             state_dir: PathBuf::from("/var/lib/weir/host"),
@@ -321,6 +336,10 @@ pub struct RunnerConfig {
     /// URL of the host's gRPC endpoint, e.g. `http://192.0.2.1:7700`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Several hosts (failover on etcd): every host's URL; the runner keeps its session with
+    /// whichever leads. `host`, when set too, is tried first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Underlay address of this runner (default: the source address the kernel picks toward the host).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub physical_ip: Option<Ipv4Addr>,
@@ -359,6 +378,7 @@ impl Default for RunnerConfig {
         Self {
             name: None,
             host: None,
+            hosts: Vec::new(),
             physical_ip: None,
             uplink: None,
             state_dir: PathBuf::from("/var/lib/weir/runner"),

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use super::load::{ConfigError, LoadedConfig};
 use super::networks::DEFAULT_NETWORK;
@@ -33,6 +34,7 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     problems.extend(validate_telemetry(loaded));
     problems.extend(validate_netns_allow(loaded));
     problems.extend(validate_store(loaded));
+    problems.extend(validate_failover(loaded));
     let h = &loaded.config.host;
     for (key, value, max) in [
         ("host.max_concurrent_calls", h.max_concurrent_calls, 65_536),
@@ -91,6 +93,56 @@ pub(super) fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// The keys of several hosts: a name the leader key can carry, URLs that are URLs, a lease
+/// etcd can keep.
+fn validate_failover(loaded: &LoadedConfig) -> Vec<String> {
+    let c = &loaded.config;
+    let mut problems = Vec::new();
+    if let Some(n) = &c.host.name
+        && (n.is_empty()
+            || n.len() > 64
+            || !n
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)))
+    {
+        problems.push(format!(
+            "host.name ({}): {n:?} is not a host name (allowed: 1 to 64 letters, digits, '-', '_' or '.')",
+            loaded.source_of("host.name")
+        ));
+    }
+    let url_ok = |u: &str| {
+        ["http://", "https://"].iter().any(|scheme| {
+            u.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(' ') && !rest.contains(','))
+        })
+    };
+    if let Some(u) = &c.host.url
+        && !url_ok(u)
+    {
+        problems.push(format!(
+            "host.url ({}): {u:?} is not a URL others can reach this host at (allowed: http://HOST:PORT or https://HOST:PORT)",
+            loaded.source_of("host.url")
+        ));
+    }
+    let ttl = c.host.lease_ttl.get();
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&ttl) {
+        problems.push(format!(
+            "host.lease_ttl ({}): {} is out of range (allowed: 1s to 300s; etcd keeps leases in whole seconds)",
+            loaded.source_of("host.lease_ttl"),
+            humantime::format_duration(ttl)
+        ));
+    }
+    for u in &c.runner.hosts {
+        if !url_ok(u) && !u.starts_with("unix://") {
+            problems.push(format!(
+                "runner.hosts ({}): {u:?} is not a host URL (allowed: http://HOST:PORT or https://HOST:PORT)",
+                loaded.source_of("runner.hosts")
+            ));
+        }
+    }
+    problems
 }
 
 /// `[store]`: endpoints that are URLs, a prefix that is a key path, TLS and auth in pairs.

@@ -65,6 +65,18 @@ pub struct HostDataplane {
     /// dump, one address dump), not twice per tunnel.
     /// Kept only briefly: what a later call finds in the kernel is read afresh.
     scanned: std::sync::Mutex<Scanned>,
+    /// Give every tunnel the MAC address its VNI determines ([`tunnel_mac`]), repairing an
+    /// adopted one in place: with several hosts, the tunnel a runner reaches after a failover
+    /// has the MAC its neighbour cache already holds for the host's `.254`.
+    stable_macs: bool,
+}
+
+/// The MAC address of the host's end of the tunnel with `vni`: locally administered, the
+/// same on every host, so the hub role can move without the runners' neighbour entries going
+/// stale (they would point at the old host's MAC for half a minute).
+pub fn tunnel_mac(vni: u32) -> [u8; 6] {
+    let v = vni.to_be_bytes();
+    [0x02, 0x57, v[0], v[1], v[2], v[3]]
 }
 
 /// See [`HostDataplane::scanned`].
@@ -84,7 +96,34 @@ impl HostDataplane {
             firewalld: tokio::sync::OnceCell::new(),
             underlay: std::sync::Mutex::new(BTreeSet::new()),
             scanned: Default::default(),
+            stable_macs: false,
         }
+    }
+
+    /// Repair adopted tunnels' MAC addresses to [`tunnel_mac`] (several hosts); new tunnels
+    /// get it either way.
+    pub fn with_stable_macs(mut self) -> Self {
+        self.stable_macs = true;
+        self
+    }
+
+    /// Stop acting as the hub: remove every link of Weir's networks (the tunnels with their
+    /// `.254` addresses, the host-IP devices with the overlay's `.1`), so no runner still
+    /// pointed here is routed by this host. The next leader builds its own.
+    pub async fn step_down(&self) -> Result<()> {
+        crate::telemetry::kernel("netlink.host_step_down", async {
+            for link in self.nl.links().await? {
+                if link
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(NETWORK_ALIAS_PREFIX))
+                {
+                    self.nl.del_link(link.index).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Tell firewalld (if it manages this namespace) to trust one of Weir's interfaces.
@@ -325,6 +364,11 @@ impl HostDataplane {
                     .await?
             }
         };
+        let mac = tunnel_mac(block.vni(net.vxlan_id_base));
+        if self.stable_macs && link.mac != Some(mac) {
+            self.nl.set_mac(link.index, mac).await?;
+            change = change.max_with(TunnelChange::Repaired);
+        }
         let vx = link.vxlan.clone().unwrap_or_default();
         if vx.remote != Some(remote) || vx.local != Some(net.local) || vx.learning {
             self.nl
@@ -373,14 +417,17 @@ impl HostDataplane {
         remote: Ipv4Addr,
     ) -> Result<Link> {
         self.nl
-            .add_vxlan(&VxlanSpec {
-                name: name.to_string(),
-                vni,
-                remote,
-                local: net.local,
-                port: net.port,
-                mtu: net.mtu,
-            })
+            .add_vxlan_with_mac(
+                &VxlanSpec {
+                    name: name.to_string(),
+                    vni,
+                    remote,
+                    local: net.local,
+                    port: net.port,
+                    mtu: net.mtu,
+                },
+                Some(tunnel_mac(vni)),
+            )
             .await
     }
 

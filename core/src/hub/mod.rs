@@ -80,6 +80,37 @@ pub struct HubSettings {
     pub reservation_ttl: TtlBounds,
     /// DNS servers for VMs' cloud-init.
     pub dns: Vec<Ipv4Addr>,
+    /// Several hosts on etcd: this host leads (`None`: the only host).
+    pub leadership: Option<HubLeadership>,
+}
+
+/// The hub role held by one of several hosts: every commit carries `fence`, so nothing this
+/// host sends commits once it is deposed.
+#[derive(Clone)]
+pub struct HubLeadership {
+    /// This host's name.
+    pub name: String,
+    pub fence: crate::store::Fence,
+    /// The leader before this one, if any is known (for the event).
+    pub previous: Option<String>,
+    /// Every live host, for `GetStatus`.
+    pub hosts: Arc<dyn HostDirectory>,
+}
+
+impl std::fmt::Debug for HubLeadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubLeadership")
+            .field("name", &self.name)
+            .field("fence", &self.fence)
+            .field("previous", &self.previous)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the hub learns which hosts there are (the host set on etcd).
+#[async_trait::async_trait]
+pub trait HostDirectory: Send + Sync {
+    async fn hosts(&self) -> Vec<pb::HostStatus>;
 }
 
 /// Allowed reservation TTLs.
@@ -256,10 +287,30 @@ impl Hub {
             publish_again: AtomicBool::new(false),
         };
         crate::telemetry::metrics::reconcile("host-start", hub.recover(snap)).await?;
+        hub.announce_leadership().await?;
         hub.publish_counts().await;
         let hub = Arc::new(hub);
         hub.clone().forward_policy_reports(fault_rx, reload_rx);
         Ok(hub)
+    }
+
+    /// A host that took the hub role says so in the event log (its first fenced commit).
+    async fn announce_leadership(&self) -> Result<(), HubError> {
+        let Some(l) = &self.settings.leadership else {
+            return Ok(());
+        };
+        let mut txn = Txn::default();
+        txn.event(pb::EventKind::LeaderElected, |e| {
+            e.detail = match &l.previous {
+                Some(p) if p != &l.name => {
+                    format!("{} leads (term {}), after {p}", l.name, l.fence.term)
+                }
+                Some(_) => format!("{} leads again (term {}), restarted", l.name, l.fence.term),
+                None => format!("{} leads (term {})", l.name, l.fence.term),
+            };
+        });
+        let mut st = self.state.lock().await;
+        self.commit(&mut st, txn).await
     }
 
     /// The policy host (plugins).
@@ -428,7 +479,11 @@ impl Hub {
             ));
         }
         let changed = !txn.changes.is_empty();
-        if let Err(e) = self.store.commit(Commit::new(txn.changes)).await {
+        let commit = Commit {
+            changes: txn.changes,
+            fence: self.settings.leadership.as_ref().map(|l| l.fence),
+        };
+        if let Err(e) = self.store.commit(commit).await {
             // Nothing was written: hand the sequence numbers back.
             st.next_event -= txn.events.len() as u64;
             return Err(e.into());

@@ -245,6 +245,7 @@ fn settings(overlay: bool) -> HubSettings {
         command_timeout: Duration::from_secs(5),
         reservation_ttl: TtlBounds::default(),
         dns: Vec::new(),
+        leadership: None,
     }
 }
 

@@ -537,7 +537,7 @@ impl Hub {
         let st = self.state.lock().await;
         let runners = self.runner_statuses(&st);
         let overlay = self.network("").ok().and_then(|n| n.overlay());
-        pb::GetStatusResponse {
+        let mut status = pb::GetStatusResponse {
             plan: overlay.map(|o| o.plan.to_string()).unwrap_or_default(),
             host_ip: overlay
                 .map(|o| o.plan.host_ip().to_string())
@@ -560,7 +560,15 @@ impl Hub {
             runners,
             last_event_seq: st.next_event.saturating_sub(1),
             host_version: env!("CARGO_PKG_VERSION").into(),
+            hosts: Vec::new(),
+            leader_term: 0,
+        };
+        drop(st);
+        if let Some(l) = &self.settings.leadership {
+            status.hosts = l.hosts.hosts().await;
+            status.leader_term = l.fence.term;
         }
+        status
     }
 
     fn network_statuses(&self, st: &State) -> Vec<pb::NetworkStatus> {

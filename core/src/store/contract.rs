@@ -268,7 +268,7 @@ async fn an_older_writer_term_is_fenced(h: &impl Harness) {
     let s = h.open(8).await;
     let at = |term| Commit {
         changes: vec![Change::PutMeta("by".into(), format!("term {term}"))],
-        fence: Some(Fence { term }),
+        fence: Some(Fence::term(term)),
     };
     s.commit(at(1)).await.unwrap();
     s.commit(at(2)).await.unwrap();

@@ -173,6 +173,7 @@ struct Plan {
     counter: u64,
     changes: Vec<Change>,
     fence_term: Option<u64>,
+    fence_lease: Option<i64>,
 }
 
 /// A record's value and the claim key it holds.
@@ -560,6 +561,7 @@ impl EtcdStore {
         let mut plan = Plan {
             counter: inner.counter + 1,
             fence_term: commit.fence.map(|f| f.term),
+            fence_lease: commit.fence.and_then(|f| f.lease),
             ..Plan::default()
         };
         // Net the changes: the final state of every key (a transaction may name a key once).
@@ -704,6 +706,10 @@ impl EtcdStore {
             ));
             plan.ops.push(TxnOp::put(k.term(), pad(term), None));
         }
+        if let Some(lease) = plan.fence_lease {
+            plan.compares
+                .push(Compare::lease(k.k("leader"), CompareOp::Equal, lease));
+        }
         let wk = k.writer(&self.opts.writer);
         guard(&mut plan, &wk);
         plan.ops
@@ -772,6 +778,14 @@ impl EtcdStore {
             if current > term {
                 return StoreError::Fenced { term, current };
             }
+        }
+        if let Some(lease) = plan.fence_lease
+            && let Ok(r) = self.get(self.keys.k("leader"), None).await
+            && r.kvs().first().map(|kv| kv.lease()) != Some(lease)
+        {
+            return StoreError::LeaseLost {
+                term: plan.fence_term.unwrap_or(0),
+            };
         }
         for key in plan
             .puts
@@ -1493,7 +1507,7 @@ mod tests {
         let r = s
             .commit(Commit {
                 changes: vec![Change::PutRunner(runner("r2", 2))],
-                fence: Some(Fence { term: 1 }),
+                fence: Some(Fence::term(1)),
             })
             .await;
         assert!(
@@ -1528,5 +1542,5 @@ mod tests {
     }
 }
 
-mod leader;
+pub mod leader;
 pub use leader::Leadership;

@@ -16,7 +16,7 @@
 //! - `contract` (tests): the behaviour every back end must show, written once
 
 pub mod copy;
-mod etcd_store;
+pub mod etcd_store;
 mod records;
 mod redb_store;
 
@@ -87,6 +87,17 @@ pub enum Change {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Fence {
     pub term: u64,
+    /// The lease the writer's leadership is held under (etcd): a commit applies only while
+    /// the leader key is still held under it, so nothing commits once the lease expired,
+    /// even before a successor took the next term. `None`: the term alone.
+    pub lease: Option<i64>,
+}
+
+impl Fence {
+    /// A fence of the term alone.
+    pub fn term(term: u64) -> Self {
+        Self { term, lease: None }
+    }
 }
 
 /// A batch of changes, applied atomically.
@@ -148,6 +159,10 @@ pub enum StoreError {
         "state store: commit refused, its writer's term {term} is older than term {current}: another host took over"
     )]
     Fenced { term: u64, current: u64 },
+    #[error(
+        "state store: commit refused, the leadership of term {term} is no longer held (its lease expired or was revoked)"
+    )]
+    LeaseLost { term: u64 },
 }
 
 /// What the hub asks of its state store. Implementations must apply a commit entirely or

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// `weir.address.conflicts` {network}: addresses a runner found in use on its bridge by
     /// something Weir did not attach (each then withheld).
     pub address_conflicts: Counter<u64>,
+    /// `weir.leadership.changes` {change}: this host took the hub role (`elected`), lost it
+    /// (`lost`: its lease went) or handed it over (`resigned`).
+    pub leadership_changes: Counter<u64>,
 }
 
 fn meter() -> Meter {
@@ -113,6 +116,10 @@ pub fn metrics() -> &'static Metrics {
                 .with_description(
                     "Addresses found in use on a runner's bridge by something Weir did not attach",
                 )
+                .build(),
+            leadership_changes: m
+                .u64_counter("weir.leadership.changes")
+                .with_description("Times this host took, lost or handed over the hub role")
                 .build(),
         }
     })

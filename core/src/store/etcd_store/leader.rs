@@ -1,54 +1,86 @@
-//! Leadership of the hub role through etcd (the foundation of failover): one leader at a
-//! time, elected by the key `P leader` held under a lease. Each new leader takes the next
-//! writer term in the same transaction, and its commits carry that term as their [`Fence`],
-//! so a deposed leader can never commit once its successor has (the store compares the term
-//! on every fenced commit). A leader whose lease cannot be renewed for half its TTL considers
-//! itself deposed before etcd expires the lease anywhere.
+//! Leadership of the hub role through etcd: one leader at a time.
+//!
+//! Each host joins the host set with a lease of its own ([`Presence`]): `P hosts/<name>`
+//! (what it serves and where) lives under that lease, kept alive every third of its TTL. The
+//! leader key `P leader` ("<name> <term>") is taken under the same lease, with the next writer
+//! term in the same transaction; the leader's commits carry that term and lease as their
+//! [`Fence`], so nothing it sends commits once its lease is gone or a successor took a newer
+//! term. A host whose lease cannot be renewed for half its TTL considers itself gone (and
+//! deposed) before etcd expires the lease anywhere.
 
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::watch;
 
 use super::{EtcdStore, describe_err, pad};
 use crate::store::{Fence, Store, StoreError};
 
-/// This host leads: its term, and a signal that turns true when it no longer may.
-pub struct Leadership {
+/// This host's membership of the host set: its lease, and a signal that turns true when the
+/// lease is lost (not renewed within half its TTL, or revoked).
+pub struct Presence {
     pub name: String,
-    pub term: u64,
     pub lease: i64,
+    pub ttl: Duration,
     lost: watch::Receiver<bool>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
-impl Leadership {
-    /// The fence every commit of this leader carries.
-    pub fn fence(&self) -> Fence {
-        Fence { term: self.term }
-    }
-
-    /// Whether the lease could not be renewed in time (or was revoked): stop acting as leader.
+impl Presence {
+    /// Whether the lease is lost: stop acting as a member (and as leader).
     pub fn is_lost(&self) -> bool {
         *self.lost.borrow()
     }
 
-    /// Resolves when the leadership is lost.
-    pub async fn lost(&mut self) {
-        while !*self.lost.borrow_and_update() {
-            if self.lost.changed().await.is_err() {
+    /// A signal that turns true when the lease is lost (to await without borrowing this).
+    pub fn lost_receiver(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    /// Resolves when the lease is lost.
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
                 return;
             }
         }
     }
 }
 
-impl Drop for Leadership {
+impl Drop for Presence {
     fn drop(&mut self) {
         self.keeper.abort();
     }
+}
+
+/// This host leads: the term it took and the lease it holds the leader key under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub term: u64,
+    pub lease: i64,
+}
+
+impl Leadership {
+    /// The fence every commit of this leader carries.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            term: self.term,
+            lease: Some(self.lease),
+        }
+    }
+}
+
+/// Who holds the leader key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderKey {
+    pub name: String,
+    pub term: u64,
+    /// The key's mod revision (to watch from, or to take it over guarded by).
+    pub revision: i64,
+    pub lease: i64,
 }
 
 impl EtcdStore {
@@ -56,94 +88,159 @@ impl EtcdStore {
         self.keys.k("leader")
     }
 
-    /// Who leads now: its name and term.
-    pub async fn leader(&self) -> Result<Option<(String, u64)>, StoreError> {
+    fn host_key(&self, name: &str) -> Vec<u8> {
+        self.keys.k(&format!("hosts/{name}"))
+    }
+
+    /// Who leads now.
+    pub async fn leader(&self) -> Result<Option<LeaderKey>, StoreError> {
         let r = self
             .get(self.leader_key(), None)
             .await
             .map_err(|e| self.unavailable("reading the leader", &e))?;
-        Ok(r.kvs().first().and_then(|kv| parse_leader(kv.value())))
+        Ok(r.kvs().first().and_then(|kv| {
+            let (name, term) = parse_leader(kv.value())?;
+            Some(LeaderKey {
+                name,
+                term,
+                revision: kv.mod_revision(),
+                lease: kv.lease(),
+            })
+        }))
     }
 
-    /// Become the leader: wait until nobody holds the leader key, then take it under a lease
-    /// of `ttl` together with the next writer term. Returns once this host leads.
-    pub async fn campaign(&self, name: &str, ttl: Duration) -> Result<Leadership, StoreError> {
+    /// Join the host set: a lease of `ttl` (etcd rounds it up to whole seconds, and to its
+    /// own minimum), kept alive from now on, with `record` at `hosts/<name>` under it.
+    pub async fn join(
+        &self,
+        name: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<Presence, StoreError> {
         let ttl_s = ttl.as_secs().max(1) as i64;
         let mut leases = self.client.lease_client();
         let lease = leases
             .grant(ttl_s, None)
             .await
-            .map_err(|e| self.unavailable("granting the leader lease", &e))?
+            .map_err(|e| self.unavailable("granting this host's lease", &e))?
             .id();
-        let (lk, tk) = (self.leader_key(), self.keys.term());
-        loop {
-            let term_now = self
-                .get(tk.clone(), None)
-                .await
-                .map_err(|e| self.unavailable("reading the writer term", &e))?;
-            let (current, term_rev) = term_now
-                .kvs()
-                .first()
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.value())
-                            .parse::<u64>()
-                            .unwrap_or(0),
-                        kv.mod_revision(),
-                    )
-                })
-                .unwrap_or((0, 0));
-            let term = current + 1;
-            let txn = Txn::new()
-                .when([
-                    Compare::version(lk.clone(), CompareOp::Equal, 0),
-                    Compare::mod_revision(tk.clone(), CompareOp::Equal, term_rev),
-                ])
-                .and_then([
-                    TxnOp::put(
-                        lk.clone(),
-                        format!("{name} {term}"),
-                        Some(PutOptions::new().with_lease(lease)),
-                    ),
-                    TxnOp::put(tk.clone(), pad(term), None),
-                ])
-                .or_else([TxnOp::get(lk.clone(), None)]);
-            let resp = self
-                .txn(txn)
-                .await
-                .map_err(|e| self.unavailable("taking the leader key", &e))?;
-            if resp.succeeded() {
-                tracing::info!(store = %self.describe(), name, term, "leading");
-                return self.keep(name, term, lease, ttl).await;
-            }
-            // Someone leads: wait for its key to go (resign or lease expiry), then try again.
-            let held = resp.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
-                _ => None,
-            });
-            if let Some(rev) = held {
-                self.wait_deleted(&lk, rev + 1).await?;
-            }
-        }
+        self.client
+            .kv_client()
+            .put(
+                self.host_key(name),
+                record,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| self.unavailable("recording this host in the host set", &e))?;
+        self.keep(name, lease, ttl).await
     }
 
-    /// Wait until `key` is deleted, watching from revision `from`.
-    async fn wait_deleted(&self, key: &[u8], from: i64) -> Result<(), StoreError> {
+    /// Replace this host's record (its role changed).
+    pub async fn update_record(&self, p: &Presence, record: &str) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(
+                self.host_key(&p.name),
+                record,
+                Some(PutOptions::new().with_lease(p.lease)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable("updating this host's record", &e))
+    }
+
+    /// Every live host's record, by name.
+    pub async fn hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = self.keys.k("hosts/");
+        let r = self
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.unavailable("reading the host set", &e))?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// Take the leader key under `p`'s lease with the next writer term, if nobody holds it or
+    /// `held` is what holds it now (a previous incarnation of this host, dead, whose lease has
+    /// not expired yet). `None`: someone else got there first.
+    pub async fn try_lead(
+        &self,
+        p: &Presence,
+        held: Option<&LeaderKey>,
+    ) -> Result<Option<Leadership>, StoreError> {
+        let (lk, tk) = (self.leader_key(), self.keys.term());
+        let term_now = self
+            .get(tk.clone(), None)
+            .await
+            .map_err(|e| self.unavailable("reading the writer term", &e))?;
+        let (current, term_rev) = term_now
+            .kvs()
+            .first()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.value())
+                        .parse::<u64>()
+                        .unwrap_or(0),
+                    kv.mod_revision(),
+                )
+            })
+            .unwrap_or((0, 0));
+        let term = current + 1;
+        let leader_guard = match held {
+            None => Compare::version(lk.clone(), CompareOp::Equal, 0),
+            Some(h) => Compare::mod_revision(lk.clone(), CompareOp::Equal, h.revision),
+        };
+        let txn = Txn::new()
+            .when([
+                leader_guard,
+                Compare::mod_revision(tk.clone(), CompareOp::Equal, term_rev),
+            ])
+            .and_then([
+                TxnOp::put(
+                    lk,
+                    format!("{} {term}", p.name),
+                    Some(PutOptions::new().with_lease(p.lease)),
+                ),
+                TxnOp::put(tk, pad(term), None),
+            ]);
+        let resp = self
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable("taking the leader key", &e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        tracing::info!(store = %self.describe(), name = %p.name, term, "leading");
+        Ok(Some(Leadership {
+            term,
+            lease: p.lease,
+        }))
+    }
+
+    /// Wait until the leader key changes after `revision` (deleted, or put by a new leader).
+    pub async fn wait_leader_change(&self, revision: i64) -> Result<(), StoreError> {
         let mut w = self.client.watch_client();
         let mut stream = w
             .watch(
-                key.to_vec(),
-                Some(WatchOptions::new().with_start_revision(from)),
+                self.leader_key(),
+                Some(WatchOptions::new().with_start_revision(revision + 1)),
             )
             .await
             .map_err(|e| self.unavailable("watching the leader", &e))?;
         loop {
             match stream.message().await {
                 Ok(Some(m)) => {
-                    if m.events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete)
-                    {
+                    if m.events().iter().any(|e| {
+                        e.event_type() == EventType::Delete || e.event_type() == EventType::Put
+                    }) {
                         return Ok(());
                     }
                 }
@@ -153,20 +250,14 @@ impl EtcdStore {
         }
     }
 
-    /// Renew the lease every third of its TTL; a leadership that goes half its TTL without a
-    /// renewal, or whose lease is gone, is lost.
-    async fn keep(
-        &self,
-        name: &str,
-        term: u64,
-        lease: i64,
-        ttl: Duration,
-    ) -> Result<Leadership, StoreError> {
+    /// Renew the lease every third of its TTL; a lease that goes half its TTL without a
+    /// renewal, or that is gone, is lost.
+    async fn keep(&self, name: &str, lease: i64, ttl: Duration) -> Result<Presence, StoreError> {
         let mut leases = self.client.lease_client();
         let (mut keeper, mut answers) = leases
             .keep_alive(lease)
             .await
-            .map_err(|e| self.unavailable("renewing the leader lease", &e))?;
+            .map_err(|e| self.unavailable("renewing this host's lease", &e))?;
         let (tx, rx) = watch::channel(false);
         let every = ttl / 3;
         let margin = ttl / 2;
@@ -180,7 +271,7 @@ impl EtcdStore {
                     match tokio::time::timeout(every, answers.message()).await {
                         Ok(Ok(Some(a))) if a.ttl() > 0 => last = tokio::time::Instant::now(),
                         Ok(Ok(Some(_))) => {
-                            tracing::warn!(%store, term, "the leader lease expired or was revoked");
+                            tracing::warn!(%store, lease, "this host's lease expired or was revoked");
                             let _ = tx.send(true);
                             return;
                         }
@@ -188,34 +279,58 @@ impl EtcdStore {
                     }
                 }
                 if last.elapsed() >= margin {
-                    tracing::warn!(%store, term, after = ?last.elapsed(), "the leader lease could not be renewed; stepping down");
+                    tracing::warn!(%store, lease, after = ?last.elapsed(), "this host's lease could not be renewed in time");
                     let _ = tx.send(true);
                     return;
                 }
                 tokio::time::sleep(every.saturating_sub(last.elapsed().min(every))).await;
             }
         });
-        Ok(Leadership {
+        Ok(Presence {
             name: name.to_string(),
-            term,
             lease,
+            ttl,
             lost: rx,
             keeper: task,
         })
     }
 
-    /// Step down: the lease is revoked, so the leader key goes at once.
-    pub async fn resign(&self, leadership: Leadership) -> Result<(), StoreError> {
-        let lease = leadership.lease;
-        drop(leadership);
+    /// Leave the host set (and the leadership, if held): the lease is revoked, so the
+    /// record and the leader key go at once.
+    pub async fn leave(&self, p: Presence) -> Result<(), StoreError> {
+        let lease = p.lease;
+        drop(p);
         self.client
             .lease_client()
             .revoke(lease)
             .await
             .map(|_| ())
             .map_err(|e| {
-                StoreError::Unavailable(format!("revoking the leader lease: {}", describe_err(&e)))
+                StoreError::Unavailable(format!("revoking this host's lease: {}", describe_err(&e)))
             })
+    }
+}
+
+impl EtcdStore {
+    /// The configuration digest the last leader recorded (what the cluster runs with).
+    pub async fn cluster_config(&self) -> Result<Option<String>, StoreError> {
+        let r = self
+            .get(self.keys.k("cluster/config"), None)
+            .await
+            .map_err(|e| self.unavailable("reading the cluster's configuration", &e))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Record the configuration the cluster runs with (by its leader).
+    pub async fn put_cluster_config(&self, digest: &str) -> Result<(), StoreError> {
+        self.client
+            .kv_client()
+            .put(self.keys.k("cluster/config"), digest, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable("recording the cluster's configuration", &e))
     }
 }
 
@@ -244,42 +359,63 @@ mod tests {
         .unwrap()
     }
 
-    fn meta(term: u64) -> Commit {
+    fn meta(fence: Fence) -> Commit {
         Commit {
-            changes: vec![Change::PutMeta("by".into(), format!("term {term}"))],
-            fence: Some(Fence { term }),
+            changes: vec![Change::PutMeta("by".into(), format!("term {}", fence.term))],
+            fence: Some(fence),
         }
     }
 
-    /// One leader at a time; the next takes the next term once the first resigns, and the
+    async fn lead(store: &EtcdStore, p: &Presence) -> Leadership {
+        loop {
+            let held = store.leader().await.unwrap();
+            match &held {
+                Some(h) if h.name != p.name => {
+                    store.wait_leader_change(h.revision).await.unwrap();
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(l) = store.try_lead(p, held.as_ref()).await.unwrap() {
+                return l;
+            }
+        }
+    }
+
+    /// One leader at a time; the next takes the next term once the first leaves, and the
     /// first's fence no longer commits.
     #[tokio::test]
     async fn one_leader_at_a_time_and_a_deposed_one_cannot_commit() {
         let etcd = EtcdCluster::start(EtcdSpec::local("lead", 1)).unwrap();
         let a = open(&etcd, "a").await;
         let b = std::sync::Arc::new(open(&etcd, "b").await);
-        let la = a.campaign("a", Duration::from_secs(5)).await.unwrap();
+        let pa = a.join("a", "{}", Duration::from_secs(5)).await.unwrap();
+        let la = lead(&a, &pa).await;
         assert_eq!(la.term, 1);
-        assert_eq!(a.leader().await.unwrap(), Some(("a".to_string(), 1)));
-        a.commit(meta(la.term)).await.unwrap();
+        let held = a.leader().await.unwrap().unwrap();
+        assert_eq!((held.name.as_str(), held.term), ("a", 1));
+        a.commit(meta(la.fence())).await.unwrap();
+        let pb = b.join("b", "{}", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(b.try_lead(&pb, None).await.unwrap(), None, "a holds it");
+        let mut names: Vec<String> = b.hosts().await.unwrap().into_iter().map(|h| h.0).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
         let (b2, started) = (b.clone(), tokio::sync::oneshot::channel::<()>());
         let (ready_tx, ready_rx) = started;
         let contender = tokio::spawn(async move {
             let _ = ready_tx.send(());
-            b2.campaign("b", Duration::from_secs(5)).await.unwrap()
+            let l = lead(&b2, &pb).await;
+            (l, pb)
         });
         ready_rx.await.unwrap();
-        // While a leads, b waits (it is still waiting after b had every chance to run).
         tokio::task::yield_now().await;
-        assert_eq!(a.leader().await.unwrap(), Some(("a".to_string(), 1)));
         assert!(!contender.is_finished());
-        let old = la.term;
-        a.resign(la).await.unwrap();
-        let lb = contender.await.unwrap();
+        let old = la.fence();
+        a.leave(pa).await.unwrap();
+        let (lb, _pb) = contender.await.unwrap();
         assert_eq!(lb.term, 2);
-        assert_eq!(b.leader().await.unwrap(), Some(("b".to_string(), 2)));
         b.load().await.unwrap();
-        b.commit(meta(lb.term)).await.unwrap();
+        b.commit(meta(lb.fence())).await.unwrap();
         match a.commit(meta(old)).await {
             Err(StoreError::Fenced {
                 term: 1,
@@ -290,29 +426,51 @@ mod tests {
     }
 
     /// A leader whose lease goes (revoked by an operator, or expired while it was cut off)
-    /// learns it has lost, and another host leads with a newer term.
+    /// learns it has lost, cannot commit even before a successor takes a term, and another
+    /// host leads with a newer term.
     #[tokio::test]
     async fn a_leader_whose_lease_goes_knows_it_lost_and_another_takes_over() {
         let etcd = EtcdCluster::start(EtcdSpec::local("lease", 1)).unwrap();
         let a = open(&etcd, "a").await;
         let b = open(&etcd, "b").await;
-        let mut la = a.campaign("a", Duration::from_secs(3)).await.unwrap();
+        let pa = a.join("a", "{}", Duration::from_secs(3)).await.unwrap();
+        let la = lead(&a, &pa).await;
         let mut leases = etcd_client::Client::connect(etcd.endpoints(), None)
             .await
             .unwrap()
             .lease_client();
         leases.revoke(la.lease).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), la.lost())
+        tokio::time::timeout(Duration::from_secs(10), pa.lost())
             .await
             .expect("the leader noticed it lost its lease");
-        assert!(la.is_lost());
-        let lb = tokio::time::timeout(
-            Duration::from_secs(10),
-            b.campaign("b", Duration::from_secs(3)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        assert!(pa.is_lost());
+        match a.commit(meta(la.fence())).await {
+            Err(StoreError::LeaseLost { term }) => assert_eq!(term, la.term),
+            other => panic!("a leader without its lease committed: {other:?}"),
+        }
+        let pb = b.join("b", "{}", Duration::from_secs(3)).await.unwrap();
+        let lb = tokio::time::timeout(Duration::from_secs(10), lead(&b, &pb))
+            .await
+            .unwrap();
         assert!(lb.term > la.term);
+    }
+
+    /// A host restarted under the same name takes the leader key its dead predecessor still
+    /// holds, without waiting for that lease to expire.
+    #[tokio::test]
+    async fn a_restarted_leader_takes_its_own_key_back_at_once() {
+        let etcd = EtcdCluster::start(EtcdSpec::local("again", 1)).unwrap();
+        let a = open(&etcd, "a").await;
+        let first = a.join("a", "{}", Duration::from_secs(30)).await.unwrap();
+        let l1 = lead(&a, &first).await;
+        // Dies without revoking: the key stays under its lease for 30 s.
+        drop(first);
+        let a2 = open(&etcd, "a").await;
+        let second = a2.join("a", "{}", Duration::from_secs(30)).await.unwrap();
+        let l2 = tokio::time::timeout(Duration::from_secs(5), lead(&a2, &second))
+            .await
+            .expect("took its own key back at once");
+        assert_eq!(l2.term, l1.term + 1);
+        assert_ne!(l2.lease, l1.lease);
     }
 }

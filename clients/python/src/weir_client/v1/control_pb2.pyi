@@ -29,6 +29,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLUGIN_FAULT: _ClassVar[EventKind]
     PLUGIN_RELOADED: _ClassVar[EventKind]
     ADDRESS_CONFLICT: _ClassVar[EventKind]
+    LEADER_ELECTED: _ClassVar[EventKind]
 WORKLOAD_KIND_UNSPECIFIED: WorkloadKind
 WORKLOAD_KIND_CONTAINER: WorkloadKind
 WORKLOAD_KIND_VM: WorkloadKind
@@ -47,6 +48,7 @@ ALLOCATION_CHANGED: EventKind
 PLUGIN_FAULT: EventKind
 PLUGIN_RELOADED: EventKind
 ADDRESS_CONFLICT: EventKind
+LEADER_ELECTED: EventKind
 
 class GetPluginsRequest(_message.Message):
     __slots__ = ()
@@ -109,7 +111,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("plan", "host_ip", "overlay_enabled", "runners", "max_runners", "active_runners", "workloads", "reservations", "inactive_runners", "placeholders", "networks", "last_event_seq", "host_version")
+    __slots__ = ("plan", "host_ip", "overlay_enabled", "runners", "max_runners", "active_runners", "workloads", "reservations", "inactive_runners", "placeholders", "networks", "last_event_seq", "host_version", "hosts", "leader_term")
     PLAN_FIELD_NUMBER: _ClassVar[int]
     HOST_IP_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_ENABLED_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +125,8 @@ class GetStatusResponse(_message.Message):
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     LAST_EVENT_SEQ_FIELD_NUMBER: _ClassVar[int]
     HOST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_TERM_FIELD_NUMBER: _ClassVar[int]
     plan: str
     host_ip: str
     overlay_enabled: bool
@@ -136,7 +140,27 @@ class GetStatusResponse(_message.Message):
     networks: _containers.RepeatedCompositeFieldContainer[NetworkStatus]
     last_event_seq: int
     host_version: str
-    def __init__(self, plan: _Optional[str] = ..., host_ip: _Optional[str] = ..., overlay_enabled: bool = ..., runners: _Optional[_Iterable[_Union[RunnerStatus, _Mapping]]] = ..., max_runners: _Optional[int] = ..., active_runners: _Optional[int] = ..., workloads: _Optional[int] = ..., reservations: _Optional[int] = ..., inactive_runners: _Optional[int] = ..., placeholders: _Optional[int] = ..., networks: _Optional[_Iterable[_Union[NetworkStatus, _Mapping]]] = ..., last_event_seq: _Optional[int] = ..., host_version: _Optional[str] = ...) -> None: ...
+    hosts: _containers.RepeatedCompositeFieldContainer[HostStatus]
+    leader_term: int
+    def __init__(self, plan: _Optional[str] = ..., host_ip: _Optional[str] = ..., overlay_enabled: bool = ..., runners: _Optional[_Iterable[_Union[RunnerStatus, _Mapping]]] = ..., max_runners: _Optional[int] = ..., active_runners: _Optional[int] = ..., workloads: _Optional[int] = ..., reservations: _Optional[int] = ..., inactive_runners: _Optional[int] = ..., placeholders: _Optional[int] = ..., networks: _Optional[_Iterable[_Union[NetworkStatus, _Mapping]]] = ..., last_event_seq: _Optional[int] = ..., host_version: _Optional[str] = ..., hosts: _Optional[_Iterable[_Union[HostStatus, _Mapping]]] = ..., leader_term: _Optional[int] = ...) -> None: ...
+
+class HostStatus(_message.Message):
+    __slots__ = ("name", "role", "url", "underlay_ip", "version", "term", "refusal")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    url: str
+    underlay_ip: str
+    version: str
+    term: int
+    refusal: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., url: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., version: _Optional[str] = ..., term: _Optional[int] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class NetworkStatus(_message.Message):
     __slots__ = ("name", "mode", "plan", "host_ip", "vxlan_id_base", "masquerade", "egress", "runners", "workloads", "reservations", "max_runners")
