@@ -142,6 +142,8 @@ pub enum Role {
     },
     Leader {
         name: String,
+        /// Where this host is reached.
+        url: String,
         term: u64,
     },
 }
@@ -355,6 +357,7 @@ impl Cluster {
         let _ = self.store_record().await;
         let _ = self.role.send(Role::Leader {
             name: me.name,
+            url: me.url,
             term: l.term,
         });
         crate::telemetry::metrics::metrics()

@@ -6,7 +6,7 @@
 //! the runner's overlay down before it registers again, so it never runs with an id the host
 //! no longer gives it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,12 @@ pub enum RunnerError {
 }
 
 pub const BACKOFF_START: Duration = Duration::from_millis(200);
+/// With several hosts: how long a host that failed is passed over (a standby may still name
+/// it as leader until its lease expires).
+const PASS_OVER: Duration = Duration::from_secs(3);
+/// With several hosts: the session's HTTP/2 keepalive, so a leader that died with its
+/// machine (no FIN, no RST) is noticed within about a second, not after the heartbeat's.
+const FAILOVER_KEEPALIVE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Run until `shutdown` resolves (Ok) or the configuration contradicts the host (Err).
@@ -65,10 +71,25 @@ pub async fn run(
     // Which configured host to try next, and a leader a standby named (tried first).
     let mut next = 0usize;
     let mut hint: Option<String> = None;
+    // Hosts that just failed (session lost, unreachable): passed over for a while, so a
+    // standby still naming a dead leader does not send the runner back to it.
+    let mut failed: HashMap<String, Instant> = HashMap::new();
+    let recently = |failed: &HashMap<String, Instant>, u: &str| {
+        failed.get(u).is_some_and(|t| t.elapsed() < PASS_OVER)
+    };
     loop {
-        let url = hint
-            .take()
-            .unwrap_or_else(|| settings.host_urls[next % settings.host_urls.len()].clone());
+        let n = settings.host_urls.len();
+        let url = match hint.take() {
+            Some(h) if !recently(&failed, &h) => h,
+            _ => {
+                let pick = (0..n)
+                    .map(|k| (next + k) % n)
+                    .find(|&k| !recently(&failed, &settings.host_urls[k]))
+                    .unwrap_or(next % n);
+                next = pick;
+                settings.host_urls[pick].clone()
+            }
+        };
         let attempt = async {
             let r = once(&settings, &url, &agent, &uplink, &mut notified).await;
             uplink.disconnected().await;
@@ -85,12 +106,14 @@ pub async fn run(
             }
             Ok(Ended::Lost) => {
                 // The next host, in case this one is gone (several hosts).
+                failed.insert(url.clone(), Instant::now());
                 next += 1;
                 None
             }
             Err(Fail::Fatal(e)) => return Err(e),
             Err(Fail::Retry(msg)) => {
                 tracing::warn!(host = %url, retry_in_ms = backoff.as_millis() as u64, "{msg}");
+                failed.insert(url.clone(), Instant::now());
                 next += 1;
                 None
             }
@@ -100,7 +123,9 @@ pub async fn run(
                 tracing::info!(host = %url, "{msg}");
                 match leader_url {
                     Some(l) if l != url => hint = Some(l),
-                    _ => next += 1,
+                    // It is taking over itself: stay with it.
+                    Some(_) => hint = Some(url.clone()),
+                    None => next += 1,
                 }
                 backoff = BACKOFF_START;
                 Some(jittered(BACKOFF_START))
@@ -212,7 +237,11 @@ async fn once(
         } else {
             Duration::from_secs(5)
         },
-        keepalive: Some(s.heartbeat_interval.max(Duration::from_secs(1))),
+        keepalive: Some(if s.host_urls.len() > 1 {
+            FAILOVER_KEEPALIVE
+        } else {
+            s.heartbeat_interval.max(Duration::from_secs(1))
+        }),
     };
     let channel = connect_tls(host_url, opts, &s.tls)
         .await

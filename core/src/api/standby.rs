@@ -35,11 +35,24 @@ pub fn refusal(role: &Role) -> Status {
             leader,
             refusal,
         } => (name.as_str(), leader.as_ref(), refusal.as_deref()),
-        // Between winning and serving as the hub: nobody is to be sent elsewhere.
-        Role::Leader { name, term } => {
-            return Status::unavailable(format!(
-                "host {name} is taking over as leader (term {term}); try again in a moment"
-            ));
+        // Between winning and serving as the hub: it names itself, so nobody goes elsewhere.
+        Role::Leader { name, url, term } => {
+            let mut md = MetadataMap::new();
+            md.insert(ROLE, MetadataValue::from_static("standby"));
+            if let (Ok(n), Ok(u)) = (
+                MetadataValue::try_from(name.as_str()),
+                MetadataValue::try_from(url.as_str()),
+            ) {
+                md.insert(LEADER, n);
+                md.insert(LEADER_URL, u);
+            }
+            return Status::with_metadata(
+                Code::Unavailable,
+                format!(
+                    "host {name} is taking over as leader (term {term}); try again in a moment"
+                ),
+                md,
+            );
         }
     };
     let mut md = MetadataMap::new();

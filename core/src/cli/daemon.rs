@@ -63,9 +63,13 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                 StoreBackend::Redb => (super::store_cmd::open(c).await?, None),
             };
         let mut leadership = None;
+        // The standby's server keeps answering ("taking over") until the hub's binds.
+        let mut standby_server = None;
         if let Some(cl) = &cluster {
-            leadership = stand_by(loaded, cl, tls.clone()).await?;
-            if leadership.is_none() {
+            if let Some((l, server)) = stand_by(loaded, cl, tls.clone()).await? {
+                leadership = Some(l);
+                standby_server = Some(server);
+            } else {
                 // Stopped while standing by: nothing of the hub's was built.
                 if let Some(cl) = cluster
                     && let Err(e) = cl.leave().await
@@ -135,6 +139,10 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         unsafe { libc::malloc_trim(0) };
         if c.policy.watch {
             hub.policy().watch(c.policy.watch_interval.get());
+        }
+        if let Some((stop, server)) = standby_server {
+            let _ = stop.send(());
+            let _ = server.await;
         }
         let listeners =
             crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
@@ -233,13 +241,20 @@ fn host_record(loaded: &LoadedConfig, reachable: Option<Ipv4Addr>) -> HostRecord
     }
 }
 
+/// The standby's server while the hub starts: how to stop it, and its task.
+type StandbyServer = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+);
+
 /// Serve as a standby (health, and refusals naming the leader) until this host leads;
-/// `None` when SIGTERM came first (the host has then left the host set).
+/// `None` when SIGTERM came first (the host has then left the host set). The standby's
+/// server is returned still running: it answers "taking over" until the hub serves.
 async fn stand_by(
     loaded: &LoadedConfig,
     cluster: &Cluster,
     tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<Option<(Leadership, Option<String>)>, CliError> {
+) -> Result<Option<((Leadership, Option<String>), StandbyServer)>, CliError> {
     let c = &loaded.config;
     let listeners =
         crate::api::server::Listeners::bind(c.host.listen, c.host.control_socket.as_deref())
@@ -258,12 +273,14 @@ async fn stand_by(
     tracing::info!(host = %cluster.name(), listen = %c.host.listen, "standing by: another host leads, or an election is under way");
     crate::notify::ready("standby");
     let won = tokio::select! {
-        r = cluster.campaign() => Some(r.map_err(fail)?),
-        _ = shutdown_signal() => None,
+        r = cluster.campaign() => r.map_err(fail)?,
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            let _ = standby.await;
+            return Ok(None);
+        }
     };
-    let _ = stop_tx.send(());
-    let _ = standby.await;
-    Ok(won)
+    Ok(Some((won, (stop_tx, standby))))
 }
 
 /// After serving as the hub among several hosts: hand the role over (SIGTERM), or, with the

@@ -53,6 +53,9 @@ pub struct EtcdSpec {
     /// Run inside this network namespace (a name from `ip netns`, or a path); `None` runs in
     /// the caller's namespace on free ports of 127.0.0.1, unprivileged.
     pub netns: Option<String>,
+    /// With `netns`: listen on this address of the namespace rather than its 127.0.0.1 (so
+    /// other namespaces reach the members).
+    pub address: Option<Ipv4Addr>,
 }
 
 impl EtcdSpec {
@@ -62,6 +65,7 @@ impl EtcdSpec {
             name: name.to_string(),
             members,
             netns: None,
+            address: None,
         }
     }
 }
@@ -110,9 +114,16 @@ impl EtcdCluster {
                 let addrs = (0..spec.members)
                     .map(|i| {
                         let step = 10 * u16::try_from(i).unwrap_or(u16::MAX / 10);
+                        let ip = spec.address.unwrap_or(Ipv4Addr::LOCALHOST);
                         (
-                            loopback(NS_CLIENT_PORT.saturating_add(step)),
-                            loopback(NS_PEER_PORT.saturating_add(step)),
+                            SocketAddr::V4(SocketAddrV4::new(
+                                ip,
+                                NS_CLIENT_PORT.saturating_add(step),
+                            )),
+                            SocketAddr::V4(SocketAddrV4::new(
+                                ip,
+                                NS_PEER_PORT.saturating_add(step),
+                            )),
                         )
                     })
                     .collect();
@@ -549,10 +560,6 @@ fn validate(spec: &EtcdSpec) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
 /// A client and a peer address on 127.0.0.1 for each of `n` members. All listeners stay open

@@ -44,6 +44,20 @@ pub const HOST_PORT: u16 = 7700;
 /// How long the lab waits for a daemon to say it is ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The underlay address of host `i` (1-based; host 1 is [`HOST_IP`]).
+pub fn host_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, i as u8)
+}
+
+/// The lab member (namespace) of host `i`: `host`, then `host2`, `host3` …
+pub fn host_member(i: u32) -> String {
+    if i == 1 {
+        "host".into()
+    } else {
+        format!("host{i}")
+    }
+}
+
 /// The underlay address of runner `i` (1-based).
 pub fn runner_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 10 + i as u8)
@@ -87,7 +101,11 @@ pub struct LabSpec {
     pub daemon_config: toml::Table,
     /// Keep the host's state on etcd: a cluster of this many members inside the host's
     /// namespace (on its loopback), started with the host and stopped with the lab. 0: redb.
+    /// With several `hosts`, the members run in the lan namespace on [`ROUTER_IP`].
     pub etcd_members: usize,
+    /// How many hosts (several need `etcd_members`): host `i` is [`host_member`]`(i)` at
+    /// [`host_ip`]`(i)`, named `h<i>`; every runner knows them all.
+    pub hosts: u32,
 }
 
 /// The keys the lab sets itself in its daemons' configurations (addresses, sockets, state,
@@ -161,6 +179,7 @@ impl LabSpec {
             detached: false,
             daemon_config: toml::Table::new(),
             etcd_members: 0,
+            hosts: 1,
         }
     }
 }
@@ -182,6 +201,8 @@ pub struct Lab {
     pub spec: LabSpec,
     pub dir: PathBuf,
     pub host: Option<Daemon>,
+    /// Hosts 2, 3 … (with `spec.hosts`).
+    pub other_hosts: BTreeMap<u32, Daemon>,
     pub runners: BTreeMap<u32, Daemon>,
     /// Workload namespaces by (runner, index).
     pub workloads: BTreeMap<(u32, u32), String>,
@@ -239,6 +260,7 @@ impl Lab {
             spec,
             dir,
             host: None,
+            other_hosts: BTreeMap::new(),
             runners: BTreeMap::new(),
             workloads: BTreeMap::new(),
             daemon_env: BTreeMap::new(),
@@ -267,7 +289,11 @@ impl Lab {
     }
 
     async fn build_underlay(&mut self) -> Result<()> {
-        for member in ["lan", "wan", "host"] {
+        let hosts: Vec<String> = (1..=self.spec.hosts.max(1)).map(host_member).collect();
+        for member in ["lan", "wan"]
+            .into_iter()
+            .chain(hosts.iter().map(String::as_str))
+        {
             let r = netns::create(&self.ns_name(member));
             self.step(&format!("create namespace {member}"), r)?;
         }
@@ -301,15 +327,19 @@ impl Lab {
                 .await;
             self.step("address the wan side of the router", r)?;
         }
-        self.plug(
-            &lan,
-            "host",
-            "p-host",
-            Some(br.index),
-            Ipv4Net::new(HOST_IP, 24).expect("valid"),
-            ROUTER_IP,
-        )
-        .await
+        for i in 1..=self.spec.hosts.max(1) {
+            let member = host_member(i);
+            self.plug(
+                &lan,
+                &member,
+                &format!("p-{member}"),
+                Some(br.index),
+                Ipv4Net::new(host_ip(i), 24).expect("valid"),
+                ROUTER_IP,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Connect member `member` to the lan namespace with a veth (`port` on the lan side,
@@ -383,8 +413,8 @@ impl Lab {
         self.step("merge the lab's --config", toml::to_string(&base))
     }
 
-    fn host_config(&self) -> Result<String> {
-        let generated = self.generated_host_config();
+    fn host_config(&self, i: u32) -> Result<String> {
+        let generated = self.generated_host_config(i);
         self.merged(generated, |section| section != "runner")
     }
 
@@ -395,8 +425,15 @@ impl Lab {
         })
     }
 
-    fn generated_host_config(&self) -> String {
+    fn generated_host_config(&self, i: u32) -> String {
         let d = self.dir.display();
+        let member = host_member(i);
+        let ip = host_ip(i);
+        let name = if self.spec.hosts > 1 {
+            format!("name = \"h{i}\"\n")
+        } else {
+            String::new()
+        };
         let store = match &self.etcd {
             Some(etcd) => format!(
                 "[store]\nbackend = \"etcd\"\nendpoints = {:?}\nprefix = \"/weir/{}/\"\n",
@@ -406,7 +443,7 @@ impl Lab {
             None => String::new(),
         };
         format!(
-            "[overlay]\n{}\n[host]\nlisten = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/host.sock\"\nreachable_address = \"{HOST_IP}\"\nstate_dir = \"{d}/host-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{store}{}\n",
+            "[overlay]\n{}\n[host]\n{name}listen = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/{member}.sock\"\nreachable_address = \"{ip}\"\nstate_dir = \"{d}/{member}-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{store}{}\n",
             self.spec.overlay, self.spec.plaintext, self.spec.host_keys, self.spec.host_extra
         )
     }
@@ -421,8 +458,14 @@ impl Lab {
         } else {
             String::new()
         };
+        let hosts = if self.spec.hosts > 1 {
+            let urls: Vec<String> = (1..=self.spec.hosts).map(|h| self.host_url(h)).collect();
+            format!("hosts = {urls:?}\n")
+        } else {
+            String::new()
+        };
         format!(
-            "[runner]\nname = \"r{i}\"\nhost = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{docker}{}\n{}\n",
+            "[runner]\nname = \"r{i}\"\n{hosts}host = \"{}\"\nstate_dir = \"{d}/r{i}-state\"\njoin_token_file = \"{d}/join.token\"\nsocket = \"{d}/r{i}.sock\"\n{docker}{}\n{}\n",
             self.spec.host_url, self.spec.runner_keys, self.spec.runner_extra
         )
     }
@@ -461,25 +504,63 @@ impl Lab {
         Ok(())
     }
 
+    /// The URL of host `i`'s gRPC API on the underlay.
+    pub fn host_url(&self, i: u32) -> String {
+        if i == 1 {
+            self.spec.host_url.clone()
+        } else {
+            format!("http://{}:{HOST_PORT}", host_ip(i))
+        }
+    }
+
+    /// Host `i`'s control API from the machine's own namespace (its unix socket).
+    pub fn control_url_of(&self, i: u32) -> String {
+        format!(
+            "unix://{}",
+            self.dir.join(format!("{}.sock", host_member(i))).display()
+        )
+    }
+
+    /// Host `i`'s daemon, if it runs.
+    pub fn host_daemon(&mut self, i: u32) -> Option<&mut Daemon> {
+        if i == 1 {
+            self.host.as_mut()
+        } else {
+            self.other_hosts.get_mut(&i)
+        }
+    }
+
     /// Start (or restart) the host daemon and wait until it is ready (with
     /// `spec.etcd_members`, its etcd first, once).
     pub async fn start_host(&mut self) -> Result<()> {
+        self.start_host_n(1).await
+    }
+
+    /// Start (or restart) host `i` and wait until it is ready (as the hub, or as a standby).
+    pub async fn start_host_n(&mut self, i: u32) -> Result<()> {
         if self.spec.etcd_members > 0 && self.etcd.is_none() {
+            let several = self.spec.hosts > 1;
             let spec = etcd::EtcdSpec {
                 name: self.spec.name.clone(),
                 members: self.spec.etcd_members,
-                netns: Some(self.ns_name("host")),
+                netns: Some(self.ns_name(if several { "lan" } else { "host" })),
+                address: several.then_some(ROUTER_IP),
             };
             let r = tokio::task::spawn_blocking(move || etcd::EtcdCluster::start(spec)).await;
             let r = self.step("start etcd", r)?;
             self.etcd = Some(self.step("start etcd", r)?);
         }
-        let cfg = self.dir.join("host.toml");
-        let r = std::fs::write(&cfg, self.host_config()?);
+        let member = host_member(i);
+        let cfg = self.dir.join(format!("{member}.toml"));
+        let r = std::fs::write(&cfg, self.host_config(i)?);
         self.step("write host config", r)?;
-        let r = Daemon::start(self, "host", &["host"], &cfg).await;
-        let d = self.step("start the host", r)?;
-        self.host = Some(d);
+        let r = Daemon::start(self, &member, &["host"], &cfg).await;
+        let d = self.step(&format!("start {member}"), r)?;
+        if i == 1 {
+            self.host = Some(d);
+        } else {
+            self.other_hosts.insert(i, d);
+        }
         Ok(())
     }
 
@@ -625,7 +706,12 @@ impl Lab {
     /// Keep the lab running after this value is dropped (`weir lab up`).
     pub fn keep(mut self) {
         self.keep = true;
-        for d in self.runners.values_mut().chain(self.host.iter_mut()) {
+        for d in self
+            .runners
+            .values_mut()
+            .chain(self.host.iter_mut())
+            .chain(self.other_hosts.values_mut())
+        {
             d.forget();
         }
     }
