@@ -1,8 +1,13 @@
 //! Client channels and their options: `http://host:port` (TCP), `https://` (TLS, mTLS) or
-//! `unix:///path` (a local socket); gRPC code names and one-line error chains.
+//! `unix:///path` (a local socket); gRPC code names and one-line error chains; and, for
+//! several hosts of which one leads, finding and following the leader ([`leader`]).
 //!
 //! A leaf: it imports nothing of Weir, so the API's clients (`api/`, the CLI) and the policy
 //! host's gRPC plugins (`policy/grpc.rs`) share it without importing each other.
+
+pub mod leader;
+
+pub use leader::{Hosts, LeaderChannel, Standby, parse_host_list};
 
 use std::time::Duration;
 
@@ -17,6 +22,13 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot reach the host at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// Several hosts were given and none answered as the leader in time: each URL with its
+    /// last answer ([`leader::Hosts::find_leader`]).
+    #[error("{}", leader::no_leader_text(answers, *waited))]
+    NoLeader {
+        answers: Vec<(String, String)>,
+        waited: Duration,
+    },
 }
 
 /// Why the client TLS files could not be used.

@@ -137,6 +137,35 @@ fn exit_statuses_without_a_host() {
         .output()
         .unwrap();
     exits(&out, 1, &["cannot reach the host"]);
+    // Several hosts: every URL is checked first (2), and when none leads (here: none answers)
+    // the command gives up after a while, naming each URL and what it answered (1).
+    exits(
+        &weir(&[
+            "status",
+            "--host",
+            "http://127.0.0.1:9,ftp://192.0.2.1:7700",
+        ]),
+        2,
+        &["--host", "ftp://192.0.2.1:7700", "unsupported scheme"],
+    );
+    exits(&weir(&["status", "--host", " , "]), 2, &["no URL in it"]);
+    let list = format!("http://127.0.0.1:9,unix://{}", sock.display());
+    let started = std::time::Instant::now();
+    exits(
+        &weir(&["status", "--host", &list]),
+        1,
+        &[
+            "no host leads: none of the 2 hosts answered as the leader",
+            "\n  http://127.0.0.1:9: cannot connect: ",
+            &format!("\n  unix://{}: cannot connect: ", sock.display()),
+        ],
+    );
+    assert!(
+        started.elapsed()
+            >= weir::transport::leader::LEADER_WAIT - std::time::Duration::from_secs(1),
+        "it looked for a leader for a while: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -444,6 +473,31 @@ fn lab_up_with_a_config_and_the_exit_statuses_against_its_host() {
     assert!(header.ends_with("VERSION"), "{text}");
     let row = text.lines().find(|l| l.starts_with("r1 ")).unwrap();
     assert!(row.ends_with(VERSION), "{text}");
+    // Several hosts: the command goes past those that do not answer to the one that leads
+    // (the lab's host, alone, leads), whether the list comes from --host or WEIR_HOST.
+    let dead_socket = files.0.join("dead.sock");
+    let list = format!(
+        "http://127.0.0.1:9, unix://{},{}",
+        dead_socket.display(),
+        lab.url()
+    );
+    let out = lab.weir(&["status", "--json", "--host", &list]);
+    exits(&out, 0, &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["plan"], "10.140.0.0/16/4/12", "{listed}");
+    let out = weir_cmd(&["runners", "--json"])
+        .env("WEIR_HOST", &list)
+        .env("WEIR_TOKEN", lab.token())
+        .output()
+        .unwrap();
+    exits(&out, 0, &[]);
+    assert!(stdout(&out).contains("\"r1\""), "{}", stdout(&out));
+    // A refusal by the leader is the command's answer, as with one host.
+    exits(
+        &lab.weir(&["detach", "--id", "no-such-workload", "--host", &list]),
+        1,
+        &["NOT_FOUND"],
+    );
     let out = lab.weir(&["reserve", "--runner", "r1", "--json"]);
     exits(&out, 0, &[]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,5 +1,6 @@
 """The client against a real host (a lab: see conftest.py)."""
 
+import socket
 import threading
 
 import pytest
@@ -126,11 +127,21 @@ def test_the_token_from_weir_token(lab, monkeypatch):
 
 
 def test_an_unreachable_host_is_skipped_for_the_next(lab, tmp_path):
+    # Several hosts: the client asks each in turn which one leads; those that do not answer are
+    # passed over, and the lab's host (alone, so the leader) is the one it uses.
     down = f"unix://{tmp_path}/down.sock"
-    with Client([down, lab.host], token_file=lab.token_file) as c:
-        assert c.target == down
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with Client([dead_port, down, lab.host], token_file=lab.token_file) as c:
+        assert c.target == dead_port
         assert c.status().plan == "10.128.0.0/12/6/14"
         assert c.target == lab.host, "it stays on the host that answered"
+        assert c.health("weir.v1.Control") == "SERVING"
+        # A refusal of the leader's is the answer, not a reason to look elsewhere.
+        with pytest.raises(weir_client.NotFound):
+            c.detach("never-attached")
+        assert c.target == lab.host
     with Client([down, lab.host], token_file=lab.token_file) as c:
         # A watch started on the unreachable host moves on too.
         stream = c.watch(after=0)

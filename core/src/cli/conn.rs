@@ -6,19 +6,24 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use weir_proto::v1::control_client::ControlClient;
 
 use super::CliError;
 use crate::api::auth::Bearer;
-use crate::transport::{ChannelOptions, ClientError, ClientTls, code_name, connect_tls};
+use crate::transport::{
+    ChannelOptions, ClientError, ClientTls, Hosts, LeaderChannel, code_name, connect_tls,
+    parse_host_list,
+};
 
 /// Where the host is and how to prove who we are.
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
     /// URL of the host: http://HOST:PORT, https://HOST:PORT or unix:///PATH (default: the
-    /// configured control socket).
-    #[arg(long, env = "WEIR_HOST", value_name = "URL", global = true)]
+    /// configured control socket). Several hosts of which one leads (failover): their URLs
+    /// separated by commas, e.g. http://h1:7700,http://h2:7700; the command asks each in turn
+    /// which one leads, uses that one, follows it when a standby refuses a call, and waits up
+    /// to 5s while none leads.
+    #[arg(long, env = "WEIR_HOST", value_name = "URL[,URL...]", global = true)]
     pub host: Option<String>,
     /// File holding a control token (default: the WEIR_TOKEN environment variable, which holds
     /// the token itself).
@@ -38,7 +43,7 @@ pub struct Conn {
     pub tls_key: Option<PathBuf>,
 }
 
-pub(super) type Client = ControlClient<InterceptedService<Channel, CallMetadata>>;
+pub(super) type Client = ControlClient<InterceptedService<LeaderChannel, CallMetadata>>;
 
 /// What the CLI adds to every call: the bearer token, and the caller's W3C trace context from
 /// `TRACEPARENT` / `TRACESTATE` (the OpenTelemetry convention for passing a context to a child
@@ -139,14 +144,41 @@ pub(super) async fn client(conn: &Conn, config: Option<&Path>) -> Result<Client,
         conn.tls_key.as_deref(),
     )
     .map_err(|e| CliError::Usage(format!("--tls-ca/--tls-cert/--tls-key: {e}")))?;
-    let channel = connect_tls(&url, ChannelOptions::default(), &tls)
-        .await
-        .map_err(|e| match e {
-            // A URL that cannot work is a usage error; a host that does not answer is not.
-            ClientError::BadUrl { .. } => CliError::Usage(format!("--host: {e}")),
-            ClientError::Connect { .. } => CliError::Failed(e.to_string()),
-        })?;
+    let urls = parse_host_list(&url).map_err(unreachable)?;
+    let channel = match urls.as_slice() {
+        // One host: connect to it, nothing more (no probe, no following).
+        [one] => LeaderChannel::single(
+            one.clone(),
+            connect_tls(one, ChannelOptions::default(), &tls)
+                .await
+                .map_err(unreachable)?,
+        ),
+        _ => {
+            // The probes carry the token too: an authenticated health check is not counted
+            // against the host's unauthenticated rate limit.
+            let probe_metadata =
+                tonic::service::Interceptor::call(&mut metadata.clone(), tonic::Request::new(()))
+                    .map_err(|st| CliError::Usage(format!("token: {}", st.message())))?
+                    .into_parts()
+                    .0;
+            let hosts = Hosts::new(urls, ChannelOptions::default(), &tls)
+                .map_err(unreachable)?
+                .with_probe_metadata(probe_metadata);
+            LeaderChannel::connect(hosts).await.map_err(unreachable)?
+        }
+    };
     Ok(ControlClient::with_interceptor(channel, metadata))
+}
+
+/// A URL that cannot work is a usage error; a host that does not answer (or, of several, none
+/// that leads) is not.
+fn unreachable(e: ClientError) -> CliError {
+    match e {
+        ClientError::BadUrl { .. } => CliError::Usage(format!("--host: {e}")),
+        ClientError::Connect { .. } | ClientError::NoLeader { .. } => {
+            CliError::Failed(e.to_string())
+        }
+    }
 }
 
 /// Where this process's token came from, for the hint on an `UNAUTHENTICATED` refusal.
@@ -181,7 +213,41 @@ fn token_hint(source: &TokenSource) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::is_traceparent;
+    use super::{CliError, ClientError, is_traceparent, unreachable};
+
+    #[test]
+    fn host_help_documents_lists_and_the_leader_wait() {
+        let cmd = <super::Conn as clap::Args>::augment_args(clap::Command::new("weir"));
+        let host = cmd.get_arguments().find(|a| a.get_id() == "host").unwrap();
+        let help = host.get_help().unwrap().to_string();
+        let wait = humantime::format_duration(crate::transport::leader::LEADER_WAIT);
+        assert!(
+            help.contains(&format!("up to {wait} while none leads")),
+            "{help}"
+        );
+        assert!(help.contains("http://h1:7700,http://h2:7700"), "{help}");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_usage_error_a_host_without_answer_a_failure() {
+        let bad = ClientError::BadUrl {
+            url: "ftp://h:1".into(),
+            reason: "unsupported scheme".into(),
+        };
+        assert!(matches!(unreachable(bad), CliError::Usage(m) if m.starts_with("--host: ")));
+        let gone = ClientError::Connect {
+            url: "http://h:1".into(),
+            reason: "refused".into(),
+        };
+        assert!(matches!(unreachable(gone), CliError::Failed(_)));
+        let none = ClientError::NoLeader {
+            answers: vec![("http://h:1".into(), "NOT_SERVING (a standby)".into())],
+            waited: crate::transport::leader::LEADER_WAIT,
+        };
+        assert!(
+            matches!(unreachable(none), CliError::Failed(m) if m.contains("http://h:1: NOT_SERVING"))
+        );
+    }
 
     #[test]
     fn traceparent_follows_w3c() {

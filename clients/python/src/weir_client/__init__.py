@@ -11,9 +11,10 @@ The generated stubs of every weir.v1 service are in `weir_client.v1` (control_pb
 control_pb2_grpc, …) for calls the wrapper does not cover.
 """
 
-from .client import DEFAULT_HOST, DEFAULT_TIMEOUT, Client, EventStream, Target, resolve_token
+from .client import (DEFAULT_HOST, DEFAULT_TIMEOUT, LEADER_RETRY, LEADER_WAIT, MAX_LEADER_HOPS, Client,
+                     EventStream, Standby, Target, resolve_token, standby_of)
 from .errors import (Aborted, AlreadyExists, ConfigurationError, DeadlineExceeded, FailedPrecondition,
-                     InvalidArgument, NotFound, OutOfRange, PermissionDenied, ResourceExhausted,
+                     InvalidArgument, NoLeader, NotFound, OutOfRange, PermissionDenied, ResourceExhausted,
                      Unauthenticated, Unavailable, WeirError)
 from .types import (Attachment, Diagnosis, Event, Finding, NetworkStatus, ReleasedRunner, Reservation,
                     ReservedAddress, RunnerStatus, Status, Workload, WorkloadPage)
@@ -21,10 +22,11 @@ from .types import (Attachment, Diagnosis, Event, Finding, NetworkStatus, Releas
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client", "EventStream", "Target", "resolve_token", "DEFAULT_HOST", "DEFAULT_TIMEOUT",
+    "Client", "EventStream", "Target", "Standby", "standby_of", "resolve_token", "DEFAULT_HOST",
+    "DEFAULT_TIMEOUT", "LEADER_WAIT", "LEADER_RETRY", "MAX_LEADER_HOPS",
     "WeirError", "ConfigurationError", "InvalidArgument", "NotFound", "AlreadyExists",
     "FailedPrecondition", "PermissionDenied", "Unauthenticated", "ResourceExhausted", "Unavailable",
-    "Aborted", "OutOfRange", "DeadlineExceeded",
+    "NoLeader", "Aborted", "OutOfRange", "DeadlineExceeded",
     "Attachment", "Diagnosis", "Event", "Finding", "NetworkStatus", "ReleasedRunner", "Reservation",
     "ReservedAddress", "RunnerStatus", "Status", "Workload", "WorkloadPage",
 ]

@@ -10,15 +10,30 @@ Targets are URLs, as for the `weir` CLI:
 - `https://HOST:PORT` — TLS; `tls_ca` (PEM file; default: the system's roots), and for a host
   that requires client certificates `tls_cert` and `tls_key`.
 
-Several targets: calls go to the current one; when a call fails with UNAVAILABLE the client moves
-to the next and retries the call there, trying each target at most once per call, and stays on
-the target that answered. That is all: it does not know which host leads (leader-following comes
-with hosts that can fail over). A retried attach or detach is safe: both are idempotent on the
-host (the same attach gets the same answer).
+Several targets are several hosts of which one leads (failover; docs/api.md, "Several hosts"),
+with the same rules as the `weir` CLI:
+
+- Before its first call the client finds the leader: it asks each target in turn for the health
+  of `weir.v1.Control` and uses the first that answers SERVING (a standby answers NOT_SERVING, a
+  host that is down does not answer). While none does, it goes over the list again every
+  LEADER_RETRY seconds for up to `leader_wait` (LEADER_WAIT), then raises `NoLeader`, naming
+  each target and what it answered.
+- A call a standby refuses (UNAVAILABLE with the metadata `weir-role: standby`; nothing of it was
+  applied) is sent again to the leader the refusal names in `weir-leader-url`, else to the leader
+  found anew over the list, at most MAX_LEADER_HOPS times.
+- Another UNAVAILABLE (the host went away, or it could not do the call itself) is sent again to
+  the leader found anew — unless the host that answered still leads: then it was its own answer
+  (e.g. a runner that did not answer in time) and it is raised. A retried attach or detach is
+  safe: both are idempotent on the host (the same attach gets the same answer).
+
+The client stays on the leader it found. With a single target none of this happens: calls go to
+it, and what it answers is raised.
 """
 
 import os
 import threading
+import time
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -34,6 +49,18 @@ from .v1 import control_pb2_grpc as pb_grpc
 DEFAULT_HOST = "unix:///run/weir/host.sock"
 #: Seconds a unary call may take (an attach waits for the runner: `host.command_timeout`).
 DEFAULT_TIMEOUT = 30.0
+#: Seconds a client of several hosts keeps looking for the leader while none answers as one (an
+#: election under way, the leader restarting), going over the list every LEADER_RETRY seconds;
+#: then it raises `NoLeader`. The `weir` CLI waits as long.
+LEADER_WAIT = 5.0
+#: Seconds between two rounds over the hosts while none leads.
+LEADER_RETRY = 0.2
+#: How many times one call is sent again after a standby refused it (or its host went away).
+MAX_LEADER_HOPS = 3
+#: Seconds one health probe of a host may take.
+PROBE_TIMEOUT = 5.0
+#: The service whose health says whether a host leads.
+CONTROL_SERVICE = "weir.v1.Control"
 
 Metadata = Sequence[Tuple[str, str]]
 # `timeout` not given: the client's.
@@ -91,6 +118,35 @@ class Target:
         return f"Target({self.url!r})"
 
 
+@dataclass(frozen=True)
+class Standby:
+    """What a standby's refusal says about the leader (each None when the standby does not know)."""
+    leader: Optional[str] = None
+    leader_url: Optional[str] = None
+
+
+def standby_of(err: grpc.RpcError) -> Optional[Standby]:
+    """The standby's refusal in a failed call: UNAVAILABLE with the metadata `weir-role: standby`."""
+    if not hasattr(err, "code") or err.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    md: Dict[str, str] = {}
+    # A refusal is a trailers-only answer: grpcio gives its metadata as trailing metadata; look
+    # at the initial metadata too.
+    for part in ("initial_metadata", "trailing_metadata"):
+        get = getattr(err, part, None)
+        try:
+            items = get() if get else None
+        except Exception:  # noqa: BLE001 (a call object that has none)
+            items = None
+        for key, value in items or ():
+            if isinstance(value, bytes):
+                continue
+            md[key.lower()] = value.strip()
+    if md.get("weir-role") != "standby":
+        return None
+    return Standby(md.get("weir-leader") or None, md.get("weir-leader-url") or None)
+
+
 def _hosts(hosts: Union[str, Sequence[str], None]) -> List[str]:
     if hosts is None:
         hosts = os.environ.get("WEIR_HOST") or DEFAULT_HOST
@@ -112,6 +168,8 @@ class Client:
     tls_server_name: check the host's certificate for this name instead of the URL's host.
     timeout: seconds per unary call (None: no deadline). watch() has no deadline.
     options: extra grpcio channel options, for every target.
+    leader_wait: with several targets, seconds to keep looking for the leader while none leads
+      (default LEADER_WAIT); see the module's documentation.
 
     Use it as a context manager, or call close().
     """
@@ -120,11 +178,17 @@ class Client:
                  token_file: Optional[str] = None, tls_ca: Optional[str] = None,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  tls_server_name: Optional[str] = None, timeout: Optional[float] = DEFAULT_TIMEOUT,
-                 options: Sequence[Tuple[str, object]] = ()):
+                 options: Sequence[Tuple[str, object]] = (), leader_wait: float = LEADER_WAIT):
         self.targets = [Target(u) for u in _hosts(hosts)]
         self._token = resolve_token(token, token_file)
         self.timeout = timeout
-        self._options = list(options)
+        self.leader_wait = leader_wait
+        self._several = len(self.targets) > 1
+        # A host that was down is tried again soon (grpcio backs off up to 2 minutes by default),
+        # so the hosts' list can be gone over every LEADER_RETRY seconds.
+        backoff: List[Tuple[str, object]] = [("grpc.initial_reconnect_backoff_ms", 200),
+                                             ("grpc.max_reconnect_backoff_ms", 1000)]
+        self._options = (backoff if self._several else []) + list(options)
         self._credentials: Optional[grpc.ChannelCredentials] = None
         if any(t.tls for t in self.targets):
             tls_ca = tls_ca or os.environ.get("WEIR_TLS_CA")
@@ -141,6 +205,8 @@ class Client:
         self._lock = threading.Lock()
         self._closed = False
         self._current = 0
+        # With several targets: whether the current one is the leader found (or followed).
+        self._leader_known = not self._several
         self._channels: Dict[int, grpc.Channel] = {}
         self._stubs: Dict[int, pb_grpc.ControlStub] = {}
 
@@ -180,27 +246,107 @@ class Client:
         self.channel(i)
         return self._stubs[i]
 
-    def _move_on(self, failed: int) -> int:
-        """Make the target after `failed` current (unless another call already moved on)."""
-        with self._lock:
-            if self._current == failed:
-                self._current = (failed + 1) % len(self.targets)
+    # -- the leader (several targets) ------------------------------------------------------
+
+    def _probe(self, i: int) -> Optional[str]:
+        """None when target i leads (its health says SERVING for weir.v1.Control), else its answer."""
+        try:
+            # With the token: an authenticated probe is not counted against the host's limit of
+            # unauthenticated calls.
+            status = self._check(i, CONTROL_SERVICE, PROBE_TIMEOUT, self.metadata())
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                return f"cannot connect: {e.details()}"
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no health answer within {PROBE_TIMEOUT:g}s"
+            return f"health check: {e.code().name}: {e.details()}"
+        if status == "SERVING":
+            return None
+        if status == "NOT_SERVING":
+            return "NOT_SERVING (a standby)"
+        return f"health: {status}"
+
+    def _find_leader(self, method: str = "") -> int:
+        """Make the first target (in order) that leads current; raise NoLeader after leader_wait."""
+        start = time.monotonic()
+        while True:
+            answers = []
+            for i in range(len(self.targets)):
+                why = self._probe(i)
+                if why is None:
+                    with self._lock:
+                        self._current = i
+                        self._leader_known = True
+                    return i
+                answers.append((self.targets[i].url, why))
+            elapsed = time.monotonic() - start
+            if elapsed >= self.leader_wait:
+                raise errors.NoLeader(answers, self.leader_wait, LEADER_RETRY, method)
+            time.sleep(min(LEADER_RETRY, self.leader_wait - elapsed))
+
+    def _leader(self, method: str) -> int:
+        """The target calls go to: the current one, once the leader is known."""
+        if self._leader_known:
             return self._current
+        return self._find_leader(method)
+
+    def _follow(self, url: str) -> Optional[int]:
+        """Make the leader a refusal named current (a target of its own if it is not one); None
+        when its URL cannot be used (malformed, or https:// without TLS settings)."""
+        with self._lock:
+            found = [i for i, t in enumerate(self.targets) if t.url == url]
+            if found:
+                i = found[0]
+            else:
+                try:
+                    t = Target(url)
+                except ConfigurationError:
+                    return None
+                if t.tls and self._credentials is None:
+                    return None
+                self.targets.append(t)
+                i = len(self.targets) - 1
+            self._current = i
+            self._leader_known = True
+            return i
+
+    def _after_unavailable(self, i: int, err: grpc.RpcError, method: str, resume: bool) -> Optional[int]:
+        """Where to send again a call target i failed with UNAVAILABLE; None: raise its error.
+
+        A standby's refusal goes to the leader it names, else to the leader found anew. Any
+        other UNAVAILABLE too, unless target i still leads and `resume` is false: then the host
+        answered it itself (e.g. a runner that did not answer in time).
+        """
+        standby = standby_of(err)
+        if standby is None:
+            if not resume and self._probe(i) is None:
+                return None
+        elif standby.leader_url and standby.leader_url != self.targets[i].url:
+            j = self._follow(standby.leader_url)
+            if j is not None:
+                return j
+        with self._lock:
+            self._leader_known = False
+        return self._find_leader(method)
 
     def call(self, method: str, request, metadata: Metadata = (), timeout=_CLIENT_TIMEOUT):
-        """Call a unary method of Control by name, moving to the next target on UNAVAILABLE."""
+        """Call a unary method of Control by name (on the leader, with several targets)."""
         deadline = self.timeout if timeout is _CLIENT_TIMEOUT else timeout
-        i = self._current
-        for attempt in range(len(self.targets)):
+        i = self._leader(method) if self._several else self._current
+        hops = 0
+        while True:
             try:
                 return getattr(self.stub(i), method)(request, metadata=self.metadata(metadata),
                                                      timeout=deadline)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < len(self.targets):
-                    i = self._move_on(i)
-                    continue
-                raise errors.from_rpc_error(e, self.targets[i].url, method) from None
-        raise AssertionError("unreachable")
+                err = e
+            again = None
+            if self._several and err.code() == grpc.StatusCode.UNAVAILABLE and hops < MAX_LEADER_HOPS:
+                again = self._after_unavailable(i, err, method, resume=False)
+            if again is None:
+                raise errors.from_rpc_error(err, self.targets[i].url, method) from None
+            i = again
+            hops += 1
 
     def close(self) -> None:
         """Close every channel; a watch() being iterated ends."""
@@ -220,20 +366,27 @@ class Client:
     # -- health ---------------------------------------------------------------------------
 
     def health(self, service: str = "") -> str:
-        """grpc.health.v1.Health/Check on the current target (no token needed): "SERVING", …"""
+        """grpc.health.v1.Health/Check on the current target (no token needed): "SERVING", …
+
+        A leader answers SERVING for "weir.v1.Control", a standby NOT_SERVING.
+        """
+        try:
+            return self._check(self._current, service, self.timeout)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, self.target, "grpc.health.v1.Health/Check") from None
+
+    def _check(self, i: int, service: str, timeout: Optional[float], metadata: Metadata = ()) -> str:
+        """Health/Check on target i; raises grpc.RpcError."""
         name = service.encode()
         if len(name) > 127:
             raise ConfigurationError("health: a service name of at most 127 bytes")
         # HealthCheckRequest{service = 1} and HealthCheckResponse{status = 1}, encoded by hand:
         # the client has no other use for grpcio-health-checking.
         req = b"\x0a" + bytes([len(name)]) + name if name else b""
-        check = self.channel().unary_unary("/grpc.health.v1.Health/Check",
-                                           request_serializer=lambda b: b,
-                                           response_deserializer=lambda b: b)
-        try:
-            resp = check(req, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise errors.from_rpc_error(e, self.target, "grpc.health.v1.Health/Check") from None
+        check = self.channel(i).unary_unary("/grpc.health.v1.Health/Check",
+                                            request_serializer=lambda b: b,
+                                            response_deserializer=lambda b: b)
+        resp = check(req, timeout=timeout, metadata=list(metadata) or None)
         status = resp[1] if len(resp) >= 2 and resp[0] == 0x08 else 0
         return {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, "UNKNOWN")
 
@@ -315,8 +468,9 @@ class Client:
     def watch(self, *, after: int = 0, only_new: bool = False, metadata: Metadata = ()) -> "EventStream":
         """The cluster's events after sequence `after` (0: the retained history), then new ones.
 
-        Iterate it; `cancel()` (from another thread too) ends the iteration. On UNAVAILABLE it
-        moves to the next target and resumes after the last event it yielded.
+        Iterate it; `cancel()` (from another thread too) ends the iteration. With several
+        targets, a watch refused by a standby or cut off (UNAVAILABLE) goes on from the leader
+        (the one the refusal names, or the one found anew) after the last event it yielded.
         """
         return EventStream(self, after, only_new, metadata)
 
@@ -343,8 +497,8 @@ class EventStream:
 
     def __iter__(self) -> Iterator[Event]:
         c = self._client
-        i = c._current
-        failures = 0
+        i = c._leader("WatchEvents") if c._several else c._current
+        hops = 0
         while True:
             if self.last_seq:
                 req = pb.WatchEventsRequest(after=self.last_seq)
@@ -356,19 +510,22 @@ class EventStream:
                 self._call = c.stub(i).WatchEvents(req, metadata=c.metadata(self._metadata))
             try:
                 for e in self._call:
-                    failures = 0
+                    hops = 0
                     self.last_seq = e.seq
                     yield Event.from_pb(e)
                 return
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.CANCELLED and (self._cancelled or c._closed):
-                    return
-                failures += 1
-                if e.code() == grpc.StatusCode.UNAVAILABLE and failures < len(c.targets):
-                    i = c._move_on(i)
-                    continue
-                raise errors.from_rpc_error(e, c.targets[i].url, "WatchEvents") from None
+                err = e
+            if err.code() == grpc.StatusCode.CANCELLED and (self._cancelled or c._closed):
+                return
+            if not (c._several and err.code() == grpc.StatusCode.UNAVAILABLE and hops < MAX_LEADER_HOPS):
+                raise errors.from_rpc_error(err, c.targets[i].url, "WatchEvents") from None
+            hops += 1
+            again = c._after_unavailable(i, err, "WatchEvents", resume=True)
+            assert again is not None
+            i = again
 
 
-__all__ = ["Client", "EventStream", "Target", "resolve_token", "DEFAULT_HOST", "DEFAULT_TIMEOUT",
+__all__ = ["Client", "EventStream", "Target", "Standby", "standby_of", "resolve_token",
+           "DEFAULT_HOST", "DEFAULT_TIMEOUT", "LEADER_WAIT", "LEADER_RETRY", "MAX_LEADER_HOPS",
            "WeirError", "ConfigurationError"]

@@ -6,7 +6,7 @@ which host answered it. A misconfigured client (no token, a bad URL, half a TLS 
 `ConfigurationError` before any call is made.
 """
 
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import grpc
 
@@ -57,6 +57,23 @@ class ResourceExhausted(WeirError):
 
 class Unavailable(WeirError):
     """UNAVAILABLE: no host could be reached, or the runner did not answer in time."""
+
+
+class NoLeader(Unavailable):
+    """UNAVAILABLE: of several hosts, none answered as the leader within `leader_wait`.
+
+    `answers` lists each URL with what it answered last, in the order they were tried; `target`
+    is every URL, comma-separated.
+    """
+
+    def __init__(self, answers: List[Tuple[str, str]], waited: float, retry: float, method: str = ""):
+        self.answers = list(answers)
+        self.waited = waited
+        lines = [f"no host leads: none of the {len(self.answers)} hosts answered as the leader "
+                 f"(tried for {waited:g}s, every {retry * 1000:g}ms)"]
+        lines += [f"  {url}: {why}" for url, why in self.answers]
+        super().__init__(grpc.StatusCode.UNAVAILABLE, "\n".join(lines),
+                         ",".join(url for url, _ in self.answers), method)
 
 
 class Aborted(WeirError):
