@@ -155,8 +155,12 @@ const RETRY: Duration = Duration::from_millis(500);
 pub struct Cluster {
     store: Arc<EtcdStore>,
     me: std::sync::Mutex<HostRecord>,
-    presence: Presence,
+    /// Replaced when a lone host joins again after losing its lease ([`Cluster::rejoin`]).
+    presence: tokio::sync::RwLock<Presence>,
     role: watch::Sender<Role>,
+    ttl: Duration,
+    /// Whether another host was seen in the host set (kept for when etcd cannot be read).
+    others_seen: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -177,8 +181,10 @@ impl Cluster {
         Ok(Self {
             store,
             me: std::sync::Mutex::new(me),
-            presence,
+            presence: tokio::sync::RwLock::new(presence),
             role,
+            ttl,
+            others_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -195,14 +201,9 @@ impl Cluster {
         self.role.subscribe()
     }
 
-    /// Resolves when this host's lease is lost.
-    pub async fn lost(&self) {
-        self.presence.lost().await
-    }
-
-    /// [`Cluster::lost`], owning what it waits on.
-    pub fn lost_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.presence.lost_receiver();
+    /// Resolves when this host's (current) lease is lost, owning what it waits on.
+    pub async fn lost_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.presence.read().await.lost_receiver();
         async move {
             while !*rx.borrow_and_update() {
                 if rx.changed().await.is_err() {
@@ -218,8 +219,9 @@ impl Cluster {
         let me = self.record();
         let mut previous: Option<String> = None;
         let mut refusal_logged = String::new();
+        let presence = self.presence.read().await;
         loop {
-            if self.presence.is_lost() {
+            if presence.is_lost() {
                 return Err(StoreError::Unavailable(
                     "this host's lease on etcd was lost while it waited to lead".into(),
                 ));
@@ -241,14 +243,14 @@ impl Cluster {
                 }
                 match &held {
                     // A previous incarnation of this host (dead: this process holds the name).
-                    Some(h) if h.name == me.name && h.lease != self.presence.lease => {
-                        self.store.try_lead(&self.presence, Some(h)).await
+                    Some(h) if h.name == me.name && h.lease != presence.lease => {
+                        self.store.try_lead(&presence, Some(h)).await
                     }
                     Some(h) => {
                         self.store.wait_leader_change(h.revision).await?;
                         Ok(None)
                     }
-                    None => self.store.try_lead(&self.presence, None).await,
+                    None => self.store.try_lead(&presence, None).await,
                 }
             };
             match step.await {
@@ -367,12 +369,58 @@ impl Cluster {
 
     async fn store_record(&self) -> Result<(), StoreError> {
         let record = serde_json::to_string(&self.record()).unwrap_or_default();
-        self.store.update_record(&self.presence, &record).await
+        self.store
+            .update_record(&*self.presence.read().await, &record)
+            .await
     }
 
     /// Leave the host set (and hand over the hub role at once, if held).
-    pub async fn leave(self) -> Result<(), StoreError> {
-        self.store.leave(self.presence).await
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        self.store.leave(&*self.presence.read().await).await
+    }
+
+    /// Whether another host has been seen in the host set (the last time it was read).
+    pub fn others_seen(&self) -> bool {
+        self.others_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Read the host set now (while etcd answers), to know whether others are there.
+    pub async fn refresh(&self) {
+        if let Ok(hosts) = self.store.hosts().await {
+            let me = self.name();
+            self.others_seen.store(
+                hosts.iter().any(|(n, _)| n != &me),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// A lone leader that lost its lease (etcd was down longer than the margin) joins again
+    /// with a new lease and takes the leader key back with the next term, once etcd answers.
+    /// `Ok(None)`: another host leads now (this one must step down).
+    pub async fn rejoin(
+        &self,
+        fence: &std::sync::RwLock<crate::store::Fence>,
+    ) -> Result<Option<Leadership>, StoreError> {
+        let mut me = self.record();
+        me.role = "standby".into();
+        let record = serde_json::to_string(&me).unwrap_or_default();
+        let fresh = self.store.join(&me.name, &record, self.ttl).await?;
+        let held = self.store.leader().await?;
+        let taken = match &held {
+            Some(h) if h.name != me.name => None,
+            _ => self.store.try_lead(&fresh, held.as_ref()).await?,
+        };
+        if let Some(l) = taken {
+            // Before anything else commits: the old fence can no longer.
+            *fence.write().unwrap_or_else(|p| p.into_inner()) = l.fence();
+        }
+        let old = std::mem::replace(&mut *self.presence.write().await, fresh);
+        drop(old);
+        if let Some(l) = taken {
+            self.became_leader(l).await;
+        }
+        Ok(taken)
     }
 
     /// The host set, for `GetStatus`.

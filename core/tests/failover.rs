@@ -45,7 +45,8 @@ async fn new_leader(lab: &Lab, not: Option<u32>, after: u64, within: Duration) -
         }
         assert!(
             start.elapsed() < within,
-            "no new leader within {within:?} (not host {not:?}, term > {after})"
+            "no new leader within {within:?} (not host {not:?}, term > {after})\n{}",
+            logs(lab)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -165,6 +166,17 @@ fn logs(lab: &Lab) -> String {
                 std::fs::read_to_string(lab.dir.join(format!("{member}.log"))).unwrap_or_default();
             format!("--- {member}.log\n{text}")
         })
+        .chain(lab.etcd.iter().flat_map(|e| {
+            (0..3).map(move |m| {
+                let text =
+                    std::fs::read_to_string(e.dir().join(format!("m{m}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("\"level\":\"info\""))
+                    .collect();
+                format!("--- etcd m{m}\n{}", lines.join("\n"))
+            })
+        }))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -359,4 +371,181 @@ async fn events_of_at(lab: &Lab, i: u32, kind: pb::EventKind) -> Vec<pb::Event> 
         }
     }
     out
+}
+
+/// A workload namespace's eth0 address, if it has one.
+async fn eth0_of(lab: &Lab, member: &str) -> Option<String> {
+    lab.address_of(member).await.map(|a| a.to_string())
+}
+
+/// The leader killed in the middle of 200 concurrent attaches: every acknowledged attach is
+/// on the new leader and in the kernel, no address is given twice, and every other one ends
+/// up whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_amid_200_attaches_loses_no_acknowledged_one() {
+    let mut lab = two_hosts("fa").await;
+    let names: Vec<(u32, String)> = (0..200u32)
+        .map(|k| (1 + k % 2, format!("r{}-x{k}", 1 + k % 2)))
+        .collect();
+    let paths: Vec<String> = names.iter().map(|(_, m)| new_netns(&lab, m)).collect();
+    let client = control_at(&lab.control_url_of(1), &lab.control_token()).await;
+    let acked = Arc::new(Mutex::new(BTreeMap::<String, String>::new()));
+    let mut tasks = Vec::new();
+    for ((runner, member), path) in names.iter().zip(&paths) {
+        let mut c = client.clone();
+        let req = attach_req(&format!("r{runner}"), member, path);
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Ok(r) = c.attach_workload(req).await {
+                let r = r.into_inner();
+                acked.lock().unwrap().insert(r.workload_id, r.ip);
+            }
+        }));
+    }
+    wait_until("some attaches are acknowledged", dur(60), || {
+        acked.lock().unwrap().len() >= 40
+    })
+    .await;
+    lab.host_daemon(1).unwrap().stop(libc::SIGKILL).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "{} of 200 attaches acknowledged before the kill",
+        acked.len()
+    );
+    let (next, _) = new_leader(&lab, Some(1), 1, dur(20)).await;
+    assert_eq!(next, 2);
+    let mut c = control_at(&lab.control_url_of(2), &lab.control_token()).await;
+
+    // Wait until the store and every namespace agree (the runners re-register with the new
+    // leader, whose sync removes what it does not hold).
+    let start = Instant::now();
+    let listed = loop {
+        let listed: BTreeMap<String, String> = c
+            .list_workloads(pb::ListWorkloadsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workloads
+            .into_iter()
+            .map(|w| (w.workload_id, w.ip))
+            .collect();
+        let mut disagree = Vec::new();
+        for (_, member) in &names {
+            let kernel = eth0_of(&lab, member).await;
+            let store = listed.get(member).cloned();
+            let same = match (&kernel, &store) {
+                (None, None) => true,
+                (Some(k), Some(s)) => s.starts_with(k.split('/').next().unwrap_or_default()),
+                _ => false,
+            };
+            if !same {
+                disagree.push(format!("{member}: kernel {kernel:?}, store {store:?}"));
+            }
+        }
+        if disagree.is_empty() {
+            break listed;
+        }
+        assert!(
+            start.elapsed() < dur(60),
+            "store and kernel still disagree: {disagree:?}\n{}",
+            logs(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (id, ip) in &acked {
+        assert_eq!(
+            listed.get(id),
+            Some(ip),
+            "acknowledged {id} is on the new leader"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for ip in listed.values() {
+        assert!(seen.insert(ip.clone()), "{ip} given twice: {listed:?}");
+    }
+}
+
+/// The leader cut off from etcd (an nftables rule in its namespace) while it still reaches
+/// the runners: it stops serving and removes its tunnels within its lease time, exits, the
+/// standby takes over with a newer term, and traffic follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_steps_down_and_the_standby_takes_over() {
+    let mut lab = two_hosts("fp").await;
+    let (_, term) = leader(&lab).await.unwrap();
+    let b1 = workload_ip(&lab, 2, 1).await;
+    let cross = TimedPing::start(&lab, "r1-w1", b1);
+    wait_until("the cross-runner ping answers", dur(10), || {
+        cross.count() > 5
+    })
+    .await;
+    let before = links(&lab, "host").await;
+    assert!(
+        before.iter().any(|l| l.name.starts_with("vxkr")),
+        "{before:?}"
+    );
+
+    let cut = Instant::now();
+    let rule = "add table inet weir_test_partition; add chain inet weir_test_partition out { type filter hook output priority 0; }; add rule inet weir_test_partition out ip daddr 192.0.2.254 tcp dport 2379-2399 drop";
+    let out = lab.exec("host", "nft", &[rule]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Within its lease time it stops: no process, no tunnel, no overlay address.
+    let status = {
+        let d = lab.host_daemon(1).unwrap();
+        d.wait_exit(dur(10))
+    };
+    let status =
+        status.unwrap_or_else(|| panic!("the partitioned leader still runs\n{}", logs(&lab)));
+    let stepped_down = cut.elapsed();
+    assert!(!status.success(), "a lost lease is an error exit");
+    let log = std::fs::read_to_string(lab.dir.join("host.log")).unwrap();
+    assert!(log.contains("lost its lease"), "{log}");
+    let after = links(&lab, "host").await;
+    assert!(
+        !after
+            .iter()
+            .any(|l| l.name.starts_with("vxkr") || l.name == "kohaku-host"),
+        "the deposed leader kept hub links: {after:?}"
+    );
+    let (next, next_term) = new_leader(&lab, Some(1), term, dur(20)).await;
+    assert_eq!(next, 2);
+    assert!(next_term > term);
+    settled(&lab, 2, &cross).await;
+    println!(
+        "partitioned leader stepped down after {stepped_down:?}; cross-runner gap {:?}",
+        cross.gap_since(cut)
+    );
+
+    // Nothing decided twice: every event number once, every address once.
+    let mut c = control_at(&lab.control_url_of(2), &lab.control_token()).await;
+    let listed = c
+        .list_workloads(pb::ListWorkloadsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workloads;
+    let ips: BTreeSet<&str> = listed.iter().map(|w| w.ip.as_str()).collect();
+    assert_eq!(ips.len(), listed.len(), "{listed:?}");
+    let elected = events_of_at(&lab, 2, pb::EventKind::LeaderElected).await;
+    assert_eq!(elected.len(), 2, "{elected:?}");
+    assert!(elected[1].detail.contains("h2 leads"), "{elected:?}");
+
+    // Healed, the old leader comes back as a standby.
+    let out = lab
+        .exec(
+            "host",
+            "nft",
+            &["delete", "table", "inet", "weir_test_partition"],
+        )
+        .unwrap();
+    assert!(out.status.success());
+    lab.start_host_n(1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(leader(&lab).await.map(|l| l.0), Some(2), "h2 still leads");
 }

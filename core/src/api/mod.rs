@@ -37,11 +37,13 @@ pub fn status(e: HubError) -> Status {
         HubError::Runner(_) => Code::Aborted,
         // etcd unreachable, slow or without quorum: nothing was applied (or an unsettled
         // change blocks writes until etcd answers again); the caller may retry.
-        HubError::Store(StoreError::Unavailable(_) | StoreError::Unknown(_)) => Code::Unavailable,
-        // Another writer got there first (or took over): retry from a fresh read.
+        // A leader between losing its lease and taking the role back (or stepping down):
+        // retry, here or at the leader.
         HubError::Store(
-            StoreError::Conflict { .. } | StoreError::Fenced { .. } | StoreError::LeaseLost { .. },
-        ) => Code::Aborted,
+            StoreError::Unavailable(_) | StoreError::Unknown(_) | StoreError::LeaseLost { .. },
+        ) => Code::Unavailable,
+        // Another writer got there first (or took over): retry from a fresh read.
+        HubError::Store(StoreError::Conflict { .. } | StoreError::Fenced { .. }) => Code::Aborted,
         HubError::Dataplane(_) | HubError::Store(_) | HubError::Internal(_) => Code::Internal,
     };
     Status::new(code, cap_message(e.to_string()))

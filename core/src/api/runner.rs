@@ -136,7 +136,9 @@ pub async fn run(
             Some(w) => w,
             // Several hosts: the next one may well lead; try it at once-ish, and climb the
             // ladder only once every host has failed in a row.
-            None if several && next % settings.host_urls.len() != 0 => jittered(BACKOFF_START),
+            None if several && !next.is_multiple_of(settings.host_urls.len()) => {
+                jittered(BACKOFF_START)
+            }
             None => {
                 let w = jittered(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -24,7 +24,7 @@ use super::telemetry::GrpcTelemetryLayer;
 use crate::hub::Hub;
 
 /// How long a stopping host waits for in-flight calls.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
@@ -110,7 +110,8 @@ fn reflection() -> (
     (v1, v1alpha)
 }
 
-/// Serve until `shutdown` resolves. `keepalive` bounds how long a dead connection lingers.
+/// Serve until `shutdown` resolves, then give in-flight calls the grace it resolves with
+/// (normally [`SHUTDOWN_GRACE`]). `keepalive` bounds how long a dead connection lingers.
 /// Besides `weir.v1.Agent` and `weir.v1.Control` (behind `gate`), every listener serves
 /// `grpc.health.v1.Health` and server reflection (v1 and v1alpha); `limits` apply to all listeners together
 /// (see [`super::edge`]).
@@ -121,7 +122,7 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     keepalive: Duration,
     limits: EdgeLimits,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = Duration> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -179,7 +180,7 @@ pub async fn serve(
             ),
         ));
     }
-    shutdown.await;
+    let grace = shutdown.await;
     let _ = tx.send(());
     // Runner sessions are endless streams: give in-flight calls a moment, then stop anyway.
     let mut result = Ok(());
@@ -190,7 +191,7 @@ pub async fn serve(
             }
         }
     };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+    if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::info!("closing the remaining sessions");
         for t in &tasks {
             t.abort();

@@ -50,7 +50,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         let c = &loaded.config;
         let networks = NetworkDef::from_config(c, mtu);
         // Several hosts on etcd: join the host set, serve as a standby until this host leads.
-        let (store, cluster): (Arc<dyn crate::store::Store>, Option<Cluster>) =
+        let (store, cluster): (Arc<dyn crate::store::Store>, Option<Arc<Cluster>>) =
             match c.store.backend {
                 StoreBackend::Etcd => {
                     let etcd = super::store_cmd::open_etcd(c).await?;
@@ -58,7 +58,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                     let cluster = Cluster::join(etcd.clone(), me, c.host.lease_ttl.get())
                         .await
                         .map_err(fail)?;
-                    (etcd, Some(cluster))
+                    (etcd, Some(Arc::new(cluster)))
                 }
                 StoreBackend::Redb => (super::store_cmd::open(c).await?, None),
             };
@@ -106,13 +106,14 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
             leadership: match (&cluster, leadership) {
                 (Some(cl), Some((l, previous))) => Some(HubLeadership {
                     name: cl.name(),
-                    fence: l.fence(),
+                    fence: Arc::new(std::sync::RwLock::new(l.fence())),
                     previous,
                     hosts: cl.directory(),
                 }),
                 _ => None,
             },
         };
+        let settings_fence = settings.leadership.as_ref().map(|l| l.fence.clone());
         let signer =
             Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
         let p = &c.policy;
@@ -169,20 +170,32 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         crate::notify::ready("host ready");
         // Serve until SIGTERM, or (several hosts) until this host's lease is lost.
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+        let fence = settings_fence;
         let stop = {
-            let lost = cluster.as_ref().map(|cl| cl.lost_signal());
+            let cluster = cluster.clone();
+            let dataplane = dataplane.clone();
+            let overlay = c.overlay.enabled;
             async move {
-                let lost_lease = match lost {
-                    Some(lost) => tokio::select! {
-                        _ = shutdown_signal() => false,
-                        _ = lost => true,
-                    },
-                    None => {
+                let lost_lease = match (&cluster, &fence) {
+                    (Some(cl), Some(fence)) => keep_leading(cl, fence).await,
+                    _ => {
                         shutdown_signal().await;
                         false
                     }
                 };
                 let _ = lost_tx.send(lost_lease);
+                if !lost_lease {
+                    return crate::api::server::SHUTDOWN_GRACE;
+                }
+                // Deposed: stop routing between runners before anything else, and drop the
+                // runners' sessions at once so they go looking for the new leader.
+                tracing::error!(
+                    "this host lost its lease on etcd: it no longer leads; removing its tunnels and closing every session"
+                );
+                if overlay && let Err(e) = dataplane.step_down().await {
+                    tracing::error!(error = %e, "removing the hub's tunnels after losing the lease failed");
+                }
+                Duration::ZERO
             }
         };
         let served = crate::api::server::serve(
@@ -212,6 +225,69 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         served?;
         tracing::info!("host stopped");
         Ok(())
+    }
+}
+
+/// Lead until SIGTERM (`false`) or until the lease is lost while other hosts can take over
+/// (`true`). A host alone in the host set that loses its lease (etcd unreachable for longer
+/// than the margin) keeps its kernel as it is (runners keep forwarding; commits fail while
+/// etcd is down) and takes the role back with a new lease and term when etcd answers —
+/// unless another host leads by then.
+async fn keep_leading(
+    cluster: &Arc<Cluster>,
+    fence: &std::sync::RwLock<crate::store::Fence>,
+) -> bool {
+    // Whether others are there is read in the background: a read that waits on an
+    // unreachable etcd must not delay noticing the lost lease.
+    let refresher = {
+        let cl = Arc::downgrade(cluster);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                let Some(cl) = cl.upgrade() else { return };
+                cl.refresh().await;
+            }
+        })
+    };
+    let _stop_refresher = AbortOnDrop(refresher);
+    loop {
+        let lost = cluster.lost_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => return false,
+            _ = lost => {}
+        }
+        if cluster.others_seen() {
+            return true;
+        }
+        tracing::warn!(
+            "this host lost its lease on etcd and is the only host: it keeps its tunnels and takes the role back once etcd answers"
+        );
+        loop {
+            tokio::select! {
+                _ = shutdown_signal() => return false,
+                r = cluster.rejoin(fence) => match r {
+                    Ok(Some(l)) => {
+                        tracing::info!(term = l.term, "leading again");
+                        break;
+                    }
+                    Ok(None) => return true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "rejoining the host set failed; trying again");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -287,7 +363,7 @@ async fn stand_by(
 /// lease lost, stop acting as the hub in the kernel too and exit with an error (the service
 /// manager starts it again, as a standby).
 async fn step_down(
-    cluster: Cluster,
+    cluster: Arc<Cluster>,
     dataplane: &HostDataplane,
     lost_lease: bool,
     overlay: bool,
@@ -295,6 +371,7 @@ async fn step_down(
     let m = &crate::telemetry::metrics::metrics().leadership_changes;
     if lost_lease {
         m.add(1, &[opentelemetry::KeyValue::new("change", "lost")]);
+        // Again: a runner that registered during the shutdown may have had a tunnel made.
         if overlay && let Err(e) = dataplane.step_down().await {
             tracing::error!(error = %e, "removing the hub's tunnels after losing the lease failed");
         }

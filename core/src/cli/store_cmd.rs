@@ -22,14 +22,28 @@ pub async fn open(c: &Config) -> Result<Arc<dyn Store>, CliError> {
 }
 
 /// The etcd back end of `[store]`, writing as this host (`host.name`, or the hostname).
+/// etcd that does not answer yet is waited for up to `store.resolve_timeout` (a host
+/// started with, or just after, its etcd), then the error is the last one seen.
 pub async fn open_etcd(c: &Config) -> Result<Arc<EtcdStore>, CliError> {
     let mut opts = etcd_options(&c.store)?;
     opts.writer = host_name(c);
-    Ok(Arc::new(
-        EtcdStore::connect(opts)
-            .await
-            .map_err(|e| CliError::Failed(e.to_string()))?,
-    ))
+    let deadline = std::time::Instant::now() + c.store.resolve_timeout.get();
+    let mut warned = false;
+    loop {
+        match EtcdStore::connect(opts.clone()).await {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(e @ crate::store::StoreError::Unavailable(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(error = %e, "etcd does not answer yet; waiting for it (store.resolve_timeout)");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(CliError::Failed(e.to_string())),
+        }
+    }
 }
 
 /// This host's name: `host.name`, or the machine's hostname.

@@ -265,7 +265,7 @@ pub struct HostConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Several hosts: the TTL of this host's lease on etcd. The leader steps down when it
-    /// could not renew it for half of this; a standby takes over once it expired.
+    /// could not renew it for three quarters of this; a standby takes over once it expired.
     pub lease_ttl: Duration,
     /// A unix socket serving the same API to local tools (`weir status` on the host machine).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -90,18 +90,26 @@ pub struct HubSettings {
 pub struct HubLeadership {
     /// This host's name.
     pub name: String,
-    pub fence: crate::store::Fence,
+    /// Replaced when a lone leader takes the role back with a new lease and term.
+    pub fence: Arc<std::sync::RwLock<crate::store::Fence>>,
     /// The leader before this one, if any is known (for the event).
     pub previous: Option<String>,
     /// Every live host, for `GetStatus`.
     pub hosts: Arc<dyn HostDirectory>,
 }
 
+impl HubLeadership {
+    /// The fence commits carry now.
+    pub fn fence(&self) -> crate::store::Fence {
+        *self.fence.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl std::fmt::Debug for HubLeadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubLeadership")
             .field("name", &self.name)
-            .field("fence", &self.fence)
+            .field("fence", &self.fence())
             .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
@@ -303,10 +311,14 @@ impl Hub {
         txn.event(pb::EventKind::LeaderElected, |e| {
             e.detail = match &l.previous {
                 Some(p) if p != &l.name => {
-                    format!("{} leads (term {}), after {p}", l.name, l.fence.term)
+                    format!("{} leads (term {}), after {p}", l.name, l.fence().term)
                 }
-                Some(_) => format!("{} leads again (term {}), restarted", l.name, l.fence.term),
-                None => format!("{} leads (term {})", l.name, l.fence.term),
+                Some(_) => format!(
+                    "{} leads again (term {}), restarted",
+                    l.name,
+                    l.fence().term
+                ),
+                None => format!("{} leads (term {})", l.name, l.fence().term),
             };
         });
         let mut st = self.state.lock().await;
@@ -481,7 +493,7 @@ impl Hub {
         let changed = !txn.changes.is_empty();
         let commit = Commit {
             changes: txn.changes,
-            fence: self.settings.leadership.as_ref().map(|l| l.fence),
+            fence: self.settings.leadership.as_ref().map(HubLeadership::fence),
         };
         if let Err(e) = self.store.commit(commit).await {
             // Nothing was written: hand the sequence numbers back.

@@ -566,7 +566,7 @@ impl Hub {
         drop(st);
         if let Some(l) = &self.settings.leadership {
             status.hosts = l.hosts.hosts().await;
-            status.leader_term = l.fence.term;
+            status.leader_term = l.fence().term;
         }
         status
     }

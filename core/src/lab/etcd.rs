@@ -341,8 +341,10 @@ impl EtcdCluster {
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
-            // Fast elections: a test that kills the leader waits a fraction of a second.
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            // Fast elections: a test that kills the leader waits a fraction of a second. Not
+            // faster: on a loaded machine members would depose each other by the second,
+            // and every lease renewal during an election fails.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args([
                 "--enable-v2=false",
                 "--log-level",

@@ -300,6 +300,13 @@ impl Lab {
         let lan = self.step("open lan", Netlink::in_namespace(&self.ns("lan")))?;
         let r = lan.add_bridge("br0", 1500).await;
         let br = self.step("create the underlay switch", r)?;
+        // A MAC of its own: a bridge otherwise takes its lowest port's, so plugging a runner in
+        // could change the router's MAC under every member's ARP cache (192.0.2.254 — the
+        // gateway, etcd, a collector — unreachable for seconds).
+        let r = lan
+            .set_mac(br.index, [0x02, 0x57, 0x4c, 0x41, 0x42, 0xfe])
+            .await;
+        self.step("fix the underlay switch's MAC", r)?;
         let r = lan
             .add_addr(br.index, Ipv4Net::new(ROUTER_IP, 24).expect("valid"))
             .await;
@@ -521,6 +528,21 @@ impl Lab {
         )
     }
 
+    /// Whether host `i` serves as the hub (its control API answers; a standby refuses).
+    pub async fn leads(&self, i: u32) -> bool {
+        let Ok(ch) = crate::api::client::connect(&self.control_url_of(i), Default::default()).await
+        else {
+            return false;
+        };
+        let Ok(bearer) = crate::api::auth::Bearer::new(Some(&self.control_token())) else {
+            return false;
+        };
+        weir_proto::v1::control_client::ControlClient::with_interceptor(ch, bearer)
+            .get_status(weir_proto::v1::GetStatusRequest {})
+            .await
+            .is_ok()
+    }
+
     /// Host `i`'s daemon, if it runs.
     pub fn host_daemon(&mut self, i: u32) -> Option<&mut Daemon> {
         if i == 1 {
@@ -560,6 +582,26 @@ impl Lab {
             self.host = Some(d);
         } else {
             self.other_hosts.insert(i, d);
+        }
+        // On etcd a host is ready once it stands by; the only one running leads soon after.
+        let alone = (1..=self.spec.hosts.max(1))
+            .filter(|&h| h != i)
+            .all(|h| !self.host_daemon(h).is_some_and(|d| d.running()));
+        if self.spec.etcd_members > 0 && alone {
+            let deadline = tokio::time::Instant::now() + self.spec.ready_timeout;
+            while !self.leads(i).await {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(LabError::Step {
+                        lab: self.spec.name.clone(),
+                        what: format!("start {member}"),
+                        reason: format!(
+                            "it did not lead within {:?}, alone on etcd",
+                            self.spec.ready_timeout
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }

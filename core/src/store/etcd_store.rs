@@ -101,6 +101,8 @@ impl Default for EtcdOptions {
 
 pub struct EtcdStore {
     client: Client,
+    /// See [`EtcdStore::streams`].
+    streams: tokio::sync::OnceCell<Client>,
     opts: EtcdOptions,
     keys: Keys,
     inner: Mutex<Inner>,
@@ -307,24 +309,7 @@ impl EtcdStore {
         if !opts.prefix.ends_with('/') {
             opts.prefix.push('/');
         }
-        let mut co = ConnectOptions::new()
-            .with_timeout(opts.timeout)
-            .with_connect_timeout(opts.timeout)
-            .with_keep_alive(Duration::from_secs(10), opts.timeout)
-            .with_require_leader(true);
-        if let Some((user, password)) = &opts.user {
-            co = co.with_user(user.clone(), password.clone());
-        }
-        if opts.tls_ca.is_some() || opts.tls_identity.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &opts.tls_ca {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &opts.tls_identity {
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-            co = co.with_tls(tls);
-        }
+        let co = connect_options(&opts).with_timeout(opts.timeout);
         let endpoints = opts.endpoints.join(",");
         let client = tokio::time::timeout(opts.timeout, Client::connect(&opts.endpoints, Some(co)))
             .await
@@ -340,6 +325,7 @@ impl EtcdStore {
         let (followers, _) = broadcast::channel(FOLLOW_QUEUE);
         let store = Self {
             client,
+            streams: tokio::sync::OnceCell::new(),
             keys: Keys {
                 prefix: opts.prefix.clone(),
             },
@@ -352,6 +338,54 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// A client for long-lived streams (lease keep-alives, watches): no per-request timeout,
+    /// which etcd would apply to the whole stream (it would cancel a keep-alive stream after
+    /// `store.timeout`). Connected on first use.
+    pub(crate) async fn streams(&self) -> Result<&Client, StoreError> {
+        self.streams
+            .get_or_try_init(|| async {
+                let co = connect_options(&self.opts);
+                tokio::time::timeout(
+                    self.opts.timeout,
+                    Client::connect(&self.opts.endpoints, Some(co)),
+                )
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "etcd {}: no answer within {:?}",
+                        self.opts.endpoints.join(","),
+                        self.opts.timeout
+                    ))
+                })?
+                .map_err(|e| self.unavailable("connecting for streams", &e))
+            })
+            .await
+    }
+}
+
+/// How to reach etcd (credentials, TLS, keepalive), without a request timeout.
+fn connect_options(opts: &EtcdOptions) -> ConnectOptions {
+    let mut co = ConnectOptions::new()
+        .with_connect_timeout(opts.timeout)
+        .with_keep_alive(Duration::from_secs(10), opts.timeout)
+        .with_require_leader(true);
+    if let Some((user, password)) = &opts.user {
+        co = co.with_user(user.clone(), password.clone());
+    }
+    if opts.tls_ca.is_some() || opts.tls_identity.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &opts.tls_ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &opts.tls_identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        co = co.with_tls(tls);
+    }
+    co
+}
+
+impl EtcdStore {
     /// `Err` while etcd is known down and no probe is due; `probe` takes the due probe.
     fn fail_fast(&self, probe: bool) -> Result<(), StoreError> {
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());

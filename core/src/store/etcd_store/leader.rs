@@ -5,8 +5,8 @@
 //! leader key `P leader` ("<name> <term>") is taken under the same lease, with the next writer
 //! term in the same transaction; the leader's commits carry that term and lease as their
 //! [`Fence`], so nothing it sends commits once its lease is gone or a successor took a newer
-//! term. A host whose lease cannot be renewed for half its TTL considers itself gone (and
-//! deposed) before etcd expires the lease anywhere.
+//! term. A host whose lease cannot be renewed for three quarters of its TTL considers itself
+//! gone (and deposed) before etcd expires the lease anywhere.
 
 use std::time::Duration;
 
@@ -18,8 +18,11 @@ use tokio::sync::watch;
 use super::{EtcdStore, describe_err, pad};
 use crate::store::{Fence, Store, StoreError};
 
+/// How soon a failed lease renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
+
 /// This host's membership of the host set: its lease, and a signal that turns true when the
-/// lease is lost (not renewed within half its TTL, or revoked).
+/// lease is lost (not renewed within three quarters of its TTL, or revoked).
 pub struct Presence {
     pub name: String,
     pub lease: i64,
@@ -227,7 +230,7 @@ impl EtcdStore {
 
     /// Wait until the leader key changes after `revision` (deleted, or put by a new leader).
     pub async fn wait_leader_change(&self, revision: i64) -> Result<(), StoreError> {
-        let mut w = self.client.watch_client();
+        let mut w = self.streams().await?.watch_client();
         let mut stream = w
             .watch(
                 self.leader_key(),
@@ -250,40 +253,75 @@ impl EtcdStore {
         }
     }
 
-    /// Renew the lease every third of its TTL; a lease that goes half its TTL without a
-    /// renewal, or that is gone, is lost.
+    /// Renew the lease every quarter of its TTL. A renewal counts from when it was sent (etcd
+    /// extends the lease from no earlier than that); a lease not renewed for three quarters
+    /// of its TTL, or that is gone, is lost — a quarter of the TTL before etcd can expire it
+    /// and a standby take over. A broken keep-alive stream (its member restarted, an election
+    /// moved etcd's leader) is opened again, which renews too; a failed renewal is retried
+    /// every [`RENEW_RETRY`].
     async fn keep(&self, name: &str, lease: i64, ttl: Duration) -> Result<Presence, StoreError> {
-        let mut leases = self.client.lease_client();
-        let (mut keeper, mut answers) = leases
+        let leases = self.streams().await?.lease_client();
+        let stream = leases
+            .clone()
             .keep_alive(lease)
             .await
             .map_err(|e| self.unavailable("renewing this host's lease", &e))?;
         let (tx, rx) = watch::channel(false);
-        let every = ttl / 3;
-        let margin = ttl / 2;
+        let every = ttl / 4;
+        let margin = ttl * 3 / 4;
         let store = self.describe();
         let task = tokio::spawn(async move {
+            let mut leases = leases;
+            let mut stream = Some(stream);
             let mut last = tokio::time::Instant::now();
             loop {
-                if keeper.keep_alive().await.is_err() {
-                    // The request could not be sent: try again until the margin runs out.
-                } else {
-                    match tokio::time::timeout(every, answers.message()).await {
-                        Ok(Ok(Some(a))) if a.ttl() > 0 => last = tokio::time::Instant::now(),
-                        Ok(Ok(Some(_))) => {
-                            tracing::warn!(%store, lease, "this host's lease expired or was revoked");
-                            let _ = tx.send(true);
-                            return;
+                let sent = tokio::time::Instant::now();
+                let attempt = async {
+                    match stream.as_mut() {
+                        Some((keeper, answers)) => {
+                            keeper.keep_alive().await.ok()?;
+                            let a = answers.message().await.ok()??;
+                            Some(Ok(a.ttl() > 0))
                         }
-                        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {}
+                        None => match leases.keep_alive(lease).await {
+                            Ok(s) => {
+                                stream = Some(s);
+                                Some(Ok(true))
+                            }
+                            Err(etcd_client::Error::LeaseKeepAliveError(e))
+                                if e.contains("not found") =>
+                            {
+                                Some(Ok(false))
+                            }
+                            Err(_) => Some(Err(())),
+                        },
                     }
+                };
+                let renewed = match tokio::time::timeout(every, attempt).await {
+                    Ok(Some(Ok(alive))) => Some(alive),
+                    _ => None,
+                };
+                match renewed {
+                    Some(true) => last = sent,
+                    Some(false) => {
+                        tracing::warn!(%store, lease, "this host's lease expired or was revoked");
+                        let _ = tx.send(true);
+                        return;
+                    }
+                    // Open the stream again next time (it may be what broke).
+                    None => stream = None,
                 }
                 if last.elapsed() >= margin {
                     tracing::warn!(%store, lease, after = ?last.elapsed(), "this host's lease could not be renewed in time");
                     let _ = tx.send(true);
                     return;
                 }
-                tokio::time::sleep(every.saturating_sub(last.elapsed().min(every))).await;
+                let wait = if renewed.is_some() {
+                    every.saturating_sub(sent.elapsed())
+                } else {
+                    RENEW_RETRY
+                };
+                tokio::time::sleep(wait).await;
             }
         });
         Ok(Presence {
@@ -297,12 +335,11 @@ impl EtcdStore {
 
     /// Leave the host set (and the leadership, if held): the lease is revoked, so the
     /// record and the leader key go at once.
-    pub async fn leave(&self, p: Presence) -> Result<(), StoreError> {
-        let lease = p.lease;
-        drop(p);
+    pub async fn leave(&self, p: &Presence) -> Result<(), StoreError> {
+        p.keeper.abort();
         self.client
             .lease_client()
-            .revoke(lease)
+            .revoke(p.lease)
             .await
             .map(|_| ())
             .map_err(|e| {
@@ -411,7 +448,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!contender.is_finished());
         let old = la.fence();
-        a.leave(pa).await.unwrap();
+        a.leave(&pa).await.unwrap();
         let (lb, _pb) = contender.await.unwrap();
         assert_eq!(lb.term, 2);
         b.load().await.unwrap();
