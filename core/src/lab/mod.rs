@@ -674,11 +674,15 @@ impl Lab {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// Run `weir ARGS…` against this lab's host (from the machine's namespace, over the socket).
+    /// Run `weir ARGS…` against this lab's host (from the machine's namespace, over the socket;
+    /// with several hosts, over every host's socket: the CLI finds the leader).
     pub fn weir(&self, args: &[&str]) -> std::io::Result<Output> {
+        let hosts: Vec<String> = (1..=self.spec.hosts.max(1))
+            .map(|i| self.control_url_of(i))
+            .collect();
         Command::new(&self.spec.weir_bin)
             .args(args)
-            .env("WEIR_HOST", self.control_url())
+            .env("WEIR_HOST", hosts.join(","))
             .env("WEIR_TOKEN", self.control_token())
             .env_remove("WEIR_CONFIG")
             .output()
