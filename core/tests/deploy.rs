@@ -400,6 +400,28 @@ fn sample_configs_load() {
                 "prometheus_listen = \"127.0.0.1:9465\"",
             ][..],
         ),
+        (
+            "host-a.toml",
+            &[
+                "name = \"host-a\"",
+                "url = \"https://192.0.2.1:7700\"",
+                "reachable_address = \"192.0.2.1\"",
+                "backend = \"etcd\"",
+            ][..],
+        ),
+        (
+            "host-b.toml",
+            &[
+                "name = \"host-b\"",
+                "url = \"https://192.0.2.2:7700\"",
+                "reachable_address = \"192.0.2.2\"",
+                "backend = \"etcd\"",
+            ][..],
+        ),
+        (
+            "runner-ha.toml",
+            &["hosts = [\"https://192.0.2.1:7700\", \"https://192.0.2.2:7700\"]"][..],
+        ),
     ] {
         let path = deploy("config").join(file);
         let o = run(Command::new(weir_bin())
