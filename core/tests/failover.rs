@@ -318,8 +318,17 @@ async fn killing_the_leader_moves_the_hub_and_local_traffic_never_stops() {
     assert_eq!(links_before, links_after, "no runner link was re-created");
 
     // The status shows both hosts (the stopped one is gone), the events each election.
-    let status = lab.weir(&["status", "--json"]).unwrap();
-    let _ = status;
+    // `weir status` (given every host's socket, it finds the leader) shows the host set.
+    let out = lab.weir(&["status", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["hosts"][0]["name"], format!("h{next}"), "{json}");
+    assert_eq!(json["hosts"][0]["role"], "leader");
+    assert!(json["leader_term"].as_u64().unwrap() >= 7, "{json}");
     let mut c = control_at(&lab.control_url_of(next), &lab.control_token()).await;
     let s = c
         .get_status(pb::GetStatusRequest {})

@@ -190,9 +190,13 @@ pub async fn serve(
     }
     stop.await;
     let _ = tx.send(());
+    // Standby answers are immediate: nothing to drain. A runner's idle connection would hold
+    // a graceful shutdown open (and the hub's listener from binding): close it.
+    for t in &tasks {
+        t.abort();
+    }
     for t in tasks {
-        // Standby answers are immediate: nothing to drain for long.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), t).await;
+        let _ = t.await;
     }
     Ok(())
 }

@@ -375,9 +375,12 @@ async fn step_down(
         if overlay && let Err(e) = dataplane.step_down().await {
             tracing::error!(error = %e, "removing the hub's tunnels after losing the lease failed");
         }
-        return Err(CliError::Failed(
-            "this host lost its lease on etcd (it could not renew it in time): it no longer leads, its tunnels are removed; start it again to stand by".into(),
-        ));
+        // Crash-only from here: whatever is still in flight (a blocking task waiting on the
+        // unreachable etcd) must not keep a deposed hub's process alive.
+        eprintln!(
+            "error: this host lost its lease on etcd (it could not renew it in time): it no longer leads, its tunnels are removed; start it again to stand by"
+        );
+        std::process::exit(1);
     }
     // Another live host takes over at once: leave it the overlay addresses too. Alone, keep
     // the kernel as it is (a restart adopts it without a flap).

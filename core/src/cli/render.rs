@@ -23,6 +23,10 @@ pub(super) fn status_json(s: &pb::GetStatusResponse) -> Value {
     "inactive_runners": s.inactive_runners, "placeholders": s.placeholders,
     "workloads": s.workloads, "reservations": s.reservations,
     "last_event_seq": s.last_event_seq,
+    "leader_term": s.leader_term,
+    "hosts": s.hosts.iter().map(|h| json!({"name": h.name, "role": h.role, "url": h.url,
+        "underlay_ip": h.underlay_ip, "version": h.version, "term": h.term,
+        "refusal": h.refusal})).collect::<Vec<_>>(),
     "networks": s.networks.iter().map(|n| json!({"name": n.name, "mode": n.mode,
         "plan": n.plan, "host_ip": n.host_ip, "vxlan_id_base": n.vxlan_id_base,
         "masquerade": n.masquerade, "egress": n.egress, "runners": n.runners,
@@ -57,12 +61,40 @@ pub fn render_status(s: &pb::GetStatusResponse) -> String {
             s.active_runners, s.inactive_runners, s.workloads, s.reservations
         )
     };
+    if !s.hosts.is_empty() {
+        out.push_str(&host_table(&s.hosts));
+        out.push('\n');
+    }
     if s.networks.len() > 1 {
         out.push_str(&network_table(&s.networks));
         out.push('\n');
     }
     out.push_str(&runner_table(&s.runners));
     out
+}
+
+/// Several hosts: each one's role (the leader's with its term), address and version.
+pub(super) fn host_table(hosts: &[pb::HostStatus]) -> String {
+    let rows: Vec<[String; 5]> = hosts
+        .iter()
+        .map(|h| {
+            let role = if h.role == "leader" {
+                format!("leader (term {})", h.term)
+            } else if !h.refusal.is_empty() {
+                format!("standby, refuses to lead: {}", h.refusal)
+            } else {
+                h.role.clone()
+            };
+            [
+                h.name.clone(),
+                role,
+                h.url.clone(),
+                h.underlay_ip.clone(),
+                h.version.clone(),
+            ]
+        })
+        .collect();
+    super::table(&["Host", "Role", "URL", "Underlay", "Version"], &rows)
 }
 
 pub(super) fn network_table(networks: &[pb::NetworkStatus]) -> String {
