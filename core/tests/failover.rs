@@ -558,3 +558,49 @@ async fn a_leader_cut_off_from_etcd_steps_down_and_the_standby_takes_over() {
     lab.start_host_n(1).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(leader(&lab).await.map(|l| l.0), Some(2), "h2 still leads");
 }
+
+/// A standby whose configuration differs from the cluster's refuses to lead while a host
+/// with the cluster's configuration lives, and says which part differs; once none is left,
+/// it leads (the last step of a rolling change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_with_another_configuration_refuses_to_lead_and_says_why() {
+    let mut s = spec_two_hosts("fc");
+    s.runners = 0;
+    let mut lab = must(Lab::underlay(s).await);
+    lab.start_host_n(1).await.unwrap_or_else(|e| panic!("{e}"));
+    lab.spec.host_extra = "[reservations]\nmax_ttl = \"3h\"\n".into();
+    lab.start_host_n(2).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut c = control_at(&lab.control_url_of(1), &lab.control_token()).await;
+    let start = Instant::now();
+    loop {
+        let s = c
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(h2) = s.hosts.iter().find(|h| h.name == "h2")
+            && !h2.refusal.is_empty()
+        {
+            assert_eq!(h2.role, "standby");
+            assert!(h2.refusal.contains("reservations"), "{}", h2.refusal);
+            assert!(!h2.refusal.contains("networks"), "{}", h2.refusal);
+            break;
+        }
+        assert!(
+            start.elapsed() < dur(10),
+            "h2 never said it refuses: {:?}",
+            s.hosts
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c2 = control_at(&lab.control_url_of(2), &lab.control_token()).await;
+    let st = c2.get_status(pb::GetStatusRequest {}).await.unwrap_err();
+    assert!(st.message().contains("refuses to lead"), "{}", st.message());
+    let log = std::fs::read_to_string(lab.dir.join("host2.log")).unwrap();
+    assert!(log.contains("refusing to lead"), "{log}");
+
+    // The only host with the cluster's configuration goes: h2 may now lead, with its own.
+    lab.host_daemon(1).unwrap().stop(libc::SIGTERM).unwrap();
+    let (next, _) = new_leader(&lab, Some(1), 1, dur(15)).await;
+    assert_eq!(next, 2);
+}
