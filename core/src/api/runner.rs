@@ -212,7 +212,9 @@ enum Fail {
 /// A standby's refusal, if `st` is one (see `api::standby`).
 fn standby(st: &tonic::Status, what: &str) -> Option<Fail> {
     let md = st.metadata();
-    if md.get(super::standby::ROLE).and_then(|v| v.to_str().ok()) != Some("standby") {
+    if md.get(super::standby::ROLE).and_then(|v| v.to_str().ok())
+        != Some(crate::transport::leader::ROLE_STANDBY)
+    {
         return None;
     }
     Some(Fail::Standby {

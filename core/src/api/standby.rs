@@ -19,13 +19,13 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Code, Status};
 
 use crate::cluster::Role;
+use crate::transport::leader::ROLE_STANDBY;
 
-/// Response metadata: this host's role (`standby`).
-pub const ROLE: &str = "weir-role";
-/// Response metadata: the leader's name.
-pub const LEADER: &str = "weir-leader";
-/// Response metadata: the leader's URL.
-pub const LEADER_URL: &str = "weir-leader-url";
+/// The response metadata of a refusal: this host's role (`standby`), the leader's name and
+/// URL. Defined beside the clients that read them (`transport::leader`).
+pub use crate::transport::leader::{
+    LEADER_KEY as LEADER, LEADER_URL_KEY as LEADER_URL, ROLE_KEY as ROLE,
+};
 
 /// The status a standby answers a call with, given what it knows of the leader.
 pub fn refusal(role: &Role) -> Status {
@@ -38,7 +38,7 @@ pub fn refusal(role: &Role) -> Status {
         // Between winning and serving as the hub: it names itself, so nobody goes elsewhere.
         Role::Leader { name, url, term } => {
             let mut md = MetadataMap::new();
-            md.insert(ROLE, MetadataValue::from_static("standby"));
+            md.insert(ROLE, MetadataValue::from_static(ROLE_STANDBY));
             if let (Ok(n), Ok(u)) = (
                 MetadataValue::try_from(name.as_str()),
                 MetadataValue::try_from(url.as_str()),
@@ -56,7 +56,7 @@ pub fn refusal(role: &Role) -> Status {
         }
     };
     let mut md = MetadataMap::new();
-    md.insert(ROLE, MetadataValue::from_static("standby"));
+    md.insert(ROLE, MetadataValue::from_static(ROLE_STANDBY));
     let why = refusal
         .map(|r| format!(" (it refuses to lead: {r})"))
         .unwrap_or_default();
