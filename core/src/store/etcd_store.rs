@@ -15,6 +15,9 @@
 //! P events/<seq>               an encoded weir.v1.Event (seq as 20 digits)
 //! P claims/runner-id/<id>      the record holding runner id <id>   ("runners/r1", "placeholders/…")
 //! P claims/ip/<network>/<ip>   the record holding that address   ("workloads/…", "reservations/…")
+//! P hosts/<name>               several hosts: a host's record, under its lease (leader.rs)
+//! P leader                     several hosts: "<name> <term>", under the leader's lease
+//! P cluster/config             several hosts: the configuration digest the leader serves
 //! ```
 //!
 //! Name segments are escaped (`%` → `%25`, `/` → `%2F`). **Transaction rules**: a commit is one

@@ -1,7 +1,7 @@
 //! Leadership of the hub role through etcd: one leader at a time.
 //!
 //! Each host joins the host set with a lease of its own ([`Presence`]): `P hosts/<name>`
-//! (what it serves and where) lives under that lease, kept alive every third of its TTL. The
+//! (what it serves and where) lives under that lease, kept alive every quarter of its TTL. The
 //! leader key `P leader` ("<name> <term>") is taken under the same lease, with the next writer
 //! term in the same transaction; the leader's commits carry that term and lease as their
 //! [`Fence`], so nothing it sends commits once its lease is gone or a successor took a newer
