@@ -331,14 +331,18 @@ impl Cluster {
             leader,
             refusal,
         };
-        self.role.send_if_modified(|r| {
+        let changed = self.role.send_if_modified(|r| {
             if *r == role {
                 return false;
             }
             *r = role;
             true
         });
-        let _ = self.store_record().await;
+        // The record says the same (role, refusal): written only when it changes, not on
+        // every pass of the campaign.
+        if changed {
+            let _ = self.store_record().await;
+        }
     }
 
     async fn became_leader(&self, l: Leadership) {

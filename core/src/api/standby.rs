@@ -144,8 +144,8 @@ where
     }
 }
 
-/// Serve as a standby on `tcp` (and `unix`) until `stop` resolves; returns the listeners'
-/// addresses free again.
+/// Serve as a standby on `tcp` (and `unix`) until `stop` resolves; then every connection is
+/// closed, so the hub can bind the same addresses.
 pub async fn serve(
     role: watch::Receiver<Role>,
     tcp: TcpListener,

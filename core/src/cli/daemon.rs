@@ -220,6 +220,9 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         });
         let lost_lease = lost_rx.await.unwrap_or(false);
         if let Some(cluster) = cluster {
+            if let Err(e) = &served {
+                tracing::error!(error = %e, "serving as the hub failed");
+            }
             return step_down(cluster, &dataplane, lost_lease, c.overlay.enabled).await;
         }
         served?;

@@ -26,7 +26,6 @@ const RENEW_RETRY: Duration = Duration::from_millis(100);
 pub struct Presence {
     pub name: String,
     pub lease: i64,
-    pub ttl: Duration,
     lost: watch::Receiver<bool>,
     keeper: tokio::task::JoinHandle<()>,
 }
@@ -120,7 +119,8 @@ impl EtcdStore {
         record: &str,
         ttl: Duration,
     ) -> Result<Presence, StoreError> {
-        let ttl_s = ttl.as_secs().max(1) as i64;
+        // Up, never down: the renewal margins below are fractions of `ttl`.
+        let ttl_s = i64::try_from(ttl.as_millis().div_ceil(1000).max(1)).unwrap_or(i64::MAX);
         let mut leases = self.client.lease_client();
         let lease = leases
             .grant(ttl_s, None)
@@ -327,7 +327,6 @@ impl EtcdStore {
         Ok(Presence {
             name: name.to_string(),
             lease,
-            ttl,
             lost: rx,
             keeper: task,
         })
