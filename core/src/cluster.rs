@@ -388,14 +388,33 @@ impl Cluster {
         self.others_seen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Read the host set now (while etcd answers), to know whether others are there.
-    pub async fn refresh(&self) {
-        if let Ok(hosts) = self.store.hosts().await {
-            let me = self.name();
-            self.others_seen.store(
-                hosts.iter().any(|(n, _)| n != &me),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+    /// Read the host set now (while etcd answers), to know whether others are there; the
+    /// revision it was read at, if it was.
+    pub async fn refresh(&self) -> Option<i64> {
+        let (hosts, revision) = self.store.hosts_at().await.ok()?;
+        let me = self.name();
+        self.others_seen.store(
+            hosts.iter().any(|(n, _)| n != &me),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Some(revision)
+    }
+
+    /// Keep [`Cluster::others_seen`] current: read the host set again whenever it changes
+    /// (an etcd watch, so a host that joins is known within milliseconds — a leader cut off
+    /// from etcd right after must know it is not alone), and at least every second.
+    pub async fn follow_hosts(self: Arc<Self>) {
+        loop {
+            match self.refresh().await {
+                Some(revision) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        self.store.wait_hosts_change(revision),
+                    )
+                    .await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
     }
 

@@ -139,7 +139,11 @@ fn spec_two_hosts(tag: &str) -> lab::LabSpec {
 
 /// Two hosts on a three-member etcd, two runners with two workloads each; host 1 leads.
 async fn two_hosts(tag: &str) -> Lab {
-    let mut lab = must(Lab::underlay(spec_two_hosts(tag)).await);
+    two_hosts_from(spec_two_hosts(tag)).await
+}
+
+async fn two_hosts_from(spec: lab::LabSpec) -> Lab {
+    let mut lab = must(Lab::underlay(spec).await);
     lab.start_host_n(1).await.unwrap_or_else(|e| panic!("{e}"));
     // Ready means standing by or leading: host 1, alone, leads soon.
     new_leader(&lab, None, 0, dur(20)).await;
@@ -479,11 +483,29 @@ async fn the_leader_killed_amid_200_attaches_loses_no_acknowledged_one() {
 
 /// The leader cut off from etcd (an nftables rule in its namespace) while it still reaches
 /// the runners: it stops serving and removes its tunnels within its lease time, exits, the
-/// standby takes over with a newer term, and traffic follows it.
+/// standby takes over with a newer term, and traffic follows it. Attaches that reach it after
+/// the cut are decided by its allocator plugin but never acknowledged, and its decision log
+/// says none of them was committed (and the store has none of them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_etcd_steps_down_and_the_standby_takes_over() {
-    let mut lab = two_hosts("fp").await;
+    let mut s = spec_two_hosts("fp");
+    s.host_extra = format!(
+        "[policy]\naudit = \"full\"\n{}",
+        plugin_toml(
+            "alloc",
+            &plugin_path("default_allocator"),
+            "allocator",
+            "deny",
+            ""
+        )
+    );
+    let mut lab = two_hosts_from(s).await;
     let (_, term) = leader(&lab).await.unwrap();
+    let late: Vec<(u32, String)> = (0..6u32)
+        .map(|k| (1 + k % 2, format!("r{}-late{k}", 1 + k % 2)))
+        .collect();
+    let late_paths: Vec<String> = late.iter().map(|(_, m)| new_netns(&lab, m)).collect();
+    let to_h1 = control_at(&lab.control_url_of(1), &lab.control_token()).await;
     let b1 = workload_ip(&lab, 2, 1).await;
     let cross = TimedPing::start(&lab, "r1-w1", b1);
     wait_until("the cross-runner ping answers", dur(10), || {
@@ -504,6 +526,15 @@ async fn a_leader_cut_off_from_etcd_steps_down_and_the_standby_takes_over() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let late_attaches: Vec<_> = late
+        .iter()
+        .zip(&late_paths)
+        .map(|((runner, member), path)| {
+            let mut c = to_h1.clone();
+            let req = attach_req(&format!("r{runner}"), member, path);
+            tokio::spawn(async move { c.attach_workload(req).await })
+        })
+        .collect();
 
     // Within its lease time it stops: no process, no tunnel, no overlay address.
     let status = {
@@ -545,6 +576,67 @@ async fn a_leader_cut_off_from_etcd_steps_down_and_the_standby_takes_over() {
     let elected = events_of_at(&lab, 2, pb::EventKind::LeaderElected).await;
     assert_eq!(elected.len(), 2, "{elected:?}");
     assert!(elected[1].detail.contains("h2 leads"), "{elected:?}");
+
+    // The attaches after the cut: none acknowledged, none in the store, and the deposed
+    // leader's decision log settles every one of its decisions — the ones before the cut
+    // committed, the late ones not (or unknown: a commit in flight the store refused).
+    for t in late_attaches {
+        let r = t.await.unwrap();
+        assert!(
+            r.is_err(),
+            "an attach was acknowledged by a cut-off leader: {r:?}"
+        );
+    }
+    let stored: BTreeSet<&str> = listed.iter().map(|w| w.workload_id.as_str()).collect();
+    for (_, member) in &late {
+        assert!(
+            !stored.contains(member.as_str()),
+            "{member} is in the store"
+        );
+    }
+    let log = lab
+        .dir
+        .join(format!("{}-state/decisions.jsonl", lab::host_member(1)));
+    let decisions = weir::policy::audit::read(&log, &Default::default()).unwrap();
+    let of = |e: &weir::policy::audit::Entry| {
+        e.input
+            .as_ref()
+            .and_then(|i| i.get("workload_id").or_else(|| i.get("name")))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    use weir::policy::audit::Commit;
+    let mut late_decided = 0;
+    let mut unknown = 0;
+    for e in decisions.iter().filter(|e| e.applied) {
+        let settled = e
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|| panic!("a decision of the deposed leader is not settled: {e:?}"));
+        assert_eq!(e.term, Some(term), "{e:?}");
+        let who = of(e);
+        if late.iter().any(|(_, m)| *m == who) {
+            late_decided += 1;
+            unknown += usize::from(settled.commit == Commit::Unknown);
+            assert_ne!(settled.commit, Commit::Committed, "{e:?}");
+            assert!(settled.reason.is_some(), "{e:?}");
+        } else {
+            assert_eq!(
+                settled.commit,
+                Commit::Committed,
+                "{who} is in the store: {e:?}"
+            );
+        }
+    }
+    assert!(
+        late_decided > 0,
+        "no attach after the cut reached the plugin: {decisions:?}"
+    );
+    println!(
+        "deposed leader's log: {} decisions, {late_decided} after the cut, none of those committed ({unknown} unknown: a commit in flight)",
+        decisions.len()
+    );
 
     // Healed, the old leader comes back as a standby.
     let out = lab
@@ -603,4 +695,107 @@ async fn a_standby_with_another_configuration_refuses_to_lead_and_says_why() {
     lab.host_daemon(1).unwrap().stop(libc::SIGTERM).unwrap();
     let (next, _) = new_leader(&lab, Some(1), 1, dur(15)).await;
     assert_eq!(next, 2);
+}
+
+/// Two hosts serving mTLS, each with its own certificate (one CA, each naming its own
+/// address): runners with client certificates join the leader, follow the standby when the
+/// leader hands over (SIGTERM), keep their tunnels, and the CLI given both `https://` URLs
+/// reaches whichever host leads, before and after, and with the old leader back as a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_over_mtls_hand_the_role_over_and_runners_follow() {
+    let mut s = spec_two_hosts("ft");
+    s.plaintext = false;
+    let certs_dir = TempDir(std::env::temp_dir().join(format!("weir-{}-pki", s.name)));
+    let d = certs_dir.0.join("pki");
+    let dir = d.to_str().unwrap().to_string();
+    certs(&["ca", "--dir", &dir]);
+    for i in 1..=2 {
+        let ip = lab::host_ip(i).to_string();
+        certs(&[
+            "host",
+            "--dir",
+            &dir,
+            "--name",
+            &lab::host_member(i),
+            "--san",
+            &ip,
+        ]);
+    }
+    certs(&["runner", "--dir", &dir, "--name", "runner"]);
+    certs(&["runner", "--dir", &dir, "--name", "cli"]);
+    let ca = format!("{dir}/ca.pem");
+    s.host_keys = format!(
+        "tls_cert = \"{dir}/{{member}}.pem\"\ntls_key = \"{dir}/{{member}}.key\"\ntls_client_ca = \"{ca}\"\n"
+    );
+    s.host_url = format!("https://{}:{}", lab::host_ip(1), lab::HOST_PORT);
+    s.runner_keys = format!(
+        "tls_ca = \"{ca}\"\ntls_cert = \"{dir}/runner.pem\"\ntls_key = \"{dir}/runner.key\"\n"
+    );
+    let mut lab = two_hosts_from(s).await;
+    assert!(lab.host_url(2).starts_with("https://"));
+    let both = format!("{},{}", lab.host_url(1), lab.host_url(2));
+    // `weir status` over TCP with both URLs, from host 2's namespace (it reaches both).
+    let status = |lab: &Lab| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.args([
+            "status",
+            "--json",
+            "--host",
+            &both,
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &format!("{dir}/cli.pem"),
+            "--tls-key",
+            &format!("{dir}/cli.key"),
+        ])
+        .env("WEIR_TOKEN", lab.control_token());
+        run_in_namespace(&mut cmd, &lab.ns(&lab::host_member(2))).unwrap();
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "weir status --host {both}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let leader = v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["role"] == "leader")
+            .map(|h| h["name"].as_str().unwrap().to_string());
+        (leader, v["leader_term"].as_u64().unwrap())
+    };
+    let (first, term) = status(&lab);
+    assert_eq!(first.as_deref(), Some("h1"));
+
+    let b1 = workload_ip(&lab, 2, 1).await;
+    let cross = TimedPing::start(&lab, "r1-w1", b1);
+    wait_until("the cross-runner ping answers", dur(10), || {
+        cross.count() > 5
+    })
+    .await;
+    let tunnels = runner_links(&lab, "r1").await;
+    let stopped = Instant::now();
+    lab.host_daemon(1).unwrap().stop(libc::SIGTERM).unwrap();
+    let (next, _) = new_leader(&lab, Some(1), term, dur(20)).await;
+    assert_eq!(next, 2);
+    settled(&lab, 2, &cross).await;
+    println!(
+        "mTLS handover: cross-runner gap {:?}",
+        cross.gap_since(stopped)
+    );
+    assert_eq!(
+        runner_links(&lab, "r1").await,
+        tunnels,
+        "a runner link was re-created"
+    );
+    let (now, next_term) = status(&lab);
+    assert_eq!(now.as_deref(), Some("h2"));
+    assert!(next_term > term);
+
+    // The old leader, back, stands by; the CLI still finds the leader past it.
+    lab.start_host_n(1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status(&lab).0.as_deref(), Some("h2"));
+    assert_eq!(leader(&lab).await.map(|l| l.0), Some(2));
 }

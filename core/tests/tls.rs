@@ -3,33 +3,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use weir::lab::{self, Lab};
-
-/// A directory removed when the test ends, passed or not.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `weir certs ARGS`, which must succeed.
-fn certs(args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("certs")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "weir certs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_join_over_mtls_and_clients_without_a_certificate_are_refused() {

@@ -109,11 +109,13 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                     fence: Arc::new(std::sync::RwLock::new(l.fence())),
                     previous,
                     hosts: cl.directory(),
+                    deposed: Arc::default(),
                 }),
                 _ => None,
             },
         };
         let settings_fence = settings.leadership.as_ref().map(|l| l.fence.clone());
+        let deposed = settings.leadership.as_ref().map(|l| l.deposed.clone());
         let signer =
             Signer::load_or_create(&c.host.state_dir.join("reservation.key")).map_err(fail)?;
         let p = &c.policy;
@@ -171,6 +173,7 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
         // Serve until SIGTERM, or (several hosts) until this host's lease is lost.
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
         let fence = settings_fence;
+        let decision_log = hub.policy().audit().cloned();
         let stop = {
             let cluster = cluster.clone();
             let dataplane = dataplane.clone();
@@ -186,6 +189,19 @@ async fn run_host(loaded: &LoadedConfig) -> Result<(), CliError> {
                 let _ = lost_tx.send(lost_lease);
                 if !lost_lease {
                     return crate::api::server::SHUTDOWN_GRACE;
+                }
+                // No commit is tried from here on, so the decision log can settle what is open
+                // now for good: what has not committed never will.
+                if let Some(d) = &deposed {
+                    d.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if let Some(log) = &decision_log {
+                    let term = fence
+                        .as_ref()
+                        .map_or(0, |f| f.read().unwrap_or_else(|p| p.into_inner()).term);
+                    log.abandon(&format!(
+                        "this host lost its lease on etcd (term {term}) before the operation committed"
+                    ));
                 }
                 // Deposed: stop routing between runners before anything else, and drop the
                 // runners' sessions at once so they go looking for the new leader.
@@ -240,20 +256,9 @@ async fn keep_leading(
     cluster: &Arc<Cluster>,
     fence: &std::sync::RwLock<crate::store::Fence>,
 ) -> bool {
-    // Whether others are there is read in the background: a read that waits on an
+    // Whether others are there is followed in the background: a read that waits on an
     // unreachable etcd must not delay noticing the lost lease.
-    let refresher = {
-        let cl = Arc::downgrade(cluster);
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                t.tick().await;
-                let Some(cl) = cl.upgrade() else { return };
-                cl.refresh().await;
-            }
-        })
-    };
-    let _stop_refresher = AbortOnDrop(refresher);
+    let _stop_refresher = AbortOnDrop(tokio::spawn(cluster.clone().follow_hosts()));
     loop {
         let lost = cluster.lost_signal().await;
         tokio::select! {

@@ -391,7 +391,7 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
         }
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = entries
+    let rows: Vec<[String; 8]> = entries
         .iter()
         .map(|e| {
             let t = std::time::UNIX_EPOCH + Duration::from_millis(e.ts_ms.max(0) as u64);
@@ -408,6 +408,7 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
                         .unwrap_or_default()
                 }),
                 format!("{} µs", e.latency_us),
+                committed(e),
             ]
         })
         .collect();
@@ -415,12 +416,27 @@ pub fn decisions(a: DecisionsArgs, json: bool, config: Option<&Path>) -> Result<
         "{}",
         super::table(
             &[
-                "TIME", "CALL", "PLUGIN", "VERSION", "MODE", "OUTCOME", "LATENCY"
+                "TIME", "CALL", "PLUGIN", "VERSION", "MODE", "OUTCOME", "LATENCY", "STORED"
             ],
             &rows
         )
     );
     Ok(())
+}
+
+/// Whether a decision's operation reached the store: `yes`, `no`, `unknown` (a commit was in
+/// flight when the host was deposed), `open` (not settled: still running, or the host was
+/// killed), `-` (a decision the hub does not store, such as a route).
+fn committed(e: &audit::Entry) -> String {
+    match (&e.op, &e.outcome) {
+        (None, _) => "-".into(),
+        (Some(_), None) => "open".into(),
+        (Some(_), Some(s)) => match s.commit {
+            audit::Commit::Committed => "yes".into(),
+            audit::Commit::NotCommitted => "no".into(),
+            audit::Commit::Unknown => "unknown".into(),
+        },
+    }
 }
 
 #[cfg(test)]

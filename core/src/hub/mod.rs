@@ -96,9 +96,17 @@ pub struct HubLeadership {
     pub previous: Option<String>,
     /// Every live host, for `GetStatus`.
     pub hosts: Arc<dyn HostDirectory>,
+    /// Set once this host lost its lease for good: from then on no commit is even tried (the
+    /// decision log settles what was open as it was, and nothing commits behind it).
+    pub deposed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl HubLeadership {
+    /// Whether this host lost the role for good.
+    pub fn is_deposed(&self) -> bool {
+        self.deposed.load(Ordering::SeqCst)
+    }
+
     /// The fence commits carry now.
     pub fn fence(&self) -> crate::store::Fence {
         *self.fence.read().unwrap_or_else(|p| p.into_inner())
@@ -111,6 +119,7 @@ impl std::fmt::Debug for HubLeadership {
             .field("name", &self.name)
             .field("fence", &self.fence())
             .field("previous", &self.previous)
+            .field("deposed", &self.is_deposed())
             .finish_non_exhaustive()
     }
 }
@@ -458,6 +467,21 @@ impl Hub {
         self.settings.heartbeat_timeout.as_millis() as i64
     }
 
+    /// Run one operation whose plugin decisions the store keeps (a runner's id, a workload's
+    /// address and rules): the decision log says afterwards whether they were committed.
+    async fn decided<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, HubError>>,
+    ) -> Result<T, HubError> {
+        match self.policy.audit() {
+            None => fut.await,
+            Some(log) => {
+                let term = self.settings.leadership.as_ref().map(|l| l.fence().term);
+                log.operation(term, fut).await
+            }
+        }
+    }
+
     /// Persist a transaction and publish its events (numbered here, in commit order). One
     /// larger than a commit of the store may be goes in pieces, each whole, in order.
     async fn commit(&self, st: &mut State, txn: Txn) -> Result<(), HubError> {
@@ -495,7 +519,17 @@ impl Hub {
             changes: txn.changes,
             fence: self.settings.leadership.as_ref().map(HubLeadership::fence),
         };
-        if let Err(e) = self.store.commit(commit).await {
+        // Announced before the deposed check: a host settling its decision log when deposed
+        // then sees this commit as in flight, or this commit sees the host deposed.
+        crate::policy::audit::commit_started();
+        let committed = match self.settings.leadership.as_ref().filter(|l| l.is_deposed()) {
+            Some(l) => Err(crate::store::StoreError::LeaseLost {
+                term: l.fence().term,
+            }),
+            None => self.store.commit(commit).await,
+        };
+        crate::policy::audit::commit_done(committed.is_ok());
+        if let Err(e) = committed {
             // Nothing was written: hand the sequence numbers back.
             st.next_event -= txn.events.len() as u64;
             return Err(e.into());

@@ -26,6 +26,13 @@ impl Hub {
         self: &Arc<Self>,
         req: pb::RegisterRequest,
     ) -> Result<pb::RegisterResponse, HubError> {
+        self.decided(self.register_runner(req)).await
+    }
+
+    async fn register_runner(
+        self: &Arc<Self>,
+        req: pb::RegisterRequest,
+    ) -> Result<pb::RegisterResponse, HubError> {
         let name = check_runner_name(&req.name)?;
         let physical_ip: Ipv4Addr = req.physical_ip.trim().parse().map_err(|_| {
             HubError::InvalidArgument(format!(

@@ -41,7 +41,7 @@ impl Hub {
         // is tried (it was blocked when the runner refused it), a few times.
         let mut tries = 0;
         let r = loop {
-            match self.attach_workload(req.clone()).await {
+            match self.decided(self.attach_workload(req.clone())).await {
                 Err(HubError::AddressInUse(why))
                     if req.address == AddressSource::Next && tries < CONFLICT_RETRIES =>
                 {

@@ -75,7 +75,9 @@ pub struct LabSpec {
     pub weir_bin: PathBuf,
     /// Lines of the host's `[overlay]` section (e.g. `subnet = "10.0.0.0/22/2/8"`).
     pub overlay: String,
-    /// Extra lines of the host's `[host]` section (e.g. `heartbeat_timeout = "3s"`).
+    /// Extra lines of the host's `[host]` section (e.g. `heartbeat_timeout = "3s"`); with
+    /// several hosts, `{member}` in it becomes each host's member name (`host`, `host2` …),
+    /// for what each host has of its own (its TLS certificate).
     pub host_keys: String,
     /// Extra lines of every runner's `[runner]` section.
     pub runner_keys: String,
@@ -451,7 +453,10 @@ impl Lab {
         };
         format!(
             "[overlay]\n{}\n[host]\n{name}listen = \"0.0.0.0:{HOST_PORT}\"\nallow_plaintext = {}\ncontrol_socket = \"{d}/{member}.sock\"\nreachable_address = \"{ip}\"\nstate_dir = \"{d}/{member}-state\"\n{}\n[auth]\ncontrol_token_files = [\"{d}/control.token\"]\njoin_token_file = \"{d}/join.token\"\n{store}{}\n",
-            self.spec.overlay, self.spec.plaintext, self.spec.host_keys, self.spec.host_extra
+            self.spec.overlay,
+            self.spec.plaintext,
+            self.spec.host_keys.replace("{member}", &member),
+            self.spec.host_extra
         )
     }
 
@@ -511,12 +516,18 @@ impl Lab {
         Ok(())
     }
 
-    /// The URL of host `i`'s gRPC API on the underlay.
+    /// The URL of host `i`'s gRPC API on the underlay (every host speaks the scheme of
+    /// `spec.host_url`).
     pub fn host_url(&self, i: u32) -> String {
         if i == 1 {
             self.spec.host_url.clone()
         } else {
-            format!("http://{}:{HOST_PORT}", host_ip(i))
+            let scheme = if self.spec.host_url.starts_with("https:") {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}:{HOST_PORT}", host_ip(i))
         }
     }
 

@@ -133,6 +133,11 @@ impl PolicyHost {
         self.reloads = Some(reloads);
     }
 
+    /// The decision log, if one is kept.
+    pub fn audit(&self) -> Option<&audit::Audit> {
+        self.audit.as_ref()
+    }
+
     /// Whether any plugin (enforcing or monitoring) serves `hook`.
     pub fn has(&self, hook: Hook) -> bool {
         self.slots.iter().any(|s| s.hooks.contains(&hook))

@@ -513,3 +513,26 @@ pub async fn doctor_clean(lab: &Lab) {
         .findings;
     assert!(f.is_empty(), "weir doctor finds: {f:?}");
 }
+
+/// A directory removed when the test ends, passed or not.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `weir certs ARGS`, which must succeed.
+pub fn certs(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weir certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -155,12 +155,19 @@ impl EtcdStore {
 
     /// Every live host's record, by name.
     pub async fn hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self.hosts_at().await?.0)
+    }
+
+    /// The host set and the revision it was read at (for [`EtcdStore::wait_hosts_change`]).
+    pub async fn hosts_at(&self) -> Result<(Vec<(String, String)>, i64), StoreError> {
         let prefix = self.keys.k("hosts/");
         let r = self
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| self.unavailable("reading the host set", &e))?;
-        Ok(r.kvs()
+        let revision = r.header().map_or(0, |h| h.revision());
+        let hosts = r
+            .kvs()
             .iter()
             .map(|kv| {
                 (
@@ -168,7 +175,32 @@ impl EtcdStore {
                     String::from_utf8_lossy(kv.value()).into_owned(),
                 )
             })
-            .collect())
+            .collect();
+        Ok((hosts, revision))
+    }
+
+    /// Resolves once the host set changes after `revision` (a host joined, left, or its
+    /// record changed), or the watch ends.
+    pub async fn wait_hosts_change(&self, revision: i64) -> Result<(), StoreError> {
+        let mut w = self.streams().await?.watch_client();
+        let mut stream = w
+            .watch(
+                self.keys.k("hosts/"),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(|e| self.unavailable("watching the host set", &e))?;
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) if m.events().is_empty() => continue,
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(self.unavailable("watching the host set", &e)),
+            }
+        }
     }
 
     /// Take the leader key under `p`'s lease with the next writer term, if nobody holds it or
