@@ -53,6 +53,11 @@ pub const BACKOFF_START: Duration = Duration::from_millis(200);
 /// With several hosts: how long a host that failed is passed over (a standby may still name
 /// it as leader until its lease expires).
 const PASS_OVER: Duration = Duration::from_secs(3);
+/// With several hosts: a host that fails faster than this answered (its machine refused the
+/// connection: a daemon restarting, or a standby between its own server and the hub's while
+/// it takes over) — it is tried again soon, not passed over: trying it costs nothing, while
+/// passing over a host that is taking over sends the runner to the dead one's connect timeout.
+const QUICK_FAILURE: Duration = Duration::from_millis(100);
 /// With several hosts: the session's HTTP/2 keepalive, so a leader that died with its
 /// machine (no FIN, no RST) is noticed within about a second, not after the heartbeat's.
 const FAILOVER_KEEPALIVE: Duration = Duration::from_millis(500);
@@ -90,6 +95,7 @@ pub async fn run(
                 settings.host_urls[pick].clone()
             }
         };
+        let started = Instant::now();
         let attempt = async {
             let r = once(&settings, &url, &agent, &uplink, &mut notified).await;
             uplink.disconnected().await;
@@ -113,7 +119,9 @@ pub async fn run(
             Err(Fail::Fatal(e)) => return Err(e),
             Err(Fail::Retry(msg)) => {
                 tracing::warn!(host = %url, retry_in_ms = backoff.as_millis() as u64, "{msg}");
-                failed.insert(url.clone(), Instant::now());
+                if started.elapsed() >= QUICK_FAILURE {
+                    failed.insert(url.clone(), Instant::now());
+                }
                 next += 1;
                 None
             }

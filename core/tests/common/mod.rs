@@ -24,7 +24,11 @@ pub fn spec(tag: &str) -> LabSpec {
     clean_stale_labs();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = format!("t{}x{n}{tag}", std::process::id());
-    let mut s = LabSpec::new(&name, PathBuf::from(env!("CARGO_BIN_EXE_weir")));
+    // `WEIR_TEST_BIN` runs the daemons from another build (a release one, for figures).
+    let bin = std::env::var_os("WEIR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_weir")));
+    let mut s = LabSpec::new(&name, bin);
     // Short timers keep the tests quick; the logic is the same at production values.
     s.host_keys = "heartbeat_timeout = \"3s\"\n".into();
     s.runner_keys = "heartbeat_interval = \"300ms\"\n".into();
