@@ -61,6 +61,7 @@ where
 pub fn create(name: &str) -> io::Result<PathBuf> {
     validate_name(name)?;
     std::fs::create_dir_all(NETNS_RUN_DIR)?;
+    run_dir_mounted()?;
     let path = named_path(name);
     // `create_new` makes two concurrent creators of one name fail instead of sharing it.
     File::options()
@@ -97,6 +98,38 @@ pub fn create(name: &str) -> io::Result<PathBuf> {
         Ok::<(), io::Error>(())
     })??;
     Ok(path)
+}
+
+/// Make [`NETNS_RUN_DIR`] a shared mount of its own, as `ip netns add` does, before the first
+/// namespace is mounted in it. Otherwise the first tool that does it later (podman, netavark,
+/// `ip netns`) bind-mounts the directory over itself, and every namespace mounted before is
+/// hidden under that mount: its file can then be neither unmounted nor removed.
+fn run_dir_mounted() -> io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let dir = Path::new(NETNS_RUN_DIR);
+    let share = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match share() {
+        Ok(()) => Ok(()),
+        // Not a mount point yet.
+        Err(nix::errno::Errno::EINVAL) => mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .and_then(|()| share())
+        .map_err(|e| with_path(e.into(), "make a shared mount of", dir)),
+        Err(e) => Err(with_path(e.into(), "make a shared mount of", dir)),
+    }
 }
 
 /// Delete a named namespace (like `ip netns delete`). Missing namespaces are not an error.
