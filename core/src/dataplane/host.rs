@@ -402,6 +402,7 @@ impl HostDataplane {
             self.nl.set_up(link.index).await?;
             change = change.max_with(TunnelChange::Repaired);
         }
+        sysctl::set_arp_retrans(&name, sysctl::TUNNEL_ARP_RETRANS_MS)?;
         // firewalld forgets runtime zone members when it restarts: re-assert every time.
         self.trust(&name).await;
         Ok((link.index, change))

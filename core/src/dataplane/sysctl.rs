@@ -49,3 +49,20 @@ pub fn disable_redirects(ifname: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// How long the host waits before asking again for a workload's MAC over a runner's tunnel
+/// (`net.ipv4.neigh.<tunnel>.retrans_time_ms`; the kernel's default is 1 s). After a failover
+/// the new hub asks as soon as the first runner's traffic reaches it, often before the
+/// workload's own runner has re-pointed its tunnel: that answer goes to the old hub and is
+/// lost, and at 1 s the cross-runner path would stay down a second longer than it needs to.
+pub const TUNNEL_ARP_RETRANS_MS: u32 = 100;
+
+/// Set `net.ipv4.neigh.<ifname>.retrans_time_ms` to `ms` if it differs.
+pub fn set_arp_retrans(ifname: &str, ms: u32) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/neigh/{ifname}/retrans_time_ms");
+    let want = ms.to_string();
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == want) {
+        return Ok(());
+    }
+    std::fs::write(&path, want.as_bytes()).map_err(|e| DataplaneError::io(format!("set {path}"), e))
+}

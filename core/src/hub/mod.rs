@@ -113,6 +113,22 @@ impl HubLeadership {
     }
 }
 
+/// The fence to send a refused commit again under, when what refused it was this host's own
+/// next term: a host alone in the host set that lost its lease takes the role back with a new
+/// term while a commit sent under the old one may still be on its way. If no other host took a
+/// term in between (the new term is the very next), nobody else wrote: the commit is as valid
+/// under the new term as it was under the old, and the caller should not see it refused.
+fn fenced_by_itself(
+    e: &crate::store::StoreError,
+    l: &HubLeadership,
+) -> Option<crate::store::Fence> {
+    let crate::store::StoreError::Fenced { term, current } = *e else {
+        return None;
+    };
+    let now = l.fence();
+    (!l.is_deposed() && now.term == current && current == term + 1).then_some(now)
+}
+
 impl std::fmt::Debug for HubLeadership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HubLeadership")
@@ -515,19 +531,37 @@ impl Hub {
             ));
         }
         let changed = !txn.changes.is_empty();
+        let leadership = self.settings.leadership.as_ref();
+        // Kept for one retry (several hosts only): see `fenced_by_itself`.
+        let retry = leadership.map(|_| txn.changes.clone());
         let commit = Commit {
             changes: txn.changes,
-            fence: self.settings.leadership.as_ref().map(HubLeadership::fence),
+            fence: leadership.map(HubLeadership::fence),
         };
         // Announced before the deposed check: a host settling its decision log when deposed
         // then sees this commit as in flight, or this commit sees the host deposed.
         crate::policy::audit::commit_started();
-        let committed = match self.settings.leadership.as_ref().filter(|l| l.is_deposed()) {
+        let mut committed = match leadership.filter(|l| l.is_deposed()) {
             Some(l) => Err(crate::store::StoreError::LeaseLost {
                 term: l.fence().term,
             }),
             None => self.store.commit(commit).await,
         };
+        if let (Err(e), Some(l), Some(changes)) = (&committed, leadership, retry)
+            && let Some(fence) = fenced_by_itself(e, l)
+        {
+            tracing::info!(
+                term = fence.term,
+                "a commit sent under this host's previous term is sent again under its new one"
+            );
+            committed = self
+                .store
+                .commit(Commit {
+                    changes,
+                    fence: Some(fence),
+                })
+                .await;
+        }
         crate::policy::audit::commit_done(committed.is_ok());
         if let Err(e) = committed {
             // Nothing was written: hand the sequence numbers back.
@@ -1021,6 +1055,39 @@ mod tests {
         // Filters are bounded the same way.
         let e = check_label_limits(&big, "labels").unwrap_err().to_string();
         assert!(e.contains("20224 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_commit_fenced_by_this_hosts_own_next_term_is_sent_again_and_no_other() {
+        struct NoHosts;
+        #[async_trait::async_trait]
+        impl HostDirectory for NoHosts {
+            async fn hosts(&self) -> Vec<pb::HostStatus> {
+                Vec::new()
+            }
+        }
+        let fence = |term| crate::store::Fence {
+            term,
+            lease: Some(7),
+        };
+        let l = HubLeadership {
+            name: "h1".into(),
+            fence: Arc::new(std::sync::RwLock::new(fence(2))),
+            previous: None,
+            hosts: Arc::new(NoHosts),
+            deposed: Arc::default(),
+        };
+        let fenced = |term, current| crate::store::StoreError::Fenced { term, current };
+        // The host took term 2 itself right after term 1: nobody else wrote in between.
+        assert_eq!(fenced_by_itself(&fenced(1, 2), &l), Some(fence(2)));
+        // Another host held a term in between, or the newer term is not this host's.
+        assert_eq!(fenced_by_itself(&fenced(0, 2), &l), None);
+        assert_eq!(fenced_by_itself(&fenced(1, 3), &l), None);
+        // Other refusals, and a deposed host, are never sent again.
+        let lost = crate::store::StoreError::LeaseLost { term: 1 };
+        assert_eq!(fenced_by_itself(&lost, &l), None);
+        l.deposed.store(true, Ordering::SeqCst);
+        assert_eq!(fenced_by_itself(&fenced(1, 2), &l), None);
     }
 
     #[test]
