@@ -1,10 +1,16 @@
-//! The address plan: `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+//! The address plan: `BASE/PREFIX/NODE_BITS/SUBNET_BITS`, or the flat `BASE/PREFIX`.
 //!
-//! A plan splits an IPv4 overlay CIDR into one block per runner. Block 0 belongs to the host
+//! A hierarchical plan splits an IPv4 overlay CIDR into one block per runner. Block 0 belongs to the host
 //! (it carries the host overlay IP `B+1`); runner `r` (1 ..= 2^NODE_BITS − 1) owns
 //! `B + (r << SUBNET_BITS)` with prefix `32 − SUBNET_BITS`. Inside a runner block `.1` is the
 //! gateway (the runner's bridge), `.254` is the host's address on that subnet, and workloads get
 //! `subnet+2 ..= subnet+2^S−3` minus `.254`.
+//!
+//! A flat plan (KohakuRiver's two-part form) gives every runner the whole `BASE/PREFIX`: each
+//! runner's bridge is `B+1` (the workloads' gateway), the host is `broadcast − 1` on every one
+//! of its tunnels, and workloads get `B+2 ..= broadcast − 2`, each address unique across the
+//! network (the host allocates from one pool; it routes each workload's address to its
+//! runner's tunnel). Runner ids run from 1 to [`FLAT_MAX_RUNNERS`], as in KohakuRiver.
 //!
 //! Everything here is pure arithmetic: no I/O, no kernel.
 
@@ -19,13 +25,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// The offset of the host's address inside every runner subnet.
 pub const HOST_ON_SUBNET_OFFSET: u32 = 254;
+/// The largest runner id of a flat plan (KohakuRiver's limit for its flat networks).
+pub const FLAT_MAX_RUNNERS: u32 = 63;
 /// Interface names are limited to 15 bytes by the kernel (IFNAMSIZ − 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
 /// Why a plan specification was refused. Each variant names the part at fault and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("plan {spec:?}: expected 4 parts BASE/PREFIX/NODE_BITS/SUBNET_BITS, found {found}")]
+    #[error(
+        "plan {spec:?}: expected 4 parts BASE/PREFIX/NODE_BITS/SUBNET_BITS, or 2 for a flat plan BASE/PREFIX; found {found}"
+    )]
     PartCount { spec: String, found: usize },
     #[error("plan {spec:?}: BASE {value:?} is not an IPv4 address")]
     Base { spec: String, value: String },
@@ -71,6 +81,7 @@ pub enum PlanError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Plan {
     overlay: Ipv4Net,
+    /// 0 for a flat plan (every runner shares the overlay).
     node_bits: u8,
     subnet_bits: u8,
 }
@@ -86,6 +97,16 @@ impl Plan {
         format!("{base}/{prefix}/{node_bits}/{subnet_bits}").parse()
     }
 
+    /// A flat plan `BASE/PREFIX`: one subnet shared by every runner.
+    pub fn flat(base: Ipv4Addr, prefix: u8) -> Result<Self, PlanError> {
+        format!("{base}/{prefix}").parse()
+    }
+
+    /// Whether every runner shares the whole overlay (the two-part form).
+    pub fn is_flat(&self) -> bool {
+        self.node_bits == 0
+    }
+
     /// The overlay CIDR `B/PREFIX` (host bits of BASE cleared).
     pub fn overlay(&self) -> Ipv4Net {
         self.overlay
@@ -99,20 +120,35 @@ impl Plan {
     pub fn subnet_bits(&self) -> u8 {
         self.subnet_bits
     }
-    /// The host's overlay address `B+1`, with the overlay prefix.
+    /// The host's overlay address, with the overlay prefix: `B+1` (on the host's own device),
+    /// or in a flat plan `broadcast − 1` (on each of its tunnels; `B+1` is the runners').
     pub fn host_ip(&self) -> Ipv4Net {
-        net(offset(self.overlay.network(), 1), self.prefix())
+        if self.is_flat() {
+            net(flat_host(self.overlay), self.prefix())
+        } else {
+            net(offset(self.overlay.network(), 1), self.prefix())
+        }
     }
-    /// The largest runner id (`2^NODE_BITS − 1`); ids run from 1 to this.
+    /// The largest runner id (`2^NODE_BITS − 1`, or [`FLAT_MAX_RUNNERS`]); ids run from 1 to
+    /// this.
     pub fn max_runners(&self) -> u32 {
-        (1u32 << self.node_bits) - 1
+        if self.is_flat() {
+            FLAT_MAX_RUNNERS
+        } else {
+            (1u32 << self.node_bits) - 1
+        }
     }
     /// The prefix length of every runner subnet (`32 − SUBNET_BITS`).
     pub fn runner_prefix(&self) -> u8 {
         32 - self.subnet_bits
     }
     /// How many addresses a workload can really get on one runner: `first..=last` without `.254`.
+    /// In a flat plan, how many the whole network holds (its runners share them).
     pub fn assignable_per_runner(&self) -> u32 {
+        if self.is_flat() {
+            // B+2 ..= broadcast − 2: the host's `broadcast − 1` lies outside.
+            return (1u32 << self.subnet_bits) - 4;
+        }
         let in_range = (1u32 << self.subnet_bits) - 4;
         // `.254` lies inside first..=last whenever the block is larger than a /24.
         if self.subnet_bits > 8 {
@@ -154,14 +190,26 @@ impl Plan {
     /// The block of runner `id`. Fails for ids outside `1..=max_runners`.
     pub fn runner(&self, id: u32) -> Result<RunnerBlock, PlanError> {
         let id = self.check_runner(u64::from(id))?;
+        if self.is_flat() {
+            return Ok(RunnerBlock {
+                id,
+                subnet: self.overlay,
+                flat: true,
+            });
+        }
         let start = u32::from(self.overlay.network()) + (id << self.subnet_bits);
         let subnet = net(Ipv4Addr::from(start), self.runner_prefix());
-        Ok(RunnerBlock { id, subnet })
+        Ok(RunnerBlock {
+            id,
+            subnet,
+            flat: false,
+        })
     }
 
-    /// The runner id whose block holds `addr`, if any.
+    /// The runner id whose block holds `addr`, if any (never, in a flat plan: any runner's
+    /// workload may hold any address).
     pub fn runner_of(&self, addr: Ipv4Addr) -> Option<u32> {
-        if !self.overlay.contains(&addr) {
+        if self.is_flat() || !self.overlay.contains(&addr) {
             return None;
         }
         let rel = u32::from(addr) - u32::from(self.overlay.network());
@@ -175,6 +223,9 @@ impl FromStr for Plan {
 
     fn from_str(spec: &str) -> Result<Self, PlanError> {
         let parts: Vec<&str> = spec.trim().split('/').collect();
+        if parts.len() == 2 {
+            return parse_flat(spec, &parts);
+        }
         if parts.len() != 4 {
             return Err(PlanError::PartCount {
                 spec: spec.to_string(),
@@ -239,8 +290,44 @@ impl FromStr for Plan {
     }
 }
 
+/// `BASE/PREFIX`: PREFIX 8..=29 (a /29 leaves workloads 4 addresses; a /30 none).
+fn parse_flat(spec: &str, parts: &[&str]) -> Result<Plan, PlanError> {
+    const ALLOWED: &str = "8..=29 for a flat plan";
+    let base: Ipv4Addr = parts[0].parse().map_err(|_| PlanError::Base {
+        spec: spec.to_string(),
+        value: parts[0].to_string(),
+    })?;
+    let prefix = parts[1].parse::<u64>().map_err(|_| PlanError::NotInteger {
+        spec: spec.to_string(),
+        part: "PREFIX",
+        value: parts[1].to_string(),
+        allowed: ALLOWED,
+    })?;
+    if !(8..=29).contains(&prefix) {
+        return Err(PlanError::OutOfRange {
+            spec: spec.to_string(),
+            part: "PREFIX",
+            value: prefix,
+            allowed: ALLOWED,
+        });
+    }
+    Ok(Plan {
+        overlay: net(base, prefix as u8).trunc(),
+        node_bits: 0,
+        subnet_bits: 32 - prefix as u8,
+    })
+}
+
+/// A flat network's host address: `broadcast − 1`.
+fn flat_host(overlay: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(overlay.broadcast()) - 1)
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_flat() {
+            return write!(f, "{}/{}", self.overlay.network(), self.prefix());
+        }
         write!(
             f,
             "{}/{}/{}/{}",
@@ -269,8 +356,10 @@ impl<'de> Deserialize<'de> for Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunnerBlock {
     pub id: u32,
-    /// The runner subnet, e.g. `10.128.64.0/18`.
+    /// The runner subnet, e.g. `10.128.64.0/18` (a flat plan's whole overlay).
     pub subnet: Ipv4Net,
+    /// Of a flat plan: the subnet is every runner's.
+    pub flat: bool,
 }
 
 impl RunnerBlock {
@@ -278,9 +367,13 @@ impl RunnerBlock {
     pub fn gateway(&self) -> Ipv4Addr {
         offset(self.subnet.network(), 1)
     }
-    /// The host's address on this runner's subnet (`subnet + 254`).
+    /// The host's address on this runner's subnet (`subnet + 254`; flat: `broadcast − 1`).
     pub fn host_ip_on_subnet(&self) -> Ipv4Addr {
-        offset(self.subnet.network(), HOST_ON_SUBNET_OFFSET)
+        if self.flat {
+            flat_host(self.subnet)
+        } else {
+            offset(self.subnet.network(), HOST_ON_SUBNET_OFFSET)
+        }
     }
     /// The first address a workload can get.
     pub fn first(&self) -> Ipv4Addr {
@@ -413,6 +506,54 @@ mod tests {
 
     fn plan(s: &str) -> Plan {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_flat_plan_gives_every_runner_the_whole_network_as_kohakuriver_does() {
+        let p = plan("203.0.113.130/26");
+        assert!(p.is_flat());
+        assert_eq!(p.to_string(), "203.0.113.128/26");
+        assert_eq!(p.overlay().to_string(), "203.0.113.128/26");
+        assert_eq!(p.host_ip().to_string(), "203.0.113.190/26");
+        assert_eq!(p.max_runners(), FLAT_MAX_RUNNERS);
+        assert_eq!(p.assignable_per_runner(), 60);
+        for id in [1, 2, 63] {
+            let b = p.runner(id).unwrap();
+            assert_eq!(b.subnet.to_string(), "203.0.113.128/26");
+            assert_eq!(b.gateway().to_string(), "203.0.113.129");
+            assert_eq!(b.host_ip_on_subnet().to_string(), "203.0.113.190");
+            assert_eq!(b.first().to_string(), "203.0.113.130");
+            assert_eq!(b.last().to_string(), "203.0.113.189");
+            assert_eq!(b.vni(100), 100 + id);
+        }
+        assert!(p.runner(64).is_err() && p.runner(0).is_err());
+        let b = p.runner(1).unwrap();
+        assert!(!b.is_assignable("203.0.113.190".parse().unwrap()));
+        assert!(!b.is_assignable("203.0.113.129".parse().unwrap()));
+        assert!(b.is_assignable("203.0.113.189".parse().unwrap()));
+        // No address says which runner holds it.
+        assert_eq!(p.runner_of("203.0.113.140".parse().unwrap()), None);
+        assert_eq!(p, Plan::flat("203.0.113.128".parse().unwrap(), 26).unwrap());
+        // Round trip through the configuration's form.
+        assert_eq!(plan(&p.to_string()), p);
+    }
+
+    #[test]
+    fn a_flat_plan_is_refused_with_the_part_and_what_is_allowed() {
+        let e = "10.0.0.0/30".parse::<Plan>().unwrap_err().to_string();
+        assert!(
+            e.contains("PREFIX = 30") && e.contains("8..=29 for a flat plan"),
+            "{e}"
+        );
+        let e = "10.0.0.0/x".parse::<Plan>().unwrap_err().to_string();
+        assert!(e.contains("PREFIX \"x\""), "{e}");
+        let e = "10.0.0/24".parse::<Plan>().unwrap_err().to_string();
+        assert!(e.contains("BASE \"10.0.0\""), "{e}");
+        let e = "10.0.0.0/24/8".parse::<Plan>().unwrap_err().to_string();
+        assert!(
+            e.contains("or 2 for a flat plan") && e.contains("found 3"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -683,9 +824,13 @@ mod prop_tests {
     fn check_invariants(plan: &Plan) -> Result<(), TestCaseError> {
         let (p, n, s) = (plan.prefix(), plan.node_bits(), plan.subnet_bits());
         prop_assert_eq!(u32::from(p) + u32::from(n) + u32::from(s), 32);
-        prop_assert!((1..=23).contains(&p), "PREFIX {}", p);
-        prop_assert!((1..=16).contains(&n), "NODE_BITS {}", n);
-        prop_assert!((8..=30).contains(&s), "SUBNET_BITS {}", s);
+        if plan.is_flat() {
+            prop_assert!((8..=29).contains(&p), "flat PREFIX {}", p);
+        } else {
+            prop_assert!((1..=23).contains(&p), "PREFIX {}", p);
+            prop_assert!((1..=16).contains(&n), "NODE_BITS {}", n);
+            prop_assert!((8..=30).contains(&s), "SUBNET_BITS {}", s);
+        }
         let o = plan.overlay();
         prop_assert_eq!(o.addr(), o.network(), "host bits of BASE cleared");
         prop_assert_eq!(o, o.trunc());

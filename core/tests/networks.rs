@@ -448,3 +448,130 @@ async fn kohakuriver_naming_builds_the_links_kohakuriver_would() {
     assert!(lab.ping("a", ip_b), "a reaches b across runners");
     doctor_clean(&lab).await;
 }
+
+/// The host's `/32` routes inside `flat`.
+async fn flat_routes(lab: &Lab, flat: ipnet::Ipv4Net) -> std::collections::BTreeSet<Ipv4Addr> {
+    let nl = weir::dataplane::netlink::Netlink::in_namespace(&lab.ns("host")).unwrap();
+    nl.routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.destination.prefix_len() == 32 && flat.contains(&r.destination.addr()))
+        .map(|r| r.destination.addr())
+        .collect()
+}
+
+/// A flat plan (KohakuRiver's `BASE/PREFIX`): one subnet shared by every runner, the host's
+/// address `broadcast − 1` on each of its tunnels, every runner's bridge `B+1`, each address
+/// unique across the network; workloads on different runners reach each other (the host
+/// routes each address to its runner's tunnel and answers ARP for the others), the host and
+/// the wan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_network_is_one_subnet_across_runners_with_kohakuriver_names() {
+    const FLAT: &str = "[[networks]]\nname = \"flat\"\nsubnet = \"203.0.113.128/26\"\nvxlan_id_base = 300\nmasquerade = true\negress = \"runner-nat\"\n";
+    let mut s = spec("flt");
+    s.runners = 2;
+    s.workloads_per_runner = 0;
+    s.overlay.push_str("\nnaming = \"kohakuriver\"\n");
+    s.host_extra = format!("{PRIVATE}{FLAT}");
+    let mut lab = must(Lab::up(s).await);
+    // The links and addresses KohakuRiver's flat networks have.
+    let host = all_addresses(&lab, "host").await;
+    for tunnel in ["vx1_1", "vx1_2"] {
+        assert!(
+            host.iter()
+                .any(|a| a.starts_with(&format!("{tunnel} ")) && a.contains("203.0.113.190/26")),
+            "{tunnel} holds the host's flat address: {host:?}"
+        );
+    }
+    assert!(
+        !host
+            .iter()
+            .any(|a| a.starts_with("kohaku-host ") && a.contains("203.0.113.")),
+        "the flat network's host address is not on kohaku-host: {host:?}"
+    );
+    for r in ["r1", "r2"] {
+        let addrs = all_addresses(&lab, r).await;
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.starts_with("kohaku-flat ") && a.contains("203.0.113.129/26")),
+            "{r}'s bridge is the gateway: {addrs:?}"
+        );
+    }
+    let mut c = control(&lab).await;
+    let (a, b, d) = (
+        new_netns(&lab, "a"),
+        new_netns(&lab, "b"),
+        new_netns(&lab, "d"),
+    );
+    let ip_a = attach(&mut c, "r1", "a", &a, "flat").await;
+    let ip_b = attach(&mut c, "r1", "b", &b, "flat").await;
+    let ip_d = attach(&mut c, "r2", "d", &d, "flat").await;
+    let flat: ipnet::Ipv4Net = "203.0.113.128/26".parse().unwrap();
+    for ip in [ip_a, ip_b, ip_d] {
+        let o = u32::from(ip) - u32::from(flat.network());
+        assert!(flat.contains(&ip) && (2..=61).contains(&o), "{ip}");
+    }
+    // One pool for the network: no address twice, whichever runner asks.
+    assert!(ip_a != ip_b && ip_b != ip_d && ip_a != ip_d);
+    let e = new_netns(&lab, "e");
+    let st = c
+        .attach_workload(pb::AttachWorkloadRequest {
+            runner: "r2".into(),
+            workload_id: "e".into(),
+            netns: e.clone(),
+            network: "flat".into(),
+            requested_ip: ip_a.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::AlreadyExists, "{st:?}");
+    // Real packets: across runners both ways, on one runner, to the host, to the wan.
+    assert!(lab.ping("a", ip_d), "a reaches d on the other runner");
+    assert!(lab.ping("d", ip_b), "d reaches b on the other runner");
+    assert!(lab.ping("a", ip_b), "a reaches b on its own runner");
+    assert!(
+        lab.ping("d", "203.0.113.190".parse().unwrap()),
+        "d reaches the host"
+    );
+    assert!(lab.ping("a", weir::lab::WAN_IP), "a reaches the wan");
+    // The host routes each address to its runner's tunnel, and forgets it when it goes.
+    assert_eq!(
+        flat_routes(&lab, flat).await,
+        [ip_a, ip_b, ip_d].into_iter().collect()
+    );
+    c.detach_workload(pb::DetachWorkloadRequest {
+        runner: "r2".into(),
+        workload_id: "d".into(),
+        network: "flat".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        flat_routes(&lab, flat).await,
+        [ip_a, ip_b].into_iter().collect(),
+        "{}",
+        std::fs::read_to_string(lab.dir.join("host.log")).unwrap_or_default()
+    );
+    // Its address, free again, is the next one on either runner; and it works there.
+    let ip_e = attach(&mut c, "r2", "e", &e, "flat").await;
+    assert!(lab.ping("e", ip_a), "e reaches a across runners");
+    let held: std::collections::BTreeSet<Ipv4Addr> = [ip_a, ip_b, ip_e].into_iter().collect();
+    assert_eq!(flat_routes(&lab, flat).await, held);
+    // A host killed and started again routes the same addresses (from its store) to the same
+    // runners, and traffic crosses again.
+    lab.host.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
+    lab.start_host().await.unwrap();
+    assert_eq!(flat_routes(&lab, flat).await, held);
+    wait_until("both runners are back", dur(20), || {
+        is_active(&lab, "r1") && is_active(&lab, "r2")
+    })
+    .await;
+    assert!(
+        lab.ping("a", ip_e),
+        "a reaches e across runners after the host restart"
+    );
+    doctor_clean(&lab).await;
+}

@@ -54,7 +54,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show an address plan BASE/PREFIX/NODE_BITS/SUBNET_BITS: overlay, host IP and runner blocks.
+    /// Show an address plan BASE/PREFIX/NODE_BITS/SUBNET_BITS (or a flat BASE/PREFIX): overlay,
+    /// host IP and runner blocks.
     Plan(plan_cmd::PlanArgs),
     /// Inspect the configuration.
     #[command(subcommand)]

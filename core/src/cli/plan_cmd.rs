@@ -7,7 +7,7 @@ use crate::plan::{Plan, PlanReport};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The plan, e.g. 10.128.0.0/12/6/14.
+    /// The plan, e.g. 10.128.0.0/12/6/14, or a flat one such as 203.0.113.128/26.
     #[arg(value_name = "SPEC")]
     pub spec: String,
     /// Runner ids to show (repeatable; default: runner 1).
@@ -52,9 +52,21 @@ pub fn run(args: PlanArgs, json: bool) -> Result<(), CliError> {
 }
 
 fn render(r: &PlanReport) -> String {
+    // A flat plan's one subnet is every runner's: its addresses are shared, not each one's.
+    let flat = r.spec.matches('/').count() == 1;
     let mut out = format!(
-        "plan          {}\noverlay       {}\nhost ip       {}\nmax runners   {}\nrunner subnet /{} ({} assignable addresses each)\n\n",
-        r.spec, r.overlay_cidr, r.host_ip, r.max_runners, r.runner_prefix, r.assignable_per_runner
+        "plan          {}\noverlay       {}\nhost ip       {}\nmax runners   {}\nrunner subnet /{} ({} assignable addresses {})\n\n",
+        r.spec,
+        r.overlay_cidr,
+        r.host_ip,
+        r.max_runners,
+        r.runner_prefix,
+        r.assignable_per_runner,
+        if flat {
+            "shared by every runner: a flat plan"
+        } else {
+            "each"
+        }
     );
     let header = [
         "RUNNER",

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::firewalld::Firewalld;
-use super::netlink::{Link, Netlink, VxlanSpec};
+use super::netlink::{Link, Netlink, ROUTE_PROTOCOL, VxlanSpec};
 use super::nfnl::{self, Elem};
 use super::nft::TableSpec;
 use super::overlay::{NETWORK_ALIAS_PREFIX, OverlayRules, network_alias};
@@ -36,6 +36,11 @@ pub struct HostNetwork {
     pub tunnel_prefix: String,
     /// The underlay address tunnels are sourced from (`host.reachable_address`).
     pub local: Ipv4Addr,
+}
+
+/// The `/32` of one address.
+fn host_route(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).unwrap_or_default()
 }
 
 /// A `vxkr*` link found in the kernel that is a valid tunnel of the plan.
@@ -147,7 +152,9 @@ impl HostDataplane {
             // A device may carry several networks' host addresses (KohakuRiver's naming);
             // it is named after the first of them.
             let mut devices: Vec<(&HostNetwork, Vec<Ipv4Net>)> = Vec::new();
-            for net in networks {
+            // A flat network's host address is on each of its tunnels instead (its `B+1` is
+            // every runner's bridge).
+            for net in networks.iter().filter(|n| !n.plan.is_flat()) {
                 match devices
                     .iter_mut()
                     .find(|(n, _)| n.host_device == net.host_device)
@@ -403,6 +410,11 @@ impl HostDataplane {
             change = change.max_with(TunnelChange::Repaired);
         }
         sysctl::set_arp_retrans(&name, sysctl::TUNNEL_ARP_RETRANS_MS)?;
+        if net.plan.is_flat() {
+            // A workload asks for a peer on another runner as for a neighbour (the network is
+            // one subnet): the host answers for it, as it routes that address elsewhere.
+            sysctl::enable_proxy_arp(&name)?;
+        }
         // firewalld forgets runtime zone members when it restarts: re-assert every time.
         self.trust(&name).await;
         Ok((link.index, change))
@@ -459,6 +471,61 @@ impl HostDataplane {
             Some(link) => self.nl.neighbour_del(link.index, ip).await,
             None => Ok(()),
         }
+    }
+
+    /// Route `ip` (a workload's address on a flat network) to runner `id`'s tunnel, replacing
+    /// a route to another runner's.
+    pub async fn route_address(&self, net: &HostNetwork, id: u32, ip: Ipv4Addr) -> Result<()> {
+        let name = plan::tunnel_name(&net.tunnel_prefix, id);
+        let link =
+            self.nl.link(&name).await?.ok_or_else(|| {
+                DataplaneError::Invalid(format!("no tunnel {name} to route {ip} to"))
+            })?;
+        self.nl
+            .replace_route(host_route(ip), None, Some(link.index))
+            .await
+    }
+
+    /// Make the host's routes to a flat network's workloads exactly `want` (address → runner
+    /// id): a missing one added, one to the wrong tunnel moved, one nobody holds removed.
+    pub async fn sync_address_routes(
+        &self,
+        net: &HostNetwork,
+        want: &BTreeMap<Ipv4Addr, u32>,
+    ) -> Result<()> {
+        crate::telemetry::kernel("netlink.sync_address_routes", async {
+            tracing::debug!(network = %net.name, want = want.len(), "syncing the routes to a flat network's workloads");
+            let tunnels = self.tunnel_indexes(net).await?;
+            let index_of = |id: u32| tunnels.get(&plan::tunnel_name(&net.tunnel_prefix, id)).copied();
+            let overlay = net.plan.overlay();
+            let mut have = BTreeMap::new();
+            for r in self.nl.routes().await? {
+                if r.protocol == ROUTE_PROTOCOL
+                    && r.destination.prefix_len() == 32
+                    && overlay.contains(&r.destination.addr())
+                {
+                    let ip = r.destination.addr();
+                    let wanted = want.get(&ip).and_then(|&id| index_of(id));
+                    if wanted.is_some() && wanted == r.oif {
+                        have.insert(ip, r.oif);
+                    } else if wanted.is_none() {
+                        tracing::debug!(route = %r.destination, "removing a route to an address nobody holds");
+                        self.nl.del_route(&r).await?;
+                    }
+                }
+            }
+            for (&ip, &id) in want {
+                if have.contains_key(&ip) {
+                    continue;
+                }
+                // A runner without a tunnel yet gets its routes when it registers.
+                if let Some(index) = index_of(id) {
+                    self.nl.replace_route(host_route(ip), None, Some(index)).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The ifindex of each tunnel of `net` (for tests and status).

@@ -39,6 +39,18 @@ pub trait HostKernel: Send + Sync {
     async fn forget_neighbour(&self, _net: &HostNetwork, _id: u32, _ip: Ipv4Addr) -> Result<()> {
         Ok(())
     }
+    /// Route a flat network's workload address to runner `id`'s tunnel.
+    async fn route_address(&self, _net: &HostNetwork, _id: u32, _ip: Ipv4Addr) -> Result<()> {
+        Ok(())
+    }
+    /// Make the routes to a flat network's workloads exactly `want` (address → runner id).
+    async fn sync_address_routes(
+        &self,
+        _net: &HostNetwork,
+        _want: &BTreeMap<Ipv4Addr, u32>,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -71,6 +83,16 @@ impl HostKernel for HostDataplane {
     }
     async fn forget_neighbour(&self, net: &HostNetwork, id: u32, ip: Ipv4Addr) -> Result<()> {
         HostDataplane::forget_neighbour(self, net, id, ip).await
+    }
+    async fn route_address(&self, net: &HostNetwork, id: u32, ip: Ipv4Addr) -> Result<()> {
+        HostDataplane::route_address(self, net, id, ip).await
+    }
+    async fn sync_address_routes(
+        &self,
+        net: &HostNetwork,
+        want: &BTreeMap<Ipv4Addr, u32>,
+    ) -> Result<()> {
+        HostDataplane::sync_address_routes(self, net, want).await
     }
 }
 

@@ -1064,9 +1064,12 @@ impl Netlink {
 
     /// Delete a route. A route that is already gone is not an error.
     pub async fn del_route(&self, route: &Route) -> Result<()> {
+        // Scope "nowhere" matches any scope (as `ip route del` sends): the builder's default,
+        // universe, would miss every on-link route (scope link) and answer ESRCH.
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.destination.network(), route.destination.prefix_len())
-            .protocol(RouteProtocol::Other(route.protocol));
+            .protocol(RouteProtocol::Other(route.protocol))
+            .scope(RouteScope::NoWhere);
         if let Some(gw) = route.gateway {
             b = b.gateway(gw);
         }

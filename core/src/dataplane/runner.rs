@@ -584,10 +584,15 @@ impl RunnerDataplane {
                 sysctl::disable_redirects(&net.bridge)?;
                 if let Some(t) = &net.tunnel {
                     self.ensure_tunnel(net, t, bridge).await?;
-                    self.nl
-                        .replace_route(t.overlay, Some(t.via), Some(bridge))
-                        .await?;
-                    want_routes.push((t.overlay, t.via));
+                    // A flat network is the bridge's own subnet: its peers on other runners
+                    // are neighbours the host answers for, no route goes via the host (one
+                    // would replace the bridge's connected route).
+                    if t.overlay != net.subnet {
+                        self.nl
+                            .replace_route(t.overlay, Some(t.via), Some(bridge))
+                            .await?;
+                        want_routes.push((t.overlay, t.via));
+                    }
                 }
             }
             // Weir-owned routes that no network wants any more (an older plan) go away.

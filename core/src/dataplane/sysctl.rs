@@ -66,3 +66,13 @@ pub fn set_arp_retrans(ifname: &str, ms: u32) -> Result<()> {
     }
     std::fs::write(&path, want.as_bytes()).map_err(|e| DataplaneError::io(format!("set {path}"), e))
 }
+
+/// Answer ARP on `ifname` for addresses routed out of another interface
+/// (`net.ipv4.conf.<ifname>.proxy_arp = 1`).
+pub fn enable_proxy_arp(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/proxy_arp");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, b"1").map_err(|e| DataplaneError::io(format!("set {path}"), e))
+}

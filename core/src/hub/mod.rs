@@ -175,6 +175,9 @@ pub struct Hub {
     events: broadcast::Sender<pb::Event>,
     /// Something committed since the gauges' counts were last published.
     counts_dirty: AtomicBool,
+    /// Held while the host's routes to flat networks' workloads change: a sync from a
+    /// snapshot must not remove a route an attach added after it (`Hub::sync_flat_routes`).
+    flat_routes: Mutex<()>,
     /// A topology publication is running; and another was asked for meanwhile (see
     /// `Hub::spawn_publish`).
     publishing: AtomicBool,
@@ -316,10 +319,12 @@ impl Hub {
             state: Mutex::new(State::default()),
             events,
             counts_dirty: AtomicBool::new(true),
+            flat_routes: Mutex::new(()),
             publishing: AtomicBool::new(false),
             publish_again: AtomicBool::new(false),
         };
         crate::telemetry::metrics::reconcile("host-start", hub.recover(snap)).await?;
+        hub.sync_flat_routes().await;
         hub.announce_leadership().await?;
         hub.publish_counts().await;
         let hub = Arc::new(hub);
@@ -760,6 +765,22 @@ impl Hub {
             .is_some_and(|s| s.subnet.contains(&ip))
     }
 
+    /// Which pool holds a runner's addresses on a network: its own, or on a flat network the
+    /// one every runner shares (its addresses are unique across the network).
+    fn pool_key(&self, network: &str, runner: &str) -> (String, String) {
+        let flat = self
+            .network(network)
+            .ok()
+            .and_then(NetworkDef::overlay)
+            .is_some_and(|o| o.plan.is_flat());
+        let runner = if flat {
+            String::new()
+        } else {
+            runner.to_string()
+        };
+        (network.to_string(), runner)
+    }
+
     /// The address pool of a runner on a network, created on first use.
     fn pool<'a>(
         &self,
@@ -767,7 +788,7 @@ impl Hub {
         network: &str,
         runner: &str,
     ) -> Result<&'a mut AddressPool, HubError> {
-        let key = (network.to_string(), runner.to_string());
+        let key = self.pool_key(network, runner);
         if !st.pools.contains_key(&key) {
             let id = st.runners.get(runner).and_then(|r| r.rec.id);
             let net = self.network(network)?;

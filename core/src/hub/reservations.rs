@@ -97,7 +97,7 @@ impl Hub {
             e.detail = format!("ttl {}s", ttl.as_secs());
         });
         if let Err(e) = self.commit(&mut st, txn).await {
-            if let Some(p) = st.pools.get_mut(&(net.name.clone(), req.runner.clone())) {
+            if let Some(p) = st.pools.get_mut(&self.pool_key(&net.name, &req.runner)) {
                 p.release(ip);
             }
             return Err(e);
@@ -253,7 +253,7 @@ impl Hub {
         });
         self.commit(&mut st, txn).await?;
         st.reservations.remove(&r.id);
-        if let Some(p) = st.pools.get_mut(&(r.network.clone(), r.runner.clone())) {
+        if let Some(p) = st.pools.get_mut(&self.pool_key(&r.network, &r.runner)) {
             p.release(r.ip);
         }
         Ok(())
@@ -308,7 +308,7 @@ impl Hub {
         for r in expired {
             tracing::info!(reservation = %r.id, ip = %r.ip, "reservation expired unused");
             st.reservations.remove(&r.id);
-            if let Some(p) = st.pools.get_mut(&(r.network.clone(), r.runner.clone())) {
+            if let Some(p) = st.pools.get_mut(&self.pool_key(&r.network, &r.runner)) {
                 p.release(r.ip);
             }
         }

@@ -175,6 +175,8 @@ impl Hub {
         // it in the background.
         self.kernel.add_underlay(physical_ip).await?;
         drop(st);
+        // Its tunnel may be new (or re-created): the routes to its workloads on flat networks.
+        self.sync_flat_routes().await;
         // A runner registering again with the same allocation, address and labels (after its
         // session dropped, or the host restarted) changes no one's topology.
         let moved = relabelled
@@ -247,7 +249,12 @@ impl Hub {
             // Only stored workloads were ever announced; the others were never acknowledged
             // (attaching) or are already detached (leaving).
             let stored = !st.phases.contains_key(&k);
-            if let Some(w) = st.remove_workload(&k)
+            let w = st.remove_workload(&k);
+            // A flat network's pool is every runner's: hand the address back to it.
+            if let Some(w) = &w {
+                self.release_address(st, w);
+            }
+            if let Some(w) = w
                 && stored
             {
                 txn.change(Change::DeleteWorkload(k));
@@ -268,7 +275,11 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .collect();
         for id in res {
-            st.reservations.remove(&id);
+            if let Some(r) = st.reservations.remove(&id)
+                && let Some(p) = st.pools.get_mut(&self.pool_key(&r.network, &r.runner))
+            {
+                p.release(r.ip);
+            }
             txn.change(Change::DeleteReservation(id));
             txn.unit();
         }

@@ -210,8 +210,10 @@ impl Hub {
     }
 }
 
+/// A direct path to a peer runner routes its subnet; a flat network has none of its own (every
+/// address may be on any runner), so its traffic always goes through the hub.
 fn direct_peer(net: &NetworkDef, id: u32, physical_ip: Ipv4Addr) -> Option<pb::DirectPeer> {
-    let o = net.overlay()?;
+    let o = net.overlay().filter(|o| !o.plan.is_flat())?;
     let sub = net.runner_subnet(Some(id))?;
     Some(pb::DirectPeer {
         network: net.name.clone(),

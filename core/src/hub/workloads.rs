@@ -252,6 +252,7 @@ impl Hub {
         failpoint::hit("hub.attach.after-commit");
         if fresh {
             if let Some(id) = runner_id {
+                self.route_flat_address(&net.name, id, rec.ip.addr()).await;
                 self.forget_neighbour(&net.name, id, rec.ip.addr()).await;
             }
             self.publish_peer(Some(&rec), None).await;
@@ -673,6 +674,61 @@ impl Hub {
         }
     }
 
+    /// On a flat network the host routes each workload's address to its runner's tunnel (the
+    /// address says nothing of the runner). Added before the attach is answered; a failure is
+    /// logged and repaired by the next sync (the runner's next registration, the host's
+    /// restart, a detach).
+    async fn route_flat_address(&self, network: &str, runner_id: u32, ip: Ipv4Addr) {
+        let Some(net) = self
+            .host_networks()
+            .into_iter()
+            .find(|n| n.name == network && n.plan.is_flat())
+        else {
+            return;
+        };
+        let _held = self.flat_routes.lock().await;
+        if let Err(e) = self.kernel.route_address(&net, runner_id, ip).await {
+            tracing::error!(network, %ip, error = %e, "cannot route a flat network's workload address to its runner");
+        }
+    }
+
+    /// Make the host's routes to every flat network's workloads match what the hub holds
+    /// (nothing to do without a flat network).
+    pub(super) async fn sync_flat_routes(&self) {
+        let nets: Vec<super::HostNetwork> = self
+            .host_networks()
+            .into_iter()
+            .filter(|n| n.plan.is_flat())
+            .collect();
+        if nets.is_empty() {
+            return;
+        }
+        let _held = self.flat_routes.lock().await;
+        let wants: Vec<(super::HostNetwork, BTreeMap<Ipv4Addr, u32>)> = {
+            let st = self.state.lock().await;
+            nets.into_iter()
+                .map(|n| {
+                    // A leaving workload's address is not reused before its runner confirms
+                    // it gone, but nothing should reach it any more.
+                    let want = st
+                        .workloads
+                        .iter()
+                        .filter(|(k, _)| st.phases.get(*k) != Some(&Phase::Leaving))
+                        .map(|(_, w)| w)
+                        .filter(|w| w.network == n.name)
+                        .filter_map(|w| Some((w.ip.addr(), st.runners.get(&w.runner)?.rec.id?)))
+                        .collect();
+                    (n, want)
+                })
+                .collect()
+        };
+        for (net, want) in wants {
+            if let Err(e) = self.kernel.sync_address_routes(&net, &want).await {
+                tracing::error!(network = %net.name, error = %e, "cannot sync the routes to a flat network's workloads");
+            }
+        }
+    }
+
     /// An attach of which nothing is on the runner (never sent, or the runner reports it left
     /// nothing applied): forget it at once, its address free again.
     async fn forget_unapplied(&self, key: &str) {
@@ -794,8 +850,8 @@ impl Hub {
         }
     }
 
-    fn release_address(&self, st: &mut State, w: &WorkloadRecord) {
-        if let Some(pool) = st.pools.get_mut(&(w.network.clone(), w.runner.clone())) {
+    pub(super) fn release_address(&self, st: &mut State, w: &WorkloadRecord) {
+        if let Some(pool) = st.pools.get_mut(&self.pool_key(&w.network, &w.runner)) {
             pool.release(w.ip.addr());
         }
     }
@@ -873,6 +929,7 @@ impl Hub {
             }
         }
         failpoint::hit("hub.detach.after-answer");
+        self.sync_flat_routes().await;
         self.publish_peer(None, Some(ip)).await;
         tracing::info!(workload = %workload_id, "workload detached");
         Ok(())
@@ -954,10 +1011,14 @@ impl Hub {
             }
             s
         };
+        let any = !removed.is_empty();
         for (key, ip) in removed {
             // Its namespace is gone: an adopted container's port (if any is left) goes back.
             self.remove_on_runner(s.clone(), key, true);
             self.publish_peer(None, ip).await;
+        }
+        if any {
+            self.sync_flat_routes().await;
         }
     }
 
