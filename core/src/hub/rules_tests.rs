@@ -1171,3 +1171,52 @@ async fn a_second_network_refused_for_a_workload_keeps_nothing_of_it_and_the_fir
         "the first is unchanged"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A flat network: one pool for every runner
+
+#[tokio::test]
+async fn a_flat_network_hands_each_address_out_once_across_runners_and_frees_a_released_runners() {
+    let mut s = settings(true);
+    let mut cfg = crate::config::Config::default();
+    // A /28: B+2 ..= broadcast − 2, twelve addresses for every runner together.
+    cfg.overlay.subnet = "10.9.0.0/28".parse().unwrap();
+    s.networks = crate::network::NetworkDef::from_config(&cfg, 1450);
+    let mut c = start(s, TempDir::new(), Arc::default()).await;
+    let r1 = c.join("r1").await;
+    let r2 = c.join("r2").await;
+    let a1 = &r1.networks[0];
+    let a2 = &r2.networks[0];
+    for a in [a1, a2] {
+        assert_eq!(
+            (a.subnet.as_str(), a.gateway.as_str()),
+            ("10.9.0.0/28", "10.9.0.1")
+        );
+        assert_eq!(a.host_ip_on_subnet, "10.9.0.14");
+    }
+    let mut given = BTreeSet::new();
+    for i in 0..12 {
+        let runner = if i % 2 == 0 { "r1" } else { "r2" };
+        let ip = c.attach(runner, &format!("w{i}")).await.unwrap().ip;
+        assert!(given.insert(ip.clone()), "{ip} given twice");
+    }
+    let want: BTreeSet<String> = (2..=13).map(|o| format!("10.9.0.{o}/28")).collect();
+    assert_eq!(given, want);
+    for runner in ["r1", "r2"] {
+        let (k, m) = code(c.attach(runner, "full").await);
+        assert_eq!(k, "exhausted", "{m}");
+    }
+    // A requested address another runner's workload holds is refused.
+    let mut r = req("r2", "taken");
+    r.requested_ip = "10.9.0.2".into();
+    let (k, m) = code(attach(&c.hub, r).await);
+    assert_eq!(k, "exists", "{m}");
+    // r2's six addresses go back to the network's pool with it, for r1 to use.
+    let gone = c.hub.release_runner("r2").await.unwrap();
+    assert_eq!(gone.workloads_removed, 6);
+    for i in 0..6 {
+        c.attach("r1", &format!("again{i}")).await.unwrap();
+    }
+    let (k, _) = code(c.attach("r1", "over").await);
+    assert_eq!(k, "exhausted");
+}
