@@ -331,6 +331,14 @@ struct Warm {
     bindings: Bindings,
 }
 
+/// Where a decision on a fresh instance spends its time ([`WasmPlugin::time_fresh`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FreshTiming {
+    pub instantiate: Duration,
+    pub configure: Duration,
+    pub decide: Duration,
+}
+
 /// A loaded, configured plugin of one world.
 pub struct WasmPlugin {
     pub name: Arc<str>,
@@ -444,42 +452,55 @@ impl WasmPlugin {
 
     /// A fresh, configured instance.
     fn instantiate(&self) -> Result<Warm, Fault> {
+        let mut warm = self.instantiate_bare()?;
+        self.configure(&mut warm)?;
+        Ok(warm)
+    }
+
+    /// A fresh instance, not configured yet.
+    fn instantiate_bare(&self) -> Result<Warm, Fault> {
         let mut store = self.new_store();
         store.set_epoch_deadline(ticks(self.limits.deadline));
-        let cfg = &self.config;
+        let fault = |e: wasmtime::Error| classify(&e, self.limits);
         let bindings = match &self.pre {
-            Pre::Allocator(p) => {
-                let b = p
-                    .instantiate(&mut store)
-                    .map_err(|e| classify(&e, self.limits))?;
-                b.weir_policy_plugin()
-                    .call_configure(&mut store, cfg)
-                    .map_err(|e| classify(&e, self.limits))?
-                    .map_err(Fault::Config)?;
-                Bindings::Allocator(b)
-            }
-            Pre::Firewall(p) => {
-                let b = p
-                    .instantiate(&mut store)
-                    .map_err(|e| classify(&e, self.limits))?;
-                b.weir_policy_plugin()
-                    .call_configure(&mut store, cfg)
-                    .map_err(|e| classify(&e, self.limits))?
-                    .map_err(Fault::Config)?;
-                Bindings::Firewall(b)
-            }
-            Pre::Router(p) => {
-                let b = p
-                    .instantiate(&mut store)
-                    .map_err(|e| classify(&e, self.limits))?;
-                b.weir_policy_plugin()
-                    .call_configure(&mut store, cfg)
-                    .map_err(|e| classify(&e, self.limits))?
-                    .map_err(Fault::Config)?;
-                Bindings::Router(b)
-            }
+            Pre::Allocator(p) => Bindings::Allocator(p.instantiate(&mut store).map_err(fault)?),
+            Pre::Firewall(p) => Bindings::Firewall(p.instantiate(&mut store).map_err(fault)?),
+            Pre::Router(p) => Bindings::Router(p.instantiate(&mut store).map_err(fault)?),
         };
         Ok(Warm { store, bindings })
+    }
+
+    /// Hand the plugin its settings (a refusal is [`Fault::Config`]).
+    fn configure(&self, warm: &mut Warm) -> Result<(), Fault> {
+        let cfg = &self.config;
+        let store = &mut warm.store;
+        let answer = match &warm.bindings {
+            Bindings::Allocator(b) => b.weir_policy_plugin().call_configure(store, cfg),
+            Bindings::Firewall(b) => b.weir_policy_plugin().call_configure(store, cfg),
+            Bindings::Router(b) => b.weir_policy_plugin().call_configure(store, cfg),
+        };
+        answer
+            .map_err(|e| classify(&e, self.limits))?
+            .map_err(Fault::Config)
+    }
+
+    /// One decision on a fresh instance, each phase timed (benchmarks): the instance made,
+    /// `configure` called, the decision taken.
+    pub fn time_fresh(&self, request: &Request) -> Result<FreshTiming, Fault> {
+        let t = Instant::now();
+        let mut warm = self.instantiate_bare()?;
+        let instantiate = t.elapsed();
+        let t = Instant::now();
+        self.configure(&mut warm)?;
+        let configure = t.elapsed();
+        let t = Instant::now();
+        warm.store.set_epoch_deadline(ticks(self.limits.deadline));
+        invoke(&mut warm, request).map_err(|e| classify(&e, self.limits))??;
+        Ok(FreshTiming {
+            instantiate,
+            configure,
+            decide: t.elapsed(),
+        })
     }
 
     /// Drop the warm instances: the next call instantiates afresh (benchmarks).
