@@ -37,7 +37,7 @@ pub struct Config {
 pub struct NetworkConfig {
     /// 1 to 10 characters of `[a-z0-9]`, starting with a letter (names derive from it).
     pub name: NetworkName,
-    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`, or a flat `BASE/PREFIX`.
     pub subnet: Plan,
     /// VNI of runner r on this network is `vxlan_id_base + r`.
     pub vxlan_id_base: u32,
@@ -192,7 +192,7 @@ impl Default for ReservationConfig {
 pub struct OverlayConfig {
     /// Build the VXLAN overlay; when false every runner gets an isolated NATed bridge.
     pub enabled: bool,
-    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`.
+    /// The address plan `BASE/PREFIX/NODE_BITS/SUBNET_BITS`, or a flat `BASE/PREFIX`.
     pub subnet: Plan,
     /// VNI of runner r is `vxlan_id_base + r`.
     pub vxlan_id_base: u32,
