@@ -490,6 +490,31 @@ async fn a_flat_network_is_one_subnet_across_runners_with_kohakuriver_names() {
             .any(|a| a.starts_with("kohaku-host ") && a.contains("203.0.113.")),
         "the flat network's host address is not on kohaku-host: {host:?}"
     );
+    // The host answers ARP for the flat network's other runners on each tunnel, and every
+    // tunnel asks again for a MAC after 100 ms (a lost answer after a failover).
+    let sysctl = |key: &str| {
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg(format!("/proc/sys/net/ipv4/{key}"));
+        weir::lab::run_in_namespace(&mut cmd, &lab.ns("host")).unwrap();
+        String::from_utf8(cmd.output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    for tunnel in ["vx1_1", "vx1_2"] {
+        assert_eq!(sysctl(&format!("conf/{tunnel}/proxy_arp")), "1", "{tunnel}");
+        assert_eq!(
+            sysctl(&format!("neigh/{tunnel}/retrans_time_ms")),
+            "100",
+            "{tunnel}"
+        );
+    }
+    assert_eq!(
+        sysctl("conf/vx0_1/proxy_arp"),
+        "0",
+        "not on a hierarchical network's tunnel"
+    );
+    assert_eq!(sysctl("neigh/vx0_1/retrans_time_ms"), "100");
     for r in ["r1", "r2"] {
         let addrs = all_addresses(&lab, r).await;
         assert!(
