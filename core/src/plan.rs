@@ -445,6 +445,9 @@ pub struct PlanReport {
     pub spec: String,
     pub overlay_cidr: String,
     pub host_ip: String,
+    /// A flat plan: every runner shares the one subnet (and its assignable addresses).
+    #[serde(default)]
+    pub flat: bool,
     pub max_runners: u32,
     pub runner_prefix: u8,
     pub assignable_per_runner: u32,
@@ -492,6 +495,7 @@ impl PlanReport {
             spec: plan.to_string(),
             overlay_cidr: plan.overlay().to_string(),
             host_ip: plan.host_ip().to_string(),
+            flat: plan.is_flat(),
             max_runners: plan.max_runners(),
             runner_prefix: plan.runner_prefix(),
             assignable_per_runner: plan.assignable_per_runner(),
@@ -736,7 +740,7 @@ mod tests {
         let r = PlanReport::new(&p, &[1], 100, "vxkr").unwrap();
         let json = serde_json::to_value(&r).unwrap();
         let want = serde_json::json!({"spec": "10.128.0.0/12/6/14", "overlay_cidr": "10.128.0.0/12",
-            "host_ip": "10.128.0.1/12", "max_runners": 63, "runner_prefix": 18,
+            "host_ip": "10.128.0.1/12", "flat": false, "max_runners": 63, "runner_prefix": 18,
             "assignable_per_runner": 16379,
             "runners": [{"id": 1, "subnet": "10.128.64.0/18", "gateway": "10.128.64.1",
             "host_ip_on_subnet": "10.128.64.254", "first": "10.128.64.2", "last": "10.128.127.253",

@@ -22,6 +22,26 @@ fn plan_json_is_the_documented_object() {
 }
 
 #[test]
+fn a_flat_plan_shows_one_shared_subnet() {
+    let out = weir(&["plan", "203.0.113.128/26", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["flat"], true);
+    assert_eq!(v["host_ip"], "203.0.113.190/26");
+    assert_eq!(v["runners"][0]["subnet"], "203.0.113.128/26");
+    assert_eq!(v["runners"][0]["gateway"], "203.0.113.129");
+    let out = weir(&["plan", "203.0.113.128/26"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("60 assignable addresses shared by every runner"),
+        "{text}"
+    );
+    let out = weir(&["plan", "10.128.0.0/12/6/14", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["flat"], false);
+}
+
+#[test]
 fn plan_table_lists_requested_runners() {
     let out = weir(&[
         "plan",

@@ -52,8 +52,6 @@ pub fn run(args: PlanArgs, json: bool) -> Result<(), CliError> {
 }
 
 fn render(r: &PlanReport) -> String {
-    // A flat plan's one subnet is every runner's: its addresses are shared, not each one's.
-    let flat = r.spec.matches('/').count() == 1;
     let mut out = format!(
         "plan          {}\noverlay       {}\nhost ip       {}\nmax runners   {}\nrunner subnet /{} ({} assignable addresses {})\n\n",
         r.spec,
@@ -62,7 +60,8 @@ fn render(r: &PlanReport) -> String {
         r.max_runners,
         r.runner_prefix,
         r.assignable_per_runner,
-        if flat {
+        // A flat plan's one subnet is every runner's: its addresses are shared.
+        if r.flat {
             "shared by every runner: a flat plan"
         } else {
             "each"

@@ -679,6 +679,9 @@ impl Hub {
     /// logged and repaired by the next sync (the runner's next registration, the host's
     /// restart, a detach).
     async fn route_flat_address(&self, network: &str, runner_id: u32, ip: Ipv4Addr) {
+        if !self.has_flat_network() {
+            return;
+        }
         let Some(net) = self
             .host_networks()
             .into_iter()
@@ -692,17 +695,26 @@ impl Hub {
         }
     }
 
+    /// Whether any network has a flat plan (checked without building the host's networks:
+    /// attach, detach and registration ask it every time).
+    fn has_flat_network(&self) -> bool {
+        self.settings
+            .networks
+            .iter()
+            .any(|n| n.overlay().is_some_and(|o| o.plan.is_flat()))
+    }
+
     /// Make the host's routes to every flat network's workloads match what the hub holds
     /// (nothing to do without a flat network).
     pub(super) async fn sync_flat_routes(&self) {
+        if !self.has_flat_network() {
+            return;
+        }
         let nets: Vec<super::HostNetwork> = self
             .host_networks()
             .into_iter()
             .filter(|n| n.plan.is_flat())
             .collect();
-        if nets.is_empty() {
-            return;
-        }
         let _held = self.flat_routes.lock().await;
         let wants: Vec<(super::HostNetwork, BTreeMap<Ipv4Addr, u32>)> = {
             let st = self.state.lock().await;
