@@ -1,6 +1,7 @@
 //! One policy decision, four ways, same rule: the underlay admission rule ("is the runner's
 //! physical IP inside one of these CIDRs?") as (a) the WebAssembly plugin on a warm instance,
-//! (b) the same plugin on a fresh instance per call, (c) plain Rust, (d) Rego through `regorus`.
+//! (b) the same plugin on a fresh instance per call, (c) plain Rust, (d) Rego through `regorus`,
+//! interpreted (`eval_rule`) and, as row (e), compiled to `regorus`'s bytecode VM (RVM).
 //! Plus `default-allocator`'s `assign-address` on a warm instance (the docs' ≤ 2 µs target).
 
 use std::hint::black_box;
@@ -59,6 +60,7 @@ struct Measured {
     wasm_fresh: Samples,
     native: Samples,
     rego: Samples,
+    rego_vm: Samples,
     alloc_warm: Samples,
     alloc_fresh: Samples,
 }
@@ -87,18 +89,19 @@ fn measure(opts: Opts) -> Result<Measured> {
     let plugin = load()?;
     let native = Native::new(ALLOWED)?;
     let mut rego = Rego::new(ALLOWED)?;
+    let mut rego_vm = RegoVm::new(ALLOWED)?;
 
-    // The four ways agree, on an admitted and on a denied runner.
+    // The ways agree, on an admitted and on a denied runner.
     for (r, want) in [(&req, true), (&denied, false)] {
         let got_wasm = match plugin.call(&Request::AssignRunner(r.clone())) {
             Ok(Decision::Runner(RunnerDecision::Builtin)) => true,
             Ok(Decision::Runner(RunnerDecision::Deny(_))) => false,
             other => bail!("underlay_admission answered {other:?}"),
         };
-        let got = [got_wasm, native.admit(r), rego.admit(r)?];
-        if got != [want; 3] {
+        let got = [got_wasm, native.admit(r), rego.admit(r)?, rego_vm.admit(r)?];
+        if got != [want; 4] {
             bail!(
-                "the ways disagree on {}: wasm, native, rego = {got:?}, expected {want}",
+                "the ways disagree on {}: wasm, native, rego, rego vm = {got:?}, expected {want}",
                 r.physical_ip
             );
         }
@@ -135,6 +138,14 @@ fn measure(opts: Opts) -> Result<Measured> {
         black_box(rego.admit(black_box(&req))?);
         rego_samples.push(started.elapsed());
     }
+    // Timed exactly as (d), so the two rows differ only in regorus's engine.
+    println!("policy: Rego, compiled (RVM) ×{n} …");
+    let mut rego_vm_samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        black_box(rego_vm.admit(black_box(&req))?);
+        rego_vm_samples.push(started.elapsed());
+    }
 
     println!("policy: default-allocator assign-address ×{n} …");
     let alloc_path = env::plugin("default_allocator")?;
@@ -154,7 +165,7 @@ fn measure(opts: Opts) -> Result<Measured> {
     let allocator = alloc_load()?;
     let addr = Request::AssignAddress(address_request());
     match allocator.call(&addr) {
-        Ok(Decision::Address(AddressDecision::Address(a))) if a == "10.128.64.5" => {}
+        Ok(Decision::Address(AddressDecision::Address(a))) if a == Ipv4Addr::new(10, 128, 64, 5) => {}
         other => bail!("default_allocator should pick 10.128.64.5, answered {other:?}"),
     }
     let alloc_warm = time_each(n, || {
@@ -176,6 +187,7 @@ fn measure(opts: Opts) -> Result<Measured> {
         wasm_fresh: Samples::new(wasm_fresh),
         native: Samples::new(native_samples),
         rego: Samples::new(rego_samples),
+        rego_vm: Samples::new(rego_vm_samples),
         alloc_warm: Samples::new(alloc_warm),
         alloc_fresh: Samples::new(alloc_fresh),
     })
@@ -187,15 +199,17 @@ impl Measured {
         r.text(&format!(
             "The underlay admission rule — admit a runner whose physical IP lies in one of `{ALLOWED}` — \
              decided for a runner at `{ADMITTED_IP}` (inside the last CIDR, so every way scans the whole list), \
-             in this process, single-threaded. The four ways are first checked to agree on an admitted and a \
+             in this process, single-threaded. The ways are first checked to agree on an admitted and a \
              denied address. (a) `plugins/underlay-admission` (`underlay_admission.wasm`) through \
              `weir::policy::wasm` on a warm instance (deadline and memory cap armed, as in the daemon); \
              (b) the same on a fresh instance per call (a new store from the `InstancePre` plus the plugin's \
              `configure`, the cost the host pays after a trap); (c) the same check in plain Rust (`ipnet`, CIDRs \
-             parsed once, the IP parsed per call; each sample is a batch of {NATIVE_BATCH} calls divided by \
+             parsed once, the IP arrives as a number; each sample is a batch of {NATIVE_BATCH} calls divided by \
              {NATIVE_BATCH}, since one call is shorter than the clock's overhead); (d) the rule in Rego, \
              evaluated by `regorus` 0.14 (`net.cidr_contains` over `data.allowed_cidrs`, input set per call, \
-             `eval_rule`). N = {} ({} for fresh instances).",
+             `eval_rule`); (e) the same policy and data compiled once to `regorus`'s bytecode VM \
+             (`Engine::compile_with_entrypoint`, then `Compiler::compile_from_policy`; one `RegoVM` reused, \
+             `set_input` and `execute` per call, timed as (d)). N = {} ({} for fresh instances).",
             self.n, self.fresh_n
         ));
         let native = &self.native;
@@ -205,6 +219,7 @@ impl Measured {
             ("(b) WASM, fresh instance per call", &self.wasm_fresh),
             ("(c) native Rust", native),
             ("(d) Rego (regorus)", &self.rego),
+            ("(e) Rego (regorus, compiled to its VM)", &self.rego_vm),
         ] {
             t.row([
                 way.to_string(),
@@ -258,42 +273,29 @@ fn runner_request(physical_ip: &str) -> RunnerRequest {
     let taken = |id: u32, ip: &str| TakenId {
         id,
         runner: Some(format!("r{id}")),
-        physical_ip: ip.into(),
+        physical_ip: ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
         last_seen_ms: 1,
         active: true,
     };
     RunnerRequest {
         network: "default".into(),
         name: "r5".into(),
-        physical_ip: physical_ip.into(),
+        physical_ip: physical_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
         labels: Default::default(),
         taken: vec![taken(1, "192.0.2.11"), taken(2, "192.0.2.12")],
         plan: PlanInfo {
             spec: "10.128.0.0/12/6/14".into(),
-            overlay: "10.128.0.0/12".into(),
+            overlay: Ipv4Net::new(Ipv4Addr::new(10, 128, 0, 0), 12).unwrap_or_default(),
             max_runners: 63,
         },
     }
 }
 
+/// A /18 runner subnet with `.2` to `.4` held.
 fn address_request() -> AddressRequest {
-    AddressRequest {
-        network: "default".into(),
-        workload_id: "w1".into(),
-        vm: false,
-        labels: Default::default(),
-        runner: "r1".into(),
-        runner_labels: Default::default(),
-        subnet: "10.128.64.0/18".into(),
-        gateway: "10.128.64.1".into(),
-        first: "10.128.64.2".into(),
-        last: "10.128.127.253".into(),
-        taken: vec![
-            "10.128.64.2".into(),
-            "10.128.64.3".into(),
-            "10.128.64.4".into(),
-        ],
-    }
+    let subnet = Ipv4Net::new(Ipv4Addr::new(10, 128, 64, 0), 18).unwrap_or_default();
+    let held = [2, 3, 4].map(|d| Ipv4Addr::new(10, 128, 64, d));
+    AddressRequest::on_subnet("r1", "w1", subnet, &held)
 }
 
 /// The rule in plain Rust, as a built-in policy would have it.
@@ -311,10 +313,45 @@ impl Native {
     }
 
     fn admit(&self, req: &RunnerRequest) -> bool {
-        req.physical_ip
-            .parse::<Ipv4Addr>()
-            .is_ok_and(|ip| self.allowed.iter().any(|c| c.contains(&ip)))
+        self.allowed.iter().any(|c| c.contains(&req.physical_ip))
     }
+}
+
+/// An engine holding the Rego policy, parsed.
+fn rego_engine() -> Result<regorus::Engine> {
+    let mut engine = regorus::Engine::new();
+    engine
+        .add_policy("admission.rego".into(), REGO.into())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("parse the Rego policy")?;
+    Ok(engine)
+}
+
+/// `data.allowed_cidrs` for the Rego rule, built once (both Rego ways get the same document).
+fn rego_data(list: &str) -> Result<regorus::Value> {
+    let cidrs: Vec<&str> = list.split(',').map(str::trim).collect();
+    let data = serde_json::json!({ "allowed_cidrs": cidrs }).to_string();
+    regorus::Value::from_json_str(&data)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("build the Rego data")
+}
+
+/// The Rego input for one request, built per call (part of what both Rego ways pay per decision);
+/// the IP goes in as text, the form `net.cidr_contains` takes.
+fn rego_input(req: &RunnerRequest) -> Result<regorus::Value> {
+    let mut input = regorus::Value::new_object();
+    input
+        .as_object_mut()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .insert("physical_ip".into(), req.physical_ip.to_string().into());
+    Ok(input)
+}
+
+/// The rule's answer as a boolean (`default allow := false` makes it always defined).
+fn rego_bool(v: &regorus::Value) -> Result<bool> {
+    v.as_bool()
+        .copied()
+        .map_err(|e| anyhow::anyhow!("{REGO_RULE} is not a boolean: {e}"))
 }
 
 /// The rule in Rego, on one prepared engine.
@@ -324,34 +361,58 @@ struct Rego {
 
 impl Rego {
     fn new(list: &str) -> Result<Self> {
-        let mut engine = regorus::Engine::new();
+        let mut engine = rego_engine()?;
         engine
-            .add_policy("admission.rego".into(), REGO.into())
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("parse the Rego policy")?;
-        let cidrs: Vec<&str> = list.split(',').map(str::trim).collect();
-        let data = serde_json::json!({ "allowed_cidrs": cidrs }).to_string();
-        engine
-            .add_data(regorus::Value::from_json_str(&data).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .add_data(rego_data(list)?)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("add the Rego data")?;
         Ok(Self { engine })
     }
 
     fn admit(&mut self, req: &RunnerRequest) -> Result<bool> {
-        let mut input = regorus::Value::new_object();
-        input
-            .as_object_mut()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .insert("physical_ip".into(), req.physical_ip.as_str().into());
-        self.engine.set_input(input);
+        self.engine.set_input(rego_input(req)?);
         let v = self
             .engine
             .eval_rule(REGO_RULE.into())
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("evaluate the Rego rule")?;
-        v.as_bool()
-            .copied()
-            .map_err(|e| anyhow::anyhow!("{REGO_RULE} is not a boolean: {e}"))
+        rego_bool(&v)
+    }
+}
+
+/// The same rule compiled once to `regorus`'s bytecode VM (RVM), on one reused VM: what a host
+/// that keeps Rego but skips re-walking the policy's syntax tree per decision would pay.
+struct RegoVm {
+    vm: regorus::rvm::vm::RegoVM,
+}
+
+impl RegoVm {
+    fn new(list: &str) -> Result<Self> {
+        let compiled = rego_engine()?
+            .compile_with_entrypoint(&REGO_RULE.into())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("compile the Rego policy")?;
+        let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
+            &compiled,
+            &[REGO_RULE],
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("compile the Rego policy to RVM bytecode")?;
+        let mut vm = regorus::rvm::vm::RegoVM::new();
+        vm.load_program(program);
+        vm.set_data(rego_data(list)?)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("set the RVM data")?;
+        Ok(Self { vm })
+    }
+
+    fn admit(&mut self, req: &RunnerRequest) -> Result<bool> {
+        self.vm.set_input(rego_input(req)?);
+        let v = self
+            .vm
+            .execute()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("execute the Rego rule on the RVM")?;
+        rego_bool(&v)
     }
 }

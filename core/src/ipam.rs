@@ -5,8 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+
+use crate::decision::{FreeRanges, PoolView};
 
 /// What the allocator knows about an id that is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +93,10 @@ pub enum AddressError {
 }
 
 /// The workload addresses of one runner on one network.
+///
+/// The free addresses are kept as disjoint ranges ([`FreeRanges`]) behind an [`Arc`]: taking,
+/// releasing and finding the lowest free address are O(log r), and a policy decision reads
+/// the same ranges through a [`PoolView`] without a copy.
 #[derive(Debug, Clone)]
 pub struct AddressPool {
     subnet: Ipv4Net,
@@ -97,9 +104,10 @@ pub struct AddressPool {
     last: u32,
     /// Addresses inside first..=last that are never handed out (the host's `.254`).
     excluded: Vec<(u32, &'static str)>,
-    taken: BTreeSet<u32>,
-    /// Every address below this is taken or excluded.
-    low_water: u32,
+    free: Arc<FreeRanges>,
+    in_use: usize,
+    /// Changes so far (a decision's view names the state it saw).
+    generation: u64,
 }
 
 impl AddressPool {
@@ -109,16 +117,23 @@ impl AddressPool {
         let bcast = u32::from(subnet.broadcast());
         // Saturating: a /31 or /32 at the top of the address space gives an empty pool
         // (first > last) rather than an overflow.
+        let (first, last) = (net.saturating_add(2), bcast.saturating_sub(2));
+        let excluded: Vec<(u32, &'static str)> = excluded
+            .iter()
+            .map(|(ip, why)| (u32::from(*ip), *why))
+            .collect();
+        let mut free = FreeRanges::new(first, last);
+        for (x, _) in &excluded {
+            free.remove(*x);
+        }
         Self {
             subnet,
-            first: net.saturating_add(2),
-            last: bcast.saturating_sub(2),
-            excluded: excluded
-                .iter()
-                .map(|(ip, why)| (u32::from(*ip), *why))
-                .collect(),
-            taken: BTreeSet::new(),
-            low_water: net.saturating_add(2),
+            first,
+            last,
+            excluded,
+            free: Arc::new(free),
+            in_use: 0,
+            generation: 0,
         }
     }
 
@@ -127,12 +142,12 @@ impl AddressPool {
     }
 
     pub fn in_use(&self) -> usize {
-        self.taken.len()
+        self.in_use
     }
 
-    /// Every address held (for a policy plugin's view of the subnet).
-    pub fn taken(&self) -> Vec<Ipv4Addr> {
-        self.taken.iter().map(|a| Ipv4Addr::from(*a)).collect()
+    /// What a policy decision sees of the pool: the free ranges, shared (O(1)).
+    pub fn view(&self) -> PoolView {
+        PoolView::new(self.free.clone(), self.generation)
     }
 
     /// The first and last address a workload can get.
@@ -169,43 +184,43 @@ impl AddressPool {
         Ok(())
     }
 
+    /// The free ranges, for a change. A decision's view has been dropped by then (the hub
+    /// changes a pool only after the decision returned), so this does not copy.
+    fn free_mut(&mut self) -> &mut FreeRanges {
+        self.generation += 1;
+        Arc::make_mut(&mut self.free)
+    }
+
     /// Take a specific address.
     pub fn take(&mut self, ip: Ipv4Addr) -> Result<(), AddressError> {
         self.check(ip)?;
-        if !self.taken.insert(u32::from(ip)) {
+        if !self.free.contains(u32::from(ip)) {
             return Err(AddressError::InUse { ip });
         }
+        self.free_mut().remove(u32::from(ip));
+        self.in_use += 1;
         Ok(())
     }
 
     /// Take the lowest free address.
     pub fn take_next(&mut self) -> Result<Ipv4Addr, AddressError> {
-        // Everything below `low_water` is taken or excluded, so the search starts there and
-        // is amortised O(1) instead of a scan of the subnet per call.
-        let mut candidate = self.low_water.max(self.first);
-        while candidate <= self.last
-            && (self.taken.contains(&candidate)
-                || self.excluded.iter().any(|(x, _)| *x == candidate))
-        {
-            candidate += 1;
-        }
-        self.low_water = candidate;
-        if candidate > self.last {
+        let Some(a) = self.free.first() else {
             return Err(AddressError::Full {
                 subnet: self.subnet,
-                count: self.taken.len(),
+                count: self.in_use,
             });
-        }
-        self.taken.insert(candidate);
-        self.low_water = candidate + 1;
-        Ok(Ipv4Addr::from(candidate))
+        };
+        self.free_mut().remove(a);
+        self.in_use += 1;
+        Ok(Ipv4Addr::from(a))
     }
 
     /// Give an address back. Unknown addresses are ignored.
     pub fn release(&mut self, ip: Ipv4Addr) {
         let a = u32::from(ip);
-        if self.taken.remove(&a) {
-            self.low_water = self.low_water.min(a);
+        if self.check(ip).is_ok() && !self.free.contains(a) {
+            self.free_mut().insert(a);
+            self.in_use -= 1;
         }
     }
 }
@@ -296,7 +311,7 @@ mod tests {
         // Fill the pool: .2 ..= .253 is 252 addresses.
         while p.take_next().is_ok() {}
         assert_eq!(p.in_use(), 252);
-        assert!(!p.taken.contains(&u32::from(host_side)));
+        assert!(!p.free.contains(u32::from(host_side)));
         assert!(matches!(p.take_next(), Err(AddressError::Full { .. })));
     }
 
@@ -323,6 +338,6 @@ mod tests {
             let ip = p.take_next().unwrap();
             assert_ne!(ip, host_side);
         }
-        assert!(p.taken.contains(&u32::from(Ipv4Addr::new(10, 128, 65, 5))));
+        assert!(!p.free.contains(u32::from(Ipv4Addr::new(10, 128, 65, 5))));
     }
 }

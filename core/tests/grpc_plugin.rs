@@ -47,13 +47,13 @@ impl Drop for Killed {
 fn requests() -> Vec<Request> {
     let plan = t::PlanInfo {
         spec: "10.0.0.0/22/2/8".into(),
-        overlay: "10.0.0.0/22".into(),
+        overlay: "10.0.0.0/22".parse().unwrap(),
         max_runners: 3,
     };
     let taken = |id: u32, runner: Option<&str>, ip: &str, last: i64, active: bool| t::TakenId {
         id,
         runner: runner.map(String::from),
-        physical_ip: ip.into(),
+        physical_ip: ip.parse().unwrap(),
         last_seen_ms: last,
         active,
     };
@@ -61,26 +61,23 @@ fn requests() -> Vec<Request> {
         Request::AssignRunner(t::RunnerRequest {
             network: "default".into(),
             name: name.into(),
-            physical_ip: ip.into(),
+            physical_ip: ip.parse().unwrap(),
             labels: Default::default(),
             taken,
             plan: plan.clone(),
         })
     };
     let addr = |subnet: &str, gw: &str, first: &str, last: &str, taken: &[&str]| {
-        Request::AssignAddress(t::AddressRequest {
-            network: "default".into(),
-            workload_id: "w".into(),
-            vm: false,
-            labels: Default::default(),
-            runner: "r1".into(),
-            runner_labels: Default::default(),
-            subnet: subnet.into(),
-            gateway: gw.into(),
-            first: first.into(),
-            last: last.into(),
-            taken: taken.iter().map(|s| s.to_string()).collect(),
-        })
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let mut r = t::AddressRequest::on_subnet("r1", "w", subnet.parse().unwrap(), &[]);
+        r.gateway = ip(gw);
+        r.first = ip(first);
+        r.last = ip(last);
+        let mut held: Vec<_> = taken.iter().map(|s| ip(s)).collect();
+        held.push(ip(gw));
+        held.push(std::net::Ipv4Addr::from(u32::from(r.subnet.network()) + 254));
+        r.pool = t::PoolView::from_held(r.first, r.last, &held);
+        Request::AssignAddress(r)
     };
     vec![
         runner("a", "192.0.2.1", vec![]),
@@ -101,26 +98,26 @@ fn requests() -> Vec<Request> {
             "c",
             "192.0.2.3",
             vec![
-                taken(1, Some("a"), "x", 5, true),
-                taken(3, Some("b"), "y", 5, true),
+                taken(1, Some("a"), "192.0.2.21", 5, true),
+                taken(3, Some("b"), "192.0.2.22", 5, true),
             ],
         ),
         runner(
             "d",
             "192.0.2.4",
             vec![
-                taken(1, Some("a"), "x", 30, false),
-                taken(2, Some("b"), "y", 20, false),
-                taken(3, Some("c"), "z", 10, true),
+                taken(1, Some("a"), "192.0.2.21", 30, false),
+                taken(2, Some("b"), "192.0.2.22", 20, false),
+                taken(3, Some("c"), "192.0.2.23", 10, true),
             ],
         ),
         runner(
             "e",
             "192.0.2.5",
             vec![
-                taken(1, Some("a"), "x", 30, true),
-                taken(2, Some("b"), "y", 20, true),
-                taken(3, Some("c"), "z", 10, true),
+                taken(1, Some("a"), "192.0.2.21", 30, true),
+                taken(2, Some("b"), "192.0.2.22", 20, true),
+                taken(3, Some("c"), "192.0.2.23", 10, true),
             ],
         ),
         addr("10.0.1.0/24", "10.0.1.1", "10.0.1.2", "10.0.1.253", &[]),

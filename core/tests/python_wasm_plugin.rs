@@ -21,7 +21,7 @@ fn request(labels: &[(&str, &str)]) -> Request {
     Request::AssignRunner(RunnerRequest {
         network: "default".into(),
         name: "r7".into(),
-        physical_ip: "192.0.2.17".into(),
+        physical_ip: "192.0.2.17".parse().unwrap(),
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -29,7 +29,7 @@ fn request(labels: &[(&str, &str)]) -> Request {
         taken: vec![],
         plan: PlanInfo {
             spec: "10.128.0.0/12/6/14".into(),
-            overlay: "10.128.0.0/12".into(),
+            overlay: "10.128.0.0/12".parse().unwrap(),
             max_runners: 63,
         },
     })

@@ -70,21 +70,23 @@ def assign_runner(req):
 
 
 def assign_address(req):
-    """The lowest free address from first to last, never the gateway or the host's .254."""
-    subnet = ipaddress.IPv4Network(req.subnet, strict=False)
-    host_side = subnet.network_address + 254
-    taken = set(req.taken)
+    """The lowest free address from first to last. The request carries the pool as its free
+    ranges (ascending; the host leaves out the gateway, its .254 and every held address), so
+    this reads one range, whatever the number of workloads."""
     first, last = int(ipaddress.IPv4Address(req.first)), int(ipaddress.IPv4Address(req.last))
-    for n in range(first, last + 1):
-        a = ipaddress.IPv4Address(n)
-        if str(a) in taken or str(a) == req.gateway or a == host_side:
-            continue
-        return pb.AddressDecision(address=str(a))
+    for r in req.free:
+        lo = max(r.first, first)
+        if lo <= min(r.last, last):
+            return pb.AddressDecision(address=str(ipaddress.IPv4Address(lo)))
     return pb.AddressDecision(deny=f"no free address left in {req.subnet}")
 
 
 class Plugin(rpc.PolicyPluginServicer):
     def Configure(self, request, context):
+        if request.interface_version.split(".")[:2] != ["0", "2"]:
+            return pb.ConfigureResponse(
+                error=f"this plugin implements weir.v1 policy interface 0.2, the host speaks "
+                      f"{request.interface_version or 'an older one'}")
         unknown = sorted(set(request.config) - {"note"})
         if unknown:
             return pb.ConfigureResponse(error=f"unknown settings: {', '.join(unknown)}")
@@ -100,7 +102,8 @@ class Plugin(rpc.PolicyPluginServicer):
         return pb.FirewallDecision(default_verdict="allow")
 
     def Route(self, request, context):
-        return pb.RouteDecision(peers={p.name: "via-hub" for p in request.peers}, egress="runner-nat")
+        # Hub routing for everyone: nothing to change beyond the egress of a joining runner.
+        return pb.RouteDelta(egress="runner-nat" if request.HasField("joined") else "")
 
 
 def main():

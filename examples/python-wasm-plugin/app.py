@@ -1,6 +1,7 @@
 """A Weir allocator plugin written in Python, compiled to a WebAssembly component with
-componentize-py: runners must carry a label (default `role`) to join; addresses are the
-built-in policy's.
+componentize-py: runners must carry a label (default `role`) to join; a workload gets the
+lowest free address of its runner's pool (one query of the host's pool, whatever the number of
+workloads: addresses are numbers, 10.0.0.1 is 0x0a000001).
 
 Build (see README.md):
   componentize-py -d ../../wit -w allocator-plugin componentize app -o required_label.wasm
@@ -31,5 +32,8 @@ class Allocator(exports.Allocator):
             return types.RunnerDecision_Builtin()
         return types.RunnerDecision_Deny(f"runner {request.name} has no {wanted!r} label")
 
-    def assign_address(self, request):
-        return types.AddressDecision_NextFree()
+    def assign_address(self, request, pool):
+        address = pool.next_free(request.first)
+        if address is None or address > request.last:
+            return types.AddressDecision_Deny(f"no free address left on runner {request.runner}")
+        return types.AddressDecision_Address(address)

@@ -178,6 +178,8 @@ pub struct Hub {
     /// Held while the host's routes to flat networks' workloads change: a sync from a
     /// snapshot must not remove a route an attach added after it (`Hub::sync_flat_routes`).
     flat_routes: Mutex<()>,
+    /// The router plugin's decisions per runner, so that a change asks only about itself.
+    routes: Mutex<topology::RouteBook>,
     /// A topology publication is running; and another was asked for meanwhile (see
     /// `Hub::spawn_publish`).
     publishing: AtomicBool,
@@ -320,6 +322,7 @@ impl Hub {
             events,
             counts_dirty: AtomicBool::new(true),
             flat_routes: Mutex::new(()),
+            routes: Mutex::new(topology::RouteBook::default()),
             publishing: AtomicBool::new(false),
             publish_again: AtomicBool::new(false),
         };
@@ -403,6 +406,7 @@ impl Hub {
                 }
                 // A new router version may route runner pairs differently: tell the runners.
                 if reloaded && h.policy.has(crate::decision::Hook::Router) {
+                    h.routes.lock().await.forget();
                     h.publish_topology().await;
                 }
             }

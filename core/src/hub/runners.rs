@@ -641,21 +641,21 @@ impl Hub {
         let req = Request::AssignRunner(RunnerRequest {
             network: self.network("").map(|n| n.name.clone()).unwrap_or_default(),
             name: name.into(),
-            physical_ip: physical_ip.to_string(),
+            physical_ip,
             labels: labels.clone(),
             taken: taken
                 .iter()
                 .map(|t| decision::TakenId {
                     id: t.id,
                     runner: t.runner.clone(),
-                    physical_ip: t.physical_ip.to_string(),
+                    physical_ip: t.physical_ip,
                     last_seen_ms: t.last_seen_ms,
                     active: t.active,
                 })
                 .collect(),
             plan: PlanInfo {
                 spec: o.plan.to_string(),
-                overlay: o.plan.overlay().to_string(),
+                overlay: o.plan.overlay(),
                 max_runners: o.plan.max_runners(),
             },
         });

@@ -4,14 +4,17 @@
 //!
 //! Holds `Hub::publish_topology`, `Hub::prime_session`, `Hub::publish_peer`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use weir_proto::v1 as pb;
 
 use super::{Hub, SessionHandle, State};
-use crate::decision::{Decision, Egress, Hook, PathKind, PeerRunner, Request, RouteRequest};
+use crate::decision::{
+    Decision, Egress, Hook, PathKind, PeerIndex, PeersView, Request, RouteChange, RouteDelta,
+    RouteRequest, RunnerInfo,
+};
 use crate::network::{EgressMode, NetworkDef};
 use crate::store::WorkloadRecord;
 
@@ -54,6 +57,7 @@ impl Hub {
         if let Err(e) = self.kernel.set_underlay(peers).await {
             tracing::error!(error = %e, "updating the underlay set failed");
         }
+        self.refresh_routes().await;
         for s in sessions {
             let plan = self.route_plan(&s.runner).await;
             let (underlay, hub) = (underlay.clone(), self.clone());
@@ -78,6 +82,7 @@ impl Hub {
             self.underlay_for_runners(&st)
         };
         self.send(&s, pb::command::Op::Underlay(underlay)).await;
+        self.refresh_routes().await;
         let plan = self.route_plan(&s.runner).await;
         self.send(&s, pb::command::Op::Routes(plan)).await;
         if self.policy.has(Hook::Firewall) {
@@ -135,11 +140,96 @@ impl Hub {
         futures::future::join_all(sends).await;
     }
 
-    /// The router policy's plan for one runner (the built-in: everything via the hub). Each
-    /// network egresses as configured; the router plugin decides for the primary network
-    /// unless that network must egress via the host.
+    /// Bring the route book up to date with the registered runners, asking the router
+    /// plugin only about what changed: a runner that joined (or changed) gets one `joined`
+    /// decision; every other runner one `peer` decision per changed runner; a runner that left
+    /// is dropped from every plan without a decision. So a registration costs n decisions of
+    /// O(1) each, not n decisions over n peers.
+    async fn refresh_routes(&self) {
+        if !self.policy.has(Hook::Router) {
+            return;
+        }
+        let Ok(net) = self.network("").cloned() else {
+            return;
+        };
+        let current: BTreeMap<String, RunnerInfo> = {
+            let st = self.state.lock().await;
+            st.runners
+                .values()
+                .filter_map(|r| {
+                    Some(RunnerInfo {
+                        name: r.rec.name.clone(),
+                        id: r.rec.id?,
+                        labels: r.rec.labels.clone(),
+                        physical_ip: r.rec.physical_ip,
+                    })
+                })
+                .map(|r| (r.name.clone(), r))
+                .collect()
+        };
+        let mut book = self.routes.lock().await;
+        let joined: Vec<RunnerInfo> = current
+            .values()
+            .filter(|r| book.seen.get(&r.name) != Some(*r))
+            .cloned()
+            .collect();
+        let left: Vec<String> = book
+            .seen
+            .keys()
+            .filter(|n| !current.contains_key(*n))
+            .cloned()
+            .collect();
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        for n in &left {
+            book.plans.remove(n);
+            for plan in book.plans.values_mut() {
+                plan.direct.remove(n);
+            }
+        }
+        let index = Arc::new(PeerIndex::new(current.values().cloned()));
+        let ask = |runner: &RunnerInfo, change: RouteChange| {
+            let req = Request::Route(RouteRequest {
+                network: net.name.clone(),
+                runner: runner.clone(),
+                change,
+                peers: PeersView::new(index.clone(), &runner.name),
+            });
+            async move {
+                match self.policy.decide(&req).await {
+                    Ok(Some(Decision::Route(d))) => Some(d),
+                    // The built-in router, also after a refusal: the hub path.
+                    _ => None,
+                }
+            }
+        };
+        let joined_names: BTreeSet<&str> = joined.iter().map(|r| r.name.as_str()).collect();
+        for r in &joined {
+            let mut plan = RunnerRoutes::default();
+            if let Some(d) = ask(r, RouteChange::Joined).await {
+                plan.apply(&d);
+            }
+            book.plans.insert(r.name.clone(), plan);
+        }
+        for r in current
+            .values()
+            .filter(|r| !joined_names.contains(r.name.as_str()))
+        {
+            for c in &joined {
+                if let Some(d) = ask(r, RouteChange::Peer(c.clone())).await {
+                    book.plans.entry(r.name.clone()).or_default().apply(&d);
+                }
+            }
+        }
+        book.seen = current;
+    }
+
+    /// The router policy's plan for one runner (the built-in: everything via the hub), from
+    /// the route book. Each network egresses as configured; the router plugin decides for the
+    /// primary network unless that network must egress via the host.
     async fn route_plan(&self, runner: &str) -> pb::RoutePlan {
-        let empty = pb::RoutePlan {
+        let mut plan = pb::RoutePlan {
             direct: vec![],
             egress: EgressMode::RunnerNat.as_str().into(),
             network_egress: self
@@ -150,55 +240,25 @@ impl Hub {
                 .collect(),
         };
         if !self.policy.has(Hook::Router) {
-            return empty;
+            return plan;
         }
         let Ok(net) = self.network("").cloned() else {
-            return empty;
+            return plan;
         };
-        let (me, peers) = {
-            let st = self.state.lock().await;
-            let Some(me) = st.runners.get(runner).map(|r| r.rec.clone()) else {
-                return empty;
-            };
-            let peers: Vec<_> = st
-                .runners
-                .values()
-                .filter(|r| r.rec.name != runner)
-                .map(|r| r.rec.clone())
-                .collect();
-            (me, peers)
+        let book = self.routes.lock().await;
+        let Some(mine) = book.plans.get(runner) else {
+            return plan;
         };
-        let req = Request::Route(RouteRequest {
-            network: net.name.clone(),
-            runner: me.name.clone(),
-            labels: me.labels.clone(),
-            peers: peers
-                .iter()
-                .map(|p| PeerRunner {
-                    name: p.name.clone(),
-                    labels: p.labels.clone(),
-                    physical_ip: p.physical_ip.to_string(),
-                })
-                .collect(),
-        });
-        let decision = match self.policy.decide(&req).await {
-            Ok(Some(Decision::Route(d))) => d,
-            // The built-in router, also after a refusal: a runner always keeps the hub path.
-            _ => return empty,
-        };
-        let direct = decision
-            .peers
+        plan.direct = mine
+            .direct
             .iter()
-            .filter(|(_, p)| *p == PathKind::Direct)
-            .filter_map(|(name, _)| {
-                let peer = peers.iter().find(|p| &p.name == name)?;
-                direct_peer(&net, peer.id?, peer.physical_ip)
+            .filter_map(|name| {
+                let peer = book.seen.get(name)?;
+                direct_peer(&net, peer.id, peer.physical_ip)
             })
             .collect();
-        let mut plan = empty;
-        plan.direct = direct;
         if net.egress == EgressMode::RunnerNat {
-            let chosen = match decision.egress {
+            let chosen = match mine.egress {
                 Egress::RunnerNat => EgressMode::RunnerNat,
                 Egress::ViaHost => EgressMode::ViaHost,
             };
@@ -207,6 +267,42 @@ impl Hub {
                 .insert(net.name.clone(), chosen.as_str().into());
         }
         plan
+    }
+}
+
+/// The router plugin's decisions so far: what each runner looked like when last decided, and
+/// each runner's plan. Derived state: rebuilt from the runners after a restart or a reload.
+#[derive(Default)]
+pub(super) struct RouteBook {
+    seen: BTreeMap<String, RunnerInfo>,
+    plans: BTreeMap<String, RunnerRoutes>,
+}
+
+impl RouteBook {
+    /// Forget every decision (a new router version decides everything anew).
+    pub(super) fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// One runner's routes: the peers it reaches directly, its egress.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RunnerRoutes {
+    direct: BTreeSet<String>,
+    egress: Egress,
+}
+
+impl RunnerRoutes {
+    fn apply(&mut self, d: &RouteDelta) {
+        for (peer, path) in &d.paths {
+            match path {
+                PathKind::Direct => self.direct.insert(peer.clone()),
+                PathKind::ViaHub => self.direct.remove(peer),
+            };
+        }
+        if let Some(e) = d.egress {
+            self.egress = e;
+        }
     }
 }
 

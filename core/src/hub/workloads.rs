@@ -17,7 +17,9 @@ use super::session::{Answer, Readiness, SessionHandle};
 use super::{Hub, HubError, Phase, State, Txn, brief, check_workload_id};
 use crate::clock::now_ms;
 use crate::dataplane::attach;
-use crate::decision::{AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Request};
+use crate::decision::{
+    AddressDecision, AddressRequest, Decision, FirewallRequest, Hook, Origin, Request,
+};
 use crate::failpoint;
 use crate::network::NetworkDef;
 use crate::store::{Change, NamespaceId, WorkloadRecord, workload_key};
@@ -162,7 +164,7 @@ impl Hub {
                 break (existing.clone(), session, false, sub, id);
             }
             let source = self
-                .plugin_address(&mut st, &net, &runner, &workload_id, vm, &labels, source)
+                .plugin_address(&mut st, &net, &runner, &workload_id, vm, &labels, &origin, source)
                 .await?;
             let rec = self
                 .allocate(
@@ -531,7 +533,8 @@ impl Hub {
                 workload_id: rec.id.clone(),
                 labels: rec.labels.clone(),
                 runner: rec.runner.clone(),
-                address: rec.ip.addr().to_string(),
+                address: rec.ip.addr(),
+                origin: Origin::parse(&rec.origin),
                 groups,
             });
             if let Some((Decision::Firewall(d), monitor)) =
@@ -558,6 +561,7 @@ impl Hub {
         workload_id: &str,
         vm: bool,
         labels: &BTreeMap<String, String>,
+        origin: &str,
         source: AddressSource,
     ) -> Result<AddressSource, HubError> {
         if !self.policy.has(Hook::Allocator) {
@@ -581,20 +585,22 @@ impl Hub {
             network: net.name.clone(),
             workload_id: workload_id.into(),
             vm,
+            origin: Origin::parse(origin),
             labels: labels.clone(),
             runner: runner.into(),
             runner_labels,
-            subnet: sub.subnet.to_string(),
-            gateway: sub.gateway.to_string(),
-            first: first.to_string(),
-            last: last.to_string(),
-            taken: pool.taken().iter().map(|a| a.to_string()).collect(),
+            subnet: sub.subnet,
+            gateway: sub.gateway,
+            first,
+            last,
+            // Shared with the pool, not copied; dropped before the pool changes.
+            pool: pool.view(),
         });
-        Ok(match (self.policy.decide(&req).await?, source) {
+        let decision = self.policy.decide(&req).await?;
+        drop(req);
+        Ok(match (decision, source) {
             (Some(Decision::Address(AddressDecision::Address(a))), AddressSource::Next) => {
-                AddressSource::Requested(a.parse().map_err(|_| {
-                    HubError::Internal(format!("validated address {a:?} does not parse"))
-                })?)
+                AddressSource::Requested(a)
             }
             (_, source) => source,
         })

@@ -36,6 +36,10 @@ pub struct Entry {
     /// `enforce` or `monitor`.
     pub mode: String,
     pub input_digest: String,
+    /// The address pool the decision saw (`g<generation>-<digest>`): the input carries only
+    /// its summary, so this says which state of the pool the plugin was asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,7 +255,12 @@ impl Audit {
         applied: bool,
         differs: Option<bool>,
     ) {
+        // O(1) for every request: a pool or a peer set is summarised, not listed.
         let input = serde_json::to_vec(request).unwrap_or_default();
+        let pool = match request {
+            Request::AssignAddress(r) => Some(r.pool.tag()),
+            _ => None,
+        };
         // An applied decision belongs to the operation it was taken in.
         let (op, term) = if applied {
             OPERATION
@@ -274,6 +283,7 @@ impl Audit {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
+            pool,
             input: (self.level == AuditLevel::Full)
                 .then(|| serde_json::from_slice(&input).unwrap_or_default()),
             decision: outcome
@@ -341,23 +351,16 @@ mod tests {
     use crate::decision::{AddressDecision, AddressRequest};
 
     fn request() -> Request {
-        Request::AssignAddress(AddressRequest {
-            network: "default".into(),
-            workload_id: "w".into(),
-            vm: false,
-            labels: Default::default(),
-            runner: "r1".into(),
-            runner_labels: Default::default(),
-            subnet: "10.0.1.0/24".into(),
-            gateway: "10.0.1.1".into(),
-            first: "10.0.1.2".into(),
-            last: "10.0.1.253".into(),
-            taken: vec![],
-        })
+        Request::AssignAddress(AddressRequest::on_subnet(
+            "r1",
+            "w",
+            "10.0.1.0/24".parse().unwrap(),
+            &[],
+        ))
     }
 
     fn decide(log: &Audit) {
-        let d = Decision::Address(AddressDecision::Address("10.0.1.9".into()));
+        let d = Decision::Address(AddressDecision::Address(std::net::Ipv4Addr::new(10, 0, 1, 9)));
         log.record(
             "alloc",
             "v1",

@@ -2,7 +2,7 @@
 //! Allocation is [`crate::ipam`]; the firewall allows everything (today's open overlay); the
 //! router keeps every pair on the hub and NATs at the runner.
 
-use crate::decision::{Egress, FirewallDecision, PathKind, RouteDecision, RouteRequest, Verdict};
+use crate::decision::{Egress, FirewallDecision, RouteDelta, RouteRequest, Verdict};
 
 pub fn firewall() -> FirewallDecision {
     FirewallDecision {
@@ -11,13 +11,11 @@ pub fn firewall() -> FirewallDecision {
     }
 }
 
-pub fn route(req: &RouteRequest) -> RouteDecision {
-    RouteDecision {
-        peers: req
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), PathKind::ViaHub))
-            .collect(),
-        egress: Egress::RunnerNat,
+/// Every path via the hub (a new peer starts there), egress at the runner.
+pub fn route(req: &RouteRequest) -> RouteDelta {
+    RouteDelta {
+        paths: Vec::new(),
+        egress: matches!(req.change, crate::decision::RouteChange::Joined)
+            .then_some(Egress::RunnerNat),
     }
 }

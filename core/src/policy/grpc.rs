@@ -45,6 +45,7 @@ impl GrpcPlugin {
         let mut client = PolicyPluginClient::new(channel);
         let mut req = tonic::Request::new(pb::ConfigureRequest {
             config: config.iter().cloned().collect(),
+            interface_version: t::INTERFACE_VERSION.into(),
         });
         req.set_timeout(deadline.max(Duration::from_secs(2)));
         let resp = client
@@ -91,7 +92,7 @@ impl GrpcPlugin {
                         .map_err(fault)?
                         .into_inner(),
                 )?),
-                Request::Route(r) => Decision::Route(route_decision(
+                Request::Route(r) => Decision::Route(route_delta(
                     c.route(timed(route_request(r), deadline))
                         .await
                         .map_err(fault)?
@@ -117,7 +118,7 @@ fn runner_request(r: &t::RunnerRequest) -> pb::RunnerRequest {
     pb::RunnerRequest {
         network: r.network.clone(),
         name: r.name.clone(),
-        physical_ip: r.physical_ip.clone(),
+        physical_ip: r.physical_ip.to_string(),
         labels: r.labels.clone().into_iter().collect(),
         taken: r
             .taken
@@ -125,14 +126,14 @@ fn runner_request(r: &t::RunnerRequest) -> pb::RunnerRequest {
             .map(|x| pb::TakenId {
                 id: x.id,
                 runner: x.runner.clone().unwrap_or_default(),
-                physical_ip: x.physical_ip.clone(),
+                physical_ip: x.physical_ip.to_string(),
                 last_seen_ms: x.last_seen_ms,
                 active: x.active,
             })
             .collect(),
         plan: Some(pb::PolicyPlan {
             spec: r.plan.spec.clone(),
-            overlay: r.plan.overlay.clone(),
+            overlay: r.plan.overlay.to_string(),
             max_runners: r.plan.max_runners,
         }),
     }
@@ -148,6 +149,21 @@ fn runner_decision(d: pb::RunnerDecision) -> Result<t::RunnerDecision, Fault> {
     }
 }
 
+fn origin(o: &t::Origin) -> pb::Origin {
+    pb::Origin {
+        engine: match o.engine {
+            t::Engine::Scheduler => "scheduler",
+            t::Engine::Cni => "cni",
+            t::Engine::Docker => "docker",
+            t::Engine::Netavark => "netavark",
+            t::Engine::Kohakuriver => "kohakuriver",
+        }
+        .into(),
+        name: o.name.clone(),
+    }
+}
+
+/// The pool goes as its free ranges: O(ranges) bytes, no call back.
 fn address_request(r: &t::AddressRequest) -> pb::AddressRequest {
     pb::AddressRequest {
         network: r.network.clone(),
@@ -156,18 +172,29 @@ fn address_request(r: &t::AddressRequest) -> pb::AddressRequest {
         labels: r.labels.clone().into_iter().collect(),
         runner: r.runner.clone(),
         runner_labels: r.runner_labels.clone().into_iter().collect(),
-        subnet: r.subnet.clone(),
-        gateway: r.gateway.clone(),
-        first: r.first.clone(),
-        last: r.last.clone(),
-        taken: r.taken.clone(),
+        subnet: r.subnet.to_string(),
+        gateway: r.gateway.to_string(),
+        first: r.first.to_string(),
+        last: r.last.to_string(),
+        free: r
+            .pool
+            .free()
+            .iter()
+            .map(|(first, last)| pb::AddressRange { first, last })
+            .collect(),
+        free_count: r.pool.free().count(),
+        pool_generation: r.pool.generation(),
+        origin: Some(origin(&r.origin)),
     }
 }
 
 fn address_decision(d: pb::AddressDecision) -> Result<t::AddressDecision, Fault> {
     use pb::address_decision::Decision as D;
     match d.decision {
-        Some(D::Address(a)) => Ok(t::AddressDecision::Address(a)),
+        Some(D::Address(a)) => a.parse().map(t::AddressDecision::Address).map_err(|_| {
+            let shown: String = a.chars().take(40).collect();
+            Fault::Output(format!("{shown:?} is not an IPv4 address"))
+        }),
         Some(D::NextFree(_)) => Ok(t::AddressDecision::NextFree),
         Some(D::Deny(m)) => Ok(t::AddressDecision::Deny(m)),
         None => Err(Fault::Output("empty address decision".into())),
@@ -180,7 +207,7 @@ fn firewall_request(r: &t::FirewallRequest) -> pb::FirewallRequest {
         workload_id: r.workload_id.clone(),
         labels: r.labels.clone().into_iter().collect(),
         runner: r.runner.clone(),
-        address: r.address.clone(),
+        address: r.address.to_string(),
         groups: r
             .groups
             .iter()
@@ -188,6 +215,7 @@ fn firewall_request(r: &t::FirewallRequest) -> pb::FirewallRequest {
                 labels: g.clone().into_iter().collect(),
             })
             .collect(),
+        origin: Some(origin(&r.origin)),
     }
 }
 
@@ -196,42 +224,60 @@ fn firewall_decision(d: pb::FirewallDecision) -> Result<t::FirewallDecision, Fau
     crate::decision::wire::firewall_from_pb(&d).map_err(|e| Fault::Output(e.to_string()))
 }
 
-fn route_request(r: &t::RouteRequest) -> pb::RouteRequest {
-    pb::RouteRequest {
-        network: r.network.clone(),
-        runner: r.runner.clone(),
+fn runner_info(r: &t::RunnerInfo) -> pb::RunnerInfo {
+    pb::RunnerInfo {
+        name: r.name.clone(),
         labels: r.labels.clone().into_iter().collect(),
-        peers: r
-            .peers
-            .iter()
-            .map(|p| pb::PeerRunner {
-                name: p.name.clone(),
-                labels: p.labels.clone().into_iter().collect(),
-                physical_ip: p.physical_ip.clone(),
-            })
-            .collect(),
+        physical_ip: r.physical_ip.to_string(),
+        id: r.id,
     }
 }
 
-fn route_decision(d: pb::RouteDecision) -> Result<t::RouteDecision, Fault> {
-    let mut peers: Vec<(String, t::PathKind)> = d
-        .peers
+/// A joined runner's request lists every peer (once per registration); a peer's change names
+/// that peer alone.
+fn route_request(r: &t::RouteRequest) -> pb::RouteRequest {
+    use pb::route_request::Change;
+    let (change, peers) = match &r.change {
+        t::RouteChange::Joined => (
+            Change::Joined(true),
+            r.peers.all().map(runner_info).collect(),
+        ),
+        t::RouteChange::Peer(p) => (Change::Peer(runner_info(p)), Vec::new()),
+    };
+    pb::RouteRequest {
+        network: r.network.clone(),
+        runner: Some(runner_info(&r.runner)),
+        change: Some(change),
+        peers,
+    }
+}
+
+fn route_delta(d: pb::RouteDelta) -> Result<t::RouteDelta, Fault> {
+    let mut paths: Vec<(String, t::PathKind)> = d
+        .paths
         .into_iter()
         .map(|(n, p)| match p.as_str() {
             "via-hub" => Ok((n, t::PathKind::ViaHub)),
             "direct" => Ok((n, t::PathKind::Direct)),
             o => Err(Fault::Output(format!(
-                "path {o:?} (allowed: via-hub, direct)"
+                "path {:?} (allowed: via-hub, direct)",
+                o.chars().take(40).collect::<String>()
             ))),
         })
         .collect::<Result<_, _>>()?;
-    peers.sort();
-    Ok(t::RouteDecision {
-        peers,
+    paths.sort();
+    Ok(t::RouteDelta {
+        paths,
         egress: match d.egress.as_str() {
-            "" | "runner-nat" => t::Egress::RunnerNat,
-            "via-host" => t::Egress::ViaHost,
-            o => return Err(Fault::Output(format!("egress {o:?}"))),
+            "" => None,
+            "runner-nat" => Some(t::Egress::RunnerNat),
+            "via-host" => Some(t::Egress::ViaHost),
+            o => {
+                return Err(Fault::Output(format!(
+                    "egress {:?} (allowed: runner-nat, via-host, empty)",
+                    o.chars().take(40).collect::<String>()
+                )));
+            }
         },
     })
 }

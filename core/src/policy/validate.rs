@@ -1,6 +1,5 @@
 //! Checking a plugin's decision against its request: a plugin's output is untrusted input.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -38,39 +37,26 @@ pub fn validate(request: &Request, decision: Decision, limits: Limits) -> Result
             }
         }
         (Request::AssignRunner(_), Decision::Runner(RunnerDecision::Builtin)) => {}
-        (Request::AssignAddress(r), Decision::Address(AddressDecision::Address(a))) => {
-            let Ok(ip) = a.parse::<Ipv4Addr>() else {
-                return bad(format!("{a:?} is not an IPv4 address"));
-            };
-            let subnet: Ipv4Net = r
-                .subnet
-                .parse()
-                .map_err(|_| Fault::Output("request subnet".into()))?;
-            let first: Ipv4Addr = r
-                .first
-                .parse()
-                .map_err(|_| Fault::Output("request first".into()))?;
-            let last: Ipv4Addr = r
-                .last
-                .parse()
-                .map_err(|_| Fault::Output("request last".into()))?;
+        (Request::AssignAddress(r), Decision::Address(AddressDecision::Address(ip))) => {
+            let (ip, subnet) = (*ip, r.subnet);
             // The host's `.254` exists only in subnets of 256 addresses or more (and, near the
             // top of the address space, adding the offset must not overflow).
             let host_side = u32::from(subnet.network())
                 .checked_add(crate::plan::HOST_ON_SUBNET_OFFSET)
                 .filter(|_| subnet.prefix_len() <= 24)
                 .map(Ipv4Addr::from);
-            if !subnet.contains(&ip) || ip < first || ip > last {
+            if !subnet.contains(&ip) || ip < r.first || ip > r.last {
                 return bad(format!(
-                    "address {ip} is outside the runner's range {first} to {last}"
+                    "address {ip} is outside the runner's range {} to {}",
+                    r.first, r.last
                 ));
             }
-            if r.gateway == a.as_str() || Some(ip) == host_side {
+            if ip == r.gateway || Some(ip) == host_side {
                 return bad(format!(
                     "address {ip} is reserved (gateway or the host's address)"
                 ));
             }
-            if r.taken.iter().any(|x| x == a) {
+            if !r.pool.is_free(ip) {
                 return bad(format!("address {ip} is already in use"));
             }
         }
@@ -100,16 +86,16 @@ pub fn validate(request: &Request, decision: Decision, limits: Limits) -> Result
             }
         }
         (Request::Route(r), Decision::Route(d)) => {
-            if d.peers.len() as u64 > u64::from(limits.max_output) {
+            if d.paths.len() as u64 > u64::from(limits.max_output) {
                 return bad(format!(
                     "{} routes, more than max_output {}",
-                    d.peers.len(),
+                    d.paths.len(),
                     limits.max_output
                 ));
             }
-            let known: BTreeSet<&str> = r.peers.iter().map(|p| p.name.as_str()).collect();
-            if let Some((n, _)) = d.peers.iter().find(|(n, _)| !known.contains(n.as_str())) {
-                return bad(format!("route for unknown peer {n:?}"));
+            if let Some((n, _)) = d.paths.iter().find(|(n, _)| r.peers.get(n).is_none()) {
+                let shown: String = n.chars().take(64).collect();
+                return bad(format!("route for unknown peer {shown:?}"));
             }
         }
         (req, d) => {
@@ -137,19 +123,25 @@ mod tests {
     use super::types::*;
     use super::*;
 
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
     fn addr_req(taken: &[&str]) -> Request {
+        let held: Vec<Ipv4Addr> = taken.iter().map(|s| ip(s)).collect();
         Request::AssignAddress(AddressRequest {
             network: "default".into(),
             workload_id: "w".into(),
             vm: false,
+            origin: Origin::default(),
             labels: Default::default(),
             runner: "r1".into(),
             runner_labels: Default::default(),
-            subnet: "10.0.1.0/24".into(),
-            gateway: "10.0.1.1".into(),
-            first: "10.0.1.2".into(),
-            last: "10.0.1.253".into(),
-            taken: taken.iter().map(|s| s.to_string()).collect(),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: ip("10.0.1.1"),
+            first: ip("10.0.1.2"),
+            last: ip("10.0.1.253"),
+            pool: PoolView::from_held(ip("10.0.1.2"), ip("10.0.1.253"), &held),
         })
     }
 
@@ -157,12 +149,12 @@ mod tests {
         Request::AssignRunner(RunnerRequest {
             network: "default".into(),
             name: "me".into(),
-            physical_ip: "192.0.2.1".into(),
+            physical_ip: ip("192.0.2.1"),
             labels: Default::default(),
             taken,
             plan: PlanInfo {
                 spec: "10.0.0.0/22/2/8".into(),
-                overlay: "10.0.0.0/22".into(),
+                overlay: "10.0.0.0/22".parse().unwrap(),
                 max_runners: 3,
             },
         })
@@ -175,16 +167,9 @@ mod tests {
     #[test]
     fn addresses_must_be_free_and_assignable() {
         let req = addr_req(&["10.0.1.7"]);
-        let a = |s: &str| Decision::Address(AddressDecision::Address(s.into()));
+        let a = |s: &str| Decision::Address(AddressDecision::Address(ip(s)));
         assert!(check(&req, a("10.0.1.9")).is_ok());
-        for bad in [
-            "10.0.1.7",
-            "10.0.1.1",
-            "10.0.1.254",
-            "10.0.1.255",
-            "10.0.2.5",
-            "banana",
-        ] {
+        for bad in ["10.0.1.7", "10.0.1.1", "10.0.1.254", "10.0.1.255", "10.0.2.5"] {
             let e = check(&req, a(bad)).unwrap_err();
             assert_eq!(e.cause(), "output", "{bad}: {e}");
         }
@@ -201,12 +186,13 @@ mod tests {
     fn subnets_at_the_top_of_the_address_space_do_not_overflow() {
         let mut req = addr_req(&[]);
         if let Request::AssignAddress(r) = &mut req {
-            r.subnet = "255.255.255.128/25".into();
-            r.gateway = "255.255.255.129".into();
-            r.first = "255.255.255.130".into();
-            r.last = "255.255.255.253".into();
+            r.subnet = "255.255.255.128/25".parse().unwrap();
+            r.gateway = ip("255.255.255.129");
+            r.first = ip("255.255.255.130");
+            r.last = ip("255.255.255.253");
+            r.pool = PoolView::from_held(r.first, r.last, &[]);
         }
-        let a = |s: &str| Decision::Address(AddressDecision::Address(s.into()));
+        let a = |s: &str| Decision::Address(AddressDecision::Address(ip(s)));
         assert!(check(&req, a("255.255.255.200")).is_ok());
         assert!(check(&req, a("255.255.255.254")).is_err());
         assert!(check(&req, a("0.0.0.0")).is_err());
@@ -217,7 +203,7 @@ mod tests {
         let held = |id, runner: &str, active| TakenId {
             id,
             runner: Some(runner.into()),
-            physical_ip: "x".into(),
+            physical_ip: ip("192.0.2.9"),
             last_seen_ms: 0,
             active,
         };
@@ -259,7 +245,8 @@ mod tests {
             workload_id: "w".into(),
             labels: Default::default(),
             runner: "r1".into(),
-            address: "10.0.1.2".into(),
+            address: ip("10.0.1.2"),
+            origin: Origin::default(),
             groups: vec![],
         });
         let rule = |peer: Peer, protocol: Protocol, ports: Vec<PortRange>| Rule {
@@ -322,26 +309,33 @@ mod tests {
                 .contains("max_output")
         );
 
+        let r = |name: &str, id: u32| RunnerInfo {
+            name: name.into(),
+            id,
+            labels: Default::default(),
+            physical_ip: ip("192.0.2.2"),
+        };
+        let index = std::sync::Arc::new(PeerIndex::new([r("r1", 1), r("r2", 2)]));
         let route = Request::Route(RouteRequest {
             network: "default".into(),
-            runner: "r1".into(),
-            labels: Default::default(),
-            peers: vec![PeerRunner {
-                name: "r2".into(),
-                labels: Default::default(),
-                physical_ip: "x".into(),
-            }],
+            runner: r("r1", 1),
+            change: RouteChange::Joined,
+            peers: PeersView::new(index, "r1"),
         });
-        let d = |peers| {
-            Decision::Route(RouteDecision {
-                peers,
-                egress: Egress::RunnerNat,
+        let d = |paths| {
+            Decision::Route(RouteDelta {
+                paths,
+                egress: Some(Egress::RunnerNat),
             })
         };
         assert!(check(&route, d(vec![("r2".into(), PathKind::Direct)])).is_ok());
         assert!(
             check(&route, d(vec![("r9".into(), PathKind::Direct)])).is_err(),
             "unknown peer"
+        );
+        assert!(
+            check(&route, d(vec![("r1".into(), PathKind::Direct)])).is_err(),
+            "itself"
         );
     }
 }
@@ -385,15 +379,15 @@ mod prop_tests {
                 network: "default".into(),
                 workload_id: "w".into(),
                 vm: false,
+                origin: Origin::default(),
                 labels: Default::default(),
                 runner: "r1".into(),
                 runner_labels: Default::default(),
-                subnet: self.subnet.to_string(),
-                gateway: Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1))
-                    .to_string(),
-                first: first.to_string(),
-                last: last.to_string(),
-                taken: pool.taken().iter().map(|a| a.to_string()).collect(),
+                subnet: self.subnet,
+                gateway: Ipv4Addr::from(u32::from(self.subnet.network()).wrapping_add(1)),
+                first,
+                last,
+                pool: pool.view(),
             })
         }
     }
@@ -444,25 +438,12 @@ mod prop_tests {
     }
 
     /// What a plugin may answer for the address: nearby addresses, taken ones, anything.
-    fn address_answer(s: &Setting) -> impl Strategy<Value = String> + use<> {
+    fn address_answer(s: &Setting) -> impl Strategy<Value = Ipv4Addr> + use<> {
         let taken = s.taken.clone();
         prop_oneof![
-            4 => address_in(s.subnet).prop_map(|a| a.to_string()),
-            1 => edgy_u32().prop_map(|a| Ipv4Addr::from(a).to_string()),
-            1 => proptest::sample::select(if taken.is_empty() { vec![Ipv4Addr::UNSPECIFIED] } else { taken })
-                .prop_map(|a| a.to_string()),
-            1 => address_in(s.subnet).prop_flat_map(|a| {
-                let [x, y, z, w] = a.octets();
-                prop_oneof![
-                    Just(format!("{x}.{y}.{z}.0{w}")),
-                    Just(format!(" {a}")),
-                    Just(format!("{a}/32")),
-                    Just(format!("{}", u32::from(a))),
-                    Just(format!("::ffff:{a}")),
-                    Just(format!("{x}.{y}.{}", u32::from(z) * 256 + u32::from(w))),
-                ]
-            }),
-            1 => ".{0,16}",
+            4 => address_in(s.subnet),
+            1 => edgy_u32().prop_map(Ipv4Addr::from),
+            1 => proptest::sample::select(if taken.is_empty() { vec![Ipv4Addr::UNSPECIFIED] } else { taken }),
         ]
     }
 
@@ -519,10 +500,10 @@ mod prop_tests {
             (s, answer) in setting().prop_flat_map(|s| { let a = address_answer(&s); (Just(s), a) })
         ) {
             let req = s.request();
-            let d = Decision::Address(AddressDecision::Address(answer.clone()));
+            let d = Decision::Address(AddressDecision::Address(answer));
             let Ok(ok) = validate(&req, d, Limits::default()) else { return Ok(()) };
-            prop_assert_eq!(&ok, &Decision::Address(AddressDecision::Address(answer.clone())));
-            let ip: Ipv4Addr = answer.parse().map_err(|_| TestCaseError::fail(format!("{answer:?} accepted")))?;
+            prop_assert_eq!(&ok, &Decision::Address(AddressDecision::Address(answer)));
+            let ip = answer;
             let sub = s.subnet;
             prop_assert!(sub.contains(&ip), "{} outside {}", ip, sub);
             let (first, last) = s.pool().range();
@@ -537,24 +518,24 @@ mod prop_tests {
         }
 
         #[test]
-        fn prop_policy_address_requests_of_any_text_never_panic(
-            subnet in prop_oneof![".{0,20}", (edgy_u32(), 0u8..=33).prop_map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(a)))],
-            ends in proptest::collection::vec(prop_oneof![".{0,16}", edgy_u32().prop_map(|a| Ipv4Addr::from(a).to_string())], 3),
-            taken in proptest::collection::vec(".{0,16}", 0..3),
-            answer in prop_oneof![".{0,16}", edgy_u32().prop_map(|a| Ipv4Addr::from(a).to_string())],
+        fn prop_policy_address_requests_of_any_numbers_never_panic(
+            subnet in (edgy_u32(), 0u8..=32).prop_map(|(a, p)| Ipv4Net::new(Ipv4Addr::from(a), p).unwrap_or_default()),
+            ends in proptest::collection::vec(edgy_u32().prop_map(Ipv4Addr::from), 3),
+            held in proptest::collection::vec(edgy_u32().prop_map(Ipv4Addr::from), 0..3),
+            answer in edgy_u32().prop_map(Ipv4Addr::from),
         ) {
+            let (first, last) = (ends[1].min(ends[2]), ends[1].max(ends[2]));
+            let pool = PoolView::from_held(first, last, &held);
             let req = Request::AssignAddress(AddressRequest {
-                network: "n".into(), workload_id: "w".into(), vm: true,
+                network: "n".into(), workload_id: "w".into(), vm: true, origin: Origin::default(),
                 labels: Default::default(), runner: "r".into(), runner_labels: Default::default(),
-                subnet: subnet.clone(), gateway: ends[0].clone(), first: ends[1].clone(),
-                last: ends[2].clone(), taken: taken.clone(),
+                subnet, gateway: ends[0], first, last, pool,
             });
-            let d = Decision::Address(AddressDecision::Address(answer.clone()));
+            let d = Decision::Address(AddressDecision::Address(answer));
             if validate(&req, d, Limits::default()).is_ok() {
-                let ip: Ipv4Addr = answer.parse().map_err(|_| TestCaseError::fail("accepted a non-address"))?;
-                let sub: Ipv4Net = subnet.parse().map_err(|_| TestCaseError::fail("accepted without a subnet"))?;
-                prop_assert!(sub.contains(&ip));
-                prop_assert!(ends[0] != answer && !taken.contains(&answer));
+                prop_assert!(subnet.contains(&answer));
+                prop_assert!(first <= answer && answer <= last);
+                prop_assert!(ends[0] != answer && !held.contains(&answer));
             }
         }
 
@@ -568,13 +549,13 @@ mod prop_tests {
             deny in prop_oneof![".{0,8}", "x{1020,1030}"],
         ) {
             let req = Request::AssignRunner(RunnerRequest {
-                network: "default".into(), name: "me".into(), physical_ip: "192.0.2.1".into(),
+                network: "default".into(), name: "me".into(), physical_ip: Ipv4Addr::new(192, 0, 2, 1),
                 labels: Default::default(),
                 taken: taken.iter().map(|(id, runner, active)| TakenId {
-                    id: *id, runner: runner.clone(), physical_ip: "192.0.2.9".into(),
+                    id: *id, runner: runner.clone(), physical_ip: Ipv4Addr::new(192, 0, 2, 9),
                     last_seen_ms: 0, active: *active,
                 }).collect(),
-                plan: PlanInfo { spec: "p".into(), overlay: "o".into(), max_runners: max },
+                plan: PlanInfo { spec: "p".into(), overlay: Ipv4Net::default(), max_runners: max },
             });
             let got = validate(&req, Decision::Runner(RunnerDecision::Id(id)), Limits::default());
             let held = taken.iter().any(|(t, r, active)| *t == id && *active && r.as_deref() != Some("me"));
@@ -593,7 +574,7 @@ mod prop_tests {
         ) {
             let req = Request::Rules(FirewallRequest {
                 network: "default".into(), workload_id: "w".into(), labels: Default::default(),
-                runner: "r1".into(), address: "10.0.1.2".into(), groups: vec![],
+                runner: "r1".into(), address: Ipv4Addr::new(10, 0, 1, 2), origin: Origin::default(), groups: vec![],
             });
             let d = Decision::Firewall(FirewallDecision { rules: rules.clone(), default_verdict: Verdict::Deny });
             let well_formed = rules.len() as u64 <= u64::from(max_output)
@@ -611,18 +592,20 @@ mod prop_tests {
             answer in proptest::collection::vec(("[a-d]{1,2}", any::<bool>()), 0..5),
             max_output in prop_oneof![0u32..6, Just(10_000)],
         ) {
+            let info = |n: &str| RunnerInfo {
+                name: n.into(), id: 1, labels: Default::default(), physical_ip: Ipv4Addr::new(192, 0, 2, 2),
+            };
+            let index = std::sync::Arc::new(PeerIndex::new(known.iter().map(|n| info(n))));
             let req = Request::Route(RouteRequest {
-                network: "default".into(), runner: "r1".into(), labels: Default::default(),
-                peers: known.iter().map(|n| PeerRunner {
-                    name: n.clone(), labels: Default::default(), physical_ip: "192.0.2.2".into(),
-                }).collect(),
+                network: "default".into(), runner: info("r1"), change: RouteChange::Joined,
+                peers: PeersView::new(index, "r1"),
             });
             let peers: Vec<(String, PathKind)> = answer.iter()
                 .map(|(n, d)| (n.clone(), if *d { PathKind::Direct } else { PathKind::ViaHub }))
                 .collect();
             let ok = peers.len() as u64 <= u64::from(max_output)
                 && peers.iter().all(|(n, _)| known.contains(n));
-            let d = Decision::Route(RouteDecision { peers, egress: Egress::ViaHost });
+            let d = Decision::Route(RouteDelta { paths: peers, egress: Some(Egress::ViaHost) });
             prop_assert_eq!(validate(&req, d, limits(max_output)).is_ok(), ok);
         }
     }

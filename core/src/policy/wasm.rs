@@ -12,23 +12,47 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, Trap,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{Fault, Limits};
-use crate::decision::{self as t, Decision, Hook, Request};
+use crate::decision::{self as t, Decision, Hook, PeersView, PoolView, Request};
 
 mod allocator_world {
-    wasmtime::component::bindgen!({ path: "../wit", world: "allocator-plugin" });
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "allocator-plugin",
+        imports: { default: trappable },
+        with: { "weir:policy/address-pool.pool": crate::decision::PoolView },
+    });
 }
 mod firewall_world {
-    wasmtime::component::bindgen!({ path: "../wit", world: "firewall-plugin" });
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "firewall-plugin",
+        imports: { default: trappable },
+    });
 }
 mod router_world {
-    wasmtime::component::bindgen!({ path: "../wit", world: "router-plugin" });
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "router-plugin",
+        imports: { default: trappable },
+        with: { "weir:policy/peer-set.peers": crate::decision::PeersView },
+    });
 }
+
+/// The `weir:policy` package version this host implements.
+pub const PACKAGE_VERSION: &str = crate::decision::INTERFACE_VERSION;
+
+/// Plugin instances alive at once, all plugins together: at most 4 warm ones per plugin and
+/// hook, plus the fresh ones being made (decisions that change state are serialised by the hub).
+const POOL_INSTANCES: u32 = 128;
 
 /// One epoch tick.
 const TICK: Duration = Duration::from_millis(1);
@@ -36,11 +60,31 @@ const TICK: Duration = Duration::from_millis(1);
 const STDERR_CAPACITY: usize = 4096;
 
 /// The process's engine (epoch interruption on, a ticker thread started on first use).
+///
+/// Instances come from wasmtime's pooling allocator: a slot's memory and tables stay mapped
+/// and resident when an instance goes (up to 2 MiB / 64 KiB), and only the pages it dirtied are
+/// reset (the PAGEMAP_SCAN ioctl on Linux ≥ 6.7, a bounded memset before). So a fresh
+/// instance — after a trap, or a reload's first decision — costs no mmap, munmap or page
+/// fault: about 4 µs instead of 11, and its first call runs as fast as a warm one
+/// (docs/benchmarks.md, "Policy decisions"). Each slot reserves 4 GiB of address space (no
+/// memory); the memory cap stays per plugin ([`Limits::memory`], enforced by `StoreLimits`).
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut cfg = Config::new();
         cfg.wasm_component_model(true).epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            // No per-component caps: a componentize-py plugin has many core instances.
+            .total_core_instances(8 * POOL_INSTANCES)
+            .total_tables(4 * POOL_INSTANCES)
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto)
+            // Calls are synchronous: no fiber stacks.
+            .total_stacks(0);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // The configuration above is always valid; a failure here is a build problem.
         let engine = Engine::new(&cfg).unwrap_or_else(|e| panic!("wasmtime engine: {e}"));
         let ticker = engine.weak();
@@ -57,8 +101,9 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-/// The worlds a component can implement, as found in its exports.
-pub fn worlds_of(component: &Component) -> (Vec<Hook>, Vec<String>, Vec<String>) {
+/// The worlds a component implements, found in its exports: the hooks of this host's
+/// interface version, the `weir:policy` versions it exports (any), its exports and imports.
+pub fn worlds_of(component: &Component) -> Worlds {
     let engine = engine();
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
@@ -66,7 +111,7 @@ pub fn worlds_of(component: &Component) -> (Vec<Hook>, Vec<String>, Vec<String>)
     let has = |i: &str| {
         exports
             .iter()
-            .any(|e| e == &format!("weir:policy/{i}@0.1.0"))
+            .any(|e| e == &format!("weir:policy/{i}@{PACKAGE_VERSION}"))
     };
     let mut hooks = Vec::new();
     if has("plugin") {
@@ -80,7 +125,28 @@ pub fn worlds_of(component: &Component) -> (Vec<Hook>, Vec<String>, Vec<String>)
             }
         }
     }
-    (hooks, exports, imports)
+    let mut versions: Vec<String> = exports
+        .iter()
+        .filter_map(|e| e.strip_prefix("weir:policy/"))
+        .filter_map(|e| e.split_once('@').map(|(_, v)| v.to_string()))
+        .collect();
+    versions.sort();
+    versions.dedup();
+    Worlds {
+        hooks,
+        versions,
+        exports,
+        imports,
+    }
+}
+
+/// What [`worlds_of`] found.
+pub struct Worlds {
+    pub hooks: Vec<Hook>,
+    /// Every `weir:policy` version the component exports interfaces of.
+    pub versions: Vec<String>,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
 }
 
 /// Why a file could not become a plugin.
@@ -94,6 +160,14 @@ pub enum LoadError {
         "{path} implements no weir:policy world (it exports: {exports}); implement allocator-plugin, firewall-plugin or router-plugin"
     )]
     UnknownWorld { path: PathBuf, exports: String },
+    #[error(
+        "{path} implements weir:policy@{found}, but this host needs weir:policy@{needs}: rebuild it against wit/policy.wit {needs} (Rust: weir-plugin-sdk {needs}; see docs/plugins.md, \"Interface versions\")"
+    )]
+    OtherVersion {
+        path: PathBuf,
+        found: String,
+        needs: &'static str,
+    },
     #[error("{path} does not implement the {hook} world (it implements: {found})")]
     WrongWorld {
         path: PathBuf,
@@ -114,6 +188,8 @@ pub struct Compiled {
     /// The first 12 hex digits of the file's SHA-256.
     pub version: String,
     pub hooks: Vec<Hook>,
+    /// The `weir:policy` versions it exports (this host's, when it loads).
+    pub versions: Vec<String>,
     pub exports: Vec<String>,
     pub imports: Vec<String>,
     pub compile_time: Duration,
@@ -147,8 +223,20 @@ pub fn compile(path: &Path, cache_dir: Option<&Path>) -> Result<Compiled, LoadEr
         },
         None => compile_fresh(engine, path, &bytes, cache_file.as_deref())?,
     };
-    let (hooks, exports, imports) = worlds_of(&component);
+    let Worlds {
+        hooks,
+        versions,
+        exports,
+        imports,
+    } = worlds_of(&component);
     if hooks.is_empty() {
+        if let Some(found) = versions.iter().find(|v| v.as_str() != PACKAGE_VERSION) {
+            return Err(LoadError::OtherVersion {
+                path: path.to_path_buf(),
+                found: found.clone(),
+                needs: PACKAGE_VERSION,
+            });
+        }
         return Err(LoadError::UnknownWorld {
             path: path.to_path_buf(),
             exports: if exports.is_empty() {
@@ -162,6 +250,7 @@ pub fn compile(path: &Path, cache_dir: Option<&Path>) -> Result<Compiled, LoadEr
         component,
         version: digest[..12].to_string(),
         hooks,
+        versions,
         exports,
         imports,
         compile_time: started.elapsed(),
@@ -290,7 +379,11 @@ macro_rules! impl_host_log {
     ($world:ident) => {
         impl $world::weir::policy::types::Host for PluginState {}
         impl $world::weir::policy::host::Host for PluginState {
-            fn log(&mut self, level: $world::weir::policy::host::Level, message: String) {
+            fn log(
+                &mut self,
+                level: $world::weir::policy::host::Level,
+                message: String,
+            ) -> wasmtime::Result<()> {
                 use $world::weir::policy::host::Level;
                 // A plugin must not flood the log: one line, bounded.
                 let mut m: String = message.chars().filter(|c| !c.is_control()).take(512).collect();
@@ -306,6 +399,7 @@ macro_rules! impl_host_log {
                         self.last_error = Some(m);
                     }
                 }
+                Ok(())
             }
         }
     };
@@ -313,6 +407,113 @@ macro_rules! impl_host_log {
 impl_host_log!(allocator_world);
 impl_host_log!(firewall_world);
 impl_host_log!(router_world);
+
+/// The most a `free-ranges` or a peer listing answers at once (the guest pages on).
+const MAX_PAGE: u32 = 1024;
+
+/// The pool of an `assign-address` call: every method reads the host's ranges in place.
+mod pool_host {
+    use wasmtime::component::Resource;
+
+    use super::PluginState;
+    use super::allocator_world::weir::policy::address_pool::{Host, HostPool, Ipv4Range};
+    use crate::decision::PoolView;
+
+    impl Host for PluginState {}
+    impl HostPool for PluginState {
+        fn free_count(&mut self, p: Resource<PoolView>) -> wasmtime::Result<u32> {
+            let v = self.table.get(&p)?;
+            Ok(u32::try_from(v.free().count()).unwrap_or(u32::MAX))
+        }
+        fn is_free(&mut self, p: Resource<PoolView>, a: u32) -> wasmtime::Result<bool> {
+            Ok(self.table.get(&p)?.free().contains(a))
+        }
+        fn next_free(&mut self, p: Resource<PoolView>, from: u32) -> wasmtime::Result<Option<u32>> {
+            Ok(self.table.get(&p)?.free().next_free(from))
+        }
+        fn prev_free(&mut self, p: Resource<PoolView>, from: u32) -> wasmtime::Result<Option<u32>> {
+            Ok(self.table.get(&p)?.free().prev_free(from))
+        }
+        fn free_ranges(
+            &mut self,
+            p: Resource<PoolView>,
+            from: u32,
+            max: u32,
+        ) -> wasmtime::Result<Vec<Ipv4Range>> {
+            let max = max.min(super::MAX_PAGE) as usize;
+            Ok(self
+                .table
+                .get(&p)?
+                .free()
+                .ranges_from(from, max)
+                .into_iter()
+                .map(|(first, last)| Ipv4Range { first, last })
+                .collect())
+        }
+        fn generation(&mut self, p: Resource<PoolView>) -> wasmtime::Result<u64> {
+            Ok(self.table.get(&p)?.generation())
+        }
+        fn drop(&mut self, p: Resource<PoolView>) -> wasmtime::Result<()> {
+            self.table.delete(p)?;
+            Ok(())
+        }
+    }
+}
+
+/// The peers of a `route` call, read in place from the host's index.
+mod peers_host {
+    use wasmtime::component::Resource;
+
+    use super::PluginState;
+    use super::router_world::weir::policy::peer_set::{Host, HostPeers};
+    use super::router_world::weir::policy::types::RunnerInfo;
+    use crate::decision::PeersView;
+
+    impl Host for PluginState {}
+    impl HostPeers for PluginState {
+        fn count(&mut self, p: Resource<PeersView>) -> wasmtime::Result<u32> {
+            Ok(u32::try_from(self.table.get(&p)?.count()).unwrap_or(u32::MAX))
+        }
+        fn get(
+            &mut self,
+            p: Resource<PeersView>,
+            name: String,
+        ) -> wasmtime::Result<Option<RunnerInfo>> {
+            Ok(self.table.get(&p)?.get(&name).map(super::rt::runner))
+        }
+        fn with_label(
+            &mut self,
+            p: Resource<PeersView>,
+            key: String,
+            value: String,
+        ) -> wasmtime::Result<Vec<RunnerInfo>> {
+            Ok(self
+                .table
+                .get(&p)?
+                .with_label(&key, &value)
+                .map(super::rt::runner)
+                .collect())
+        }
+        fn page(
+            &mut self,
+            p: Resource<PeersView>,
+            after: String,
+            max: u32,
+        ) -> wasmtime::Result<Vec<RunnerInfo>> {
+            let max = max.min(super::MAX_PAGE) as usize;
+            Ok(self
+                .table
+                .get(&p)?
+                .page(&after, max)
+                .map(super::rt::runner)
+                .collect())
+        }
+        fn drop(&mut self, p: Resource<PeersView>) -> wasmtime::Result<()> {
+            self.table.delete(p)?;
+            Ok(())
+        }
+    }
+}
 
 enum Pre {
     Allocator(allocator_world::AllocatorPluginPre<PluginState>),
@@ -593,6 +794,10 @@ fn classify(e: &wasmtime::Error, limits: Limits) -> Fault {
                 || text.contains("memory minimum size")
             {
                 Fault::Memory(limits.memory)
+            } else if text.contains("concurrent") && text.contains("limit") {
+                Fault::Trap(format!(
+                    "no free plugin instance slot ({POOL_INSTANCES} in use across every plugin)"
+                ))
             } else {
                 Fault::Trap(first_line(&e.to_string()))
             }
@@ -610,10 +815,16 @@ fn invoke(w: &mut Warm, req: &Request) -> wasmtime::Result<Result<Decision, Faul
             Ok(Decision::Runner(alloc::runner_decision(out)))
         }
         (Bindings::Allocator(b), Request::AssignAddress(r)) => {
-            let out = b
-                .weir_policy_allocator()
-                .call_assign_address(&mut *store, &alloc::address_request(r))?;
-            Ok(Decision::Address(alloc::address_decision(out)))
+            // The pool goes in as a borrowed handle to the host's own ranges (an Arc clone).
+            let pool = store.data_mut().table.push(r.pool.clone())?;
+            let handle = Resource::<PoolView>::new_borrow(pool.rep());
+            let out = b.weir_policy_allocator().call_assign_address(
+                &mut *store,
+                &alloc::address_request(r),
+                handle,
+            );
+            store.data_mut().table.delete(pool)?;
+            Ok(Decision::Address(alloc::address_decision(out?)))
         }
         (Bindings::Firewall(b), Request::Rules(r)) => {
             let out = b
@@ -622,10 +833,13 @@ fn invoke(w: &mut Warm, req: &Request) -> wasmtime::Result<Result<Decision, Faul
             fw::decision(out).map(Decision::Firewall)
         }
         (Bindings::Router(b), Request::Route(r)) => {
+            let peers = store.data_mut().table.push(r.peers.clone())?;
+            let handle = Resource::<PeersView>::new_borrow(peers.rep());
             let out = b
                 .weir_policy_router()
-                .call_route(&mut *store, &rt::request(r))?;
-            Ok(Decision::Route(rt::decision(out)))
+                .call_route(&mut *store, &rt::request(r), handle);
+            store.data_mut().table.delete(peers)?;
+            Ok(Decision::Route(rt::delta(out?)))
         }
         (_, other) => Err(Fault::Output(format!(
             "this plugin does not implement {}",
@@ -642,8 +856,26 @@ fn labels_in(l: Vec<(String, String)>) -> t::Labels {
     l.into_iter().collect()
 }
 
+/// A workload's origin, for any world (the three share the type's shape, not its Rust type).
+macro_rules! origin_out {
+    ($w:ident, $o:expr) => {
+        $w::Origin {
+            engine: match $o.engine {
+                t::Engine::Scheduler => $w::Engine::Scheduler,
+                t::Engine::Cni => $w::Engine::Cni,
+                t::Engine::Docker => $w::Engine::Docker,
+                t::Engine::Netavark => $w::Engine::Netavark,
+                t::Engine::Kohakuriver => $w::Engine::Kohakuriver,
+            },
+            name: $o.name.clone(),
+        }
+    };
+}
+
 /// Conversions for the allocator world.
 mod alloc {
+    use std::net::Ipv4Addr;
+
     use super::allocator_world::weir::policy::types as w;
     use super::{labels_out, t};
 
@@ -651,7 +883,7 @@ mod alloc {
         w::RunnerRequest {
             network: r.network.clone(),
             name: r.name.clone(),
-            physical_ip: r.physical_ip.clone(),
+            physical_ip: u32::from(r.physical_ip),
             labels: labels_out(&r.labels),
             taken: r
                 .taken
@@ -659,14 +891,17 @@ mod alloc {
                 .map(|x| w::TakenId {
                     id: x.id,
                     runner: x.runner.clone(),
-                    physical_ip: x.physical_ip.clone(),
+                    physical_ip: u32::from(x.physical_ip),
                     last_seen_ms: x.last_seen_ms,
                     active: x.active,
                 })
                 .collect(),
             plan: w::Plan {
                 spec: r.plan.spec.clone(),
-                overlay: r.plan.overlay.clone(),
+                overlay: w::Cidr {
+                    address: u32::from(r.plan.overlay.network()),
+                    prefix: r.plan.overlay.prefix_len(),
+                },
                 max_runners: r.plan.max_runners,
             },
         }
@@ -689,20 +924,23 @@ mod alloc {
             } else {
                 w::WorkloadKind::Container
             },
+            origin: origin_out!(w, r.origin),
             labels: labels_out(&r.labels),
             runner: r.runner.clone(),
             runner_labels: labels_out(&r.runner_labels),
-            subnet: r.subnet.clone(),
-            gateway: r.gateway.clone(),
-            first: r.first.clone(),
-            last: r.last.clone(),
-            taken: r.taken.clone(),
+            subnet: w::Cidr {
+                address: u32::from(r.subnet.network()),
+                prefix: r.subnet.prefix_len(),
+            },
+            gateway: u32::from(r.gateway),
+            first: u32::from(r.first),
+            last: u32::from(r.last),
         }
     }
 
     pub fn address_decision(d: w::AddressDecision) -> t::AddressDecision {
         match d {
-            w::AddressDecision::Address(a) => t::AddressDecision::Address(a),
+            w::AddressDecision::Address(a) => t::AddressDecision::Address(Ipv4Addr::from(a)),
             w::AddressDecision::NextFree => t::AddressDecision::NextFree,
             w::AddressDecision::Deny(m) => t::AddressDecision::Deny(m),
         }
@@ -711,6 +949,8 @@ mod alloc {
 
 /// Conversions for the firewall world.
 mod fw {
+    use std::net::Ipv4Addr;
+
     use super::firewall_world::weir::policy::types as w;
     use super::{Fault, labels_in, labels_out, t};
 
@@ -718,9 +958,10 @@ mod fw {
         w::FirewallRequest {
             network: r.network.clone(),
             workload_id: r.workload_id.clone(),
+            origin: origin_out!(w, r.origin),
             labels: labels_out(&r.labels),
             runner: r.runner.clone(),
-            address: r.address.clone(),
+            address: u32::from(r.address),
             groups: r.groups.iter().map(labels_out).collect(),
         }
     }
@@ -736,35 +977,47 @@ mod fw {
         let rules = d
             .rules
             .into_iter()
-            .map(|r| t::Rule {
-                direction: match r.direction {
-                    w::Direction::Ingress => t::Direction::Ingress,
-                    w::Direction::Egress => t::Direction::Egress,
-                },
-                peer: match r.peer {
-                    w::Peer::Labels(l) => t::Peer::Labels(labels_in(l)),
-                    w::Peer::Cidr(c) => t::Peer::Cidr(c),
-                    w::Peer::Host => t::Peer::Host,
-                    w::Peer::Wan => t::Peer::Wan,
-                    w::Peer::Any => t::Peer::Any,
-                },
-                protocol: match r.protocol {
-                    w::Protocol::Any => t::Protocol::Any,
-                    w::Protocol::Tcp => t::Protocol::Tcp,
-                    w::Protocol::Udp => t::Protocol::Udp,
-                    w::Protocol::Icmp => t::Protocol::Icmp,
-                },
-                ports: r
-                    .ports
-                    .into_iter()
-                    .map(|p| t::PortRange {
-                        first: p.first,
-                        last: p.last,
-                    })
-                    .collect(),
-                verdict: verdict(r.verdict),
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(t::Rule {
+                    direction: match r.direction {
+                        w::Direction::Ingress => t::Direction::Ingress,
+                        w::Direction::Egress => t::Direction::Egress,
+                    },
+                    peer: match r.peer {
+                        w::Peer::Labels(l) => t::Peer::Labels(labels_in(l)),
+                        w::Peer::Cidr(c) => {
+                            let net = ipnet::Ipv4Net::new(Ipv4Addr::from(c.address), c.prefix)
+                                .map_err(|_| {
+                                    Fault::Output(format!(
+                                        "rule {i}: CIDR prefix {} is above 32",
+                                        c.prefix
+                                    ))
+                                })?;
+                            t::Peer::Cidr(net.trunc().to_string())
+                        }
+                        w::Peer::Host => t::Peer::Host,
+                        w::Peer::Wan => t::Peer::Wan,
+                        w::Peer::Any => t::Peer::Any,
+                    },
+                    protocol: match r.protocol {
+                        w::Protocol::Any => t::Protocol::Any,
+                        w::Protocol::Tcp => t::Protocol::Tcp,
+                        w::Protocol::Udp => t::Protocol::Udp,
+                        w::Protocol::Icmp => t::Protocol::Icmp,
+                    },
+                    ports: r
+                        .ports
+                        .into_iter()
+                        .map(|p| t::PortRange {
+                            first: p.first,
+                            last: p.last,
+                        })
+                        .collect(),
+                    verdict: verdict(r.verdict),
+                })
             })
-            .collect();
+            .collect::<Result<_, Fault>>()?;
         Ok(t::FirewallDecision {
             rules,
             default_verdict: verdict(d.default_verdict),
@@ -773,31 +1026,34 @@ mod fw {
 }
 
 /// Conversions for the router world.
-mod rt {
+pub(super) mod rt {
     use super::router_world::weir::policy::types as w;
     use super::{labels_out, t};
+
+    pub fn runner(r: &t::RunnerInfo) -> w::RunnerInfo {
+        w::RunnerInfo {
+            name: r.name.clone(),
+            id: r.id,
+            labels: labels_out(&r.labels),
+            physical_ip: u32::from(r.physical_ip),
+        }
+    }
 
     pub fn request(r: &t::RouteRequest) -> w::RouteRequest {
         w::RouteRequest {
             network: r.network.clone(),
-            runner: r.runner.clone(),
-            labels: labels_out(&r.labels),
-            peers: r
-                .peers
-                .iter()
-                .map(|p| w::PeerRunner {
-                    name: p.name.clone(),
-                    labels: labels_out(&p.labels),
-                    physical_ip: p.physical_ip.clone(),
-                })
-                .collect(),
+            runner: runner(&r.runner),
+            change: match &r.change {
+                t::RouteChange::Joined => w::RouteChange::Joined,
+                t::RouteChange::Peer(p) => w::RouteChange::Peer(runner(p)),
+            },
         }
     }
 
-    pub fn decision(d: w::RouteDecision) -> t::RouteDecision {
-        t::RouteDecision {
-            peers: d
-                .peers
+    pub fn delta(d: w::RouteDelta) -> t::RouteDelta {
+        t::RouteDelta {
+            paths: d
+                .paths
                 .into_iter()
                 .map(|(n, p)| {
                     (
@@ -809,10 +1065,10 @@ mod rt {
                     )
                 })
                 .collect(),
-            egress: match d.egress {
+            egress: d.egress.map(|e| match e {
                 w::Egress::RunnerNat => t::Egress::RunnerNat,
                 w::Egress::ViaHost => t::Egress::ViaHost,
-            },
+            }),
         }
     }
 }

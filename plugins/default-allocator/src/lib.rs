@@ -5,8 +5,9 @@
 //! - Runner ids: a runner whose name holds an id keeps it; else a placeholder recovered with
 //!   the runner's physical IP is claimed; else the lowest id in `1..=max-runners` nobody holds;
 //!   else the id of the least recently seen inactive holder (ties: the lower id); else deny.
-//! - Addresses: the lowest address from `first` to `last` that is not taken, not the gateway
-//!   and not the host's `.254` on the subnet; else deny.
+//! - Addresses: the lowest free address of the pool from `first` to `last` (the pool never
+//!   offers the gateway, the host's `.254` or a held address): one query of the host's pool,
+//!   whatever the number of workloads; else deny.
 //!
 //! Settings: none.
 
@@ -27,8 +28,8 @@ impl Allocator for DefaultAllocator {
         choose_runner_id(&request)
     }
 
-    fn assign_address(request: AddressRequest) -> AddressDecision {
-        choose_address(&request)
+    fn assign_address(request: AddressRequest, pool: &Pool) -> AddressDecision {
+        choose_address(&request, pool)
     }
 }
 
@@ -45,7 +46,7 @@ pub fn choose_runner_id(request: &RunnerRequest) -> RunnerDecision {
     }
     if let Some(t) = taken
         .iter()
-        .find(|t| t.runner.is_none() && same_ip(&t.physical_ip, &request.physical_ip))
+        .find(|t| t.runner.is_none() && t.physical_ip == request.physical_ip)
     {
         return RunnerDecision::Id(t.id);
     }
@@ -67,21 +68,14 @@ pub fn choose_runner_id(request: &RunnerRequest) -> RunnerDecision {
     }
 }
 
-/// The lowest free address (see [`free_addresses`]), or deny.
-pub fn choose_address(request: &AddressRequest) -> AddressDecision {
-    match free_addresses(request) {
-        Ok(mut free) => match free.next() {
-            Some(a) => AddressDecision::Address(a.to_string()),
-            None => AddressDecision::Deny(format!("no free address left in {}", request.subnet)),
-        },
-        Err(e) => AddressDecision::Deny(format!("malformed address request: {e}")),
-    }
-}
-
-fn same_ip(a: &str, b: &str) -> bool {
-    match (parse_ipv4(a), parse_ipv4(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
+/// The lowest free address (see [`lowest_free`]), or deny.
+pub fn choose_address(request: &AddressRequest, pool: &impl FreePool) -> AddressDecision {
+    match lowest_free(request, pool) {
+        Some(a) => AddressDecision::Address(num(a)),
+        None => AddressDecision::Deny(format!(
+            "no free address left in {}",
+            Cidr::from(request.subnet)
+        )),
     }
 }
 
@@ -89,11 +83,15 @@ fn same_ip(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn n(ip: &str) -> u32 {
+        num(ip.parse().unwrap())
+    }
+
     fn held(id: u32, runner: Option<&str>, ip: &str, last_seen_ms: i64, active: bool) -> TakenId {
         TakenId {
             id,
             runner: runner.map(str::to_string),
-            physical_ip: ip.to_string(),
+            physical_ip: n(ip),
             last_seen_ms,
             active,
         }
@@ -103,12 +101,12 @@ mod tests {
         RunnerRequest {
             network: "default".into(),
             name: name.into(),
-            physical_ip: ip.into(),
+            physical_ip: n(ip),
             labels: vec![],
             taken,
             plan: Plan {
                 spec: "10.128.0.0/12/2/14".into(),
-                overlay: "10.128.0.0/12".into(),
+                overlay: Cidr::parse("10.128.0.0/12").unwrap().into(),
                 max_runners: max,
             },
         }
@@ -226,81 +224,79 @@ mod tests {
         ));
     }
 
-    fn address(subnet: &str, first: &str, last: &str, taken: &[&str]) -> AddressRequest {
+    fn address(subnet: &str, first: &str, last: &str) -> AddressRequest {
         let net = Cidr::parse(subnet).unwrap();
         AddressRequest {
             network: "default".into(),
             workload_id: "w1".into(),
             kind: WorkloadKind::Container,
+            origin: Origin {
+                engine: Engine::Scheduler,
+                name: String::new(),
+            },
             labels: vec![],
             runner: "r1".into(),
             runner_labels: vec![],
-            subnet: subnet.into(),
-            gateway: net.nth(1).unwrap().to_string(),
-            first: first.into(),
-            last: last.into(),
-            taken: taken.iter().map(|s| s.to_string()).collect(),
+            subnet: net.into(),
+            gateway: num(net.nth(1).unwrap()),
+            first: n(first),
+            last: n(last),
         }
     }
 
-    fn assigned(r: &AddressRequest) -> String {
-        match choose_address(r) {
-            AddressDecision::Address(a) => a,
+    fn pool(r: &AddressRequest, held: &[&str]) -> MemoryPool {
+        let held: Vec<_> = held.iter().map(|a| a.parse().unwrap()).collect();
+        MemoryPool::for_request(r, &held)
+    }
+
+    fn assigned(r: &AddressRequest, held: &[&str]) -> String {
+        match choose_address(r, &pool(r, held)) {
+            AddressDecision::Address(a) => ip(a).to_string(),
             other => panic!("expected an address, got {other:?}"),
         }
     }
 
     #[test]
     fn lowest_free_address() {
-        let r = address("10.0.1.0/24", "10.0.1.2", "10.0.1.253", &[]);
-        assert_eq!(assigned(&r), "10.0.1.2");
-        let r = address(
-            "10.0.1.0/24",
-            "10.0.1.2",
-            "10.0.1.253",
-            &["10.0.1.2", "10.0.1.3", "10.0.1.5"],
+        let r = address("10.0.1.0/24", "10.0.1.2", "10.0.1.253");
+        assert_eq!(assigned(&r, &[]), "10.0.1.2");
+        assert_eq!(
+            assigned(&r, &["10.0.1.2", "10.0.1.3", "10.0.1.5"]),
+            "10.0.1.4"
         );
-        assert_eq!(assigned(&r), "10.0.1.4");
     }
 
     #[test]
     fn gateway_is_never_given_out() {
-        let r = address("10.0.1.0/24", "10.0.1.1", "10.0.1.253", &[]);
-        assert_eq!(assigned(&r), "10.0.1.2");
+        let r = address("10.0.1.0/24", "10.0.1.1", "10.0.1.253");
+        assert_eq!(assigned(&r, &[]), "10.0.1.2");
     }
 
     #[test]
     fn host_side_254_is_skipped_inside_a_large_block() {
-        let mut r = address("10.128.64.0/18", "10.128.64.2", "10.128.127.253", &[]);
-        r.taken = addresses(
+        let r = address("10.128.64.0/18", "10.128.64.2", "10.128.127.253");
+        let held: Vec<String> = addresses(
             "10.128.64.2".parse().unwrap(),
             "10.128.64.253".parse().unwrap(),
         )
         .map(|a| a.to_string())
         .collect();
-        assert_eq!(assigned(&r), "10.128.64.255");
+        let held: Vec<&str> = held.iter().map(String::as_str).collect();
+        assert_eq!(assigned(&r, &held), "10.128.64.255");
     }
 
     #[test]
     fn full_subnet_is_denied() {
-        let r = address(
-            "10.0.1.0/29",
-            "10.0.1.2",
-            "10.0.1.5",
-            &["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5"],
-        );
+        let r = address("10.0.1.0/29", "10.0.1.2", "10.0.1.5");
+        let p = pool(&r, &["10.0.1.2", "10.0.1.3", "10.0.1.4", "10.0.1.5"]);
         assert_eq!(
-            choose_address(&r),
+            choose_address(&r, &p),
             AddressDecision::Deny("no free address left in 10.0.1.0/29".into())
         );
-        let r = address("10.0.1.0/24", "10.0.1.254", "10.0.1.254", &[]);
-        assert!(matches!(choose_address(&r), AddressDecision::Deny(_)));
-    }
-
-    #[test]
-    fn malformed_request_is_denied_not_panicked() {
-        let mut r = address("10.0.1.0/24", "10.0.1.2", "10.0.1.253", &[]);
-        r.first = "nope".into();
-        assert!(matches!(choose_address(&r), AddressDecision::Deny(m) if m.contains("malformed")));
+        let r = address("10.0.1.0/24", "10.0.1.254", "10.0.1.254");
+        assert!(matches!(
+            choose_address(&r, &pool(&r, &[])),
+            AddressDecision::Deny(_)
+        ));
     }
 }

@@ -37,8 +37,8 @@ impl Plugin for DirectRoutes {
 }
 
 impl Router for DirectRoutes {
-    fn route(request: RouteRequest) -> RouteDecision {
-        routes(&SETTINGS.get().unwrap_or_default(), &request)
+    fn route(request: RouteRequest, peers: &Peers) -> RouteDelta {
+        routes(&SETTINGS.get().unwrap_or_default(), &request, peers)
     }
 }
 
@@ -67,23 +67,33 @@ impl Settings {
     }
 }
 
-/// The path to every peer: `direct` when it shares this runner's label value, else `via-hub`.
-pub fn routes(settings: &Settings, request: &RouteRequest) -> RouteDecision {
-    let mine = label(&request.labels, &settings.label);
-    let peers = request
-        .peers
-        .iter()
-        .map(|p| {
+/// What a change moves. When this runner joins: `direct` to the peers that share its label
+/// value (one `with-label` query, O(matches)), everything else stays via the hub. When a peer
+/// joins or changes: the path to that peer alone.
+pub fn routes(settings: &Settings, request: &RouteRequest, peers: &impl PeerSet) -> RouteDelta {
+    let mine = label(&request.runner.labels, &settings.label);
+    match &request.change {
+        RouteChange::Joined => RouteDelta {
+            paths: match mine {
+                Some(v) => peers
+                    .with_label(&settings.label, v)
+                    .into_iter()
+                    .map(|p| (p.name, Path::Direct))
+                    .collect(),
+                None => Vec::new(),
+            },
+            egress: Some(settings.egress),
+        },
+        RouteChange::Peer(p) => {
             let path = match mine {
                 Some(v) if label(&p.labels, &settings.label) == Some(v) => Path::Direct,
                 _ => Path::ViaHub,
             };
-            (p.name.clone(), path)
-        })
-        .collect();
-    RouteDecision {
-        peers,
-        egress: settings.egress,
+            RouteDelta {
+                paths: vec![(p.name.clone(), path)],
+                egress: None,
+            }
+        }
     }
 }
 
@@ -97,68 +107,67 @@ mod tests {
             .collect()
     }
 
-    fn peer(name: &str, labels: &[(&str, &str)]) -> PeerRunner {
-        PeerRunner {
+    fn runner(name: &str, labels: &[(&str, &str)]) -> RunnerInfo {
+        RunnerInfo {
             name: name.into(),
+            id: 1,
             labels: pairs(labels),
-            physical_ip: "192.0.2.1".into(),
+            physical_ip: num("192.0.2.1".parse().unwrap()),
         }
     }
 
-    fn request(labels: &[(&str, &str)]) -> RouteRequest {
+    fn peers() -> MemoryPeers {
+        MemoryPeers::new(vec![
+            runner("r2", &[("rack", "a")]),
+            runner("r3", &[("rack", "b")]),
+            runner("r4", &[]),
+            runner("r5", &[("rack", "a"), ("zone", "z1")]),
+        ])
+    }
+
+    fn joined(labels: &[(&str, &str)]) -> RouteRequest {
         RouteRequest {
             network: "default".into(),
-            runner: "r1".into(),
-            labels: pairs(labels),
-            peers: vec![
-                peer("r2", &[("rack", "a")]),
-                peer("r3", &[("rack", "b")]),
-                peer("r4", &[]),
-                peer("r5", &[("rack", "a"), ("zone", "z1")]),
-            ],
+            runner: runner("r1", labels),
+            change: RouteChange::Joined,
         }
     }
 
-    fn paths(d: &RouteDecision) -> Vec<(&str, Path)> {
-        d.peers.iter().map(|(n, p)| (n.as_str(), *p)).collect()
+    fn paths(d: &RouteDelta) -> Vec<(&str, Path)> {
+        d.paths.iter().map(|(n, p)| (n.as_str(), *p)).collect()
     }
 
     #[test]
     fn same_rack_is_direct() {
-        let d = routes(&Settings::default(), &request(&[("rack", "a")]));
-        assert_eq!(
-            paths(&d),
-            [
-                ("r2", Path::Direct),
-                ("r3", Path::ViaHub),
-                ("r4", Path::ViaHub),
-                ("r5", Path::Direct)
-            ]
-        );
-        assert_eq!(d.egress, Egress::RunnerNat);
+        let d = routes(&Settings::default(), &joined(&[("rack", "a")]), &peers());
+        assert_eq!(paths(&d), [("r2", Path::Direct), ("r5", Path::Direct)]);
+        assert_eq!(d.egress, Some(Egress::RunnerNat));
+    }
+
+    #[test]
+    fn a_joining_peer_gets_one_path() {
+        let mut r = joined(&[("rack", "a")]);
+        r.change = RouteChange::Peer(runner("r9", &[("rack", "a")]));
+        let d = routes(&Settings::default(), &r, &peers());
+        assert_eq!(paths(&d), [("r9", Path::Direct)]);
+        assert_eq!(d.egress, None);
+        r.change = RouteChange::Peer(runner("r9", &[("rack", "c")]));
+        let d = routes(&Settings::default(), &r, &peers());
+        assert_eq!(paths(&d), [("r9", Path::ViaHub)]);
     }
 
     #[test]
     fn unlabelled_runner_goes_via_the_hub() {
-        let d = routes(&Settings::default(), &request(&[("zone", "z1")]));
-        assert!(d.peers.iter().all(|(_, p)| *p == Path::ViaHub));
-        assert_eq!(d.peers.len(), 4);
+        let d = routes(&Settings::default(), &joined(&[("zone", "z1")]), &peers());
+        assert!(d.paths.is_empty());
     }
 
     #[test]
     fn label_and_egress_are_configurable() {
         let s = Settings::parse(&pairs(&[("label", "zone"), ("egress", "via-host")])).unwrap();
-        let d = routes(&s, &request(&[("zone", "z1"), ("rack", "b")]));
-        assert_eq!(
-            paths(&d),
-            [
-                ("r2", Path::ViaHub),
-                ("r3", Path::ViaHub),
-                ("r4", Path::ViaHub),
-                ("r5", Path::Direct)
-            ]
-        );
-        assert_eq!(d.egress, Egress::ViaHost);
+        let d = routes(&s, &joined(&[("zone", "z1"), ("rack", "b")]), &peers());
+        assert_eq!(paths(&d), [("r5", Path::Direct)]);
+        assert_eq!(d.egress, Some(Egress::ViaHost));
     }
 
     #[test]

@@ -1,146 +1,175 @@
-//! Helpers for allocator plugins.
+//! Helpers for allocator plugins: the address pool behind a trait, so a decision is written
+//! once and runs against the host's [`Pool`](crate::Pool) in the component and against a
+//! [`MemoryPool`] in unit tests.
+//!
+//! The host's pool already leaves out the gateway, the host's `.254` and every address held
+//! (workloads, reservations, VMs): whatever it calls free, the host accepts.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use crate::net::{Cidr, addresses, parse_ipv4};
 use crate::types::AddressRequest;
 
-/// The host's own address on a runner's subnet is the subnet's address + 254 (`.254`).
-pub const HOST_ON_SUBNET_OFFSET: u32 = 254;
-
-/// The host's address on `subnet` (network + 254). It may lie outside a small subnet, in
-/// which case it is simply never among the workload addresses.
-pub fn host_address(subnet: &Cidr) -> Option<Ipv4Addr> {
-    u32::from(subnet.network())
-        .checked_add(HOST_ON_SUBNET_OFFSET)
-        .map(Ipv4Addr::from)
+/// What a decision may ask of a pool. Each call on the host's pool is one host call of
+/// O(log n); nothing is copied into the plugin.
+pub trait FreePool {
+    /// How many addresses are free.
+    fn free_count(&self) -> u32;
+    /// Whether `a` is free.
+    fn is_free(&self, a: Ipv4Addr) -> bool;
+    /// The lowest free address at or above `start`.
+    fn next_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr>;
+    /// The highest free address at or below `start`.
+    fn prev_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr>;
+    /// At most `max` free ranges (inclusive), ascending, from the one holding or following
+    /// `start`.
+    fn free_ranges(&self, start: Ipv4Addr, max: u32) -> Vec<(Ipv4Addr, Ipv4Addr)>;
 }
 
-/// The addresses the host would accept for `request`, in ascending order: from `first` to
-/// `last`, minus `taken`, the gateway and the host's `.254`. Take `.next()` for the lowest and
-/// `.next_back()` for the highest.
-///
-/// Errors if `subnet`, `first` or `last` is malformed (the host never sends that).
-pub fn free_addresses(
-    request: &AddressRequest,
-) -> Result<impl DoubleEndedIterator<Item = Ipv4Addr> + use<>, String> {
-    let subnet = Cidr::parse(&request.subnet)?;
-    let first = parse_ipv4(&request.first)?;
-    let last = parse_ipv4(&request.last)?;
-    // An unparsable gateway or taken entry cannot equal a candidate; ignore it.
-    let gateway = parse_ipv4(&request.gateway).ok();
-    let host = host_address(&subnet);
-    let taken: BTreeSet<Ipv4Addr> = request
-        .taken
-        .iter()
-        .filter_map(|t| parse_ipv4(t).ok())
-        .collect();
-    Ok(addresses(first, last)
-        .filter(move |a| !taken.contains(a) && Some(*a) != gateway && Some(*a) != host))
+impl FreePool for crate::Pool {
+    fn free_count(&self) -> u32 {
+        crate::Pool::free_count(self)
+    }
+    fn is_free(&self, a: Ipv4Addr) -> bool {
+        crate::Pool::is_free(self, u32::from(a))
+    }
+    fn next_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
+        crate::Pool::next_free(self, u32::from(start)).map(Ipv4Addr::from)
+    }
+    fn prev_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
+        crate::Pool::prev_free(self, u32::from(start)).map(Ipv4Addr::from)
+    }
+    fn free_ranges(&self, start: Ipv4Addr, max: u32) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        crate::Pool::free_ranges(self, u32::from(start), max)
+            .into_iter()
+            .map(|r| (Ipv4Addr::from(r.first), Ipv4Addr::from(r.last)))
+            .collect()
+    }
+}
+
+/// A pool in plugin memory, for unit tests: `first..=last` minus the held addresses.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryPool {
+    free: BTreeSet<u32>,
+}
+
+impl MemoryPool {
+    /// The pool of `request` (its range minus its gateway and the host's `.254`) with `held`
+    /// taken, as the host would offer it.
+    pub fn for_request(request: &AddressRequest, held: &[Ipv4Addr]) -> Self {
+        let host_side = (request.subnet.prefix <= 24)
+            .then(|| request.subnet.address.checked_add(254))
+            .flatten();
+        let held: BTreeSet<u32> = held.iter().map(|a| u32::from(*a)).collect();
+        Self {
+            free: (request.first..=request.last)
+                .filter(|a| *a != request.gateway && Some(*a) != host_side && !held.contains(a))
+                .collect(),
+        }
+    }
+}
+
+impl FreePool for MemoryPool {
+    fn free_count(&self) -> u32 {
+        self.free.len() as u32
+    }
+    fn is_free(&self, a: Ipv4Addr) -> bool {
+        self.free.contains(&u32::from(a))
+    }
+    fn next_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.free.range(u32::from(start)..).next().map(|a| Ipv4Addr::from(*a))
+    }
+    fn prev_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.free
+            .range(..=u32::from(start))
+            .next_back()
+            .map(|a| Ipv4Addr::from(*a))
+    }
+    fn free_ranges(&self, start: Ipv4Addr, max: u32) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for a in self.free.range(u32::from(start)..) {
+            if let Some((_, e)) = out.last_mut()
+                && *e + 1 == *a
+            {
+                *e = *a;
+                continue;
+            }
+            if out.len() == max as usize {
+                break;
+            }
+            out.push((*a, *a));
+        }
+        out.into_iter()
+            .map(|(s, e)| (Ipv4Addr::from(s), Ipv4Addr::from(e)))
+            .collect()
+    }
+}
+
+/// The lowest address the host would accept for `request`: one host call.
+pub fn lowest_free(request: &AddressRequest, pool: &impl FreePool) -> Option<Ipv4Addr> {
+    pool.next_free(Ipv4Addr::from(request.first))
+        .filter(|a| u32::from(*a) <= request.last)
+}
+
+/// The highest address the host would accept for `request`: one host call.
+pub fn highest_free(request: &AddressRequest, pool: &impl FreePool) -> Option<Ipv4Addr> {
+    pool.prev_free(Ipv4Addr::from(request.last))
+        .filter(|a| u32::from(*a) >= request.first)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::WorkloadKind;
+    use crate::types::{Cidr, Engine, Origin, WorkloadKind};
 
-    fn request(subnet: &str, first: &str, last: &str, taken: &[&str]) -> AddressRequest {
+    fn request(subnet: &str, prefix: u8, first: &str, last: &str) -> AddressRequest {
+        let n = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
         AddressRequest {
             network: "default".into(),
             workload_id: "w1".into(),
             kind: WorkloadKind::Container,
+            origin: Origin {
+                engine: Engine::Scheduler,
+                name: String::new(),
+            },
             labels: vec![],
             runner: "r1".into(),
             runner_labels: vec![],
-            subnet: subnet.into(),
-            gateway: Cidr::parse(subnet).unwrap().nth(1).unwrap().to_string(),
-            first: first.into(),
-            last: last.into(),
-            taken: taken.iter().map(|s| s.to_string()).collect(),
+            subnet: Cidr {
+                address: n(subnet),
+                prefix,
+            },
+            gateway: n(subnet) + 1,
+            first: n(first),
+            last: n(last),
         }
     }
 
-    fn free(r: &AddressRequest) -> Vec<String> {
-        free_addresses(r).unwrap().map(|a| a.to_string()).collect()
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn skips_taken_gateway_and_host_side() {
-        let r = request(
-            "10.0.1.0/24",
-            "10.0.1.1",
-            "10.0.1.254",
-            &["10.0.1.2", "10.0.1.4"],
-        );
-        let f = free(&r);
-        assert_eq!(&f[..2], ["10.0.1.3", "10.0.1.5"]);
-        assert_eq!(f.last().unwrap(), "10.0.1.253");
-        assert!(!f.contains(&"10.0.1.1".to_string()));
-        assert!(!f.contains(&"10.0.1.254".to_string()));
-        assert_eq!(f.len(), 254 - 3 - 1);
-    }
-
-    #[test]
-    fn host_side_inside_a_large_block() {
-        let r = request(
-            "10.128.64.0/18",
-            "10.128.64.252",
-            "10.128.65.1",
-            &["10.128.64.253"],
-        );
+    fn the_memory_pool_skips_held_gateway_and_host_side() {
+        let r = request("10.0.1.0", 24, "10.0.1.1", "10.0.1.254");
+        let p = MemoryPool::for_request(&r, &[a("10.0.1.2"), a("10.0.1.4")]);
+        assert_eq!(lowest_free(&r, &p), Some(a("10.0.1.3")));
+        assert_eq!(highest_free(&r, &p), Some(a("10.0.1.253")));
+        assert!(!p.is_free(a("10.0.1.1")) && !p.is_free(a("10.0.1.254")));
+        assert_eq!(p.free_count(), 254 - 2 - 2);
         assert_eq!(
-            free(&r),
-            [
-                "10.128.64.252",
-                "10.128.64.255",
-                "10.128.65.0",
-                "10.128.65.1"
-            ]
+            p.free_ranges(a("10.0.1.0"), 2),
+            [(a("10.0.1.3"), a("10.0.1.3")), (a("10.0.1.5"), a("10.0.1.253"))]
         );
-        let mut it = free_addresses(&r).unwrap();
-        assert_eq!(it.next_back().unwrap().to_string(), "10.128.65.1");
-        assert_eq!(it.next().unwrap().to_string(), "10.128.64.252");
+        assert_eq!(p.free_ranges(a("10.0.1.0"), 1).len(), 1);
     }
 
     #[test]
-    fn host_address_of_small_subnets_is_outside() {
-        let c = Cidr::parse("10.0.1.0/28").unwrap();
-        assert_eq!(host_address(&c).unwrap().to_string(), "10.0.1.254");
-        assert!(!c.contains(host_address(&c).unwrap()));
-        assert_eq!(
-            host_address(&Cidr::parse("255.255.255.0/24").unwrap())
-                .unwrap()
-                .to_string(),
-            "255.255.255.254"
-        );
-        assert_eq!(
-            host_address(&Cidr::parse("255.255.255.255/32").unwrap()),
-            None
-        );
-    }
-
-    #[test]
-    fn malformed_requests_are_errors() {
-        let mut r = request("10.0.1.0/24", "10.0.1.2", "10.0.1.253", &["garbage"]);
-        assert_eq!(free(&r).len(), 252);
-        r.first = "nope".into();
-        assert!(free_addresses(&r).is_err());
-        r.first = "10.0.1.2".into();
-        r.subnet = "10.0.1.0".into();
-        assert!(free_addresses(&r).is_ok(), "a bare address is a /32");
-        r.subnet = "10.0.1.0/99".into();
-        assert!(free_addresses(&r).is_err());
-    }
-
-    #[test]
-    fn empty_when_full() {
-        let r = request(
-            "10.0.1.0/29",
-            "10.0.1.2",
-            "10.0.1.3",
-            &["10.0.1.2", "10.0.1.3"],
-        );
-        assert!(free(&r).is_empty());
+    fn a_full_pool_has_no_lowest_or_highest() {
+        let r = request("10.0.1.0", 29, "10.0.1.2", "10.0.1.3");
+        let p = MemoryPool::for_request(&r, &[a("10.0.1.2"), a("10.0.1.3")]);
+        assert_eq!(lowest_free(&r, &p), None);
+        assert_eq!(highest_free(&r, &p), None);
+        assert_eq!(p.free_count(), 0);
     }
 }

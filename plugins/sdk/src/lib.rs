@@ -1,7 +1,7 @@
 //! # Weir plugin SDK
 //!
 //! Guest-side bindings and helpers for Weir's policy plugins: WebAssembly components (WASI
-//! preview 2) implementing one of the worlds of `wit/policy.wit` (`weir:policy@0.1.0`).
+//! preview 2) implementing one of the worlds of `wit/policy.wit` (`weir:policy@0.2.0`).
 //!
 //! A plugin is a `cdylib` crate that implements [`Plugin`] (its settings) and one hook trait
 //! ([`Allocator`], [`Firewall`] or [`Router`]) on a unit struct, then names that struct in the
@@ -22,7 +22,7 @@
 //!     fn assign_runner(_request: RunnerRequest) -> RunnerDecision {
 //!         RunnerDecision::Builtin
 //!     }
-//!     fn assign_address(_request: AddressRequest) -> AddressDecision {
+//!     fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
 //!         AddressDecision::NextFree
 //!     }
 //! }
@@ -37,27 +37,33 @@
 //! A panic inside a hook is reported through the host's `log` (level error) and then traps the
 //! instance: the host sees a contained fault, never a half-made decision.
 //!
-//! The helpers ([`label`], [`has_labels`], [`Cidr`], [`config_get`], [`log`], …) are plain Rust
-//! and work on the host target too, so a plugin's decision logic can be unit-tested with
-//! `cargo test`.
+//! Addresses cross the interface as numbers (`u32`); [`ip`] and [`num`] convert, and
+//! [`Cidr`] takes a WIT `cidr` with `Cidr::from`. The address pool and the peer set are host
+//! resources ([`Pool`], [`Peers`]) borrowed for one call: write the decision against the
+//! [`FreePool`] and [`PeerSet`] traits, and unit-test it with [`MemoryPool`] and
+//! [`MemoryPeers`]. The helpers ([`label`], [`has_labels`], [`Cidr`], [`config_get`], [`log`],
+//! …) are plain Rust and work on the host target too, so a plugin's decision logic can be
+//! unit-tested with `cargo test`.
 
 pub mod allocation;
 mod config;
 mod labels;
 pub mod log;
 mod net;
+pub mod peers;
 
-pub use allocation::free_addresses;
+pub use allocation::{FreePool, MemoryPool, highest_free, lowest_free};
+pub use peers::{MemoryPeers, PeerSet};
 pub use config::{ConfigCell, check_keys, config_get};
 pub use labels::{has_labels, label};
-pub use net::{Addresses, Cidr, addresses, format_ipv4, parse_cidr_list, parse_ipv4};
+pub use net::{Addresses, Cidr, addresses, format_ipv4, ip, num, parse_cidr_list, parse_ipv4};
 
 /// Generated bindings (wit-bindgen), one module per SDK world.
 ///
 /// Why not one module per policy world: every policy world is `import host; export plugin;
 /// export <hook>`, and wit-bindgen defines the public export macro of an exported interface at
 /// the crate root under a name derived from the interface alone
-/// (`__export_weir_policy_plugin_0_1_0_cabi`). Generating `allocator-plugin`,
+/// (`__export_weir_policy_plugin_0_2_0_cabi`). Generating `allocator-plugin`,
 /// `firewall-plugin` and `router-plugin` in one crate therefore defines the `plugin` macro three
 /// times (and `with:` cannot share exports). So `sdk/wit/sdk.wit` re-slices the policy worlds
 /// without changing them: [`base`](bindings::base) generates `types`, `host` and the `plugin`
@@ -74,7 +80,7 @@ pub mod bindings {
     pub mod base {
         wit_bindgen::generate!({
             path: ["../../wit", "wit"],
-            world: "weir:sdk/base@0.1.0",
+            world: "weir:sdk/base@0.2.0",
             pub_export_macro: true,
             export_macro_name: "export_base",
             default_bindings_module: "weir_plugin_sdk::bindings::base",
@@ -88,11 +94,14 @@ pub mod bindings {
     pub mod allocator {
         wit_bindgen::generate!({
             path: ["../../wit", "wit"],
-            world: "weir:sdk/allocator-hooks@0.1.0",
+            world: "weir:sdk/allocator-hooks@0.2.0",
             pub_export_macro: true,
             export_macro_name: "export_allocator_hooks",
             default_bindings_module: "weir_plugin_sdk::bindings::allocator",
-            with: { "weir:policy/types@0.1.0": crate::bindings::base::weir::policy::types },
+            with: {
+                "weir:policy/types@0.2.0": crate::bindings::base::weir::policy::types,
+                "weir:policy/address-pool@0.2.0": generate,
+            },
         });
     }
 
@@ -100,11 +109,11 @@ pub mod bindings {
     pub mod firewall {
         wit_bindgen::generate!({
             path: ["../../wit", "wit"],
-            world: "weir:sdk/firewall-hooks@0.1.0",
+            world: "weir:sdk/firewall-hooks@0.2.0",
             pub_export_macro: true,
             export_macro_name: "export_firewall_hooks",
             default_bindings_module: "weir_plugin_sdk::bindings::firewall",
-            with: { "weir:policy/types@0.1.0": crate::bindings::base::weir::policy::types },
+            with: { "weir:policy/types@0.2.0": crate::bindings::base::weir::policy::types },
         });
     }
 
@@ -112,11 +121,14 @@ pub mod bindings {
     pub mod router {
         wit_bindgen::generate!({
             path: ["../../wit", "wit"],
-            world: "weir:sdk/router-hooks@0.1.0",
+            world: "weir:sdk/router-hooks@0.2.0",
             pub_export_macro: true,
             export_macro_name: "export_router_hooks",
             default_bindings_module: "weir_plugin_sdk::bindings::router",
-            with: { "weir:policy/types@0.1.0": crate::bindings::base::weir::policy::types },
+            with: {
+                "weir:policy/types@0.2.0": crate::bindings::base::weir::policy::types,
+                "weir:policy/peer-set@0.2.0": generate,
+            },
         });
     }
 }
@@ -139,12 +151,19 @@ pub use bindings::firewall::exports::weir::policy::firewall::Guest as Firewall;
 /// The hook of the `router-plugin` world: paths to peer runners and egress.
 pub use bindings::router::exports::weir::policy::router::Guest as Router;
 
+/// The address pool an `assign-address` call borrows (the host's, queried in place).
+pub use bindings::allocator::weir::policy::address_pool::Pool;
+
+/// The peer runners a `route` call borrows (the host's index, queried in place).
+pub use bindings::router::weir::policy::peer_set::Peers;
+
 /// Everything a plugin usually needs: `use weir_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::types::*;
     pub use crate::{
-        Allocator, Cidr, ConfigCell, Firewall, Plugin, Router, addresses, check_keys, config_get,
-        format_ipv4, free_addresses, has_labels, label, log, parse_cidr_list, parse_ipv4,
+        Allocator, Cidr, ConfigCell, Firewall, FreePool, MemoryPeers, MemoryPool, PeerSet, Peers,
+        Plugin, Pool, Router, addresses, check_keys, config_get, format_ipv4, has_labels,
+        highest_free, ip, label, log, lowest_free, num, parse_cidr_list, parse_ipv4,
     };
 }
 
@@ -216,9 +235,10 @@ macro_rules! export_allocator {
                 }
                 fn assign_address(
                     request: $crate::types::AddressRequest,
+                    pool: &$crate::Pool,
                 ) -> $crate::types::AddressDecision {
                     $crate::__private::enter();
-                    <$ty as $crate::Allocator>::assign_address(request)
+                    <$ty as $crate::Allocator>::assign_address(request, pool)
                 }
             }
             $crate::bindings::allocator::export_allocator_hooks!(
@@ -262,9 +282,12 @@ macro_rules! export_router {
             struct __WeirExport;
             $crate::__export_plugin!(__WeirExport, $ty);
             impl $crate::Router for __WeirExport {
-                fn route(request: $crate::types::RouteRequest) -> $crate::types::RouteDecision {
+                fn route(
+                    request: $crate::types::RouteRequest,
+                    peers: &$crate::Peers,
+                ) -> $crate::types::RouteDelta {
                     $crate::__private::enter();
-                    <$ty as $crate::Router>::route(request)
+                    <$ty as $crate::Router>::route(request, peers)
                 }
             }
             $crate::bindings::router::export_router_hooks!(

@@ -1,9 +1,20 @@
-//! IPv4 addresses and CIDRs as the WIT carries them: dotted-quad strings and `a.b.c.d/n`.
+//! IPv4 addresses and CIDRs. The WIT carries addresses as numbers (`u32`, 10.0.0.1 is
+//! 0x0a000001) and CIDRs as `cidr` records; settings come as text (`a.b.c.d`, `a.b.c.d/n`).
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+
+/// The address a WIT `ipv4` number stands for.
+pub fn ip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(n)
+}
+
+/// The WIT `ipv4` number of an address.
+pub fn num(a: Ipv4Addr) -> u32 {
+    u32::from(a)
+}
 
 /// Parse a dotted-quad IPv4 address (surrounding whitespace is ignored).
 pub fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
@@ -99,6 +110,27 @@ impl Cidr {
     /// Every address of the network, network and broadcast included.
     pub fn addresses(&self) -> Addresses {
         addresses(self.network(), self.broadcast())
+    }
+}
+
+impl From<crate::types::Cidr> for Cidr {
+    /// A WIT `cidr` (a prefix above 32 is taken as 32).
+    fn from(c: crate::types::Cidr) -> Self {
+        let prefix = c.prefix.min(32);
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        Self {
+            network: c.address & mask,
+            prefix,
+        }
+    }
+}
+
+impl From<Cidr> for crate::types::Cidr {
+    fn from(c: Cidr) -> Self {
+        Self {
+            address: c.network,
+            prefix: c.prefix,
+        }
     }
 }
 

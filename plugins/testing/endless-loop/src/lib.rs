@@ -15,7 +15,7 @@ impl Allocator for EndlessLoop {
         spin()
     }
 
-    fn assign_address(_request: AddressRequest) -> AddressDecision {
+    fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
         spin()
     }
 }

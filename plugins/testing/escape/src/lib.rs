@@ -17,7 +17,7 @@ impl Allocator for Escape {
         RunnerDecision::Deny(try_escape())
     }
 
-    fn assign_address(_request: AddressRequest) -> AddressDecision {
+    fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
         AddressDecision::Deny(try_escape())
     }
 }

@@ -1,7 +1,7 @@
-//! Test plugin `highest-address`: every workload gets the HIGHEST free address (from `last`
-//! downwards, skipping taken addresses, the gateway and the host's `.254`); runner ids are the
-//! built-in ones. Tests check that real workloads get exactly these addresses, and hot reload
-//! swaps between this and `default-allocator`.
+//! Test plugin `highest-address`: every workload gets the HIGHEST free address of the pool
+//! (one query from `last` downwards; the pool never offers a held address, the gateway or the
+//! host's `.254`); runner ids are the built-in ones. Tests check that real workloads get
+//! exactly these addresses, and hot reload swaps between this and `default-allocator`.
 
 use weir_plugin_sdk::prelude::*;
 
@@ -18,21 +18,21 @@ impl Allocator for HighestAddress {
         RunnerDecision::Builtin
     }
 
-    fn assign_address(request: AddressRequest) -> AddressDecision {
-        highest(&request)
+    fn assign_address(request: AddressRequest, pool: &Pool) -> AddressDecision {
+        highest(&request, pool)
     }
 }
 
 weir_plugin_sdk::export_allocator!(HighestAddress);
 
 /// The highest free address, or deny.
-pub fn highest(request: &AddressRequest) -> AddressDecision {
-    match free_addresses(request) {
-        Ok(mut free) => match free.next_back() {
-            Some(a) => AddressDecision::Address(a.to_string()),
-            None => AddressDecision::Deny(format!("no free address left in {}", request.subnet)),
-        },
-        Err(e) => AddressDecision::Deny(format!("malformed address request: {e}")),
+pub fn highest(request: &AddressRequest, pool: &impl FreePool) -> AddressDecision {
+    match highest_free(request, pool) {
+        Some(a) => AddressDecision::Address(num(a)),
+        None => AddressDecision::Deny(format!(
+            "no free address left in {}",
+            Cidr::from(request.subnet)
+        )),
     }
 }
 
@@ -40,48 +40,56 @@ pub fn highest(request: &AddressRequest) -> AddressDecision {
 mod tests {
     use super::*;
 
-    fn request(subnet: &str, first: &str, last: &str, taken: &[&str]) -> AddressRequest {
+    fn request(subnet: &str, first: &str, last: &str) -> AddressRequest {
+        let net = Cidr::parse(subnet).unwrap();
+        let n = |s: &str| num(s.parse().unwrap());
         AddressRequest {
             network: "default".into(),
             workload_id: "w1".into(),
             kind: WorkloadKind::Vm,
+            origin: Origin {
+                engine: Engine::Scheduler,
+                name: String::new(),
+            },
             labels: vec![],
             runner: "r1".into(),
             runner_labels: vec![],
-            subnet: subnet.into(),
-            gateway: Cidr::parse(subnet).unwrap().nth(1).unwrap().to_string(),
-            first: first.into(),
-            last: last.into(),
-            taken: taken.iter().map(|s| s.to_string()).collect(),
+            subnet: net.into(),
+            gateway: num(net.nth(1).unwrap()),
+            first: n(first),
+            last: n(last),
         }
+    }
+
+    fn decide(r: &AddressRequest, held: &[&str]) -> AddressDecision {
+        let held: Vec<_> = held.iter().map(|a| a.parse().unwrap()).collect();
+        highest(r, &MemoryPool::for_request(r, &held))
+    }
+
+    fn address(s: &str) -> AddressDecision {
+        AddressDecision::Address(num(s.parse().unwrap()))
     }
 
     #[test]
     fn picks_from_the_top() {
-        let r = request("10.0.1.0/24", "10.0.1.2", "10.0.1.253", &[]);
-        assert_eq!(highest(&r), AddressDecision::Address("10.0.1.253".into()));
-        let r = request(
-            "10.0.1.0/24",
-            "10.0.1.2",
-            "10.0.1.253",
-            &["10.0.1.253", "10.0.1.252"],
+        let r = request("10.0.1.0/24", "10.0.1.2", "10.0.1.253");
+        assert_eq!(decide(&r, &[]), address("10.0.1.253"));
+        assert_eq!(
+            decide(&r, &["10.0.1.253", "10.0.1.252"]),
+            address("10.0.1.251")
         );
-        assert_eq!(highest(&r), AddressDecision::Address("10.0.1.251".into()));
     }
 
     #[test]
     fn skips_the_host_side_and_the_gateway() {
-        let r = request("10.0.1.0/24", "10.0.1.1", "10.0.1.254", &[]);
-        assert_eq!(highest(&r), AddressDecision::Address("10.0.1.253".into()));
-        let r = request("10.0.1.0/24", "10.0.1.1", "10.0.1.2", &["10.0.1.2"]);
+        let r = request("10.0.1.0/24", "10.0.1.1", "10.0.1.254");
+        assert_eq!(decide(&r, &[]), address("10.0.1.253"));
+        let r = request("10.0.1.0/24", "10.0.1.1", "10.0.1.2");
         assert_eq!(
-            highest(&r),
+            decide(&r, &["10.0.1.2"]),
             AddressDecision::Deny("no free address left in 10.0.1.0/24".into())
         );
-        let r = request("10.128.64.0/18", "10.128.64.2", "10.128.127.253", &[]);
-        assert_eq!(
-            highest(&r),
-            AddressDecision::Address("10.128.127.253".into())
-        );
+        let r = request("10.128.64.0/18", "10.128.64.2", "10.128.127.253");
+        assert_eq!(decide(&r, &[]), address("10.128.127.253"));
     }
 }

@@ -16,7 +16,7 @@ impl Allocator for MemoryBomb {
         hoard()
     }
 
-    fn assign_address(_request: AddressRequest) -> AddressDecision {
+    fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
         hoard()
     }
 }

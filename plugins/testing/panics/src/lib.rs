@@ -16,7 +16,7 @@ impl Allocator for Panics {
         panic!("deliberate panic in a test plugin")
     }
 
-    fn assign_address(_request: AddressRequest) -> AddressDecision {
+    fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
         panic!("deliberate panic in a test plugin")
     }
 }

@@ -16,8 +16,8 @@ impl Allocator for WrongOutput {
         RunnerDecision::Id(request.plan.max_runners.saturating_add(100))
     }
 
-    fn assign_address(_request: AddressRequest) -> AddressDecision {
-        AddressDecision::Address("10.255.255.254".into())
+    fn assign_address(_request: AddressRequest, _pool: &Pool) -> AddressDecision {
+        AddressDecision::Address(num("10.255.255.254".parse().unwrap()))
     }
 }
 

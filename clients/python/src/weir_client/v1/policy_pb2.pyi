@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("config",)
+    __slots__ = ("config", "interface_version")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -15,8 +15,10 @@ class ConfigureRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_VERSION_FIELD_NUMBER: _ClassVar[int]
     config: _containers.ScalarMap[str, str]
-    def __init__(self, config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    interface_version: str
+    def __init__(self, config: _Optional[_Mapping[str, str]] = ..., interface_version: _Optional[str] = ...) -> None: ...
 
 class ConfigureResponse(_message.Message):
     __slots__ = ("error",)
@@ -81,8 +83,24 @@ class RunnerDecision(_message.Message):
     deny: str
     def __init__(self, id: _Optional[int] = ..., builtin: bool = ..., deny: _Optional[str] = ...) -> None: ...
 
+class Origin(_message.Message):
+    __slots__ = ("engine", "name")
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    engine: str
+    name: str
+    def __init__(self, engine: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class AddressRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
 class AddressRequest(_message.Message):
-    __slots__ = ("network", "workload_id", "vm", "labels", "runner", "runner_labels", "subnet", "gateway", "first", "last", "taken")
+    __slots__ = ("network", "workload_id", "vm", "labels", "runner", "runner_labels", "subnet", "gateway", "first", "last", "free", "free_count", "pool_generation", "origin")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +125,10 @@ class AddressRequest(_message.Message):
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
-    TAKEN_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    FREE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    POOL_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     network: str
     workload_id: str
     vm: bool
@@ -118,8 +139,11 @@ class AddressRequest(_message.Message):
     gateway: str
     first: str
     last: str
-    taken: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ..., vm: bool = ..., labels: _Optional[_Mapping[str, str]] = ..., runner: _Optional[str] = ..., runner_labels: _Optional[_Mapping[str, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., first: _Optional[str] = ..., last: _Optional[str] = ..., taken: _Optional[_Iterable[str]] = ...) -> None: ...
+    free: _containers.RepeatedCompositeFieldContainer[AddressRange]
+    free_count: int
+    pool_generation: int
+    origin: Origin
+    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ..., vm: bool = ..., labels: _Optional[_Mapping[str, str]] = ..., runner: _Optional[str] = ..., runner_labels: _Optional[_Mapping[str, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., first: _Optional[str] = ..., last: _Optional[str] = ..., free: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ..., free_count: _Optional[int] = ..., pool_generation: _Optional[int] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
 
 class AddressDecision(_message.Message):
     __slots__ = ("address", "next_free", "deny")
@@ -145,7 +169,7 @@ class LabelSet(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class FirewallRequest(_message.Message):
-    __slots__ = ("network", "workload_id", "labels", "runner", "address", "groups")
+    __slots__ = ("network", "workload_id", "labels", "runner", "address", "groups", "origin")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -159,13 +183,15 @@ class FirewallRequest(_message.Message):
     RUNNER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     network: str
     workload_id: str
     labels: _containers.ScalarMap[str, str]
     runner: str
     address: str
     groups: _containers.RepeatedCompositeFieldContainer[LabelSet]
-    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., runner: _Optional[str] = ..., address: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[LabelSet, _Mapping]]] = ...) -> None: ...
+    origin: Origin
+    def __init__(self, network: _Optional[str] = ..., workload_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., runner: _Optional[str] = ..., address: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[LabelSet, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
 
 class PortRange(_message.Message):
     __slots__ = ("first", "last")
@@ -211,8 +237,8 @@ class FirewallDecision(_message.Message):
     default_verdict: str
     def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., default_verdict: _Optional[str] = ...) -> None: ...
 
-class PeerRunner(_message.Message):
-    __slots__ = ("name", "labels", "physical_ip")
+class RunnerInfo(_message.Message):
+    __slots__ = ("name", "labels", "physical_ip", "id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,41 +249,38 @@ class PeerRunner(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PHYSICAL_IP_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     physical_ip: str
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., physical_ip: _Optional[str] = ...) -> None: ...
+    id: int
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., physical_ip: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("network", "runner", "labels", "peers")
-    class LabelsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    __slots__ = ("network", "runner", "joined", "peer", "peers")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     RUNNER_FIELD_NUMBER: _ClassVar[int]
-    LABELS_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     network: str
-    runner: str
-    labels: _containers.ScalarMap[str, str]
-    peers: _containers.RepeatedCompositeFieldContainer[PeerRunner]
-    def __init__(self, network: _Optional[str] = ..., runner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., peers: _Optional[_Iterable[_Union[PeerRunner, _Mapping]]] = ...) -> None: ...
+    runner: RunnerInfo
+    joined: bool
+    peer: RunnerInfo
+    peers: _containers.RepeatedCompositeFieldContainer[RunnerInfo]
+    def __init__(self, network: _Optional[str] = ..., runner: _Optional[_Union[RunnerInfo, _Mapping]] = ..., joined: bool = ..., peer: _Optional[_Union[RunnerInfo, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[RunnerInfo, _Mapping]]] = ...) -> None: ...
 
-class RouteDecision(_message.Message):
-    __slots__ = ("peers", "egress")
-    class PeersEntry(_message.Message):
+class RouteDelta(_message.Message):
+    __slots__ = ("paths", "egress")
+    class PathsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    PEERS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
-    peers: _containers.ScalarMap[str, str]
+    paths: _containers.ScalarMap[str, str]
     egress: str
-    def __init__(self, peers: _Optional[_Mapping[str, str]] = ..., egress: _Optional[str] = ...) -> None: ...
+    def __init__(self, paths: _Optional[_Mapping[str, str]] = ..., egress: _Optional[str] = ...) -> None: ...

@@ -57,7 +57,7 @@ class PolicyPluginStub(object):
         self.Route = channel.unary_unary(
                 '/weir.v1.PolicyPlugin/Route',
                 request_serializer=weir_dot_v1_dot_policy__pb2.RouteRequest.SerializeToString,
-                response_deserializer=weir_dot_v1_dot_policy__pb2.RouteDecision.FromString,
+                response_deserializer=weir_dot_v1_dot_policy__pb2.RouteDelta.FromString,
                 _registered_method=True)
 
 
@@ -121,7 +121,7 @@ def add_PolicyPluginServicer_to_server(servicer, server):
             'Route': grpc.unary_unary_rpc_method_handler(
                     servicer.Route,
                     request_deserializer=weir_dot_v1_dot_policy__pb2.RouteRequest.FromString,
-                    response_serializer=weir_dot_v1_dot_policy__pb2.RouteDecision.SerializeToString,
+                    response_serializer=weir_dot_v1_dot_policy__pb2.RouteDelta.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,7 +258,7 @@ class PolicyPlugin(object):
             target,
             '/weir.v1.PolicyPlugin/Route',
             weir_dot_v1_dot_policy__pb2.RouteRequest.SerializeToString,
-            weir_dot_v1_dot_policy__pb2.RouteDecision.FromString,
+            weir_dot_v1_dot_policy__pb2.RouteDelta.FromString,
             options,
             channel_credentials,
             insecure,

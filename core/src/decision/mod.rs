@@ -4,10 +4,21 @@
 //! hub, the agent and the data plane all speak it.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub mod peers;
+pub mod pool;
+
+pub use peers::{PeerIndex, PeersView};
+pub use pool::{FreeRanges, PoolJson, PoolView};
+
 pub type Labels = BTreeMap<String, String>;
+
+/// The version of `wit/policy.wit` (and of `weir.v1.PolicyPlugin`'s shape) this host speaks.
+pub const INTERFACE_VERSION: &str = "0.2.0";
 
 /// Which hook a decision is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,7 +57,7 @@ impl std::fmt::Display for Hook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanInfo {
     pub spec: String,
-    pub overlay: String,
+    pub overlay: Ipv4Net,
     pub max_runners: u32,
 }
 
@@ -54,7 +65,7 @@ pub struct PlanInfo {
 pub struct TakenId {
     pub id: u32,
     pub runner: Option<String>,
-    pub physical_ip: String,
+    pub physical_ip: Ipv4Addr,
     pub last_seen_ms: i64,
     pub active: bool,
 }
@@ -63,7 +74,7 @@ pub struct TakenId {
 pub struct RunnerRequest {
     pub network: String,
     pub name: String,
-    pub physical_ip: String,
+    pub physical_ip: Ipv4Addr,
     #[serde(default)]
     pub labels: Labels,
     #[serde(default)]
@@ -79,29 +90,176 @@ pub enum RunnerDecision {
     Deny(String),
 }
 
+/// Which engine attached a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    #[default]
+    Scheduler,
+    Cni,
+    Docker,
+    Netavark,
+    Kohakuriver,
+}
+
+/// Who attached a workload: the engine and its network (`cni/NAME`, `docker/ID`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Origin {
+    pub engine: Engine,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+impl Origin {
+    /// A record's origin (`scheduler`, `cni/NAME`, `docker/ID`, `netavark/NAME`,
+    /// `kohakuriver/…`); anything else is the scheduler's, named as given.
+    pub fn parse(s: &str) -> Self {
+        let (engine, name) = s.split_once('/').unwrap_or((s, ""));
+        let engine = match engine {
+            "cni" => Engine::Cni,
+            "docker" => Engine::Docker,
+            "netavark" => Engine::Netavark,
+            "kohakuriver" => Engine::Kohakuriver,
+            "scheduler" | "" => Engine::Scheduler,
+            _ => {
+                return Self {
+                    engine: Engine::Scheduler,
+                    name: s.to_string(),
+                };
+            }
+        };
+        Self {
+            engine,
+            name: name.to_string(),
+        }
+    }
+}
+
+/// An attach, and the pool its address comes from (a shared view, not a copy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AddressRequestJson", into = "AddressRequestJson")]
 pub struct AddressRequest {
     pub network: String,
     pub workload_id: String,
-    #[serde(default)]
     pub vm: bool,
-    #[serde(default)]
+    pub origin: Origin,
     pub labels: Labels,
     pub runner: String,
-    #[serde(default)]
     pub runner_labels: Labels,
-    pub subnet: String,
-    pub gateway: String,
-    pub first: String,
-    pub last: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub pool: PoolView,
+}
+
+impl AddressRequest {
+    /// A scheduler's container attach on `subnet` with the hub's address rules (gateway `.1`,
+    /// workloads `.2` to broadcast − 2, never the host's `.254`), `held` already taken: for
+    /// tests, benchmarks and `weir plugin bench`.
+    pub fn on_subnet(runner: &str, workload_id: &str, subnet: Ipv4Net, held: &[Ipv4Addr]) -> Self {
+        let net = u32::from(subnet.network());
+        let first = Ipv4Addr::from(net.saturating_add(2));
+        let last = Ipv4Addr::from(u32::from(subnet.broadcast()).saturating_sub(2));
+        let host_side = Ipv4Addr::from(net.saturating_add(254));
+        let mut held = held.to_vec();
+        if subnet.prefix_len() <= 24 {
+            held.push(host_side);
+        }
+        Self {
+            network: "default".into(),
+            workload_id: workload_id.into(),
+            vm: false,
+            origin: Origin::default(),
+            labels: Labels::new(),
+            runner: runner.into(),
+            runner_labels: Labels::new(),
+            subnet,
+            gateway: Ipv4Addr::from(net.saturating_add(1)),
+            first,
+            last,
+            pool: PoolView::from_held(first, last, &held),
+        }
+    }
+}
+
+/// The JSON form of [`AddressRequest`]: the pool as a summary (what the decision log writes:
+/// its generation and digest, O(1)), or, written by hand, as `free` ranges or `held`
+/// addresses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AddressRequestJson {
+    network: String,
+    workload_id: String,
     #[serde(default)]
-    pub taken: Vec<String>,
+    vm: bool,
+    #[serde(default)]
+    origin: Origin,
+    #[serde(default)]
+    labels: Labels,
+    runner: String,
+    #[serde(default)]
+    runner_labels: Labels,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    first: Ipv4Addr,
+    last: Ipv4Addr,
+    #[serde(default)]
+    pool: PoolJson,
+}
+
+impl TryFrom<AddressRequestJson> for AddressRequest {
+    type Error = String;
+    fn try_from(j: AddressRequestJson) -> Result<Self, String> {
+        if j.first > j.last {
+            return Err(format!("first {} is above last {}", j.first, j.last));
+        }
+        let mut pool = j.pool.view(j.first, j.last);
+        // The gateway is never free, whatever the JSON said.
+        if pool.is_free(j.gateway) {
+            let mut free = pool.free().clone();
+            free.remove(u32::from(j.gateway));
+            pool = PoolView::new(std::sync::Arc::new(free), pool.generation());
+        }
+        Ok(Self {
+            network: j.network,
+            workload_id: j.workload_id,
+            vm: j.vm,
+            origin: j.origin,
+            labels: j.labels,
+            runner: j.runner,
+            runner_labels: j.runner_labels,
+            subnet: j.subnet,
+            gateway: j.gateway,
+            first: j.first,
+            last: j.last,
+            pool,
+        })
+    }
+}
+
+impl From<AddressRequest> for AddressRequestJson {
+    fn from(r: AddressRequest) -> Self {
+        Self {
+            pool: PoolJson::summary(&r.pool),
+            network: r.network,
+            workload_id: r.workload_id,
+            vm: r.vm,
+            origin: r.origin,
+            labels: r.labels,
+            runner: r.runner,
+            runner_labels: r.runner_labels,
+            subnet: r.subnet,
+            gateway: r.gateway,
+            first: r.first,
+            last: r.last,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AddressDecision {
-    Address(String),
+    Address(Ipv4Addr),
     NextFree,
     Deny(String),
 }
@@ -162,7 +320,9 @@ pub struct FirewallRequest {
     #[serde(default)]
     pub labels: Labels,
     pub runner: String,
-    pub address: String,
+    pub address: Ipv4Addr,
+    #[serde(default)]
+    pub origin: Origin,
     #[serde(default)]
     pub groups: Vec<Labels>,
 }
@@ -180,35 +340,89 @@ pub enum PathKind {
     Direct,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Egress {
+    #[default]
     RunnerNat,
     ViaHost,
 }
 
+/// A runner as route decisions see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRunner {
+pub struct RunnerInfo {
     pub name: String,
+    pub id: u32,
     #[serde(default)]
     pub labels: Labels,
-    pub physical_ip: String,
+    pub physical_ip: Ipv4Addr,
 }
 
+/// What a route decision is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteChange {
+    /// The runner joined or changed: every path anew (peers not named: via-hub).
+    Joined,
+    /// A peer joined or changed: the path to it.
+    Peer(RunnerInfo),
+}
+
+/// One runner's paths after a change, and the peers it may name (a shared index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RouteRequestJson", into = "RouteRequestJson")]
 pub struct RouteRequest {
     pub network: String,
-    pub runner: String,
-    #[serde(default)]
-    pub labels: Labels,
-    #[serde(default)]
-    pub peers: Vec<PeerRunner>,
+    pub runner: RunnerInfo,
+    pub change: RouteChange,
+    pub peers: PeersView,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteDecision {
-    pub peers: Vec<(String, PathKind)>,
-    pub egress: Egress,
+/// The JSON form of [`RouteRequest`]: the peers are listed when written by hand; the
+/// decision log writes their count only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RouteRequestJson {
+    network: String,
+    runner: RunnerInfo,
+    change: RouteChange,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<RunnerInfo>,
+    #[serde(default)]
+    peer_count: usize,
+}
+
+impl TryFrom<RouteRequestJson> for RouteRequest {
+    type Error = String;
+    fn try_from(j: RouteRequestJson) -> Result<Self, String> {
+        let me = j.runner.name.clone();
+        Ok(Self {
+            network: j.network,
+            runner: j.runner,
+            change: j.change,
+            peers: PeersView::new(std::sync::Arc::new(PeerIndex::new(j.peers)), &me),
+        })
+    }
+}
+
+impl From<RouteRequest> for RouteRequestJson {
+    fn from(r: RouteRequest) -> Self {
+        Self {
+            peer_count: r.peers.count(),
+            network: r.network,
+            runner: r.runner,
+            change: r.change,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// What a route decision changes: paths not named keep what they were.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RouteDelta {
+    #[serde(default)]
+    pub paths: Vec<(String, PathKind)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 /// One call of one hook.
@@ -246,7 +460,7 @@ pub enum Decision {
     Runner(RunnerDecision),
     Address(AddressDecision),
     Firewall(FirewallDecision),
-    Route(RouteDecision),
+    Route(RouteDelta),
 }
 
 impl Decision {
