@@ -305,6 +305,10 @@ async fn the_host_refuses_files_that_are_not_policy_components() {
             plugin_path("tenant_isolation"),
             "does not implement the allocator world",
         ),
+        (
+            plugin_path("old_interface"),
+            "implements weir:policy@0.1.0, but this host needs weir:policy@0.2.0",
+        ),
     ];
     for (file, want) in cases {
         let cfg = dir.join("host.toml");

@@ -88,6 +88,7 @@ fn check(file: &Path, json: bool) -> Result<(), CliError> {
         println!(
             "{}",
             json!({"file": file.display().to_string(), "version": c.version,
+                   "interface": format!("weir:policy@{}", wasm::PACKAGE_VERSION),
                    "worlds": c.hooks.iter().map(|h| format!("{h}-plugin")).collect::<Vec<_>>(),
                    "imports": c.imports, "exports": c.exports,
                    "compile_ms": c.compile_time.as_secs_f64() * 1e3})
@@ -98,6 +99,7 @@ fn check(file: &Path, json: bool) -> Result<(), CliError> {
             file.display(),
             c.version
         );
+        println!("interface weir:policy@{}", wasm::PACKAGE_VERSION);
         println!(
             "worlds    {}",
             c.hooks
@@ -465,7 +467,7 @@ mod tests {
             parse_request(Hook::Allocator, runner).unwrap().call_name(),
             "assign-runner"
         );
-        let tagged = r#"{"call":"route","network":"default","runner":"r1"}"#;
+        let tagged = r#"{"call":"route","network":"default","runner":{"name":"r1","id":1,"physical_ip":"192.0.2.1"},"change":"joined"}"#;
         assert_eq!(
             parse_request(Hook::Router, tagged).unwrap().call_name(),
             "route"

@@ -256,11 +256,25 @@ impl PoolJson {
         let (lo, hi) = (u32::from(first), u32::from(last));
         match (&self.free, &self.held) {
             (Some(free), _) => {
-                let mut f = FreeRanges::new(1, 0);
-                for (s, e) in free {
-                    for a in u32::from(*s).max(lo)..=u32::from(*e).min(hi) {
-                        f.insert(a);
+                // Start from the whole range and take out what no free range covers, so the
+                // digest is that of the pool the ranges describe (O(range), for requests
+                // written by hand).
+                let mut covered: Vec<(u32, u32)> = free
+                    .iter()
+                    .map(|(s, e)| (u32::from(*s).max(lo), u32::from(*e).min(hi)))
+                    .filter(|(s, e)| s <= e)
+                    .collect();
+                covered.sort();
+                let mut f = FreeRanges::new(lo, hi);
+                let mut next = u64::from(lo);
+                for (s, e) in covered {
+                    for a in next..u64::from(s) {
+                        f.remove(a as u32);
                     }
+                    next = next.max(u64::from(e) + 1);
+                }
+                for a in next..=u64::from(hi) {
+                    f.remove(a as u32);
                 }
                 PoolView::new(Arc::new(f), self.generation)
             }
