@@ -15,6 +15,7 @@ mod engines;
 mod env;
 mod hub;
 mod memory;
+mod plugin_scale;
 mod policy;
 mod report;
 mod scale;

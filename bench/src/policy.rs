@@ -2,7 +2,7 @@
 //! physical IP inside one of these CIDRs?") as (a) the WebAssembly plugin on a warm instance,
 //! (b) the same plugin on a fresh instance per call, (c) plain Rust, (d) Rego through `regorus`,
 //! interpreted (`eval_rule`) and, as row (e), compiled to `regorus`'s bytecode VM (RVM).
-//! Plus `default-allocator`'s `assign-address` on a warm instance (the docs' ≤ 2 µs target).
+//! Plus the decisions at cluster scale (`plugin_scale`): assign-address with the pool filling up, a route among 1,000 peers, fresh instances, gRPC request sizes.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
-use weir::decision::{
-    AddressDecision, AddressRequest, Decision, Hook, PlanInfo, Request, RunnerDecision,
-    RunnerRequest, TakenId,
-};
+use weir::decision::{Decision, Hook, PlanInfo, Request, RunnerDecision, RunnerRequest, TakenId};
 use weir::policy::Limits;
 use weir::policy::wasm::{self, WasmPlugin};
 
@@ -61,8 +58,7 @@ struct Measured {
     native: Samples,
     rego: Samples,
     rego_vm: Samples,
-    alloc_warm: Samples,
-    alloc_fresh: Samples,
+    scale: crate::plugin_scale::Scale,
 }
 
 fn measure(opts: Opts) -> Result<Measured> {
@@ -147,38 +143,7 @@ fn measure(opts: Opts) -> Result<Measured> {
         rego_vm_samples.push(started.elapsed());
     }
 
-    println!("policy: default-allocator assign-address ×{n} …");
-    let alloc_path = env::plugin("default_allocator")?;
-    let alloc_compiled = wasm::compile(&alloc_path, None)
-        .with_context(|| format!("compile {}", alloc_path.display()))?;
-    let alloc_load = || {
-        WasmPlugin::new(
-            "allocator",
-            &alloc_path,
-            &alloc_compiled,
-            Hook::Allocator,
-            Limits::default(),
-            Vec::new(),
-        )
-        .context("load default_allocator")
-    };
-    let allocator = alloc_load()?;
-    let addr = Request::AssignAddress(address_request());
-    match allocator.call(&addr) {
-        Ok(Decision::Address(AddressDecision::Address(a))) if a == Ipv4Addr::new(10, 128, 64, 5) => {}
-        other => bail!("default_allocator should pick 10.128.64.5, answered {other:?}"),
-    }
-    let alloc_warm = time_each(n, || {
-        black_box(allocator.call(black_box(&addr)).ok());
-    });
-    let mut alloc_fresh = Vec::with_capacity(fresh_n);
-    for _ in 0..fresh_n {
-        let p = alloc_load()?;
-        p.drain_warm();
-        let started = Instant::now();
-        black_box(p.call(black_box(&addr)).ok());
-        alloc_fresh.push(started.elapsed());
-    }
+    let scale = crate::plugin_scale::measure(opts)?;
 
     Ok(Measured {
         n,
@@ -188,8 +153,7 @@ fn measure(opts: Opts) -> Result<Measured> {
         native: Samples::new(native_samples),
         rego: Samples::new(rego_samples),
         rego_vm: Samples::new(rego_vm_samples),
-        alloc_warm: Samples::new(alloc_warm),
-        alloc_fresh: Samples::new(alloc_fresh),
+        scale,
     })
 }
 
@@ -230,26 +194,7 @@ impl Measured {
             ]);
         }
         r.table(&t);
-        r.text(&format!(
-            "`default-allocator` `assign-address` (a /18 subnet, 3 addresses taken; the request of the \
-             figures above), N = {} warm, {} fresh. The target is a warm p50 ≤ 2 µs.",
-            self.n, self.fresh_n
-        ));
-        let target = Duration::from_micros(2);
-        let mut t = Table::new(&["call", "p50", "p99", "p50 / 2 µs target"]);
-        t.row([
-            "assign-address, warm instance".to_string(),
-            fmt_dur(self.alloc_warm.median()),
-            fmt_dur(self.alloc_warm.pct(0.99)),
-            dur_ratio(self.alloc_warm.median(), target),
-        ]);
-        t.row([
-            "assign-address, fresh instance".to_string(),
-            fmt_dur(self.alloc_fresh.median()),
-            fmt_dur(self.alloc_fresh.pct(0.99)),
-            dur_ratio(self.alloc_fresh.median(), target),
-        ]);
-        r.table(&t);
+        self.scale.report(&mut r);
         r
     }
 }
@@ -289,13 +234,6 @@ fn runner_request(physical_ip: &str) -> RunnerRequest {
             max_runners: 63,
         },
     }
-}
-
-/// A /18 runner subnet with `.2` to `.4` held.
-fn address_request() -> AddressRequest {
-    let subnet = Ipv4Net::new(Ipv4Addr::new(10, 128, 64, 0), 18).unwrap_or_default();
-    let held = [2, 3, 4].map(|d| Ipv4Addr::new(10, 128, 64, d));
-    AddressRequest::on_subnet("r1", "w1", subnet, &held)
 }
 
 /// The rule in plain Rust, as a built-in policy would have it.

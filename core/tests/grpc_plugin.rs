@@ -75,7 +75,9 @@ fn requests() -> Vec<Request> {
         r.last = ip(last);
         let mut held: Vec<_> = taken.iter().map(|s| ip(s)).collect();
         held.push(ip(gw));
-        held.push(std::net::Ipv4Addr::from(u32::from(r.subnet.network()) + 254));
+        held.push(std::net::Ipv4Addr::from(
+            u32::from(r.subnet.network()) + 254,
+        ));
         r.pool = t::PoolView::from_held(r.first, r.last, &held);
         Request::AssignAddress(r)
     };

@@ -92,7 +92,11 @@ impl PeersView {
     }
 
     /// At most `max` peers in name order after `after` ("" from the start).
-    pub fn page<'a>(&'a self, after: &str, max: usize) -> impl Iterator<Item = &'a RunnerInfo> + 'a {
+    pub fn page<'a>(
+        &'a self,
+        after: &str,
+        max: usize,
+    ) -> impl Iterator<Item = &'a RunnerInfo> + 'a {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = if after.is_empty() {
             Unbounded

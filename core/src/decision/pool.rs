@@ -141,9 +141,7 @@ impl FreeRanges {
             .checked_sub(1)
             .and_then(|p| self.holding(p))
             .map(|(s, _)| s);
-        let right = a
-            .checked_add(1)
-            .and_then(|n| self.ranges.get(&n).copied());
+        let right = a.checked_add(1).and_then(|n| self.ranges.get(&n).copied());
         let start = left.unwrap_or(a);
         let end = match right {
             Some(e) => {
@@ -374,12 +372,7 @@ mod tests {
         let full = PoolJson::full(&held);
         assert_eq!(
             full.free.as_deref(),
-            Some(
-                &[
-                    (first, first),
-                    (Ipv4Addr::new(10, 0, 0, 4), last)
-                ][..]
-            )
+            Some(&[(first, first), (Ipv4Addr::new(10, 0, 0, 4), last)][..])
         );
         assert_eq!(full.view(first, last), held);
         assert_eq!(full.free_count, 7);

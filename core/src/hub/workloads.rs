@@ -164,7 +164,16 @@ impl Hub {
                 break (existing.clone(), session, false, sub, id);
             }
             let source = self
-                .plugin_address(&mut st, &net, &runner, &workload_id, vm, &labels, &origin, source)
+                .plugin_address(
+                    &mut st,
+                    &net,
+                    &runner,
+                    &workload_id,
+                    vm,
+                    &labels,
+                    &origin,
+                    source,
+                )
                 .await?;
             let rec = self
                 .allocate(

@@ -360,7 +360,9 @@ mod tests {
     }
 
     fn decide(log: &Audit) {
-        let d = Decision::Address(AddressDecision::Address(std::net::Ipv4Addr::new(10, 0, 1, 9)));
+        let d = Decision::Address(AddressDecision::Address(std::net::Ipv4Addr::new(
+            10, 0, 1, 9,
+        )));
         log.record(
             "alloc",
             "v1",

@@ -108,6 +108,18 @@ impl GrpcPlugin {
     }
 }
 
+/// The size in bytes of `request` as a gRPC plugin receives it (benchmarks: what a decision
+/// costs on the wire, the pool as free ranges and the peers only on a join).
+pub fn encoded_len(request: &Request) -> usize {
+    use prost::Message;
+    match request {
+        Request::AssignRunner(r) => runner_request(r).encoded_len(),
+        Request::AssignAddress(r) => address_request(r).encoded_len(),
+        Request::Rules(r) => firewall_request(r).encoded_len(),
+        Request::Route(r) => route_request(r).encoded_len(),
+    }
+}
+
 fn timed<T>(msg: T, deadline: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(deadline);

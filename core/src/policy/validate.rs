@@ -169,7 +169,13 @@ mod tests {
         let req = addr_req(&["10.0.1.7"]);
         let a = |s: &str| Decision::Address(AddressDecision::Address(ip(s)));
         assert!(check(&req, a("10.0.1.9")).is_ok());
-        for bad in ["10.0.1.7", "10.0.1.1", "10.0.1.254", "10.0.1.255", "10.0.2.5"] {
+        for bad in [
+            "10.0.1.7",
+            "10.0.1.1",
+            "10.0.1.254",
+            "10.0.1.255",
+            "10.0.2.5",
+        ] {
             let e = check(&req, a(bad)).unwrap_err();
             assert_eq!(e.cause(), "output", "{bad}: {e}");
         }
