@@ -1,5 +1,5 @@
-//! Scale: attach latency as workloads pile up on one runner with the `tenant-isolation`
-//! firewall loaded, and the firewall's rule count. (Registrations and host restarts at
+//! Scale: attach latency as workloads pile up on one runner with the `default-allocator`
+//! address plugin and the `tenant-isolation` firewall loaded, and the firewall's rule count. (Registrations and host restarts at
 //! thousands of runners are the `hub` section.)
 
 use std::collections::HashMap;
@@ -51,8 +51,9 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
 
     let mut r = Report::new("scale", TITLE, opts, run);
     r.text(&format!(
-        "**Attach with many workloads.** A lab whose host loads `tenant-isolation` as its firewall \
-         (enforce; labels `tenant=a` / `tenant=b` alternating), `Control.AttachWorkload` one after another, \
+        "**Attach with many workloads.** A lab whose host loads `default-allocator` as its allocator (it \
+         picks every workload's address with one query of the runner's pool) and `tenant-isolation` as \
+         its firewall (enforce; labels `tenant=a` / `tenant=b` alternating), `Control.AttachWorkload` one after another, \
          each into its own namespace (all of them created before the first attach, as a container exists \
          before its network is attached), up to {} workloads; the mean (and median) latency of the attaches in \
          each window; *runner 1 kernel*: the mean time runner 1 spent creating a workload's interfaces in \
@@ -202,8 +203,12 @@ async fn attach_scale(runners: u32, checkpoints: [usize; 3]) -> Result<AttachSca
     let mut spec = env::lab_spec(&format!("sa{runners}"))?;
     spec.runners = runners;
     let path = env::plugin("tenant_isolation")?;
+    // An address-picking allocator too: every attach asks it for the address (interface 0.2:
+    // one query of the host's pool, whatever the number of workloads).
+    let alloc = env::plugin("default_allocator")?;
     spec.host_extra = format!(
-        "{}mode = \"enforce\"\n[policy.plugins.config]\nuntenanted = \"allow\"\n",
+        "{}{}mode = \"enforce\"\n[policy.plugins.config]\nuntenanted = \"allow\"\n",
+        env::plugin_toml("allocator", &alloc, "allocator", "deny", ""),
         env::plugin_toml("isolation", &path, "firewall", "deny", "")
     );
     let lab = env::lab_up(spec).await?;

@@ -77,7 +77,10 @@ impl FreePool for MemoryPool {
         self.free.contains(&u32::from(a))
     }
     fn next_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.free.range(u32::from(start)..).next().map(|a| Ipv4Addr::from(*a))
+        self.free
+            .range(u32::from(start)..)
+            .next()
+            .map(|a| Ipv4Addr::from(*a))
     }
     fn prev_free(&self, start: Ipv4Addr) -> Option<Ipv4Addr> {
         self.free
@@ -159,7 +162,10 @@ mod tests {
         assert_eq!(p.free_count(), 254 - 2 - 2);
         assert_eq!(
             p.free_ranges(a("10.0.1.0"), 2),
-            [(a("10.0.1.3"), a("10.0.1.3")), (a("10.0.1.5"), a("10.0.1.253"))]
+            [
+                (a("10.0.1.3"), a("10.0.1.3")),
+                (a("10.0.1.5"), a("10.0.1.253"))
+            ]
         );
         assert_eq!(p.free_ranges(a("10.0.1.0"), 1).len(), 1);
     }

@@ -53,10 +53,10 @@ mod net;
 pub mod peers;
 
 pub use allocation::{FreePool, MemoryPool, highest_free, lowest_free};
-pub use peers::{MemoryPeers, PeerSet};
 pub use config::{ConfigCell, check_keys, config_get};
 pub use labels::{has_labels, label};
 pub use net::{Addresses, Cidr, addresses, format_ipv4, ip, num, parse_cidr_list, parse_ipv4};
+pub use peers::{MemoryPeers, PeerSet};
 
 /// Generated bindings (wit-bindgen), one module per SDK world.
 ///

@@ -117,7 +117,11 @@ impl From<crate::types::Cidr> for Cidr {
     /// A WIT `cidr` (a prefix above 32 is taken as 32).
     fn from(c: crate::types::Cidr) -> Self {
         let prefix = c.prefix.min(32);
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
         Self {
             network: c.address & mask,
             prefix,
