@@ -330,6 +330,27 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_s_view_is_a_snapshot_shared_without_a_copy() {
+        let subnet: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        let mut p = AddressPool::new(subnet, &[]);
+        let a = p.take_next().unwrap();
+        let ranges = Arc::as_ptr(&p.free);
+        {
+            let v = p.view();
+            assert!(!v.is_free(a));
+            assert_eq!(v.generation(), 1);
+        }
+        // No view left: the change happens in place.
+        let b = p.take_next().unwrap();
+        assert_eq!(Arc::as_ptr(&p.free), ranges, "the ranges were copied");
+        // A view kept across a change still shows what it saw.
+        let v = p.view();
+        p.release(a);
+        assert!(!v.is_free(a) && v.generation() == 2);
+        assert!(p.view().is_free(a) && !p.view().is_free(b));
+    }
+
+    #[test]
     fn large_blocks_skip_the_host_side_inside_the_range() {
         let subnet: Ipv4Net = "10.128.64.0/18".parse().unwrap();
         let host_side = Ipv4Addr::new(10, 128, 64, 254);

@@ -40,10 +40,6 @@ impl PeerIndex {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
-
-    pub fn runners(&self) -> impl Iterator<Item = &RunnerInfo> {
-        self.by_name.values()
-    }
 }
 
 /// The peers of one runner: the shared index minus the runner itself.

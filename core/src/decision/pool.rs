@@ -53,11 +53,6 @@ impl FreeRanges {
         self.count
     }
 
-    /// How many disjoint ranges hold them.
-    pub fn range_count(&self) -> usize {
-        self.ranges.len()
-    }
-
     /// The digest of what is not free (see the field).
     pub fn digest(&self) -> u64 {
         self.digest
@@ -207,8 +202,8 @@ impl PoolView {
 }
 
 /// The JSON form of a pool: `free` ranges (what the host hands out) or, for requests written
-/// by hand, the `held` addresses of the request's range. Serialising writes the ranges only
-/// when asked ([`PoolJson::full`]); the decision log writes the tag alone.
+/// by hand, the `held` addresses of the request's range. Serialising writes the summary only
+/// ([`PoolJson::summary`], O(1): what the decision log keeps).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,19 +227,6 @@ impl PoolJson {
             free_count: v.free.count(),
             generation: v.generation,
             tag: v.tag(),
-        }
-    }
-
-    /// Every free range (O(ranges); `weir plugin eval --show-input`, tests).
-    pub fn full(v: &PoolView) -> Self {
-        Self {
-            free: Some(
-                v.free
-                    .iter()
-                    .map(|(s, e)| (Ipv4Addr::from(s), Ipv4Addr::from(e)))
-                    .collect(),
-            ),
-            ..Self::summary(v)
         }
     }
 
@@ -369,12 +351,13 @@ mod tests {
             ..Default::default()
         }
         .view(first, last);
-        let full = PoolJson::full(&held);
-        assert_eq!(
-            full.free.as_deref(),
-            Some(&[(first, first), (Ipv4Addr::new(10, 0, 0, 4), last)][..])
-        );
-        assert_eq!(full.view(first, last), held);
-        assert_eq!(full.free_count, 7);
+        let ranges = PoolJson {
+            free: Some(vec![(first, first), (Ipv4Addr::new(10, 0, 0, 4), last)]),
+            ..Default::default()
+        }
+        .view(first, last);
+        assert_eq!(ranges, held);
+        assert_eq!(ranges.free().digest(), held.free().digest());
+        assert_eq!(PoolJson::summary(&held).free_count, 7);
     }
 }

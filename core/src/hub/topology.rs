@@ -327,3 +327,29 @@ fn peer_entry(w: &WorkloadRecord) -> pb::PeerEntry {
         labels: w.labels.clone().into_iter().collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_moves_only_the_paths_it_names() {
+        let mut r = RunnerRoutes::default();
+        r.apply(&RouteDelta {
+            paths: vec![
+                ("a".into(), PathKind::Direct),
+                ("b".into(), PathKind::Direct),
+            ],
+            egress: Some(Egress::ViaHost),
+        });
+        r.apply(&RouteDelta {
+            paths: vec![
+                ("b".into(), PathKind::ViaHub),
+                ("c".into(), PathKind::ViaHub),
+            ],
+            egress: None,
+        });
+        assert_eq!(r.direct, BTreeSet::from(["a".to_string()]));
+        assert_eq!(r.egress, Egress::ViaHost, "no egress in a delta keeps it");
+    }
+}

@@ -602,12 +602,10 @@ impl Hub {
             gateway: sub.gateway,
             first,
             last,
-            // Shared with the pool, not copied; dropped before the pool changes.
+            // Shared with the pool, not copied; gone when this returns, before the pool changes.
             pool: pool.view(),
         });
-        let decision = self.policy.decide(&req).await?;
-        drop(req);
-        Ok(match (decision, source) {
+        Ok(match (self.policy.decide(&req).await?, source) {
             (Some(Decision::Address(AddressDecision::Address(a))), AddressSource::Next) => {
                 AddressSource::Requested(a)
             }
