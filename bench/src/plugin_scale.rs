@@ -348,7 +348,7 @@ impl Scale {
             "`direct-routes` `route` among 1,000 peer runners in 10 racks (100 share the deciding runner's \
              rack). A peer joining or changing is one decision per runner naming that peer alone (the answer \
              is the one path that changes); a runner joining is one decision that asks the host's peer set \
-             for its rack (`with-label`: {} peers come back and are named `direct`). N = {} and {}. \"gRPC \
+             for its rack (`names-with-label`: {} names come back and are named `direct`). N = {} and {}. \"gRPC \
              bytes\": the same request as `weir.v1.RouteRequest` (a join lists every peer; a change names \
              one). Target: ≤ 10 µs p50 for the peer decision.",
             self.route_matches,

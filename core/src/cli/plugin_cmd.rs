@@ -485,4 +485,21 @@ mod tests {
             "missing fields"
         );
     }
+
+    #[test]
+    fn an_interface_0_1_address_request_is_refused_naming_taken() {
+        let old = r#"{"network":"default","workload_id":"w","runner":"r1","subnet":"10.0.1.0/24","gateway":"10.0.1.1","first":"10.0.1.2","last":"10.0.1.253","taken":["10.0.1.2"]}"#;
+        let e = parse_request(Hook::Allocator, old).unwrap_err().to_string();
+        assert!(e.contains("`taken`") && e.contains("`pool`"), "{e}");
+        let new = old
+            .replace(r#""taken":"#, r#""pool":{"held":"#)
+            .replace("]}", "]}}");
+        match parse_request(Hook::Allocator, &new).unwrap() {
+            Request::AssignAddress(r) => {
+                assert!(!r.pool.is_free("10.0.1.2".parse().unwrap()));
+                assert!(r.pool.is_free("10.0.1.3".parse().unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

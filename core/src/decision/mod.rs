@@ -205,11 +205,22 @@ struct AddressRequestJson {
     last: Ipv4Addr,
     #[serde(default)]
     pool: PoolJson,
+    /// Interface 0.1's list of held addresses: read only to refuse it by name, so an old
+    /// request is not evaluated against an empty pool.
+    #[serde(default, skip_serializing)]
+    taken: Option<serde_json::Value>,
 }
 
 impl TryFrom<AddressRequestJson> for AddressRequest {
     type Error = String;
     fn try_from(j: AddressRequestJson) -> Result<Self, String> {
+        if j.taken.is_some() {
+            return Err(
+                "`taken` is interface 0.1's list of held addresses; 0.2 reads `pool`: \
+                 {\"held\": [addresses]} or {\"free\": [[first, last], …]}"
+                    .into(),
+            );
+        }
         if j.first > j.last {
             return Err(format!("first {} is above last {}", j.first, j.last));
         }
@@ -252,6 +263,7 @@ impl From<AddressRequest> for AddressRequestJson {
             gateway: r.gateway,
             first: r.first,
             last: r.last,
+            taken: None,
         }
     }
 }

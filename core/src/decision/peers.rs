@@ -87,6 +87,21 @@ impl PeersView {
             .filter_map(|n| self.index.get(n))
     }
 
+    /// The names of the peers whose label `key` is `value`, in name order.
+    pub fn names_with_label<'a>(
+        &'a self,
+        key: &str,
+        value: &str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.index
+            .by_label
+            .get(&(key.to_string(), value.to_string()))
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|n| *n != self.me)
+    }
+
     /// At most `max` peers in name order after `after` ("" from the start).
     pub fn page<'a>(
         &'a self,
@@ -144,6 +159,7 @@ mod tests {
         };
         assert_eq!(names(&mut v.with_label("rack", "x")), ["b"]);
         assert_eq!(names(&mut v.with_label("rack", "z")), Vec::<String>::new());
+        assert_eq!(v.names_with_label("rack", "x").collect::<Vec<_>>(), ["b"]);
         assert_eq!(names(&mut v.page("", 10)), ["b", "c"]);
         assert_eq!(names(&mut v.page("b", 10)), ["c"]);
         assert_eq!(names(&mut v.page("", 1)), ["b"]);

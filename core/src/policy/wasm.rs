@@ -494,6 +494,19 @@ mod peers_host {
                 .map(super::rt::runner)
                 .collect())
         }
+        fn names_with_label(
+            &mut self,
+            p: Resource<PeersView>,
+            key: String,
+            value: String,
+        ) -> wasmtime::Result<Vec<String>> {
+            Ok(self
+                .table
+                .get(&p)?
+                .names_with_label(&key, &value)
+                .map(str::to_string)
+                .collect())
+        }
         fn page(
             &mut self,
             p: Resource<PeersView>,

@@ -68,7 +68,7 @@ impl Settings {
 }
 
 /// What a change moves. When this runner joins: `direct` to the peers that share its label
-/// value (one `with-label` query, O(matches)), everything else stays via the hub. When a peer
+/// value (one `names-with-label` query, O(matches)), everything else stays via the hub. When a peer
 /// joins or changes: the path to that peer alone.
 pub fn routes(settings: &Settings, request: &RouteRequest, peers: &impl PeerSet) -> RouteDelta {
     let mine = label(&request.runner.labels, &settings.label);
@@ -76,9 +76,9 @@ pub fn routes(settings: &Settings, request: &RouteRequest, peers: &impl PeerSet)
         RouteChange::Joined => RouteDelta {
             paths: match mine {
                 Some(v) => peers
-                    .with_label(&settings.label, v)
+                    .names_with_label(&settings.label, v)
                     .into_iter()
-                    .map(|p| (p.name, Path::Direct))
+                    .map(|name| (name, Path::Direct))
                     .collect(),
                 None => Vec::new(),
             },

@@ -11,6 +11,8 @@ pub trait PeerSet {
     fn get(&self, name: &str) -> Option<RunnerInfo>;
     /// The peers whose label `key` is `value`.
     fn with_label(&self, key: &str, value: &str) -> Vec<RunnerInfo>;
+    /// Their names alone (no labels copied across: the cheaper call when names are the answer).
+    fn names_with_label(&self, key: &str, value: &str) -> Vec<String>;
     /// At most `max` peers in name order after `after` ("" from the start).
     fn page(&self, after: &str, max: u32) -> Vec<RunnerInfo>;
 }
@@ -24,6 +26,9 @@ impl PeerSet for crate::Peers {
     }
     fn with_label(&self, key: &str, value: &str) -> Vec<RunnerInfo> {
         crate::Peers::with_label(self, key, value)
+    }
+    fn names_with_label(&self, key: &str, value: &str) -> Vec<String> {
+        crate::Peers::names_with_label(self, key, value)
     }
     fn page(&self, after: &str, max: u32) -> Vec<RunnerInfo> {
         crate::Peers::page(self, after, max)
@@ -53,6 +58,12 @@ impl PeerSet for MemoryPeers {
             .iter()
             .filter(|p| crate::label(&p.labels, key) == Some(value))
             .cloned()
+            .collect()
+    }
+    fn names_with_label(&self, key: &str, value: &str) -> Vec<String> {
+        self.with_label(key, value)
+            .into_iter()
+            .map(|p| p.name)
             .collect()
     }
     fn page(&self, after: &str, max: u32) -> Vec<RunnerInfo> {
