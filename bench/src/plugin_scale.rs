@@ -90,7 +90,9 @@ pub struct Scale {
     route_peer: Samples,
     route_joined: Samples,
     route_matches: usize,
-    route_bytes: (usize, usize),
+    /// A join whose rack no peer shares: what a join costs among 1,000 peers when it names none.
+    route_joined_alone: Samples,
+    route_bytes: (usize, usize, usize),
     /// (plugin, instantiate+decide, instantiate, decide, configure)
     fresh: Vec<(&'static str, Samples, Samples, Samples, Samples)>,
 }
@@ -204,7 +206,7 @@ pub fn measure(opts: Opts) -> Result<Scale> {
     };
     let index = Arc::new(PeerIndex::new((1..=1_001).map(runner)));
     let me = runner(3);
-    let route = |change| {
+    let route_of = |me: &RunnerInfo, change| {
         Request::Route(RouteRequest {
             network: "default".into(),
             runner: me.clone(),
@@ -212,6 +214,13 @@ pub fn measure(opts: Opts) -> Result<Scale> {
             peers: PeersView::new(index.clone(), &me.name),
         })
     };
+    let route = |change| route_of(&me, change);
+    let alone = RunnerInfo {
+        name: "runner-alone".into(),
+        labels: [("rack".to_string(), "rack-alone".to_string())].into(),
+        ..runner(2_000)
+    };
+    let joined_alone_req = route_of(&alone, RouteChange::Joined);
     let router = load(
         &env::plugin("direct_routes")?,
         Hook::Router,
@@ -237,7 +246,18 @@ pub fn measure(opts: Opts) -> Result<Scale> {
     let route_joined = time_each(n / 10, || {
         black_box(router.call(black_box(&joined_req)).ok());
     });
-    let route_bytes = (encoded_len(&peer_req), encoded_len(&joined_req));
+    match router.call(&joined_alone_req) {
+        Ok(Decision::Route(d)) if d.paths.is_empty() => {}
+        other => bail!("direct_routes should name no path for a rack of one, answered {other:?}"),
+    }
+    let route_joined_alone = time_each(n, || {
+        black_box(router.call(black_box(&joined_alone_req)).ok());
+    });
+    let route_bytes = (
+        encoded_len(&peer_req),
+        encoded_len(&joined_req),
+        encoded_len(&joined_alone_req),
+    );
 
     println!("policy: fresh instances ×{fresh_n} …");
     let mut fresh = Vec::new();
@@ -299,6 +319,7 @@ pub fn measure(opts: Opts) -> Result<Scale> {
         route_peer,
         route_joined,
         route_matches,
+        route_joined_alone,
         route_bytes,
         fresh,
     })
@@ -350,7 +371,8 @@ impl Scale {
              is the one path that changes); a runner joining is one decision that asks the host's peer set \
              for its rack (`names-with-label`: {} names come back and are named `direct`). N = {} and {}. \"gRPC \
              bytes\": the same request as `weir.v1.RouteRequest` (a join lists every peer; a change names \
-             one). Target: ≤ 10 µs p50 for the peer decision.",
+             one). Target: ≤ 10 µs p50 for the peer decision. A join costs what it names: the last row is a \
+             join among the same 1,000 peers whose rack no peer shares.",
             self.route_matches,
             self.n,
             self.n / 10
@@ -370,6 +392,13 @@ impl Scale {
             fmt_dur(self.route_joined.pct(0.99)),
             dur_ratio(self.route_joined.median(), target),
             self.route_bytes.1.to_string(),
+        ]);
+        t.row([
+            "a runner joined, no peer in its rack (no path)".to_string(),
+            fmt_dur(self.route_joined_alone.median()),
+            fmt_dur(self.route_joined_alone.pct(0.99)),
+            dur_ratio(self.route_joined_alone.median(), target),
+            self.route_bytes.2.to_string(),
         ]);
         r.table(&t);
         r.text(&format!(
