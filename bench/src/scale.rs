@@ -26,7 +26,7 @@ pub async fn run(opts: Opts, run: &RunInfo) -> Result<Report> {
         [10, 1_000, 10_000]
     };
     println!(
-        "scale: {} attaches on one runner with tenant-isolation …",
+        "scale: {} attaches on one runner with default-allocator and tenant-isolation …",
         checkpoints[2]
     );
     let one = attach_scale(1, checkpoints)

@@ -39,6 +39,7 @@ fn iface(ws: &ScratchNs, bridge: u32) -> WorkloadIface {
         default_route: true,
         source_table: None,
         overlay: None,
+        announce: true,
     }
 }
 

@@ -86,6 +86,10 @@ pub struct Agent {
     grace: Mutex<Duration>,
     /// Which paths may name a workload's namespace.
     netns_policy: NetnsPolicy,
+    /// The addresses (network, address) whose interface this process removed: a new interface
+    /// with one of them announces itself (gratuitous ARP), since neighbours may still hold the
+    /// old interface's MAC. At most every address of the runner's subnets.
+    released: std::sync::Mutex<std::collections::HashSet<(String, Ipv4Addr)>>,
     /// Batched deletions so far (each gets its own device group).
     batches: std::sync::atomic::AtomicU32,
     /// This runner's id and the host's last route plan (re-applied after a rebuild).
@@ -115,6 +119,7 @@ impl Agent {
             primary: Mutex::default(),
             firewall: Mutex::new(Firewall::new()),
             local: Mutex::new(BTreeMap::new()),
+            released: std::sync::Mutex::default(),
             grace: Mutex::new(DEFAULT_GRACE),
             routes: Mutex::new((0, None)),
         }
@@ -350,8 +355,11 @@ impl Agent {
             let mut local = self.local.lock().await;
             workloads
                 .iter()
-                .filter_map(|k| local.remove(k))
-                .map(|l| l.addr.addr())
+                .filter_map(|k| local.remove(k).map(|l| (&k.0, l.addr.addr())))
+                .map(|(network, ip)| {
+                    self.released_mut().insert((network.clone(), ip));
+                    ip
+                })
                 .collect()
         };
         if !gone.is_empty() {
@@ -362,6 +370,18 @@ impl Agent {
             self.commit_firewall(&mut fw).await?;
         }
         Ok(())
+    }
+
+    fn released_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, Ipv4Addr)>> {
+        // A panic elsewhere while it was held leaves a set that is still valid.
+        self.released.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process removed an interface that had `ip` on `network`.
+    fn was_released(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.released_mut().contains(&(network.to_string(), ip))
     }
 
     /// Create (or repair) a workload's interface; a container's namespace is checked first
@@ -404,7 +424,9 @@ impl Agent {
         let iface = if spec.vm || spec.handoff {
             None
         } else {
-            Some(workload_iface(spec)?)
+            let mut iface = workload_iface(spec)?;
+            iface.announce = self.was_released(&iface.network, iface.addr.addr());
+            Some(iface)
         };
         let port = if spec.vm {
             spec.ifname.clone()
@@ -958,6 +980,7 @@ fn workload_iface(spec: &pb::WorkloadSpec) -> Result<WorkloadIface, AgentError> 
         } else {
             Some(parse(&spec.overlay_cidr, "overlay_cidr")?)
         },
+        announce: false,
     })
 }
 

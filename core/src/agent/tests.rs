@@ -141,6 +141,7 @@ async fn a_repeat_attach_passes_the_identity_it_was_first_given() {
             workload: "a".into(),
             bridge: fake.bridge(BRIDGE).unwrap(),
             expected,
+            announce: false,
         }),
         "{:#?}",
         fake.calls()
@@ -262,6 +263,35 @@ async fn detach_many_removes_exactly_the_named_workloads_in_one_batch_and_frees_
     let held = agent.held(false).await;
     assert_eq!(held.workloads.len(), 1);
     assert_eq!(held.workloads[0].workload_id, "b");
+}
+
+#[tokio::test]
+async fn only_an_address_this_runner_gave_back_is_announced_again() {
+    let (fake, agent) = built(0).await;
+    let announced = |fake: &FakeRunnerKernel, id: &str| {
+        fake.calls().iter().find_map(|c| match c {
+            Call::AttachContainer {
+                workload, announce, ..
+            } if workload == id => Some(*announce),
+            _ => None,
+        })
+    };
+    assert_eq!(attach(&agent, &container(&fake, "a", 2)).await.error, "");
+    assert_eq!(attach(&agent, &container(&fake, "b", 3)).await.error, "");
+    assert_eq!(
+        announced(&fake, "a"),
+        Some(false),
+        "a fresh address floods nobody"
+    );
+    agent.detach_many(&[key("a")]).await.unwrap();
+    // Another workload gets a's address: neighbours may still hold a's MAC for it.
+    assert_eq!(attach(&agent, &container(&fake, "c", 2)).await.error, "");
+    assert_eq!(announced(&fake, "c"), Some(true));
+    // On another network the same address was never given back.
+    let mut other = container(&fake, "d", 2);
+    other.network = "other".into();
+    let _ = attach(&agent, &other).await;
+    assert_ne!(announced(&fake, "d"), Some(true));
 }
 
 #[tokio::test]

@@ -44,6 +44,12 @@ pub struct WorkloadIface {
     pub source_table: Option<u32>,
     /// Without the default route: the network's whole overlay, routed through this gateway.
     pub overlay: Option<Ipv4Net>,
+    /// Send a gratuitous ARP once the new interface is up: the address was another
+    /// interface's a moment ago, so neighbours may hold it with that interface's MAC. Only
+    /// then: the announcement floods every port of the bridge and is processed in every
+    /// workload's namespace, so announcing every new address made an attach cost O(workloads
+    /// on the bridge).
+    pub announce: bool,
 }
 
 impl WorkloadIface {
@@ -197,7 +203,11 @@ pub async fn attach_checked(
         // Inside through the descriptor just checked, never the path again (it could be
         // re-bound meanwhile).
         let held = PathBuf::from(format!("/proc/self/fd/{}", ns_file.as_raw_fd()));
-        let (inner, arp) = Netlink::in_namespace_with(&held, super::garp::socket).map_err(|e| {
+        let announce = w.announce;
+        let (inner, arp) = Netlink::in_namespace_with(&held, move || {
+            announce.then(super::garp::socket).transpose()
+        })
+        .map_err(|e| {
             DataplaneError::Invalid(format!(
                 "open a netlink socket inside {}: {e}",
                 w.netns.display()
@@ -251,9 +261,9 @@ pub async fn attach_checked(
                 return Err(e);
             }
         };
-        if created {
-            // The address may have been another interface's a moment ago. (The socket is
-            // closed off the runtime: see `garp::Socket`.)
+        if let (true, Some(arp)) = (created, arp) {
+            // The address was another interface's a moment ago. (The socket is closed off the
+            // runtime: see `garp::Socket`.)
             let mac = container_mac(&w.network, &w.workload);
             if let Err(e) = super::garp::announce_twice(arp, index, mac, w.addr.addr()) {
                 tracing::warn!(interface = %w.ifname, netns = %w.netns.display(), error = %e, "cannot announce the address (gratuitous ARP)");

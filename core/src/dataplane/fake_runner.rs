@@ -41,6 +41,8 @@ pub enum Call {
         workload: String,
         bridge: u32,
         expected: Option<NsIdentity>,
+        /// Whether the new interface announces its address (gratuitous ARP).
+        announce: bool,
     },
     AttachTap {
         name: String,
@@ -470,6 +472,7 @@ impl RunnerKernel for FakeRunnerKernel {
                 workload: iface.workload.clone(),
                 bridge: iface.bridge,
                 expected,
+                announce: iface.announce,
             },
             Some(FailOn::Attach(iface.workload.clone())),
         )?;

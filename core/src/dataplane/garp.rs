@@ -1,7 +1,9 @@
-//! Gratuitous ARP: a workload interface announces its address and MAC once it is up, so
-//! neighbours that cached the address with another MAC (the interface of a workload that held
-//! it before: the host, the bridge's other workloads, peer runners) update at once instead of
-//! sending to the old MAC until their entry goes stale (about 30 s).
+//! Gratuitous ARP: a workload interface whose address was another's on this runner announces
+//! its address and MAC once it is up, so neighbours that cached the address with another MAC
+//! (the interface of a workload that held it before: the host, the bridge's other workloads,
+//! peer runners) update at once instead of sending to the old MAC until their entry goes stale
+//! (about 30 s). Fresh addresses are not announced (`WorkloadIface::announce`): the broadcast
+//! reaches every workload on the bridge.
 
 use std::io;
 use std::net::Ipv4Addr;
