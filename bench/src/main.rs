@@ -13,6 +13,7 @@ mod concurrency;
 mod datapath;
 mod engines;
 mod env;
+mod grpc_plugin;
 mod hub;
 mod memory;
 mod plugin_scale;

@@ -95,6 +95,7 @@ pub struct Scale {
     route_bytes: (usize, usize, usize),
     /// (plugin, instantiate+decide, instantiate, decide, configure)
     fresh: Vec<(&'static str, Samples, Samples, Samples, Samples)>,
+    grpc: crate::grpc_plugin::GrpcCosts,
 }
 
 fn load(
@@ -259,6 +260,47 @@ pub fn measure(opts: Opts) -> Result<Scale> {
         encoded_len(&joined_alone_req),
     );
 
+    let address_chosen: fn(&Decision) -> bool =
+        |d| matches!(d, Decision::Address(AddressDecision::Address(_)));
+    let grpc_requests = vec![
+        (
+            format!(
+                "assign-address, {} held",
+                Fill::Lowest(3).label(&Fill::Lowest(3).request())
+            ),
+            Request::AssignAddress(Fill::Lowest(3).request()),
+            address_chosen,
+        ),
+        (
+            format!(
+                "assign-address, {} held",
+                Fill::Lowest(10_000).label(&Fill::Lowest(10_000).request())
+            ),
+            Request::AssignAddress(Fill::Lowest(10_000).request()),
+            address_chosen,
+        ),
+        (
+            format!(
+                "assign-address, {} held",
+                Fill::EveryOther.label(&Fill::EveryOther.request())
+            ),
+            Request::AssignAddress(Fill::EveryOther.request()),
+            address_chosen,
+        ),
+        (
+            "route, a peer joined (one path)".to_string(),
+            peer_req.clone(),
+            |d: &Decision| matches!(d, Decision::Route(r) if r.paths.len() == 1),
+        ),
+        (
+            format!("route, this runner joined among 1,000 peers ({route_matches} direct paths)"),
+            joined_req.clone(),
+            |d: &Decision| matches!(d, Decision::Route(r) if !r.paths.is_empty()),
+        ),
+    ];
+    let grpc = crate::grpc_plugin::measure(opts.n(2_000, 100), grpc_requests)
+        .context("the gRPC plugin")?;
+
     println!("policy: fresh instances ×{fresh_n} …");
     let mut fresh = Vec::new();
     let admission_cfg = vec![(
@@ -322,6 +364,7 @@ pub fn measure(opts: Opts) -> Result<Scale> {
         route_joined_alone,
         route_bytes,
         fresh,
+        grpc,
     })
 }
 
@@ -427,5 +470,6 @@ impl Scale {
             ]);
         }
         r.table(&t);
+        self.grpc.report(r);
     }
 }
