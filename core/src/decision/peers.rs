@@ -78,12 +78,7 @@ impl PeersView {
         key: &str,
         value: &str,
     ) -> impl Iterator<Item = &'a RunnerInfo> + 'a {
-        self.index
-            .by_label
-            .get(&(key.to_string(), value.to_string()))
-            .into_iter()
-            .flatten()
-            .filter(|n| **n != self.me)
+        self.names_with_label(key, value)
             .filter_map(|n| self.index.get(n))
     }
 
