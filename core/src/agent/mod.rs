@@ -162,6 +162,8 @@ impl Agent {
             let mut current = self.networks.lock().await;
             *self.primary.lock().await = nets.first().map(|n| n.name.clone()).unwrap_or_default();
             *current = nets.into_iter().map(|n| (n.name.clone(), n)).collect();
+            // A network no longer built has no neighbours left to correct.
+            self.released_mut().retain(|(n, _)| current.contains_key(n));
         }
         let plan = {
             let mut r = self.routes.lock().await;
