@@ -355,12 +355,13 @@ impl Agent {
         }
         let gone: Vec<Ipv4Addr> = {
             let mut local = self.local.lock().await;
+            let mut released = self.released_mut();
             workloads
                 .iter()
-                .filter_map(|k| local.remove(k).map(|l| (&k.0, l.addr.addr())))
-                .map(|(network, ip)| {
-                    self.released_mut().insert((network.clone(), ip));
-                    ip
+                .filter_map(|k| {
+                    let ip = local.remove(k)?.addr.addr();
+                    released.insert((k.0.clone(), ip));
+                    Some(ip)
                 })
                 .collect()
         };
