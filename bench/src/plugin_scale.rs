@@ -262,31 +262,19 @@ pub fn measure(opts: Opts) -> Result<Scale> {
 
     let address_chosen: fn(&Decision) -> bool =
         |d| matches!(d, Decision::Address(AddressDecision::Address(_)));
-    let grpc_requests = vec![
-        (
-            format!(
-                "assign-address, {} held",
-                Fill::Lowest(3).label(&Fill::Lowest(3).request())
-            ),
-            Request::AssignAddress(Fill::Lowest(3).request()),
-            address_chosen,
-        ),
-        (
-            format!(
-                "assign-address, {} held",
-                Fill::Lowest(10_000).label(&Fill::Lowest(10_000).request())
-            ),
-            Request::AssignAddress(Fill::Lowest(10_000).request()),
-            address_chosen,
-        ),
-        (
-            format!(
-                "assign-address, {} held",
-                Fill::EveryOther.label(&Fill::EveryOther.request())
-            ),
-            Request::AssignAddress(Fill::EveryOther.request()),
-            address_chosen,
-        ),
+    let mut grpc_requests: Vec<crate::grpc_plugin::Timed> =
+        [Fill::Lowest(3), Fill::Lowest(10_000), Fill::EveryOther]
+            .into_iter()
+            .map(|fill| {
+                let r = fill.request();
+                (
+                    format!("assign-address, {} held", fill.label(&r)),
+                    Request::AssignAddress(r),
+                    address_chosen,
+                )
+            })
+            .collect();
+    grpc_requests.extend::<[crate::grpc_plugin::Timed; 2]>([
         (
             "route, a peer joined (one path)".to_string(),
             peer_req.clone(),
@@ -297,7 +285,7 @@ pub fn measure(opts: Opts) -> Result<Scale> {
             joined_req.clone(),
             |d: &Decision| matches!(d, Decision::Route(r) if !r.paths.is_empty()),
         ),
-    ];
+    ]);
     let grpc = crate::grpc_plugin::measure(opts.n(2_000, 100), grpc_requests)
         .context("the gRPC plugin")?;
 
